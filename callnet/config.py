@@ -1,0 +1,299 @@
+"""
+A node's configuration: frozen objects, with every default in one place.
+
+L{NodeConfig} is what L{callnet.node.NodeService} is built from.  It comes
+from command-line options, a TOML file (see C{etc/callnet.toml}), or both:
+options given on the command line win over the file.
+"""
+
+from __future__ import annotations
+
+import difflib
+import json
+import math
+import os
+import socket
+import tomllib
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+from callnet.errors import ConfigError
+
+#: Where a node listens when told nothing: loopback only, so that a node
+#: started with no configuration is never reachable from another machine.
+DEFAULT_PORT = 7600
+DEFAULT_LISTEN = f"tcp:{DEFAULT_PORT}:interface=127.0.0.1"
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Bounds that keep one caller from harming the node or other callers."""
+
+    #: Longest request line in bytes: room for a 1 MiB argument after JSON
+    #: escaping, while one connection cannot make the node buffer much more.
+    max_line_bytes: int = 2 * 1024 * 1024
+    #: Calls one connection may have running at once.  Past it the node stops
+    #: reading from that connection until some finish (backpressure), so a
+    #: client pipelining 10,000 calls is slowed, not refused.
+    max_calls_in_flight: int = 1000
+    #: Connections the node accepts at once; more are answered with an error.
+    max_connections: int = 1024
+    #: Seconds a connection may leave its replies unread (the node's output
+    #: to it full) before the node drops it.
+    write_stall_timeout: float = 30.0
+    #: Deadline in seconds for a call that names none.  Every call has one,
+    #: so no call can hold a caller or a thread forever.
+    default_timeout: float = 60.0
+    #: The longest deadline a caller may ask for, in seconds.
+    max_timeout: float = 3600.0
+
+
+@dataclass(frozen=True)
+class NodeConfig:
+    """Everything a node is built from."""
+
+    #: The node's name, as peers and error messages show it.
+    name: str = field(default_factory=socket.gethostname)
+    #: Twisted server endpoint strings (C{tcp:}, C{unix:}, C{ssl:}).
+    listen: tuple[str, ...] = (DEFAULT_LISTEN,)
+    #: Python modules whose C{@procedure} functions the node serves.
+    services: tuple[str, ...] = ()
+    #: Serve the built-in procedures (echo, add, sleep, time, ...).
+    builtins: bool = True
+    #: Threads for plain (blocking) procedures: they may each block a thread,
+    #: so this bounds how many run at once; the rest wait their turn.
+    threads: int = 10
+    #: Worker processes for CPU-bound procedures declared C{run="process"};
+    #: 0 means one per CPU.  Started on first use only.
+    processes: int = 0
+    #: Send Python tracebacks of undeclared errors to callers.  Off: a
+    #: traceback tells an attacker about the server, and belongs in its log.
+    send_tracebacks: bool = False
+    limits: Limits = field(default_factory=Limits)
+
+
+# Loading and merging.
+#
+# Every key a config may set is listed once below, with the section it lives
+# in and a check that both accepts its value and says, in words, what it must
+# be.  The same checks serve the TOML file and command-line overrides, so a
+# value is never valid in one and refused by the other.
+
+_Check = Callable[[object], object]
+
+
+class _ExpectationError(ValueError):
+    """A value failed its check; the message says what it must be instead."""
+
+
+def _whole(minimum: int) -> _Check:
+    expectation = f"a whole number >= {minimum}"
+
+    def check(value: object) -> object:
+        # bool is an int to Python, but "threads = true" is a mistake.
+        if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+            raise _ExpectationError(expectation)
+        return value
+
+    return check
+
+
+def _seconds(value: object) -> object:
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, int | float)
+        or not math.isfinite(value)
+        or value <= 0
+    ):
+        raise _ExpectationError("a number of seconds > 0")
+    return float(value)
+
+
+def _flag(value: object) -> object:
+    if not isinstance(value, bool):
+        raise _ExpectationError("true or false")
+    return value
+
+
+def _text(value: object) -> object:
+    if not isinstance(value, str) or not value.strip():
+        raise _ExpectationError("a non-empty string")
+    return value
+
+
+def _strings(expectation: str, minimum: int) -> _Check:
+    def check(value: object) -> object:
+        if (
+            not isinstance(value, list | tuple)
+            or len(value) < minimum
+            or not all(isinstance(item, str) and item.strip() for item in value)
+        ):
+            raise _ExpectationError(expectation)
+        return tuple(value)
+
+    return check
+
+
+#: Key -> (section, check), for every key a config may set.
+_KEYS: dict[str, tuple[str, _Check]] = {
+    "name": ("node", _text),
+    "listen": ("node", _strings("a list of at least one endpoint string", 1)),
+    "services": ("node", _strings("a list of module names", 0)),
+    "builtins": ("node", _flag),
+    "threads": ("node", _whole(1)),
+    # 0 means one process per CPU.
+    "processes": ("node", _whole(0)),
+    "send_tracebacks": ("node", _flag),
+    "max_line_bytes": ("limits", _whole(1)),
+    "max_calls_in_flight": ("limits", _whole(1)),
+    "max_connections": ("limits", _whole(1)),
+    "write_stall_timeout": ("limits", _seconds),
+    "default_timeout": ("limits", _seconds),
+    "max_timeout": ("limits", _seconds),
+}
+
+_SECTIONS = ("node", "limits")
+
+
+def _show(value: object) -> str:
+    """Render a value as it would be written in TOML, for error messages."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, str):
+        return json.dumps(value)
+    if isinstance(value, list | tuple):
+        return "[" + ", ".join(_show(item) for item in value) + "]"
+    if isinstance(value, dict):
+        return "a table"
+    return str(value)
+
+
+def _did_you_mean(word: str, choices: Iterable[str]) -> str:
+    close = difflib.get_close_matches(word, list(choices), n=1)
+    return f' (did you mean "{close[0]}"?)' if close else ""
+
+
+def _checked(key: str, value: object, source: str, label: Callable[[str], str]) -> object:
+    """Run C{key}'s check on C{value}; raise L{ConfigError} naming the key if it fails."""
+    _, check = _KEYS[key]
+    try:
+        return check(value)
+    except _ExpectationError as invalid:
+        raise ConfigError(
+            f"{source}: {label(key)} must be {invalid}, not {_show(value)}"
+        ) from None
+
+
+def _section_label(key: str) -> str:
+    return f"[{_KEYS[key][0]}] {key}"
+
+
+def _build(
+    base: NodeConfig,
+    values: Mapping[str, object],
+    source: str,
+    label: Callable[[str], str] = _section_label,
+) -> NodeConfig:
+    """Return C{base} with checked C{values} put in, then check the result as a whole."""
+    node: dict[str, Any] = {}
+    limits: dict[str, Any] = {}
+    for key, value in values.items():
+        section = _KEYS[key][0]
+        (node if section == "node" else limits)[key] = _checked(key, value, source, label)
+    config = replace(base, **node, limits=replace(base.limits, **limits))
+    if config.limits.default_timeout > config.limits.max_timeout:
+        raise ConfigError(
+            f"{source}: {label('default_timeout')} ({config.limits.default_timeout:g}) must not"
+            f" be greater than {label('max_timeout')} ({config.limits.max_timeout:g})"
+        )
+    return config
+
+
+def parse_config(document: Mapping[str, object], source: str = "<config>") -> NodeConfig:
+    """
+    Build a L{NodeConfig} from a parsed TOML document.
+
+    Keys the document leaves out keep their defaults.
+
+    @param document: the TOML document, as L{tomllib.loads} returns it.
+    @param source: what to call the document in error messages (its path).
+    @raise ConfigError: for an unknown section or key, or a value of the
+        wrong type or out of range; the message names the key.
+    """
+    values: dict[str, object] = {}
+    for section, table in document.items():
+        if section not in _SECTIONS:
+            if section in _KEYS:
+                raise ConfigError(
+                    f"{source}: {section} must be set inside [{_KEYS[section][0]}],"
+                    " not at the top of the file"
+                )
+            known = ", ".join(f"[{name}]" for name in _SECTIONS)
+            raise ConfigError(
+                f"{source}: unknown section [{section}]{_did_you_mean(section, _SECTIONS)};"
+                f" the sections are {known}"
+            )
+        if not isinstance(table, dict):
+            raise ConfigError(f"{source}: [{section}] must be a table, not {_show(table)}")
+        keys = [key for key, (where, _) in _KEYS.items() if where == section]
+        for key, value in table.items():
+            if key not in keys:
+                raise ConfigError(
+                    f"{source}: [{section}] unknown key {key}{_did_you_mean(key, keys)};"
+                    f" the keys are {', '.join(keys)}"
+                )
+            values[key] = value
+    return _build(NodeConfig(), values, source)
+
+
+def load_config(path: str | os.PathLike[str]) -> NodeConfig:
+    """
+    Read a node's configuration from a TOML file (see C{etc/callnet.toml}).
+
+    @param path: the file to read.
+    @raise ConfigError: if the file cannot be read, is not valid TOML (the
+        message gives the line), or sets an unknown key or a bad value (the
+        message names the key).
+    """
+    source = os.fspath(path)
+    try:
+        with open(path, "rb") as f:
+            document = tomllib.load(f)
+    except OSError as e:
+        raise ConfigError(f"{source}: cannot read config file: {e.strerror}") from None
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"{source}: not valid TOML: {e}") from None
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"{source}: not valid TOML: not UTF-8 ({e.reason})") from None
+    return parse_config(document, source)
+
+
+def merge(
+    config: NodeConfig,
+    overrides: Mapping[str, object | None],
+    source: str = "override",
+    names: Mapping[str, str] | None = None,
+) -> NodeConfig:
+    """
+    Return C{config} with C{overrides} put over it, such as command-line options.
+
+    @param overrides: new values by key, the key names being those of
+        L{NodeConfig} and L{Limits} (which share none); C{None} means the
+        value was not given and C{config}'s stays.
+    @param source: where the overrides came from, for error messages.
+    @param names: how error messages should call a key (say
+        C{"--max-connections"}) instead of C{"[limits] max_connections"}.
+    @raise ConfigError: for an unknown key, or a value of the wrong type or
+        out of range; the message names the key.
+    """
+    given = {key: value for key, value in overrides.items() if value is not None}
+    for key in given:
+        if key not in _KEYS:
+            raise ConfigError(f"{source}: unknown setting {key}{_did_you_mean(key, _KEYS)}")
+    naming = dict(names or {})
+
+    def label(key: str) -> str:
+        return naming.get(key) or _section_label(key)
+
+    return _build(config, given, source, label)

@@ -1,0 +1,384 @@
+"""
+Running a procedure: where it runs, its deadline, its cancellation, its errors.
+
+L{Dispatcher.dispatch} turns a decoded L{Call} into a L{Deferred} that fires
+with the procedure's result or fails with a L{CallError}.  It knows nothing of
+connections: the protocol hands it calls and writes what comes back.
+"""
+
+from __future__ import annotations
+
+import threading
+import uuid
+from collections.abc import Callable
+from concurrent.futures import Executor, Future
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from twisted.internet.defer import CancelledError as TwistedCancelledError
+from twisted.internet.defer import Deferred, ensureDeferred, fail
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from twisted.python.threadpool import ThreadPool
+
+from callnet.config import Limits
+from callnet.errors import (
+    CallError,
+    CancelledError,
+    DeadlineExceededError,
+    InternalError,
+    Outcome,
+)
+from callnet.registry import Procedure, Registry
+from callnet.wire import Call
+
+log = Logger()
+
+
+class DelayedCall(Protocol):
+    """What callnet does with an L{IDelayedCall}: cancel it."""
+
+    def cancel(self) -> None: ...
+
+
+class DispatchReactor(Protocol):
+    """
+    What the dispatcher needs of a reactor: L{IReactorTime} for deadlines and
+    L{IReactorFromThreads} to hear back from worker threads.
+    """
+
+    def callLater(
+        self, delay: float, callable: Callable[..., Any], *args: Any, **kwargs: Any
+    ) -> DelayedCall: ...
+
+    def seconds(self) -> float: ...
+
+    def callFromThread(self, callable: Callable[..., Any], *args: Any, **kwargs: Any) -> None: ...
+
+
+@dataclass
+class ProcedureStats:
+    """Counters for one procedure."""
+
+    calls: int = 0
+    errors: int = 0
+    in_flight: int = 0
+
+    def as_dict(self) -> dict[str, int]:
+        return {"calls": self.calls, "errors": self.errors, "in_flight": self.in_flight}
+
+
+@dataclass
+class NodeStats:
+    """Counters for the whole node, as C{STATS} reports them."""
+
+    calls: int = 0
+    errors: int = 0
+    in_flight: int = 0
+    by_procedure: dict[str, ProcedureStats] = field(default_factory=dict)
+
+    def started(self, name: str) -> ProcedureStats:
+        entry = self.by_procedure.get(name)
+        if entry is None:
+            entry = self.by_procedure[name] = ProcedureStats()
+        self.in_flight += 1
+        entry.in_flight += 1
+        return entry
+
+    def finished(self, entry: ProcedureStats, failed: bool) -> None:
+        self.in_flight -= 1
+        self.calls += 1
+        entry.in_flight -= 1
+        entry.calls += 1
+        if failed:
+            self.errors += 1
+            entry.errors += 1
+
+    def refused(self) -> None:
+        """A call failed before any procedure was chosen or started."""
+        self.calls += 1
+        self.errors += 1
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "calls": self.calls,
+            "errors": self.errors,
+            "in_flight": self.in_flight,
+            "procedures": {
+                name: stats.as_dict() for name, stats in sorted(self.by_procedure.items())
+            },
+        }
+
+
+# States of a call waiting for a thread (see _run_in_thread).
+_QUEUED, _RUNNING, _ABANDONED = range(3)
+
+
+class _ThreadJob:
+    """A call queued for the thread pool, which is skipped if abandoned first."""
+
+    __slots__ = ("state",)
+
+    _lock = threading.Lock()
+
+    def __init__(self) -> None:
+        self.state = _QUEUED
+
+    def start(self) -> bool:
+        with self._lock:
+            if self.state == _ABANDONED:
+                return False
+            self.state = _RUNNING
+            return True
+
+    def abandon(self) -> bool:
+        """Give up on the job; true if it had not started, so never will."""
+        with self._lock:
+            if self.state == _QUEUED:
+                self.state = _ABANDONED
+                return True
+            return False
+
+
+class _NotStartedError(Exception):
+    """A queued thread job was abandoned before a thread picked it up."""
+
+
+class Dispatcher:
+    """Runs procedures from a L{Registry} under deadlines and cancellation."""
+
+    def __init__(
+        self,
+        registry: Registry,
+        reactor: DispatchReactor,
+        threadpool: ThreadPool,
+        limits: Limits,
+        node_name: str,
+        process_pool: Callable[[], Executor] | None = None,
+        send_tracebacks: bool = False,
+    ) -> None:
+        self.registry = registry
+        self.stats = NodeStats()
+        self._reactor = reactor
+        self._threadpool = threadpool
+        self._limits = limits
+        self._node_name = node_name
+        self._process_pool = process_pool
+        self._send_tracebacks = send_tracebacks
+
+    def dispatch(self, call: Call) -> Deferred[Any]:
+        """
+        Run the procedure a call names, within its deadline.
+
+        @return: a Deferred firing with the result, or failing with a
+            L{CallError} whose outcome says whether the procedure ran.
+            Cancelling it cancels the work (an C{async def} procedure sees
+            C{CancelledError}; a thread's late result is dropped) and fails
+            the call with L{CancelledError}.
+        """
+        try:
+            entry = self.registry.get(call.procedure)
+            entry.check_arguments(call.args, call.kwargs)
+        except CallError as e:
+            self.stats.refused()
+            e.node = self._node_name
+            return fail(e)
+        limits = self._limits
+        timeout = limits.default_timeout if call.timeout is None else call.timeout
+        timeout = min(timeout, limits.max_timeout)
+        if timeout <= 0:
+            self.stats.refused()
+            return fail(
+                DeadlineExceededError(
+                    "the call's deadline had passed when it arrived",
+                    Outcome.NOT_RUN,
+                    self._node_name,
+                )
+            )
+        return _RunningCall(self, entry, call, timeout).result
+
+    # Where procedures run: each returns a Deferred that can be cancelled.
+
+    def _start(self, entry: Procedure, call: Call) -> Deferred[Any]:
+        if entry.run == "thread":
+            return self._run_in_thread(entry.function, call)
+        if entry.run == "process":
+            return self._run_in_process(entry.function, call)
+        return self._run_in_reactor(entry.function, call)
+
+    def _run_in_reactor(self, function: Callable[..., Any], call: Call) -> Deferred[Any]:
+        try:
+            result = function(*call.args, **call.kwargs)
+        except BaseException:
+            return fail()
+        if isinstance(result, Deferred):
+            return result
+        if hasattr(result, "__await__") or hasattr(result, "send"):
+            return ensureDeferred(result)
+        d: Deferred[Any] = Deferred()
+        d.callback(result)
+        return d
+
+    def _run_in_thread(self, function: Callable[..., Any], call: Call) -> Deferred[Any]:
+        job = _ThreadJob()
+
+        def work() -> Any:
+            if not job.start():
+                raise _NotStartedError()
+            return function(*call.args, **call.kwargs)
+
+        def canceller(d: Deferred[Any]) -> None:
+            if job.abandon():
+                d.errback(Failure(_NotStartedError()))
+
+        d: Deferred[Any] = Deferred(canceller)
+
+        def deliver(ok: bool, value: Any) -> None:
+            if d.called:
+                return  # cancelled: the late result is dropped
+            if ok:
+                d.callback(value)
+            else:
+                d.errback(value)
+
+        def report(ok: bool, value: Any) -> None:
+            self._reactor.callFromThread(deliver, ok, value)
+
+        self._threadpool.callInThreadWithCallback(report, work)
+        return d
+
+    def _run_in_process(self, function: Callable[..., Any], call: Call) -> Deferred[Any]:
+        if self._process_pool is None:
+            return fail(InternalError("this node has no process pool", Outcome.NOT_RUN))
+        try:
+            future = self._process_pool().submit(function, *call.args, **call.kwargs)
+        except Exception as e:
+            return fail(InternalError(f"could not start a worker process: {e}", Outcome.NOT_RUN))
+
+        def canceller(d: Deferred[Any]) -> None:
+            if future.cancel():
+                d.errback(Failure(_NotStartedError()))
+
+        d: Deferred[Any] = Deferred(canceller)
+
+        def deliver(done: Future[Any]) -> None:
+            if d.called or done.cancelled():
+                return
+            error = done.exception()
+            if error is None:
+                d.callback(done.result())
+            else:
+                d.errback(Failure(error))
+
+        future.add_done_callback(lambda done: self._reactor.callFromThread(deliver, done))
+        return d
+
+    def _to_call_error(self, entry: Procedure, failure: Failure) -> CallError:
+        """Map what a procedure raised to the error its caller receives."""
+        error = failure.value
+        if isinstance(error, CallError):
+            if not error.outcome_given:
+                error.outcome = Outcome.RAN
+        else:
+            for declared, error_class in entry.errors:
+                if isinstance(error, declared):
+                    error = error_class(_describe(error), Outcome.RAN)
+                    break
+            else:
+                incident = uuid.uuid4().hex[:12]
+                log.failure(
+                    "procedure {procedure} raised an undeclared error (incident {incident})",
+                    failure,
+                    procedure=entry.name,
+                    incident=incident,
+                )
+                message = f"procedure {entry.name} failed; the node logged incident {incident}"
+                if self._send_tracebacks:
+                    message += ": " + failure.getTraceback().replace("\n", " | ")
+                error = InternalError(message, Outcome.RAN)
+        error.node = error.node or self._node_name
+        return error
+
+
+def _describe(error: BaseException) -> str:
+    text = str(error)
+    if isinstance(error, KeyError) and error.args:
+        text = str(error.args[0])
+    return text or type(error).__name__
+
+
+class _RunningCall:
+    """One call from start to finish: its deadline timer and why it ended."""
+
+    __slots__ = ("_dispatcher", "_entry", "_inner", "_stats", "_timer", "_why", "result")
+
+    def __init__(
+        self, dispatcher: Dispatcher, entry: Procedure, call: Call, timeout: float
+    ) -> None:
+        self._dispatcher = dispatcher
+        self._entry = entry
+        self._why: CallError | None = None
+        self._stats = dispatcher.stats.started(entry.name)
+        self.result: Deferred[Any] = Deferred(self._cancel)
+        self._timer: DelayedCall | None = dispatcher._reactor.callLater(
+            timeout, self._expire, timeout
+        )
+        self._inner = dispatcher._start(entry, call)
+        self._inner.addBoth(self._finish)
+
+    def _expire(self, timeout: float) -> None:
+        self._timer = None
+        self._stop(
+            DeadlineExceededError(
+                f"deadline of {timeout:g}s passed while {self._entry.name} ran",
+                Outcome.MAY_HAVE_RUN,
+            )
+        )
+
+    def _cancel(self, result: Deferred[Any]) -> None:
+        self._stop(CancelledError(f"{self._entry.name} was cancelled by its caller"))
+
+    def _stop(self, why: CallError) -> None:
+        """End the call now with C{why}, and cancel the work behind it."""
+        if self._why is not None or self.result.called:
+            return
+        self._why = why
+        why.node = self._dispatcher._node_name
+        self._inner.cancel()
+        # Work that ignores cancellation must not hold the caller: answer now.
+        self._settle(Failure(why))
+
+    def _finish(self, outcome: Any) -> None:
+        why = self._why
+        if why is not None:
+            # Stopped by the deadline or the caller: that is the answer, even
+            # if the procedure caught the cancellation and returned a value.
+            if isinstance(outcome, Failure) and outcome.check(_NotStartedError):
+                why.outcome = Outcome.NOT_RUN
+            outcome = Failure(why)
+        elif isinstance(outcome, Failure):
+            dispatcher = self._dispatcher
+            if outcome.check(TwistedCancelledError):
+                outcome = Failure(
+                    InternalError(
+                        f"{self._entry.name} was cancelled from within",
+                        Outcome.RAN,
+                        dispatcher._node_name,
+                    )
+                )
+            else:
+                outcome = Failure(dispatcher._to_call_error(self._entry, outcome))
+        self._settle(outcome)
+
+    def _settle(self, outcome: Any) -> None:
+        if self.result.called:
+            return
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        failed = isinstance(outcome, Failure)
+        self._dispatcher.stats.finished(self._stats, failed)
+        if failed:
+            self.result.errback(outcome)
+        else:
+            self.result.callback(outcome)

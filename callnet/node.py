@@ -1,0 +1,112 @@
+"""
+A node: the service that builds the registry, dispatcher and listeners from a
+L{NodeConfig} and a reactor, and starts and stops them with twistd.
+"""
+
+from __future__ import annotations
+
+import importlib
+import multiprocessing
+from concurrent.futures import Executor, ProcessPoolExecutor
+from typing import Any
+
+from twisted.application.internet import StreamServerEndpointService
+from twisted.application.service import MultiService
+from twisted.internet.endpoints import serverFromString
+from twisted.logger import Logger
+from twisted.python.threadpool import ThreadPool
+
+from callnet.builtin import builtin_procedures
+from callnet.config import NodeConfig
+from callnet.dispatch import Dispatcher
+from callnet.errors import ConfigError
+from callnet.protocol import NodeFactory
+from callnet.registry import Registry
+
+log = Logger()
+
+
+def load_services(registry: Registry, modules: tuple[str, ...]) -> None:
+    """
+    Serve the marked procedures of each named module.
+
+    @raise ConfigError: a module cannot be imported or a name clashes.
+    """
+    for name in modules:
+        try:
+            module = importlib.import_module(name)
+        except Exception as e:
+            raise ConfigError(f"service module {name!r} cannot be imported: {e}") from e
+        try:
+            added = registry.add_module(module)
+        except (TypeError, ValueError) as e:
+            raise ConfigError(f"service module {name!r}: {e}") from e
+        if not added:
+            raise ConfigError(
+                f"service module {name!r} has no procedures: mark them with @callnet.procedure"
+            )
+
+
+class NodeService(MultiService):
+    """One node: its procedures, its worker pools and its listening endpoints."""
+
+    def __init__(self, config: NodeConfig, reactor: Any) -> None:
+        super().__init__()
+        self.config = config
+        self._reactor = reactor
+        self.registry = Registry()
+        if config.builtins:
+            self.registry.add_all(builtin_procedures(reactor))
+        load_services(self.registry, config.services)
+        self.threadpool = ThreadPool(
+            minthreads=0, maxthreads=config.threads, name=f"callnet-{config.name}"
+        )
+        self._process_pool: ProcessPoolExecutor | None = None
+        self.dispatcher = Dispatcher(
+            self.registry,
+            reactor,
+            self.threadpool,
+            config.limits,
+            config.name,
+            process_pool=self._processes,
+            send_tracebacks=config.send_tracebacks,
+        )
+        self.factory = NodeFactory(self.dispatcher, config.limits, config.name, reactor)
+        for description in config.listen:
+            endpoint = serverFromString(reactor, description)
+            StreamServerEndpointService(endpoint, self.factory).setServiceParent(self)
+
+    def _processes(self) -> Executor:
+        """The worker process pool, started on first use."""
+        if self._process_pool is None:
+            # spawn, not fork: a forked copy of a process running a reactor
+            # and threads inherits locks held at the moment of the fork.
+            self._process_pool = ProcessPoolExecutor(
+                max_workers=self.config.processes or None,
+                mp_context=multiprocessing.get_context("spawn"),
+            )
+        return self._process_pool
+
+    def startService(self) -> None:
+        self.threadpool.start()
+        super().startService()
+        log.info(
+            "callnet node {name} serving {count} procedures on {listen}",
+            name=self.config.name,
+            count=len(self.registry),
+            listen=", ".join(self.config.listen),
+        )
+
+    def stopService(self) -> Any:
+        d = super().stopService()
+
+        def release(result: object) -> object:
+            self.threadpool.stop()
+            if self._process_pool is not None:
+                self._process_pool.shutdown(wait=False, cancel_futures=True)
+                self._process_pool = None
+            return result
+
+        if d is None:
+            return release(None)
+        return d.addBoth(release)

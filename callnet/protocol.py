@@ -1,0 +1,455 @@
+"""
+The node's side of a connection: a thin adapter between the codec and the
+dispatcher.
+
+L{NodeProtocol} feeds bytes to a L{LineDecoder}, hands each call to the
+L{Dispatcher}, and writes each reply as its call completes: tagged replies at
+once, untagged ones in the order their requests came.  It applies
+backpressure: it stops reading from a connection with too many calls in
+flight, or whose replies are not being read, and drops a connection that
+leaves its replies unread too long.
+"""
+
+from __future__ import annotations
+
+import re
+from collections import deque
+from collections.abc import Iterable
+from typing import Any, cast
+from typing import Protocol as TypingProtocol
+
+from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IPushProducer
+from twisted.internet.protocol import Factory, Protocol, connectionDone
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from zope.interface import implementer
+
+from callnet.config import Limits
+from callnet.dispatch import DelayedCall, Dispatcher, DispatchReactor
+from callnet.errors import (
+    CallError,
+    InternalError,
+    InvalidArgumentError,
+    NotFoundError,
+    Outcome,
+    ResourceExhaustedError,
+    UnimplementedError,
+)
+from callnet.wire import (
+    BadLine,
+    Call,
+    Command,
+    Event,
+    LineDecoder,
+    encode_failure,
+    encode_success,
+    encode_text,
+)
+
+log = Logger()
+
+_HTTP_REQUEST = re.compile(rb"[A-Z]{3,7} \S+ HTTP/\d")
+
+
+class _Transport(TypingProtocol):
+    """The parts of a stream transport the protocol uses (typed for mypy)."""
+
+    def write(self, data: bytes) -> None: ...
+    def writeSequence(self, data: Iterable[bytes]) -> None: ...
+    def loseConnection(self) -> None: ...
+    def abortConnection(self) -> None: ...
+    def pauseProducing(self) -> None: ...
+    def resumeProducing(self) -> None: ...
+    def registerProducer(self, producer: object, streaming: bool) -> None: ...
+    def getPeer(self) -> object: ...
+
+
+class _Slot:
+    """A place in the queue of untagged replies, filled when its call ends."""
+
+    __slots__ = ("call", "line")
+
+    def __init__(self, call: Deferred[Any] | None = None) -> None:
+        self.call = call
+        self.line: bytes | None = None
+
+
+@implementer(IPushProducer)
+class NodeProtocol(Protocol):
+    """Serves calls arriving on one connection."""
+
+    factory: NodeFactory
+
+    def __init__(self) -> None:
+        self._calls: dict[str, Deferred[Any]] = {}
+        self._untagged: deque[_Slot] = deque()
+        self._in_flight = 0
+        self._paused_for_calls = False
+        self._paused_for_writes = False
+        self._reading = True
+        self._draining = False
+        self._quitting: _Slot | str | None = None
+        self._closed = False
+        self._first_line = True
+        self._stall_timer: DelayedCall | None = None
+        self._counted = False
+
+    # --- Connection lifecycle ---------------------------------------------
+
+    def connectionMade(self) -> None:
+        factory = self.factory
+        self._out = cast(_Transport, self.transport)
+        self._decoder = LineDecoder(factory.limits.max_line_bytes)
+        if factory.connections >= factory.limits.max_connections:
+            self._write_error(
+                ResourceExhaustedError(
+                    f"too many connections ({factory.limits.max_connections}); try again later",
+                    node=factory.node_name,
+                ),
+                None,
+            )
+            self._close()
+            return
+        factory.connections += 1
+        self._counted = True
+        self._out.registerProducer(self, True)
+
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
+        self._closed = True
+        if self._counted:
+            self.factory.connections -= 1
+            self._counted = False
+        self._cancel_stall_timer()
+        calls, self._calls = self._calls, {}
+        for call in calls.values():
+            call.cancel()
+        slots, self._untagged = self._untagged, deque()
+        for slot in slots:
+            if slot.call is not None and slot.line is None:
+                slot.call.cancel()
+
+    def _close(self) -> None:
+        self._closed = True
+        self._out.loseConnection()
+
+    # --- Reading ------------------------------------------------------------
+
+    def dataReceived(self, data: bytes) -> None:
+        if self._closed:
+            return
+        if self._first_line and _HTTP_REQUEST.match(data):
+            self._write_error(
+                InvalidArgumentError(
+                    "this is a callnet node, not an HTTP server; type HELP in a line-based"
+                    " client such as nc, or see docs/protocol.md"
+                ),
+                None,
+            )
+            self._close()
+            return
+        self._first_line = False
+        self._decoder.feed(data)
+        self._drain()
+
+    def _drain(self) -> None:
+        """Handle buffered events until none is left or reading is paused."""
+        if self._draining:
+            return
+        self._draining = True
+        try:
+            decoder = self._decoder
+            while self._reading and not self._closed and self._quitting is None:
+                event = decoder.next_event()
+                if event is None:
+                    break
+                self._handle(event)
+        finally:
+            self._draining = False
+
+    def _handle(self, event: Event) -> None:
+        if type(event) is Call:
+            self._handle_call(event)
+        elif type(event) is Command:
+            self._handle_command(event)
+        elif type(event) is BadLine:
+            self._reply_now(Failure(event.error), event.tag)
+        else:
+            self._reply_now(
+                Failure(InvalidArgumentError("a node takes requests here, not replies")), None
+            )
+
+    def _handle_call(self, call: Call) -> None:
+        tag = call.tag
+        if tag is not None and tag in self._calls:
+            self._reply_now(
+                Failure(InvalidArgumentError(f"tag #{tag} is already in use by a call in flight")),
+                tag,
+            )
+            return
+        d = self.factory.dispatcher.dispatch(call)
+        if call.cast:
+            tracked = not d.called
+            if tracked:
+                self._track()
+            d.addBoth(self._cast_done, call, tracked)
+            return
+        if d.called:
+            # Answered at once (an error, or a procedure that did not wait):
+            # skip the bookkeeping of calls in flight.
+            result: list[Any] = []
+            d.addBoth(result.append)
+            self._reply_now(result[0], tag)
+            return
+        self._track()
+        if tag is None:
+            slot = _Slot(d)
+            self._untagged.append(slot)
+            d.addBoth(self._untagged_done, slot)
+        else:
+            self._calls[tag] = d
+            d.addBoth(self._tagged_done, tag)
+
+    def _cast_done(self, result: Any, call: Call, tracked: bool) -> None:
+        if isinstance(result, Failure):
+            log.info(
+                "cast of {procedure} failed: {error}", procedure=call.procedure, error=result.value
+            )
+        if tracked and not self._closed:
+            self._untrack()
+            self._after_call()
+
+    # --- Commands -------------------------------------------------------------
+
+    def _handle_command(self, command: Command) -> None:
+        verb, args, tag = command.verb, command.args, command.tag
+        factory = self.factory
+        registry = factory.dispatcher.registry
+        if verb == "PING":
+            self._reply_now("pong", tag)
+        elif verb == "LIST":
+            self._reply_now(registry.names(), tag)
+        elif verb == "HELP":
+            name = str(args[0]) if args else None
+            if name is not None and name not in registry:
+                self._reply_now(Failure(_not_found(name, factory.node_name)), tag)
+            elif tag is None:
+                self._reply_now(None, None, text=registry.help_text(name))
+            elif name is None:
+                self._reply_now([p.describe() for p in registry.procedures()], tag)
+            else:
+                self._reply_now(registry.get(name).describe(), tag)
+        elif verb == "STATS":
+            stats = factory.stats()
+            if tag is None:
+                self._reply_now(None, None, text=_format_stats(stats))
+            else:
+                self._reply_now(stats, tag)
+        elif verb == "CANCEL":
+            self._reply_now(self._cancel(args), tag)
+        elif verb == "QUIT":
+            self._quit(tag)
+        else:
+            self._reply_now(
+                Failure(UnimplementedError(f"{verb} is not available on this node")), tag
+            )
+
+    def _cancel(self, args: tuple[Any, ...]) -> bool | Failure:
+        if len(args) != 1:
+            return Failure(InvalidArgumentError("usage: CANCEL tag"))
+        tag = str(args[0]).removeprefix("#")
+        call = self._calls.get(tag)
+        if call is None:
+            return False
+        call.cancel()
+        return True
+
+    def _quit(self, tag: str | None) -> None:
+        """Answer C{QUIT} once every earlier call is answered, then close."""
+        if tag is None:
+            slot = _Slot()
+            self._untagged.append(slot)
+            self._quitting = slot
+        else:
+            self._quitting = tag
+        self._maybe_quit()
+
+    def _maybe_quit(self) -> None:
+        quitting = self._quitting
+        if quitting is None or self._in_flight or self._closed:
+            return
+        if isinstance(quitting, _Slot):
+            quitting.line = encode_success("bye")
+            self._flush_untagged()
+        else:
+            self._out.write(encode_success("bye", quitting))
+        self._close()
+
+    # --- Replies ------------------------------------------------------------
+
+    def _reply_now(self, result: Any, tag: str | None, text: str | None = None) -> None:
+        """Reply to a request handled without waiting: in order if untagged."""
+        line = self._encode(result, tag)
+        if text is not None:
+            line = encode_text(text) + line
+        if tag is None and self._untagged:
+            slot = _Slot()
+            slot.line = line
+            self._untagged.append(slot)
+            self._flush_untagged()
+        else:
+            self._out.write(line)
+
+    def _encode(self, result: Any, tag: str | None) -> bytes:
+        if isinstance(result, Failure):
+            error = result.value
+            if not isinstance(error, CallError):
+                error = InternalError("the node failed to handle this request")
+            if error.node is None:
+                error.node = self.factory.node_name
+            return encode_failure(error, tag)
+        try:
+            return encode_success(result, tag)
+        except (TypeError, ValueError) as e:
+            return encode_failure(
+                InternalError(
+                    f"the result is not JSON ({e})", Outcome.RAN, self.factory.node_name
+                ),
+                tag,
+            )
+
+    def _tagged_done(self, result: Any, tag: str) -> None:
+        if self._calls.pop(tag, None) is None:
+            return  # the connection is gone
+        self._untrack()
+        self._out.write(self._encode(result, tag))
+        self._after_call()
+
+    def _untagged_done(self, result: Any, slot: _Slot) -> None:
+        if self._closed:
+            return
+        self._untrack()
+        slot.line = self._encode(result, None)
+        self._flush_untagged()
+        self._after_call()
+
+    def _flush_untagged(self) -> None:
+        queue = self._untagged
+        lines: list[bytes] = []
+        while queue and (line := queue[0].line) is not None:
+            queue.popleft()
+            lines.append(line)
+        if lines:
+            self._out.writeSequence(lines)
+
+    # --- Flow control ---------------------------------------------------------
+
+    def _track(self) -> None:
+        self._in_flight += 1
+        if self._in_flight >= self.factory.limits.max_calls_in_flight:
+            self._paused_for_calls = True
+            self._update_reading()
+
+    def _untrack(self) -> None:
+        self._in_flight -= 1
+
+    def _after_call(self) -> None:
+        if (
+            self._paused_for_calls
+            and self._in_flight <= self.factory.limits.max_calls_in_flight // 2
+        ):
+            self._paused_for_calls = False
+            self._update_reading()
+        self._maybe_quit()
+
+    def _update_reading(self) -> None:
+        reading = not (self._paused_for_calls or self._paused_for_writes)
+        if reading == self._reading or self._closed:
+            return
+        self._reading = reading
+        if reading:
+            self._out.resumeProducing()
+            self._drain()
+        else:
+            self._out.pauseProducing()
+
+    # IPushProducer: the transport tells us when its output buffer is full.
+
+    def pauseProducing(self) -> None:
+        self._paused_for_writes = True
+        self._update_reading()
+        if self._stall_timer is None:
+            self._stall_timer = self.factory.clock.callLater(
+                self.factory.limits.write_stall_timeout, self._stalled
+            )
+
+    def resumeProducing(self) -> None:
+        self._cancel_stall_timer()
+        self._paused_for_writes = False
+        self._update_reading()
+
+    def stopProducing(self) -> None:
+        self._cancel_stall_timer()
+
+    def _cancel_stall_timer(self) -> None:
+        if self._stall_timer is not None:
+            self._stall_timer.cancel()
+            self._stall_timer = None
+
+    def _stalled(self) -> None:
+        self._stall_timer = None
+        log.info(
+            "dropping {peer}: it left its replies unread for {seconds}s",
+            peer=self._out.getPeer(),
+            seconds=self.factory.limits.write_stall_timeout,
+        )
+        self._closed = True
+        self._out.abortConnection()
+
+    def _write_error(self, error: CallError, tag: str | None) -> None:
+        self._out.write(encode_failure(error, tag))
+
+
+def _not_found(name: str, node: str) -> CallError:
+    return NotFoundError(f"no procedure named {name[:80]!r}; try HELP", node=node)
+
+
+def _format_stats(stats: dict[str, Any]) -> str:
+    lines = [
+        f"node {stats['node']}: {stats['connections']} connections,"
+        f" {stats['calls']} calls, {stats['errors']} errors, {stats['in_flight']} in flight",
+    ]
+    procedures = stats["procedures"]
+    if procedures:
+        width = max(len(name) for name in procedures)
+        lines.append(f"{'procedure':<{width}}  {'calls':>8}  {'errors':>8}  {'in flight':>9}")
+        for name, entry in procedures.items():
+            lines.append(
+                f"{name:<{width}}  {entry['calls']:>8}  {entry['errors']:>8}"
+                f"  {entry['in_flight']:>9}"
+            )
+    return "\n".join(lines)
+
+
+class NodeFactory(Factory):
+    """Makes a L{NodeProtocol} for each connection, sharing one dispatcher."""
+
+    protocol = NodeProtocol  # type: ignore[assignment]
+    noisy = False
+
+    def __init__(
+        self, dispatcher: Dispatcher, limits: Limits, node_name: str, clock: DispatchReactor
+    ) -> None:
+        self.dispatcher = dispatcher
+        self.limits = limits
+        self.node_name = node_name
+        self.clock = clock
+        self.connections = 0
+
+    def stats(self) -> dict[str, Any]:
+        """The node's counters, as C{STATS} reports them."""
+        return {
+            "node": self.node_name,
+            "connections": self.connections,
+            **self.dispatcher.stats.as_dict(),
+        }

@@ -1,0 +1,311 @@
+"""
+Procedures by name: how a Python function becomes something a node serves.
+
+A module of procedures marks what it serves with L{procedure}; nothing else in
+the module is reachable from the network::
+
+    from callnet import procedure, NotFoundError
+
+    @procedure
+    def add(a: float, b: float) -> float:
+        '''Return a + b.'''
+        return a + b
+
+    @procedure(errors={KeyError: NotFoundError})
+    async def lookup(key: str) -> str:
+        ...
+
+A plain function runs in the node's thread pool, so it may block; an
+C{async def} function, or one declared C{run="reactor"} (for example one that
+returns a Deferred), runs in the reactor and must not block; one declared
+C{run="process"} runs in a pool of worker processes, for CPU-bound work.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+from types import ModuleType
+from typing import Any, Literal, TypeVar, overload
+
+from callnet.errors import ERRORS_BY_CODE, CallError, InvalidArgumentError, NotFoundError
+from callnet.wire import RESERVED_NAMES, is_procedure_name
+
+Run = Literal["thread", "reactor", "process"]
+ErrorMap = Mapping[type[BaseException], type[CallError] | str]
+
+_F = TypeVar("_F", bound=Callable[..., Any])
+_MARK = "__callnet_procedure__"
+
+
+@dataclass(frozen=True)
+class Procedure:
+    """A function a node serves, with what the node needs to know to run it."""
+
+    name: str
+    function: Callable[..., Any]
+    run: Run
+    #: Exceptions the procedure declares, in the order they are matched, and
+    #: the error class each becomes on the wire.
+    errors: tuple[tuple[type[BaseException], type[CallError]], ...]
+    #: Safe to run twice: the cluster may retry it after a lost connection.
+    idempotent: bool
+    signature: inspect.Signature
+
+    @property
+    def summary(self) -> str:
+        """The first line of the docstring."""
+        doc = inspect.getdoc(self.function) or ""
+        return doc.strip().splitlines()[0] if doc.strip() else ""
+
+    @property
+    def doc(self) -> str:
+        """The whole docstring, dedented."""
+        return inspect.getdoc(self.function) or ""
+
+    @property
+    def usage(self) -> str:
+        """The call's shape, as C{add(a: float, b: float) -> float}."""
+        return f"{self.name}{_format_signature(self.signature)}"
+
+    def check_arguments(self, args: tuple[Any, ...], kwargs: Mapping[str, Any]) -> None:
+        """
+        Refuse arguments the function cannot take, before it runs.
+
+        @raise InvalidArgumentError: naming the procedure and its signature.
+        """
+        try:
+            self.signature.bind(*args, **kwargs)
+        except TypeError as e:
+            raise InvalidArgumentError(f"{e}; usage: {self.usage}") from None
+
+    def describe(self) -> dict[str, Any]:
+        """A JSON description, for C{HELP} asked by a program."""
+        return {
+            "name": self.name,
+            "signature": _format_signature(self.signature),
+            "doc": self.doc,
+            "run": self.run,
+            "idempotent": self.idempotent,
+        }
+
+
+@dataclass(frozen=True)
+class _Declaration:
+    name: str | None
+    run: Run | None
+    errors: ErrorMap
+    idempotent: bool
+
+
+@overload
+def procedure(function: _F, /) -> _F: ...
+@overload
+def procedure(
+    *,
+    name: str | None = None,
+    run: Run | None = None,
+    errors: ErrorMap | None = None,
+    idempotent: bool = False,
+) -> Callable[[_F], _F]: ...
+def procedure(
+    function: Callable[..., Any] | None = None,
+    /,
+    *,
+    name: str | None = None,
+    run: Run | None = None,
+    errors: ErrorMap | None = None,
+    idempotent: bool = False,
+) -> Any:
+    """
+    Mark a function as a procedure a node may serve.
+
+    The function itself is returned unchanged, so it can still be called
+    locally and tested as plain Python.
+
+    @param name: the name callers use; the function's own name by default.
+    @param run: C{"thread"}, C{"reactor"} or C{"process"}; by default an
+        C{async def} function runs in the reactor and any other in a thread.
+    @param errors: exception class -> L{CallError} subclass (or wire code):
+        what each declared exception becomes for the caller.  Exceptions not
+        declared become C{INTERNAL}, and the node logs them.
+    @param idempotent: running it twice is harmless, so a call lost in
+        transit may be retried on another node.
+    """
+    declaration = _Declaration(name, run, dict(errors or {}), idempotent)
+
+    def mark(function: _F) -> _F:
+        setattr(function, _MARK, declaration)
+        return function
+
+    if function is not None:
+        return mark(function)
+    return mark
+
+
+def _format_annotation(annotation: Any) -> str:
+    if isinstance(annotation, str):
+        return annotation
+    if isinstance(annotation, type):
+        return annotation.__qualname__
+    return str(annotation).replace("typing.", "")
+
+
+def _format_signature(signature: inspect.Signature) -> str:
+    """Render a signature for people: C{(a: float, b: float = 1) -> float}."""
+    parts = []
+    for parameter in signature.parameters.values():
+        text = parameter.name
+        if parameter.kind is parameter.VAR_POSITIONAL:
+            text = "*" + text
+        elif parameter.kind is parameter.VAR_KEYWORD:
+            text = "**" + text
+        if parameter.annotation is not parameter.empty:
+            text += f": {_format_annotation(parameter.annotation)}"
+        if parameter.default is not parameter.empty:
+            text += f" = {parameter.default!r}"
+        parts.append(text)
+    rendered = f"({', '.join(parts)})"
+    if signature.return_annotation is not signature.empty:
+        rendered += f" -> {_format_annotation(signature.return_annotation)}"
+    return rendered
+
+
+def _resolve_errors(
+    name: str, errors: ErrorMap
+) -> tuple[tuple[type[BaseException], type[CallError]], ...]:
+    resolved = []
+    for exception, target in errors.items():
+        if isinstance(target, str):
+            if target not in ERRORS_BY_CODE:
+                raise ValueError(f"procedure {name}: unknown error code {target!r}")
+            target = ERRORS_BY_CODE[target]
+        if not (isinstance(target, type) and issubclass(target, CallError)):
+            raise TypeError(f"procedure {name}: {target!r} is not a CallError subclass")
+        resolved.append((exception, target))
+    return tuple(resolved)
+
+
+def _default_run(function: Callable[..., Any], signature: inspect.Signature) -> Run:
+    if inspect.iscoroutinefunction(function):
+        return "reactor"
+    returns = signature.return_annotation
+    if isinstance(returns, str) and returns.startswith("Deferred"):
+        return "reactor"
+    if getattr(returns, "__name__", None) == "Deferred" or (
+        getattr(returns, "__origin__", None) is not None
+        and getattr(returns.__origin__, "__name__", None) == "Deferred"
+    ):
+        return "reactor"
+    return "thread"
+
+
+class Registry:
+    """The procedures one node serves, by name."""
+
+    def __init__(self) -> None:
+        self._procedures: dict[str, Procedure] = {}
+
+    def add(
+        self,
+        function: Callable[..., Any],
+        *,
+        name: str | None = None,
+        run: Run | None = None,
+        errors: ErrorMap | None = None,
+        idempotent: bool | None = None,
+    ) -> Procedure:
+        """
+        Serve a function.  Options given here win over its L{procedure} mark.
+
+        @raise ValueError: the name is taken, reserved, or not a valid name.
+        """
+        declared: _Declaration = getattr(function, _MARK, _Declaration(None, None, {}, False))
+        name = name or declared.name or function.__name__
+        _check_name(name)
+        if name in self._procedures:
+            raise ValueError(f"procedure {name!r} is registered twice")
+        signature = inspect.signature(function)
+        run = run or declared.run or _default_run(function, signature)
+        if run not in ("thread", "reactor", "process"):
+            raise ValueError(f"procedure {name}: run must be thread, reactor or process")
+        entry = Procedure(
+            name=name,
+            function=function,
+            run=run,
+            errors=_resolve_errors(name, errors if errors is not None else declared.errors),
+            idempotent=declared.idempotent if idempotent is None else idempotent,
+            signature=signature,
+        )
+        self._procedures[name] = entry
+        return entry
+
+    def add_module(self, module: ModuleType) -> list[Procedure]:
+        """Serve every function in a module marked with L{procedure}."""
+        added = []
+        for value in vars(module).values():
+            if callable(value) and hasattr(value, _MARK):
+                if getattr(value, "__module__", None) != module.__name__:
+                    continue  # imported from elsewhere: served by its own module
+                added.append(self.add(value))
+        return added
+
+    def add_all(self, functions: Iterable[Callable[..., Any]]) -> None:
+        """Serve each of several functions."""
+        for function in functions:
+            self.add(function)
+
+    def get(self, name: str) -> Procedure:
+        """
+        Find a procedure.
+
+        @raise NotFoundError: there is none by that name.
+        """
+        try:
+            return self._procedures[name]
+        except KeyError:
+            raise NotFoundError(f"no procedure named {name[:80]!r}; try HELP") from None
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._procedures
+
+    def __len__(self) -> int:
+        return len(self._procedures)
+
+    def names(self) -> list[str]:
+        """Every procedure's name, sorted."""
+        return sorted(self._procedures)
+
+    def procedures(self) -> list[Procedure]:
+        """Every procedure, sorted by name."""
+        return [self._procedures[name] for name in self.names()]
+
+    def help_text(self, name: str | None = None) -> str:
+        """The text C{HELP} shows a person: a table, or one procedure in full."""
+        if name is not None:
+            entry = self.get(name)
+            lines = [entry.usage]
+            if entry.doc:
+                lines += ["", *("    " + line if line else "" for line in entry.doc.splitlines())]
+            notes = [f"runs in: {entry.run}"]
+            if entry.idempotent:
+                notes.append("idempotent")
+            lines += ["", "; ".join(notes)]
+            return "\n".join(lines)
+        entries = self.procedures()
+        width = min(max((len(e.usage) for e in entries), default=0), 48)
+        lines = [f"{e.usage:<{width}}  {e.summary}".rstrip() for e in entries]
+        lines += [
+            "",
+            "Commands: HELP [name], LIST, PING, STATS, CANCEL tag, QUIT",
+            "Call with: name arg1 arg2 key=value   (arguments are JSON or bare words)",
+        ]
+        return "\n".join(lines)
+
+
+def _check_name(name: str) -> None:
+    if name.lower() in RESERVED_NAMES:
+        raise ValueError(f"{name!r} is reserved for a protocol command")
+    if not is_procedure_name(name) or "@" in name:
+        raise ValueError(f"{name!r} is not a valid procedure name")

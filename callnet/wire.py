@@ -1,0 +1,507 @@
+"""
+The line codec: bytes in, frozen events out, and back.  No I/O, no Twisted.
+
+Every message is one UTF-8 line ending in LF (CRLF is accepted).  The grammar
+is specified with examples in C{docs/protocol.md}; in short::
+
+    request  = [ "#" tag SP ] *( "+" option SP ) procedure *( SP argument )
+    command  = [ "#" tag SP ] VERB *( SP argument )       ; HELP, PING, ...
+    success  = [ "#" tag SP ] "OK" [ SP json ]
+    error    = [ "#" tag SP ] "ERR" SP CODE SP outcome [ SP "@" node ] SP message
+    text     = "|" [ SP text ]                             ; for people only
+
+An argument is a JSON value where the word parses as one and a string
+otherwise, so a person can type C{add 1 2} or C{echo hello} and a program can
+send any JSON.  C{name=value} passes a keyword argument.  Nothing is ever
+evaluated: values are read by the C{json} module and nothing else.
+
+L{LineDecoder} is a pull parser in the manner of h11: L{LineDecoder.feed}
+takes bytes, L{LineDecoder.next_event} hands out one event at a time (or
+C{None} when it needs more bytes), so its user can stop pulling when it has
+enough work in hand and the rest stays buffered, bounded by what it was fed.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, TypeAlias
+
+from callnet.errors import (
+    CallError,
+    InvalidArgumentError,
+    Outcome,
+    ResourceExhaustedError,
+    error_from_wire,
+)
+
+#: The longest line a decoder accepts by default, newline excluded.  Big
+#: enough for a 1 MiB argument after JSON escaping, small enough that one
+#: connection cannot make the node buffer more than a few MiB.
+DEFAULT_MAX_LINE = 2 * 1024 * 1024
+
+#: Command verbs, matched without regard to case so a person may type them
+#: in lower case.  These names cannot be procedure names.
+COMMANDS = frozenset({"HELP", "LIST", "PING", "CANCEL", "STATS", "QUIT", "HELLO", "AUTH", "MULTI"})
+#: Words that may never name a procedure.
+RESERVED_NAMES = frozenset(word.lower() for word in COMMANDS | {"OK", "ERR"})
+
+#: Options a request may carry before its procedure name.
+OPTIONS = frozenset({"timeout", "cast", "key", "trace", "hops"})
+
+_TAG_RE = re.compile(r"[A-Za-z0-9_.:\-]{1,64}\Z")
+_PROCEDURE_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_.\-]{0,127}(@[A-Za-z0-9_.\-]{1,128})?\Z")
+_KEYWORD_RE = re.compile(r"([A-Za-z_][A-Za-z0-9_]*)=")
+_NUMBER_RE = re.compile(r"-?(?:0|[1-9][0-9]*)(?:\.[0-9]+)?(?:[eE][+-]?[0-9]+)?\Z")
+_OPTION_VALUE_RE = re.compile(r"[\x21-\x7e]{1,256}\Z")
+_CODE_RE = re.compile(r"[A-Z][A-Z_]{0,63}\Z")
+_WHITESPACE = " \t"
+_JSON_OPENERS = frozenset('"[{')
+_BARE_CONSTANTS: dict[str, Any] = {"true": True, "false": False, "null": None}
+_OUTCOMES = {outcome.value: outcome for outcome in Outcome}
+
+
+def is_procedure_name(name: str) -> bool:
+    """Whether a word may name a procedure (C{name} or C{name@node})."""
+    return bool(_PROCEDURE_RE.match(name)) and name.lower() not in RESERVED_NAMES
+
+
+def _refuse_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not a JSON value")
+
+
+_DECODER = json.JSONDecoder(parse_constant=_refuse_constant)
+_ENCODE = json.JSONEncoder(ensure_ascii=False, allow_nan=False, separators=(",", ":")).encode
+_ENCODE_ASCII = json.JSONEncoder(ensure_ascii=True, allow_nan=False, separators=(",", ":")).encode
+
+
+# --- Events -----------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Call:
+    """A request to run a procedure."""
+
+    procedure: str
+    args: tuple[Any, ...] = ()
+    kwargs: Mapping[str, Any] = field(default_factory=dict)
+    tag: str | None = None
+    #: Remaining time budget in seconds, as the caller saw it when sending.
+    timeout: float | None = None
+    #: No reply is wanted (fire-and-forget).
+    cast: bool = False
+    #: Idempotency key: a retried call with the same key returns the first result.
+    key: str | None = None
+    trace: str | None = None
+    #: How many nodes have forwarded this call already.
+    hops: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class Command:
+    """A control verb: HELP, LIST, PING, CANCEL, STATS, QUIT, ..."""
+
+    verb: str
+    args: tuple[Any, ...] = ()
+    tag: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Success:
+    """A successful reply carrying a JSON value."""
+
+    value: Any
+    tag: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Failure:
+    """An error reply; L{Failure.error} is the exception it stands for."""
+
+    error: CallError
+    tag: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Text:
+    """A line of text meant for a person, sent before the reply it belongs to."""
+
+    text: str
+
+
+@dataclass(frozen=True, slots=True)
+class BadLine:
+    """
+    A line that could not be understood.
+
+    C{tag} is set when the line's tag could still be read, so the error reply
+    reaches the right caller.
+    """
+
+    error: CallError
+    tag: str | None = None
+
+
+Event: TypeAlias = Call | Command | Success | Failure | Text | BadLine
+
+
+# --- Decoding ---------------------------------------------------------------
+
+
+class LineDecoder:
+    """
+    Split bytes into lines and lines into events, within a line length bound.
+
+    A line longer than C{max_line} yields one L{BadLine} (with the line's tag,
+    when it had one) and the rest of that line is dropped as it arrives,
+    without being buffered.
+    """
+
+    def __init__(self, max_line: int = DEFAULT_MAX_LINE) -> None:
+        self.max_line = max_line
+        self._buffer = b""
+        self._discarding = False
+
+    @property
+    def buffered(self) -> int:
+        """How many bytes are held, waiting for the end of their line."""
+        return len(self._buffer)
+
+    def feed(self, data: bytes) -> None:
+        """Take more bytes from the peer."""
+        if self._discarding:
+            end = data.find(b"\n")
+            if end < 0:
+                return
+            self._discarding = False
+            data = data[end + 1 :]
+        if self._buffer:
+            self._buffer += data
+        else:
+            self._buffer = data
+
+    def next_event(self) -> Event | None:
+        """Return the next event, or C{None} until more bytes are fed."""
+        while True:
+            buffer = self._buffer
+            end = buffer.find(b"\n")
+            if end < 0:
+                if len(buffer) > self.max_line:
+                    return self._overflow(buffer, discard_rest=True)
+                return None
+            line = buffer[:end]
+            self._buffer = buffer[end + 1 :]
+            if end > self.max_line:
+                return self._overflow(line, discard_rest=False)
+            event = parse_line(line)
+            if event is not None:
+                return event
+
+    def end_of_input(self) -> BadLine | None:
+        """
+        The peer will send nothing more: report an unfinished last line.
+
+        An unterminated line is not acted on, since the peer may have been cut
+        off in the middle of it.
+        """
+        rest, self._buffer = self._buffer, b""
+        if self._discarding or not rest.strip():
+            return None
+        return BadLine(
+            InvalidArgumentError("input ended in the middle of a line"), _peek_tag(rest)
+        )
+
+    def _overflow(self, line: bytes, discard_rest: bool) -> BadLine:
+        if discard_rest:
+            self._buffer = b""
+            self._discarding = True
+        return BadLine(
+            ResourceExhaustedError(f"line longer than the limit of {self.max_line} bytes"),
+            _peek_tag(line),
+        )
+
+
+def _peek_tag(line: bytes) -> str | None:
+    """Read the tag at the start of a line, if it has a valid one."""
+    if not line.startswith(b"#"):
+        return None
+    head = line[1:66].split(None, 1)
+    if not head:
+        return None
+    try:
+        tag = head[0].decode("ascii")
+    except UnicodeDecodeError:
+        return None
+    return tag if _TAG_RE.match(tag) else None
+
+
+def parse_line(line: bytes) -> Event | None:
+    """Turn one line (without its LF) into an event; C{None} for a blank line."""
+    try:
+        text = line.decode("utf-8")
+    except UnicodeDecodeError as e:
+        return BadLine(
+            InvalidArgumentError(f"line is not valid UTF-8 (byte {e.start})"), _peek_tag(line)
+        )
+    if text.endswith("\r"):
+        text = text[:-1]
+    try:
+        return _parse_text(text)
+    except _MalformedError as e:
+        return BadLine(InvalidArgumentError(e.reason), e.tag)
+
+
+class _MalformedError(Exception):
+    def __init__(self, reason: str, tag: str | None) -> None:
+        self.reason = reason
+        self.tag = tag
+
+
+def _next_word(text: str, pos: int) -> tuple[str, int]:
+    """Return the word starting at C{pos} and the position after it."""
+    end = pos
+    length = len(text)
+    while end < length and text[end] not in _WHITESPACE:
+        end += 1
+    return text[pos:end], end
+
+
+def _skip_space(text: str, pos: int) -> int:
+    length = len(text)
+    while pos < length and text[pos] in _WHITESPACE:
+        pos += 1
+    return pos
+
+
+def _parse_text(text: str) -> Event | None:
+    if text.startswith("|"):
+        return Text(text[2:] if text.startswith("| ") else text[1:])
+    pos = _skip_space(text, 0)
+    if pos == len(text):
+        return None
+    tag = None
+    word, pos = _next_word(text, pos)
+    if word.startswith("#"):
+        tag = word[1:]
+        if not _TAG_RE.match(tag):
+            raise _MalformedError(
+                "a tag is # and 1 to 64 letters, digits or _.:- characters", None
+            )
+        pos = _skip_space(text, pos)
+        if pos == len(text):
+            raise _MalformedError("a tag must be followed by a request", tag)
+        word, pos = _next_word(text, pos)
+
+    if word == "OK":
+        return _parse_success(text, pos, tag)
+    if word == "ERR":
+        return _parse_failure(text, pos, tag)
+    verb = word.upper()
+    if verb in COMMANDS:
+        return Command(verb, _parse_arguments(text, pos, tag, allow_keywords=False)[0], tag)
+
+    options: dict[str, Any] = {}
+    while word.startswith("+"):
+        _parse_option(word, options, tag)
+        pos = _skip_space(text, pos)
+        if pos == len(text):
+            raise _MalformedError("options must be followed by a procedure name", tag)
+        word, pos = _next_word(text, pos)
+    if not is_procedure_name(word):
+        raise _MalformedError(f"not a procedure name or command: {word[:80]!r}", tag)
+    args, kwargs = _parse_arguments(text, pos, tag, allow_keywords=True)
+    return Call(word, args, kwargs, tag, **options)
+
+
+def _parse_option(word: str, options: dict[str, Any], tag: str | None) -> None:
+    name, _, value = word[1:].partition("=")
+    if name not in OPTIONS:
+        raise _MalformedError(f"unknown option +{name[:40]}", tag)
+    if name in options:
+        raise _MalformedError(f"option +{name} given twice", tag)
+    if name == "cast":
+        if value:
+            raise _MalformedError("+cast takes no value", tag)
+        options["cast"] = True
+        return
+    if not value:
+        raise _MalformedError(f"+{name} needs a value: +{name}=...", tag)
+    if name == "timeout":
+        try:
+            seconds = float(value)
+        except ValueError:
+            raise _MalformedError(f"+timeout takes seconds, not {value[:40]!r}", tag) from None
+        if not math.isfinite(seconds) or seconds < 0:
+            raise _MalformedError("+timeout must be a finite number of seconds >= 0", tag)
+        options["timeout"] = seconds
+    elif name == "hops":
+        if not value.isdigit() or len(value) > 3:
+            raise _MalformedError("+hops takes a small whole number", tag)
+        options["hops"] = int(value)
+    else:
+        if not _OPTION_VALUE_RE.match(value):
+            raise _MalformedError(f"+{name} takes 1 to 256 printable ASCII characters", tag)
+        options[name] = value
+
+
+def _parse_arguments(
+    text: str, pos: int, tag: str | None, allow_keywords: bool
+) -> tuple[tuple[Any, ...], dict[str, Any]]:
+    args: list[Any] = []
+    kwargs: dict[str, Any] = {}
+    length = len(text)
+    while True:
+        pos = _skip_space(text, pos)
+        if pos >= length:
+            return tuple(args), kwargs
+        keyword = None
+        if allow_keywords:
+            match = _KEYWORD_RE.match(text, pos)
+            if match is not None:
+                keyword = match.group(1)
+                pos = match.end()
+                if keyword in kwargs:
+                    raise _MalformedError(f"keyword argument {keyword} given twice", tag)
+        value, pos = _parse_value(text, pos, tag)
+        if keyword is None:
+            if kwargs:
+                raise _MalformedError("positional argument after a keyword argument", tag)
+            args.append(value)
+        else:
+            kwargs[keyword] = value
+
+
+def _parse_value(text: str, pos: int, tag: str | None) -> tuple[Any, int]:
+    if pos < len(text) and text[pos] in _JSON_OPENERS:
+        try:
+            value, end = _DECODER.raw_decode(text, pos)
+        except ValueError as e:
+            raise _MalformedError(f"bad JSON at column {pos + 1}: {_reason(e)}", tag) from None
+        except RecursionError:
+            raise _MalformedError(f"JSON nested too deeply at column {pos + 1}", tag) from None
+        if end < len(text) and text[end] not in _WHITESPACE:
+            raise _MalformedError(f"unexpected text after JSON value at column {end + 1}", tag)
+        return value, end
+    word, end = _next_word(text, pos)
+    if word in _BARE_CONSTANTS:
+        return _BARE_CONSTANTS[word], end
+    if _NUMBER_RE.match(word):
+        number = json.loads(word)
+        if isinstance(number, float) and not math.isfinite(number):
+            raise _MalformedError(f"number out of range at column {pos + 1}", tag)
+        return number, end
+    return word, end
+
+
+def _reason(error: ValueError) -> str:
+    if isinstance(error, json.JSONDecodeError):
+        return error.msg
+    return str(error)
+
+
+def _parse_success(text: str, pos: int, tag: str | None) -> Success:
+    rest = text[pos:].strip(_WHITESPACE)
+    if not rest:
+        return Success(None, tag)
+    try:
+        value = _DECODER.decode(rest)
+    except ValueError as e:
+        raise _MalformedError(f"bad JSON in OK reply: {_reason(e)}", tag) from None
+    except RecursionError:
+        raise _MalformedError("JSON nested too deeply in OK reply", tag) from None
+    return Success(value, tag)
+
+
+def _parse_failure(text: str, pos: int, tag: str | None) -> Failure:
+    parts = text[pos:].lstrip(_WHITESPACE).split(" ", 2)
+    if len(parts) < 2 or not _CODE_RE.match(parts[0]) or parts[1] not in _OUTCOMES:
+        raise _MalformedError("an ERR reply is: ERR CODE OUTCOME message", tag)
+    code, outcome = parts[0], _OUTCOMES[parts[1]]
+    message = parts[2] if len(parts) > 2 else ""
+    node = None
+    if message.startswith("@"):
+        node, _, message = message[1:].partition(" ")
+    return Failure(error_from_wire(code, outcome, message, node or None), tag)
+
+
+# --- Encoding ---------------------------------------------------------------
+
+
+def encode_json(value: Any) -> str:
+    """
+    Encode a value as compact one-line JSON.
+
+    @raise TypeError: the value is not JSON (a set, an object, ...).
+    @raise ValueError: it holds NaN or infinity, or nests too deeply.
+    """
+    try:
+        encoded = _ENCODE(value)
+    except RecursionError:
+        raise ValueError("value nests too deeply") from None
+    if not encoded.isascii():
+        try:
+            encoded.encode("utf-8")
+        except UnicodeEncodeError:
+            # Lone surrogates cannot travel as UTF-8; \\u escapes can.
+            encoded = _ENCODE_ASCII(value)
+    return encoded
+
+
+def _prefix(tag: str | None) -> str:
+    return f"#{tag} " if tag is not None else ""
+
+
+def encode_call(call: Call) -> bytes:
+    """Encode a request line.  Raises C{TypeError}/C{ValueError} for non-JSON arguments."""
+    words = []
+    if call.tag is not None:
+        words.append(f"#{call.tag}")
+    if call.timeout is not None:
+        words.append(f"+timeout={call.timeout:.6g}")
+    if call.cast:
+        words.append("+cast")
+    if call.key is not None:
+        words.append(f"+key={call.key}")
+    if call.trace is not None:
+        words.append(f"+trace={call.trace}")
+    if call.hops:
+        words.append(f"+hops={call.hops}")
+    words.append(call.procedure)
+    words.extend(map(encode_json, call.args))
+    for name, value in call.kwargs.items():
+        words.append(f"{name}={encode_json(value)}")
+    return (" ".join(words) + "\n").encode("utf-8")
+
+
+def encode_command(verb: str, args: tuple[Any, ...] = (), tag: str | None = None) -> bytes:
+    """Encode a command line such as C{CANCEL 17}."""
+    words = [verb, *map(encode_json, args)]
+    return (_prefix(tag) + " ".join(words) + "\n").encode("utf-8")
+
+
+def encode_success(value: Any, tag: str | None = None) -> bytes:
+    """Encode an OK reply; C{OK} alone stands for C{None}."""
+    if value is None:
+        return (_prefix(tag) + "OK\n").encode("utf-8")
+    return (_prefix(tag) + "OK " + encode_json(value) + "\n").encode("utf-8")
+
+
+def encode_failure(error: CallError, tag: str | None = None) -> bytes:
+    """Encode an ERR reply for an error, on one line whatever its message holds."""
+    message = " ".join(error.message.split()) or error.code.lower().replace("_", " ")
+    if message.startswith("@") and not error.node:
+        message = "(at)" + message[1:]
+    node = f"@{error.node} " if error.node else ""
+    line = f"{_prefix(tag)}ERR {error.code} {error.outcome.value} {node}{message}\n"
+    return line.encode("utf-8", "backslashreplace")
+
+
+def encode_text(text: str) -> bytes:
+    """Encode lines of text for a person, each marked with C{|}."""
+    lines = text.splitlines() or [""]
+    return "".join(f"| {line}".rstrip() + "\n" for line in lines).encode(
+        "utf-8", "backslashreplace"
+    )
