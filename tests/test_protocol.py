@@ -1,0 +1,500 @@
+"""
+The node's protocol and dispatcher, driven deterministically: no sockets, no
+threads, time moved by hand.
+"""
+
+from __future__ import annotations
+
+import random
+from typing import Any
+
+from twisted.internet.defer import Deferred
+from twisted.trial.unittest import SynchronousTestCase
+
+from callnet.config import Limits
+from callnet.errors import (
+    CancelledError,
+    DeadlineExceededError,
+    InternalError,
+    InvalidArgumentError,
+    NotFoundError,
+    Outcome,
+    ResourceExhaustedError,
+)
+from callnet.registry import procedure
+from callnet.wire import Failure, Success, Text
+
+from .support import MemoryNode
+
+
+class Pending:
+    """Procedures whose results a test delivers by hand, in any order."""
+
+    def __init__(self) -> None:
+        self.calls: dict[Any, Deferred[Any]] = {}
+        self.cancelled: list[Any] = []
+
+    def wait(self, key: Any) -> Deferred[Any]:
+        d: Deferred[Any] = Deferred(lambda _: self.cancelled.append(key))
+        self.calls[key] = d
+        return d
+
+
+def node_with_pending(limits: Limits | None = None) -> tuple[MemoryNode, Pending]:
+    node = MemoryNode(limits)
+    pending = Pending()
+    node.registry.add(pending.wait, name="wait", run="reactor")
+
+    @procedure(run="reactor")
+    def add(a: int, b: int) -> int:
+        return a + b
+
+    node.registry.add(add)
+    return node, pending
+
+
+class InlineFormTests(SynchronousTestCase):
+    """The form a person types in nc or telnet."""
+
+    def test_add(self) -> None:
+        """C{add 1 2} is answered C{OK 3}."""
+        node, _ = node_with_pending()
+        conn = node.connect()
+        conn.send("add 1 2\n")
+        self.assertEqual(conn.lines(), [b"OK 3"])
+
+    def test_crlf(self) -> None:
+        """A line ending in CRLF, as telnet sends, is read like one ending in LF."""
+        node, _ = node_with_pending()
+        conn = node.connect()
+        conn.send("add 1 2\r\nadd 3 4\r\n")
+        self.assertEqual(conn.lines(), [b"OK 3", b"OK 7"])
+
+    def test_untagged_replies_in_request_order(self) -> None:
+        """Untagged replies come back in the order of their requests, whatever order calls end."""
+        node, pending = node_with_pending()
+        conn = node.connect()
+        conn.send("wait a\nwait b\nadd 1 1\n")
+        self.assertEqual(conn.lines(), [])
+        pending.calls["b"].callback("B")
+        self.assertEqual(conn.lines(), [])
+        pending.calls["a"].callback("A")
+        self.assertEqual(conn.lines(), [b'OK "A"', b'OK "B"', b"OK 2"])
+
+    def test_unknown_procedure(self) -> None:
+        """An unknown procedure gets NOT_FOUND, did not run, and the connection goes on."""
+        node, _ = node_with_pending()
+        conn = node.connect()
+        conn.send("ad 1 2\nadd 1 2\n")
+        [error, ok] = conn.events()
+        assert isinstance(error, Failure)
+        self.assertIsInstance(error.error, NotFoundError)
+        self.assertEqual(error.error.outcome, Outcome.NOT_RUN)
+        self.assertEqual(error.error.node, "test")
+        self.assertEqual(ok, Success(3))
+
+    def test_wrong_arguments(self) -> None:
+        """Arguments that do not fit the signature get INVALID_ARGUMENT naming the usage."""
+        node, _ = node_with_pending()
+        conn = node.connect()
+        conn.send("add 1\n")
+        [reply] = conn.events()
+        assert isinstance(reply, Failure)
+        self.assertIsInstance(reply.error, InvalidArgumentError)
+        self.assertEqual(reply.error.outcome, Outcome.NOT_RUN)
+        self.assertIn("add(a: int, b: int) -> int", reply.error.message)
+
+    def test_bad_lines_leave_connection_usable(self) -> None:
+        """Malformed lines, invalid UTF-8 and invalid JSON each get an error; the next call works."""
+        node, _ = node_with_pending()
+        conn = node.connect()
+        conn.send(b"#bad! add\n\xff\xfe\nadd [1,\n+bogus add 1 2\nadd 1 2\n")
+        events = conn.events()
+        self.assertEqual(len(events), 5)
+        for event in events[:4]:
+            assert isinstance(event, Failure)
+            self.assertIsInstance(event.error, InvalidArgumentError)
+            self.assertEqual(event.error.outcome, Outcome.NOT_RUN)
+        self.assertEqual(events[4], Success(3))
+
+    def test_oversized_line(self) -> None:
+        """A line over the limit fails that request only, with its tag; the next line is served."""
+        node, _ = node_with_pending(Limits(max_line_bytes=100))
+        conn = node.connect()
+        conn.send(b"#7 echo " + b"x" * 60)
+        conn.send(b"x" * 1000)
+        conn.send(b"x" * 1000 + b"\n#8 add 1 2\n")
+        self.assertLessEqual(conn.protocol._decoder.buffered, 100)
+        [too_long, ok] = conn.events()
+        assert isinstance(too_long, Failure)
+        self.assertIsInstance(too_long.error, ResourceExhaustedError)
+        self.assertEqual(too_long.tag, "7")
+        self.assertEqual(ok, Success(3, "8"))
+
+    def test_http_request(self) -> None:
+        """An HTTP request gets one error line, then the node closes the connection."""
+        node, _ = node_with_pending()
+        conn = node.connect()
+        conn.send(b"GET / HTTP/1.1\r\nHost: example\r\n\r\n")
+        lines = conn.lines()
+        self.assertEqual(len(lines), 1)
+        self.assertTrue(lines[0].startswith(b"ERR INVALID_ARGUMENT not-run"))
+        self.assertIn(b"not an HTTP server", lines[0])
+        self.assertTrue(conn.transport.disconnecting)
+
+    def test_reply_replies_are_refused(self) -> None:
+        """A client that sends a reply line is told the node takes requests."""
+        node, _ = node_with_pending()
+        conn = node.connect()
+        conn.send("OK 3\n")
+        [reply] = conn.events()
+        assert isinstance(reply, Failure)
+        self.assertIsInstance(reply.error, InvalidArgumentError)
+
+
+class TaggedFormTests(SynchronousTestCase):
+    """The form programs use: tags, out-of-order replies, pipelining."""
+
+    def test_out_of_order(self) -> None:
+        """Tagged replies come back as calls complete, each carrying its request's tag."""
+        node, pending = node_with_pending()
+        conn = node.connect()
+        conn.send("#1 wait a\n#2 wait b\n")
+        pending.calls["b"].callback("B")
+        self.assertEqual(conn.lines(), [b'#2 OK "B"'])
+        pending.calls["a"].callback("A")
+        self.assertEqual(conn.lines(), [b'#1 OK "A"'])
+
+    def test_ten_thousand_pipelined_reordered(self) -> None:
+        """10,000 calls pipelined on one connection, completed in random order, each reply matches."""
+        node, pending = node_with_pending(Limits(max_calls_in_flight=20_000))
+        conn = node.connect()
+        count = 10_000
+        conn.send("".join(f"#t{i} wait {i}\n" for i in range(count)))
+        self.assertEqual(len(pending.calls), count)
+        order = list(range(count))
+        random.Random(7).shuffle(order)
+        for i in order:
+            pending.calls[i].callback(i * 3)
+        replies = conn.events()
+        self.assertEqual(len(replies), count)
+        self.assertEqual(
+            {r.tag: r.value for r in replies if isinstance(r, Success)},
+            {f"t{i}": i * 3 for i in range(count)},
+        )
+        self.assertEqual([r.tag for r in replies], [f"t{i}" for i in order])
+
+    def test_duplicate_tag(self) -> None:
+        """A tag reused while its call is in flight is refused; the first call still answers."""
+        node, pending = node_with_pending()
+        conn = node.connect()
+        conn.send("#1 wait a\n#1 add 1 2\n")
+        [refused] = conn.events()
+        assert isinstance(refused, Failure)
+        self.assertIn("already in use", refused.error.message)
+        pending.calls["a"].callback("A")
+        self.assertEqual(conn.events(), [Success("A", "1")])
+
+
+class DeadlineAndCancelTests(SynchronousTestCase):
+    """Deadlines and CANCEL reach the running work."""
+
+    def test_deadline_cancels_async_work(self) -> None:
+        """When +timeout passes, the procedure's Deferred is cancelled and the caller gets DEADLINE_EXCEEDED."""
+        node, pending = node_with_pending()
+        conn = node.connect()
+        conn.send("#1 +timeout=2.5 wait a\n")
+        node.reactor.advance(2.4)
+        self.assertEqual(conn.lines(), [])
+        node.reactor.advance(0.2)
+        [reply] = conn.events()
+        assert isinstance(reply, Failure)
+        self.assertIsInstance(reply.error, DeadlineExceededError)
+        self.assertEqual(reply.error.outcome, Outcome.MAY_HAVE_RUN)
+        self.assertEqual(pending.cancelled, ["a"])
+        self.assertEqual(node.reactor.getDelayedCalls(), [])
+
+    def test_default_deadline(self) -> None:
+        """A call that names no deadline gets the node's default one."""
+        node, _pending = node_with_pending(Limits(default_timeout=5.0))
+        conn = node.connect()
+        conn.send("wait a\n")
+        node.reactor.advance(5.0)
+        [reply] = conn.events()
+        assert isinstance(reply, Failure)
+        self.assertIsInstance(reply.error, DeadlineExceededError)
+
+    def test_spent_deadline_does_not_run(self) -> None:
+        """A call arriving with no budget left is refused and did not run."""
+        node, pending = node_with_pending()
+        conn = node.connect()
+        conn.send("#1 +timeout=0 wait a\n")
+        [reply] = conn.events()
+        assert isinstance(reply, Failure)
+        self.assertIsInstance(reply.error, DeadlineExceededError)
+        self.assertEqual(reply.error.outcome, Outcome.NOT_RUN)
+        self.assertEqual(pending.calls, {})
+
+    def test_deadline_discards_thread_result(self) -> None:
+        """A thread procedure past its deadline is answered DEADLINE_EXCEEDED; its late result is dropped."""
+        node, _ = node_with_pending()
+        ran = []
+        node.registry.add(lambda: ran.append(1) or "late", name="slow", run="thread")
+        conn = node.connect()
+        conn.send("#1 +timeout=1 slow\n")
+        # The job is queued but no thread has taken it: it never runs.
+        node.reactor.advance(1)
+        [reply] = conn.events()
+        assert isinstance(reply, Failure)
+        self.assertIsInstance(reply.error, DeadlineExceededError)
+        self.assertEqual(reply.error.outcome, Outcome.NOT_RUN)
+        node.threads.run_all()
+        self.assertEqual(ran, [])
+        self.assertEqual(conn.lines(), [])
+
+    def test_thread_result_arrives(self) -> None:
+        """A thread procedure's result is sent when its worker finishes."""
+        node, _ = node_with_pending()
+        node.registry.add(lambda x: x * 2, name="double", run="thread")
+        conn = node.connect()
+        conn.send("#1 double 21\n")
+        self.assertEqual(conn.lines(), [])
+        node.threads.run_all()
+        self.assertEqual(conn.lines(), [b"#1 OK 42"])
+        self.assertEqual(node.reactor.getDelayedCalls(), [])
+
+    def test_cancel_command(self) -> None:
+        """C{CANCEL tag} cancels the work, the call is answered CANCELLED and CANCEL answers true."""
+        node, pending = node_with_pending()
+        conn = node.connect()
+        conn.send("#1 wait a\n#2 CANCEL 1\n#3 cancel #99\n")
+        events = conn.events()
+        self.assertEqual(pending.cancelled, ["a"])
+        cancelled = events[0]
+        assert isinstance(cancelled, Failure)
+        self.assertEqual(cancelled.tag, "1")
+        self.assertIsInstance(cancelled.error, CancelledError)
+        self.assertEqual(events[1:], [Success(True, "2"), Success(False, "3")])
+
+    def test_connection_lost_cancels_work(self) -> None:
+        """Work in flight for a connection that closes is cancelled."""
+        node, pending = node_with_pending()
+        conn = node.connect()
+        conn.send("#1 wait a\nwait b\n")
+        conn.protocol.connectionLost()
+        self.assertEqual(sorted(pending.cancelled), ["a", "b"])
+        self.assertEqual(node.dispatcher.stats.in_flight, 0)
+        self.assertEqual(node.factory.connections, 0)
+
+    def test_cast(self) -> None:
+        """A +cast call runs and is never answered, even when it fails."""
+        node, pending = node_with_pending()
+        conn = node.connect()
+        conn.send("+cast wait a\n+cast nosuch\n#2 add 1 1\n")
+        self.assertEqual(conn.events(), [Success(2, "2")])
+        self.assertIn("a", pending.calls)
+        pending.calls["a"].callback("done")
+        self.assertEqual(conn.lines(), [])
+
+
+class ErrorMappingTests(SynchronousTestCase):
+    """What a procedure raises becomes a typed error that says it ran."""
+
+    def test_declared_error(self) -> None:
+        """A declared exception becomes its declared code, outcome ran."""
+        node = MemoryNode()
+
+        @procedure(run="reactor", errors={KeyError: NotFoundError})
+        def lookup(key: str) -> str:
+            raise KeyError(key)
+
+        node.registry.add(lookup)
+        conn = node.connect()
+        conn.send("lookup alice\n")
+        [reply] = conn.events()
+        assert isinstance(reply, Failure)
+        self.assertIsInstance(reply.error, NotFoundError)
+        self.assertEqual(reply.error.outcome, Outcome.RAN)
+        self.assertEqual(reply.error.message, "alice")
+
+    def test_undeclared_error(self) -> None:
+        """An undeclared exception becomes INTERNAL for that call only; the traceback stays in the log."""
+        node = MemoryNode()
+
+        @procedure(run="reactor")
+        def broken() -> None:
+            raise ZeroDivisionError("secret detail")
+
+        node.registry.add(broken)
+        conn = node.connect()
+        conn.send("broken\nbroken\n")
+        [first, second] = conn.events()
+        assert isinstance(first, Failure)
+        self.assertIsInstance(first.error, InternalError)
+        self.assertEqual(first.error.outcome, Outcome.RAN)
+        self.assertNotIn("secret", first.error.message)
+        self.assertNotIn("Traceback", first.error.message)
+        self.assertIsInstance(second, Failure)
+        self.assertEqual(len(self.flushLoggedErrors(ZeroDivisionError)), 2)
+        self.assertFalse(conn.transport.disconnecting)
+
+    def test_result_not_json(self) -> None:
+        """A result that is not JSON becomes INTERNAL, outcome ran."""
+        node = MemoryNode()
+        node.registry.add(lambda: {1, 2}, name="aset", run="reactor")
+        conn = node.connect()
+        conn.send("aset\n")
+        [reply] = conn.events()
+        assert isinstance(reply, Failure)
+        self.assertIsInstance(reply.error, InternalError)
+        self.assertEqual(reply.error.outcome, Outcome.RAN)
+
+    def test_async_def(self) -> None:
+        """An C{async def} procedure runs in the reactor and can be cancelled by its deadline."""
+        node = MemoryNode()
+        cancelled = []
+
+        async def nap() -> str:
+            d: Deferred[None] = Deferred(lambda _: cancelled.append(True))
+            await d
+            return "woke"
+
+        node.registry.add(nap)
+        conn = node.connect()
+        conn.send("#1 +timeout=3 nap\n")
+        node.reactor.advance(3)
+        [reply] = conn.events()
+        assert isinstance(reply, Failure)
+        self.assertIsInstance(reply.error, DeadlineExceededError)
+        self.assertEqual(cancelled, [True])
+
+
+class CommandTests(SynchronousTestCase):
+    """PING, LIST, HELP, STATS and QUIT."""
+
+    def test_ping(self) -> None:
+        """PING answers pong, in either case."""
+        node, _ = node_with_pending()
+        conn = node.connect()
+        conn.send("PING\n#1 ping\n")
+        self.assertEqual(conn.events(), [Success("pong"), Success("pong", "1")])
+
+    def test_list(self) -> None:
+        """LIST answers the sorted procedure names."""
+        node, _ = node_with_pending()
+        conn = node.connect()
+        conn.send("LIST\n")
+        self.assertEqual(conn.events(), [Success(["add", "wait"])])
+
+    def test_help_for_people(self) -> None:
+        """Untagged HELP shows each signature as text lines, then OK."""
+        node, _ = node_with_pending()
+        conn = node.connect()
+        conn.send("help\n")
+        events = conn.events()
+        self.assertEqual(events[-1], Success(None))
+        text = "\n".join(e.text for e in events if isinstance(e, Text))
+        self.assertIn("add(a: int, b: int) -> int", text)
+        self.assertIn("wait(key: Any) -> Deferred[Any]", text)
+
+    def test_help_for_programs(self) -> None:
+        """Tagged HELP name answers a JSON description."""
+        node, _ = node_with_pending()
+        conn = node.connect()
+        conn.send("#1 HELP add\n#2 HELP nosuch\n")
+        [described, missing] = conn.events()
+        assert isinstance(described, Success)
+        self.assertEqual(described.value["signature"], "(a: int, b: int) -> int")
+        assert isinstance(missing, Failure)
+        self.assertIsInstance(missing.error, NotFoundError)
+
+    def test_stats(self) -> None:
+        """STATS counts calls, errors and calls in flight, per procedure."""
+        node, _pending = node_with_pending()
+        conn = node.connect()
+        conn.send("add 1 2\nadd 1\n#1 wait a\n#2 STATS\n")
+        stats = conn.events()[-1]
+        assert isinstance(stats, Success)
+        self.assertEqual(stats.value["calls"], 2)
+        self.assertEqual(stats.value["errors"], 1)
+        self.assertEqual(stats.value["in_flight"], 1)
+        self.assertEqual(
+            stats.value["procedures"]["add"], {"calls": 1, "errors": 0, "in_flight": 0}
+        )
+        self.assertEqual(stats.value["procedures"]["wait"]["in_flight"], 1)
+
+    def test_quit_waits_for_calls(self) -> None:
+        """QUIT answers bye once earlier calls are answered, then closes."""
+        node, pending = node_with_pending()
+        conn = node.connect()
+        conn.send("wait a\nQUIT\nadd 1 2\n")
+        self.assertEqual(conn.lines(), [])
+        self.assertFalse(conn.transport.disconnecting)
+        pending.calls["a"].callback(1)
+        self.assertEqual(conn.lines(), [b"OK 1", b'OK "bye"'])
+        self.assertTrue(conn.transport.disconnecting)
+
+
+class FlowControlTests(SynchronousTestCase):
+    """Backpressure and the limits that keep one client from harming others."""
+
+    def test_pause_on_calls_in_flight(self) -> None:
+        """Past the calls-in-flight limit the node stops reading, and resumes as calls finish."""
+        node, pending = node_with_pending(Limits(max_calls_in_flight=4))
+        conn = node.connect()
+        conn.send("".join(f"#{i} wait {i}\n" for i in range(10)))
+        self.assertEqual(len(pending.calls), 4)
+        self.assertEqual(conn.transport.producerState, "paused")
+        pending.calls[0].callback(0)
+        self.assertEqual(len(pending.calls), 4, "still above the low-water mark")
+        pending.calls[1].callback(1)
+        # Down to half the limit: reading resumes until the limit is reached again.
+        self.assertEqual(len(pending.calls), 6)
+        self.assertEqual(conn.transport.producerState, "paused")
+        while not all(d.called for d in pending.calls.values()):
+            for d in list(pending.calls.values()):
+                if not d.called:
+                    d.callback(None)
+        self.assertEqual(len(pending.calls), 10)
+        self.assertEqual(conn.transport.producerState, "producing")
+        self.assertEqual(len(conn.events()), 10)
+
+    def test_reader_that_never_reads_is_dropped(self) -> None:
+        """A client whose replies stay unread stops being read, then is dropped after the stall limit."""
+        node, _ = node_with_pending(Limits(write_stall_timeout=30))
+        conn = node.connect()
+        conn.protocol.pauseProducing()  # the transport's buffer is full
+        self.assertEqual(conn.transport.producerState, "paused")
+        conn.send("add 1 2\n")  # data already read is still served
+        node.reactor.advance(29)
+        self.assertFalse(conn.transport.disconnecting)
+        node.reactor.advance(1)
+        self.assertTrue(conn.transport.disconnecting)
+
+    def test_reader_that_catches_up_is_kept(self) -> None:
+        """A client that reads its replies again is read again and not dropped."""
+        node, _ = node_with_pending(Limits(write_stall_timeout=30))
+        conn = node.connect()
+        conn.protocol.pauseProducing()
+        node.reactor.advance(10)
+        conn.protocol.resumeProducing()
+        self.assertEqual(conn.transport.producerState, "producing")
+        node.reactor.advance(60)
+        self.assertFalse(conn.transport.disconnecting)
+        self.assertEqual(node.reactor.getDelayedCalls(), [])
+
+    def test_connection_limit(self) -> None:
+        """Connections past the limit get one error line and are closed; others are unaffected."""
+        node, _ = node_with_pending(Limits(max_connections=2))
+        first, second, third = node.connect(), node.connect(), node.connect()
+        [refused] = third.events()
+        assert isinstance(refused, Failure)
+        self.assertIsInstance(refused.error, ResourceExhaustedError)
+        self.assertTrue(third.transport.disconnecting)
+        first.send("add 1 2\n")
+        self.assertEqual(first.lines(), [b"OK 3"])
+        first.protocol.connectionLost()
+        fourth = node.connect()
+        fourth.send("add 2 2\n")
+        self.assertEqual(fourth.lines(), [b"OK 4"])
+        self.assertFalse(second.transport.disconnecting)
