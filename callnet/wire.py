@@ -57,6 +57,8 @@ _PROCEDURE_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_.\-]{0,127}(@[A-Za-z0-9_.\-]{1,
 _KEYWORD_RE = re.compile(r"([A-Za-z_][A-Za-z0-9_]*)=")
 _NUMBER_RE = re.compile(r"-?(?:0|[1-9][0-9]*)(?:\.[0-9]+)?(?:[eE][+-]?[0-9]+)?\Z")
 _OPTION_VALUE_RE = re.compile(r"[\x21-\x7e]{1,256}\Z")
+_HOPS_RE = re.compile(r"[0-9]{1,3}\Z")
+_SECONDS_RE = re.compile(r"[0-9]{1,9}(?:\.[0-9]{1,9})?\Z")
 _CODE_RE = re.compile(r"[A-Z][A-Z_]{0,63}\Z")
 _WHITESPACE = " \t"
 _JSON_OPENERS = frozenset('"[{')
@@ -66,14 +68,21 @@ _OUTCOMES = {outcome.value: outcome for outcome in Outcome}
 
 def is_procedure_name(name: str) -> bool:
     """Whether a word may name a procedure (C{name} or C{name@node})."""
-    return bool(_PROCEDURE_RE.match(name)) and name.lower() not in RESERVED_NAMES
+    return bool(_PROCEDURE_RE.match(name)) and name.partition("@")[0].lower() not in RESERVED_NAMES
 
 
 def _refuse_constant(name: str) -> Any:
     raise ValueError(f"{name} is not a JSON value")
 
 
-_DECODER = json.JSONDecoder(parse_constant=_refuse_constant)
+def _finite_float(text: str) -> float:
+    number = float(text)
+    if not math.isfinite(number):
+        raise ValueError(f"number out of range: {text[:40]}")
+    return number
+
+
+_DECODER = json.JSONDecoder(parse_constant=_refuse_constant, parse_float=_finite_float)
 _ENCODE = json.JSONEncoder(ensure_ascii=False, allow_nan=False, separators=(",", ":")).encode
 _ENCODE_ASCII = json.JSONEncoder(ensure_ascii=True, allow_nan=False, separators=(",", ":")).encode
 
@@ -163,12 +172,15 @@ class LineDecoder:
     def __init__(self, max_line: int = DEFAULT_MAX_LINE) -> None:
         self.max_line = max_line
         self._buffer = b""
+        # Where the unread part of the buffer starts: lines are sliced out
+        # from here, so a chunk of many lines is not copied once per line.
+        self._start = 0
         self._discarding = False
 
     @property
     def buffered(self) -> int:
-        """How many bytes are held, waiting for the end of their line."""
-        return len(self._buffer)
+        """How many bytes are held, waiting to be read as events."""
+        return len(self._buffer) - self._start
 
     def feed(self, data: bytes) -> None:
         """Take more bytes from the peer."""
@@ -178,25 +190,26 @@ class LineDecoder:
                 return
             self._discarding = False
             data = data[end + 1 :]
-        if self._buffer:
-            self._buffer += data
+        if self._start < len(self._buffer):
+            self._buffer = self._buffer[self._start :] + data
         else:
             self._buffer = data
+        self._start = 0
 
     def next_event(self) -> Event | None:
         """Return the next event, or C{None} until more bytes are fed."""
+        buffer = self._buffer
         while True:
-            buffer = self._buffer
-            end = buffer.find(b"\n")
+            start = self._start
+            end = buffer.find(b"\n", start)
             if end < 0:
-                if len(buffer) > self.max_line:
-                    return self._overflow(buffer, discard_rest=True)
+                if len(buffer) - start > self.max_line:
+                    return self._overflow(buffer[start:], discard_rest=True)
                 return None
-            line = buffer[:end]
-            self._buffer = buffer[end + 1 :]
-            if end > self.max_line:
-                return self._overflow(line, discard_rest=False)
-            event = parse_line(line)
+            self._start = end + 1
+            if end - start > self.max_line:
+                return self._overflow(buffer[start:end], discard_rest=False)
+            event = parse_line(buffer[start:end])
             if event is not None:
                 return event
 
@@ -204,10 +217,12 @@ class LineDecoder:
         """
         The peer will send nothing more: report an unfinished last line.
 
-        An unterminated line is not acted on, since the peer may have been cut
+        Call it once every event has been taken with L{next_event}.  An
+        unterminated line is not acted on, since the peer may have been cut
         off in the middle of it.
         """
-        rest, self._buffer = self._buffer, b""
+        rest = self._buffer[self._start :]
+        self._buffer, self._start = b"", 0
         if self._discarding or not rest.strip():
             return None
         return BadLine(
@@ -216,20 +231,27 @@ class LineDecoder:
 
     def _overflow(self, line: bytes, discard_rest: bool) -> BadLine:
         if discard_rest:
-            self._buffer = b""
+            self._buffer, self._start = b"", 0
             self._discarding = True
+        # Read the tag only from what a byte-at-a-time feed would have held
+        # when the limit was passed, so the answer does not depend on chunking.
         return BadLine(
             ResourceExhaustedError(f"line longer than the limit of {self.max_line} bytes"),
-            _peek_tag(line),
+            _peek_tag(line[: self.max_line + 1], complete=False),
         )
 
 
-def _peek_tag(line: bytes) -> str | None:
-    """Read the tag at the start of a line, if it has a valid one."""
+def _peek_tag(line: bytes, complete: bool = True) -> str | None:
+    """
+    Read the tag at the start of a line, if it has a valid one.
+
+    With C{complete} false the line may be cut short, so a tag counts only
+    if the space after it was seen.
+    """
     if not line.startswith(b"#"):
         return None
     head = line[1:66].split(None, 1)
-    if not head:
+    if not head or (not complete and len(head) < 2):
         return None
     try:
         tag = head[0].decode("ascii")
@@ -330,15 +352,11 @@ def _parse_option(word: str, options: dict[str, Any], tag: str | None) -> None:
     if not value:
         raise _MalformedError(f"+{name} needs a value: +{name}=...", tag)
     if name == "timeout":
-        try:
-            seconds = float(value)
-        except ValueError:
-            raise _MalformedError(f"+timeout takes seconds, not {value[:40]!r}", tag) from None
-        if not math.isfinite(seconds) or seconds < 0:
-            raise _MalformedError("+timeout must be a finite number of seconds >= 0", tag)
-        options["timeout"] = seconds
+        if not _SECONDS_RE.match(value):
+            raise _MalformedError(f"+timeout takes seconds such as 2.5, not {value[:40]!r}", tag)
+        options["timeout"] = float(value)
     elif name == "hops":
-        if not value.isdigit() or len(value) > 3:
+        if not _HOPS_RE.match(value):
             raise _MalformedError("+hops takes a small whole number", tag)
         options["hops"] = int(value)
     else:
@@ -389,10 +407,10 @@ def _parse_value(text: str, pos: int, tag: str | None) -> tuple[Any, int]:
     if word in _BARE_CONSTANTS:
         return _BARE_CONSTANTS[word], end
     if _NUMBER_RE.match(word):
-        number = json.loads(word)
-        if isinstance(number, float) and not math.isfinite(number):
-            raise _MalformedError(f"number out of range at column {pos + 1}", tag)
-        return number, end
+        try:
+            return _DECODER.decode(word), end
+        except ValueError:
+            raise _MalformedError(f"number out of range at column {pos + 1}", tag) from None
     return word, end
 
 
@@ -416,7 +434,7 @@ def _parse_success(text: str, pos: int, tag: str | None) -> Success:
 
 
 def _parse_failure(text: str, pos: int, tag: str | None) -> Failure:
-    parts = text[pos:].lstrip(_WHITESPACE).split(" ", 2)
+    parts = text[pos:].split(None, 2)
     if len(parts) < 2 or not _CODE_RE.match(parts[0]) or parts[1] not in _OUTCOMES:
         raise _MalformedError("an ERR reply is: ERR CODE OUTCOME message", tag)
     code, outcome = parts[0], _OUTCOMES[parts[1]]
@@ -424,6 +442,7 @@ def _parse_failure(text: str, pos: int, tag: str | None) -> Failure:
     node = None
     if message.startswith("@"):
         node, _, message = message[1:].partition(" ")
+        message = message.lstrip(_WHITESPACE)
     return Failure(error_from_wire(code, outcome, message, node or None), tag)
 
 
@@ -450,6 +469,12 @@ def encode_json(value: Any) -> str:
     return encoded
 
 
+def format_seconds(seconds: float) -> str:
+    """Write a timeout as +timeout reads it: plain decimal, to the microsecond."""
+    text = f"{min(max(seconds, 0.0), 999_999_999.0):.6f}".rstrip("0")
+    return text + "0" if text.endswith(".") else text
+
+
 def _prefix(tag: str | None) -> str:
     return f"#{tag} " if tag is not None else ""
 
@@ -460,7 +485,7 @@ def encode_call(call: Call) -> bytes:
     if call.tag is not None:
         words.append(f"#{call.tag}")
     if call.timeout is not None:
-        words.append(f"+timeout={call.timeout:.6g}")
+        words.append(f"+timeout={format_seconds(call.timeout)}")
     if call.cast:
         words.append("+cast")
     if call.key is not None:

@@ -1,0 +1,266 @@
+"""
+Properties of L{callnet.wire} checked with Hypothesis.
+
+Chunking never changes what is decoded, no input makes the decoder raise, what
+the encoders write decodes to what they were given, and the decoder's buffer
+stays bounded by the line limit.
+"""
+
+from __future__ import annotations
+
+import itertools
+from typing import Any
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from twisted.trial.unittest import SynchronousTestCase
+
+from callnet.errors import ERRORS_BY_CODE, Outcome
+from callnet.wire import (
+    COMMANDS,
+    DEFAULT_MAX_LINE,
+    RESERVED_NAMES,
+    BadLine,
+    Call,
+    Command,
+    Failure,
+    LineDecoder,
+    Success,
+    Text,
+    encode_call,
+    encode_command,
+    encode_failure,
+    encode_success,
+    encode_text,
+)
+from tests.test_wire import comparable, decode_chunks, decode_whole
+
+EXAMPLES = settings(max_examples=200, deadline=None)
+
+# --- Values -----------------------------------------------------------------
+
+#: A few lone surrogates mixed into text, which plain st.text() almost never draws.
+_characters = st.one_of(st.characters(), st.sampled_from(["\ud800", "\udbff", "\udc80", "\udfff"]))
+texts = st.text(_characters, max_size=12)
+scalars = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(),
+    st.floats(allow_nan=False, allow_infinity=False),
+    texts,
+)
+json_values = st.recursive(
+    scalars,
+    lambda children: st.one_of(
+        st.lists(children, max_size=4), st.dictionaries(texts, children, max_size=4)
+    ),
+    max_leaves=12,
+)
+
+# --- Names and options ------------------------------------------------------
+
+
+def _not_reserved(word: str) -> bool:
+    return word.lower() not in RESERVED_NAMES and word.upper() not in COMMANDS
+
+
+procedures = st.from_regex(
+    r"[A-Za-z_][A-Za-z0-9_.\-]{0,20}(@[A-Za-z0-9_.\-]{1,12})?", fullmatch=True
+).filter(_not_reserved)
+tags = st.none() | st.from_regex(r"[A-Za-z0-9_.:\-]{1,64}", fullmatch=True)
+keywords = st.from_regex(r"[A-Za-z_][A-Za-z0-9_]{0,10}", fullmatch=True)
+option_values = st.none() | st.text(
+    st.characters(min_codepoint=0x21, max_codepoint=0x7E), min_size=1, max_size=256
+)
+#: Timeouts travel with six significant digits, so draw ones that have no more.
+timeouts = st.none() | st.floats(0, 3600).map(lambda t: float(f"{t:.6f}"))
+nodes = st.none() | st.from_regex(r"[A-Za-z0-9_.\-]{1,20}", fullmatch=True)
+
+calls = st.builds(
+    Call,
+    procedure=procedures,
+    args=st.lists(json_values, max_size=4).map(tuple),
+    kwargs=st.dictionaries(keywords, json_values, max_size=3),
+    tag=tags,
+    timeout=timeouts,
+    cast=st.booleans(),
+    key=option_values,
+    trace=option_values,
+    hops=st.integers(0, 999),
+)
+
+# --- Plausible input --------------------------------------------------------
+
+_WORDS = [
+    "add", "echo", "help", "PING", "cancel", "OK", "ERR", "ok", "#17", "#x!", "#",
+    "+timeout=1", "+timeout=-1", "+cast", "+key=k", "+trace=t", "+hops=2", "+bogus",
+    "1", "-2.5e3", "1e999", "true", "null", "NaN", "[1,", "[1]", "]", "{", '"a b"', '"',
+    "k=v", "x=[1]", "@n", "NOT_FOUND", "not-run", "ran", "may-have-run", "|", "| hi",
+    "é", "\ud800",
+]  # fmt: skip
+_word_lines = st.lists(
+    st.sampled_from(_WORDS) | st.text(st.characters(codec="utf-8"), max_size=6), max_size=8
+).map(lambda words: " ".join(words).encode("utf-8", "surrogatepass"))
+_terminators = st.sampled_from([b"\n", b"\r\n", b"", b"\r"])
+_encoded_lines = st.one_of(
+    calls.map(encode_call),
+    st.tuples(json_values, tags).map(lambda vt: encode_success(*vt)),
+    st.tuples(st.sampled_from(sorted(COMMANDS)), tags).map(
+        lambda vt: encode_command(vt[0], (), vt[1])
+    ),
+    texts.map(encode_text),
+)
+_lines = st.one_of(
+    st.tuples(_word_lines, _terminators).map(b"".join),
+    _encoded_lines,
+    st.binary(max_size=40),
+    st.sampled_from([b"\n", b"\r\n", b"  \n", b"\xff\n", b"#1 " + b"x" * 300 + b"\n"]),
+)
+#: Byte strings: either arbitrary bytes or a run of protocol-like lines.
+inputs = st.one_of(st.binary(max_size=300), st.lists(_lines, max_size=8).map(b"".join))
+
+
+@st.composite
+def splits(draw: st.DrawFn, data: bytes) -> list[bytes]:
+    """Cut C{data} into chunks at arbitrary points (empty chunks included)."""
+    cuts = sorted(draw(st.lists(st.integers(0, len(data)), max_size=30)))
+    bounds = [0, *cuts, len(data)]
+    return [data[a:b] for a, b in itertools.pairwise(bounds)]
+
+
+@st.composite
+def inputs_and_splits(draw: st.DrawFn) -> tuple[bytes, list[bytes]]:
+    data = draw(inputs)
+    return data, draw(splits(data))
+
+
+# The tag of an over-long line is read from its first 65 bytes; below that
+# limit see KnownBugTests.test_BUG_overflow_tag_does_not_depend_on_chunking.
+max_lines = st.sampled_from([65, 80, 128, 300, DEFAULT_MAX_LINE]) | st.integers(65, 400)
+#: Any limit at all, for properties that do not compare chunkings.
+any_max_lines = st.integers(0, 400) | st.just(DEFAULT_MAX_LINE)
+
+
+def _events_of(data: bytes) -> list[Any]:
+    return [comparable(event) for event in decode_whole(data)]
+
+
+class ChunkingProperties(SynchronousTestCase):
+    """How bytes are cut into chunks never changes the events."""
+
+    @EXAMPLES
+    @given(inputs_and_splits(), max_lines)
+    def test_any_split(self, case: tuple[bytes, list[bytes]], max_line: int) -> None:
+        """Any split of any input gives the same events as the input fed whole."""
+        data, chunks = case
+        self.assertEqual(b"".join(chunks), data)
+        whole = decode_chunks([data], max_line, end=True)
+        split = decode_chunks(chunks, max_line, end=True)
+        self.assertEqual([comparable(e) for e in split], [comparable(e) for e in whole])
+
+    @EXAMPLES
+    @given(st.lists(_lines, min_size=1, max_size=6).map(b"".join))
+    def test_byte_by_byte(self, data: bytes) -> None:
+        """Feeding protocol-like lines one byte at a time gives the same events as whole."""
+        bytewise = decode_chunks([data[i : i + 1] for i in range(len(data))], end=True)
+        whole = decode_chunks([data], end=True)
+        self.assertEqual([comparable(e) for e in bytewise], [comparable(e) for e in whole])
+
+
+class RobustnessProperties(SynchronousTestCase):
+    """The decoder reports problems as events and never raises."""
+
+    @EXAMPLES
+    @given(inputs_and_splits(), any_max_lines)
+    def test_never_raises(self, case: tuple[bytes, list[bytes]], max_line: int) -> None:
+        """No input makes feed, next_event or end_of_input raise anything."""
+        decoder = LineDecoder(max_line)
+        event_types = (Call, Command, Success, Failure, Text, BadLine)
+        for chunk in case[1]:
+            decoder.feed(chunk)
+            while (event := decoder.next_event()) is not None:
+                self.assertIsInstance(event, event_types)
+        last = decoder.end_of_input()
+        self.assertTrue(last is None or isinstance(last, BadLine), last)
+        self.assertEqual(decoder.buffered, 0)
+
+    @EXAMPLES
+    @given(st.integers(1, 64), st.lists(st.binary(max_size=100), max_size=40))
+    def test_memory_bound(self, max_line: int, chunks: list[bytes]) -> None:
+        """The buffer never holds more than max_line bytes plus the last chunk."""
+        decoder = LineDecoder(max_line)
+        for chunk in chunks:
+            decoder.feed(chunk)
+            self.assertLessEqual(decoder.buffered, max_line + len(chunk))
+            while decoder.next_event() is not None:
+                self.assertLessEqual(decoder.buffered, max_line + len(chunk))
+            self.assertLessEqual(decoder.buffered, max_line)
+
+
+class RoundTripProperties(SynchronousTestCase):
+    """What the encoders write decodes to what they were given."""
+
+    @EXAMPLES
+    @given(calls)
+    def test_call(self, call: Call) -> None:
+        """decode(encode_call(call)) == call for any JSON arguments and valid options."""
+        data = encode_call(call)
+        self.assertEqual(data.count(b"\n"), 1)
+        self.assertEqual(_events_of(data), [comparable(call)])
+
+    @EXAMPLES
+    @given(json_values, tags)
+    def test_success(self, value: Any, tag: str | None) -> None:
+        """decode(encode_success(value)) is a Success with the same value and tag."""
+        data = encode_success(value, tag)
+        self.assertEqual(data.count(b"\n"), 1)
+        self.assertEqual(_events_of(data), [comparable(Success(value, tag))])
+
+    @EXAMPLES
+    @given(
+        st.sampled_from(sorted(ERRORS_BY_CODE.values(), key=lambda cls: cls.code)),
+        st.sampled_from(Outcome),
+        nodes,
+        st.text(min_size=1)
+        .map(lambda s: " ".join(s.split()))
+        .filter(lambda s: s and not s.startswith("@")),
+        tags,
+    )
+    def test_failure(
+        self, cls: Any, outcome: Outcome, node: str | None, message: str, tag: str | None
+    ) -> None:
+        """decode(encode_failure(error)) keeps class, code, outcome, node and message."""
+        error = cls(message, outcome, node)
+        data = encode_failure(error, tag)
+        self.assertEqual(data.count(b"\n"), 1)
+        self.assertEqual(_events_of(data), [comparable(Failure(error, tag))])
+
+    @EXAMPLES
+    @given(st.text(alphabet=st.characters(codec="utf-8")), tags)
+    def test_failure_any_message(self, message: str, tag: str | None) -> None:
+        """Any message at all gives exactly one ERR line that decodes as a Failure."""
+        data = encode_failure(ERRORS_BY_CODE["INTERNAL"](message), tag)
+        self.assertEqual(data.count(b"\n"), 1)
+        (event,) = decode_whole(data)
+        assert isinstance(event, Failure), event
+        self.assertEqual(event.tag, tag)
+        self.assertEqual(event.error.code, "INTERNAL")
+
+    @EXAMPLES
+    @given(st.text(alphabet=st.characters(codec="utf-8")))
+    def test_text(self, text: str) -> None:
+        """encode_text gives one Text event per line, trailing spaces dropped."""
+        expected = [Text(line.rstrip()) for line in text.splitlines() or [""]]
+        self.assertEqual(_events_of(encode_text(text)), [comparable(e) for e in expected])
+
+    @EXAMPLES
+    @given(
+        st.sampled_from(sorted(COMMANDS)),
+        st.sampled_from([str.lower, str.upper, str.title]),
+        st.lists(json_values, max_size=3).map(tuple),
+        tags,
+    )
+    def test_command(self, verb: str, case: Any, args: tuple[Any, ...], tag: str | None) -> None:
+        """decode(encode_command(...)) is the command, in upper case, with its arguments."""
+        data = encode_command(case(verb), args, tag)
+        self.assertEqual(_events_of(data), [comparable(Command(verb, args, tag))])
