@@ -50,6 +50,9 @@ from callnet.wire import (
 log = Logger()
 
 _HTTP_REQUEST = re.compile(rb"[A-Z]{3,7} \S+ HTTP/\d")
+_HTTP_METHODS = frozenset(
+    {"GET", "HEAD", "POST", "PUT", "DELETE", "OPTIONS", "PATCH", "CONNECT", "TRACE"}
+)
 
 
 class _Transport(TypingProtocol):
@@ -139,16 +142,8 @@ class NodeProtocol(Protocol):
         if self._closed:
             return
         if self._first_line and _HTTP_REQUEST.match(data):
-            self._write_error(
-                InvalidArgumentError(
-                    "this is a callnet node, not an HTTP server; type HELP in a line-based"
-                    " client such as nc, or see docs/protocol.md"
-                ),
-                None,
-            )
-            self._close()
+            self._refuse_http()
             return
-        self._first_line = False
         self._decoder.feed(data)
         self._drain()
 
@@ -167,7 +162,22 @@ class NodeProtocol(Protocol):
         finally:
             self._draining = False
 
+    def _refuse_http(self) -> None:
+        self._write_error(
+            InvalidArgumentError(
+                "this is a callnet node, not an HTTP server; type HELP in a line-based"
+                " client such as nc, or see docs/protocol.md"
+            ),
+            None,
+        )
+        self._close()
+
     def _handle(self, event: Event) -> None:
+        if self._first_line:
+            self._first_line = False
+            if _looks_like_http(event):
+                self._refuse_http()
+                return
         if type(event) is Call:
             self._handle_call(event)
         elif type(event) is Command:
@@ -408,6 +418,16 @@ class NodeProtocol(Protocol):
 
     def _write_error(self, error: CallError, tag: str | None) -> None:
         self._out.write(encode_failure(error, tag))
+
+
+def _looks_like_http(event: Event) -> bool:
+    """Whether a first request is an HTTP request line that came in pieces."""
+    return (
+        type(event) is Call
+        and event.procedure in _HTTP_METHODS
+        and bool(event.args)
+        and str(event.args[-1]).startswith("HTTP/")
+    )
 
 
 def _not_found(name: str, node: str) -> CallError:

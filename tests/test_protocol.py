@@ -142,6 +142,17 @@ class InlineFormTests(SynchronousTestCase):
         self.assertIn(b"not an HTTP server", lines[0])
         self.assertTrue(conn.transport.disconnecting)
 
+    def test_http_request_in_pieces(self) -> None:
+        """An HTTP request line that arrives a few bytes at a time is refused all the same."""
+        node, _ = node_with_pending()
+        conn = node.connect()
+        for piece in (b"GE", b"T /index.html HT", b"TP/1.0\r\n", b"\r\n"):
+            conn.send(piece)
+        lines = conn.lines()
+        self.assertEqual(len(lines), 1)
+        self.assertIn(b"not an HTTP server", lines[0])
+        self.assertTrue(conn.transport.disconnecting)
+
     def test_reply_replies_are_refused(self) -> None:
         """A client that sends a reply line is told the node takes requests."""
         node, _ = node_with_pending()
@@ -498,3 +509,35 @@ class FlowControlTests(SynchronousTestCase):
         fourth.send("add 2 2\n")
         self.assertEqual(fourth.lines(), [b"OK 4"])
         self.assertFalse(second.transport.disconnecting)
+
+
+class InMemoryConnectionTests(SynchronousTestCase):
+    """A client and the node joined by an in-memory pump, as over a socket."""
+
+    def test_pipelined_over_pump(self) -> None:
+        """Replies to a pipelined mix of forms reach a line client in the right order."""
+        from twisted.protocols.basic import LineOnlyReceiver
+        from twisted.test.iosim import connectedServerAndClient
+
+        node, pending = node_with_pending()
+        received: list[bytes] = []
+
+        class LineClient(LineOnlyReceiver):
+            delimiter = b"\n"
+
+            def lineReceived(self, line: bytes) -> None:
+                received.append(line)
+
+        client, _server, pump = connectedServerAndClient(
+            lambda: node.factory.buildProtocol(None), LineClient, clock=node.reactor
+        )
+        client.transport.write(b"#1 wait a\nadd 1 2\n#2 add 2 2\nwait b\nping\n")
+        pump.flush()
+        self.assertEqual(received, [b"OK 3", b"#2 OK 4"])
+        pending.calls["b"].callback("B")
+        pending.calls["a"].callback("A")
+        pump.flush()
+        self.assertEqual(received[2:], [b'OK "B"', b'OK "pong"', b'#1 OK "A"'])
+        client.transport.loseConnection()
+        pump.flush()
+        self.assertEqual(node.factory.connections, 0)
