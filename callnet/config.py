@@ -169,6 +169,11 @@ def _show(value: object) -> str:
     return str(value)
 
 
+def _prefix(source: str) -> str:
+    """Start an error message with where the value came from, if that is known."""
+    return f"{source}: " if source else ""
+
+
 def _did_you_mean(word: str, choices: Iterable[str]) -> str:
     close = difflib.get_close_matches(word, list(choices), n=1)
     return f' (did you mean "{close[0]}"?)' if close else ""
@@ -181,7 +186,7 @@ def _checked(key: str, value: object, source: str, label: Callable[[str], str]) 
         return check(value)
     except _ExpectationError as invalid:
         raise ConfigError(
-            f"{source}: {label(key)} must be {invalid}, not {_show(value)}"
+            f"{_prefix(source)}{label(key)} must be {invalid}, not {_show(value)}"
         ) from None
 
 
@@ -202,10 +207,11 @@ def _build(
         section = _KEYS[key][0]
         (node if section == "node" else limits)[key] = _checked(key, value, source, label)
     config = replace(base, **node, limits=replace(base.limits, **limits))
-    if config.limits.default_timeout > config.limits.max_timeout:
+    default, longest = config.limits.default_timeout, config.limits.max_timeout
+    if default > longest:
         raise ConfigError(
-            f"{source}: {label('default_timeout')} ({config.limits.default_timeout:g}) must not"
-            f" be greater than {label('max_timeout')} ({config.limits.max_timeout:g})"
+            f"{_prefix(source)}{label('default_timeout')} ({default:g}) must not be greater"
+            f" than {label('max_timeout')} ({longest:g})"
         )
     return config
 
@@ -281,7 +287,8 @@ def merge(
     @param overrides: new values by key, the key names being those of
         L{NodeConfig} and L{Limits} (which share none); C{None} means the
         value was not given and C{config}'s stays.
-    @param source: where the overrides came from, for error messages.
+    @param source: where the overrides came from, to start error messages
+        with; C{""} when C{names} say it already.
     @param names: how error messages should call a key (say
         C{"--max-connections"}) instead of C{"[limits] max_connections"}.
     @raise ConfigError: for an unknown key, or a value of the wrong type or
@@ -290,7 +297,7 @@ def merge(
     given = {key: value for key, value in overrides.items() if value is not None}
     for key in given:
         if key not in _KEYS:
-            raise ConfigError(f"{source}: unknown setting {key}{_did_you_mean(key, _KEYS)}")
+            raise ConfigError(f"{_prefix(source)}unknown setting {key}{_did_you_mean(key, _KEYS)}")
     naming = dict(names or {})
 
     def label(key: str) -> str:

@@ -1,0 +1,269 @@
+"""
+The C{twistd callnet} command: options, and the service they build.
+
+Everything that can be wrong with a configuration (the TOML file, an option,
+an endpoint string, a service module that does not import) is found in
+L{Options.postOptions} and reported as a L{usage.UsageError}, so C{twistd}
+prints one message and exits non-zero, with no traceback, before it
+daemonizes.  What only the node can judge (a service module that serves no
+procedure) stops L{makeService} the same way.
+
+This module must not import the global reactor when it is imported: C{twistd}
+imports it while choosing a reactor (C{--reactor}).  Only L{makeService} does.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+import sys
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+from twisted.internet.endpoints import serverFromString
+from twisted.internet.testing import MemoryReactor
+from twisted.python import usage
+
+from callnet.config import DEFAULT_LISTEN, Limits, NodeConfig, load_config, merge
+from callnet.errors import ConfigError
+
+if TYPE_CHECKING:
+    from callnet.node import NodeService
+
+#: Config key -> the option that overrides it, as error messages call it.
+_OPTION_NAMES = {
+    "name": "--name",
+    "listen": "--listen",
+    "services": "--service",
+    "builtins": "--no-builtins",
+    "threads": "--threads",
+    "processes": "--processes",
+    "send_tracebacks": "--send-tracebacks",
+    "max_line_bytes": "--max-line-bytes",
+    "max_calls_in_flight": "--max-calls-in-flight",
+    "max_connections": "--max-connections",
+    "write_stall_timeout": "--write-stall-timeout",
+    "default_timeout": "--default-timeout",
+    "max_timeout": "--max-timeout",
+}
+
+#: The options that take a number, by config key.
+_NUMBERS = (
+    "threads",
+    "processes",
+    "max_line_bytes",
+    "max_calls_in_flight",
+    "max_connections",
+    "write_stall_timeout",
+    "default_timeout",
+    "max_timeout",
+)
+
+
+def _number(text: str | None) -> int | float | str | None:
+    """
+    Read a number from the command line, or give the text back unchanged.
+
+    Range and type are checked by L{callnet.config.merge}, so an option and
+    the same key in the file are held to one rule and one message.
+    """
+    if text is None:
+        return None
+    for kind in (int, float):
+        try:
+            return kind(text)
+        except ValueError:
+            pass
+    return text
+
+
+class Options(usage.Options):
+    """
+    Options of C{twistd callnet}.
+
+    After L{parseOptions}, C{self["node_config"]} is the L{NodeConfig} to run:
+    the defaults, then the C{--config} file over them, then the other
+    options over both.
+    """
+
+    synopsis = "[options]"
+    longdesc = (
+        "Run a callnet node: serve procedures to callers over a line protocol."
+        " With no options it serves the built-in procedures on"
+        f" {DEFAULT_LISTEN}. Options given here win over the --config file."
+    )
+
+    optParameters = [
+        ["config", "c", None, "TOML file to read the configuration from (see etc/callnet.toml)."],
+        ["name", None, None, "The node's name, as peers see it. [default: the host name]"],
+        [
+            "threads",
+            None,
+            None,
+            f"Threads for plain (blocking) procedures. [default: {NodeConfig.threads}]",
+        ],
+        [
+            "processes",
+            None,
+            None,
+            "Worker processes for procedures declared run='process'; 0 means one per CPU."
+            f" [default: {NodeConfig.processes}]",
+        ],
+        [
+            "max-line-bytes",
+            None,
+            None,
+            f"Longest request line, in bytes. [default: {Limits.max_line_bytes}]",
+        ],
+        [
+            "max-calls-in-flight",
+            None,
+            None,
+            "Calls one connection may have running at once."
+            f" [default: {Limits.max_calls_in_flight}]",
+        ],
+        [
+            "max-connections",
+            None,
+            None,
+            f"Connections accepted at once. [default: {Limits.max_connections}]",
+        ],
+        [
+            "write-stall-timeout",
+            None,
+            None,
+            "Seconds a connection may leave its replies unread before it is dropped."
+            f" [default: {Limits.write_stall_timeout:g}]",
+        ],
+        [
+            "default-timeout",
+            None,
+            None,
+            "Deadline in seconds for a call that names none."
+            f" [default: {Limits.default_timeout:g}]",
+        ],
+        [
+            "max-timeout",
+            None,
+            None,
+            "Longest deadline a caller may ask for, in seconds."
+            f" [default: {Limits.max_timeout:g}]",
+        ],
+    ]
+
+    optFlags = [
+        ["no-builtins", None, "Do not serve the built-in procedures (echo, add, ...)."],
+        [
+            "send-tracebacks",
+            None,
+            "Send tracebacks of undeclared errors to callers (exposes server internals).",
+        ],
+    ]
+
+    compData = usage.Completions(optActions={"config": usage.CompleteFiles("*.toml")})
+
+    def __init__(self) -> None:
+        usage.Options.__init__(self)
+        self["listen"] = []
+        self["services"] = []
+
+    def opt_listen(self, endpoint: str) -> None:
+        """Listen on this endpoint string, not the file's; repeat for many."""
+        self["listen"].append(endpoint)
+
+    opt_l = opt_listen
+
+    def opt_service(self, module: str) -> None:
+        """Serve this module's procedures, not the file's; repeat for many. It must import."""
+        self["services"].append(module)
+
+    opt_s = opt_service
+
+    def postOptions(self) -> None:
+        """
+        Build the final L{NodeConfig} into C{self["node_config"]}.
+
+        @raise usage.UsageError: for anything wrong with it, naming the key,
+            option, endpoint or module at fault.
+        """
+        overrides: dict[str, object] = {
+            "name": self["name"],
+            "listen": self["listen"] or None,
+            "services": self["services"] or None,
+            "builtins": False if self["no-builtins"] else None,
+            "send_tracebacks": True if self["send-tracebacks"] else None,
+        }
+        for key in _NUMBERS:
+            overrides[key] = _number(self[key.replace("_", "-")])
+        try:
+            config = load_config(self["config"]) if self["config"] else NodeConfig()
+            config = merge(config, overrides, source="", names=_OPTION_NAMES)
+        except ConfigError as e:
+            raise usage.UsageError(str(e)) from None
+
+        in_file = f"{self['config']}: [node] "
+        _check_endpoints(config.listen, "--listen" if self["listen"] else in_file + "listen")
+        _check_modules(config.services, "--service" if self["services"] else in_file + "services")
+        self["node_config"] = config
+
+
+def _check_endpoints(endpoints: Sequence[str], where: str) -> None:
+    """
+    Parse each endpoint string as C{twistd} would, without listening on it.
+
+    @raise usage.UsageError: naming the first endpoint that does not parse.
+    """
+    for endpoint in endpoints:
+        try:
+            serverFromString(MemoryReactor(), endpoint)
+        except Exception as e:  # any parser's error means the string is bad
+            raise usage.UsageError(
+                f'{where}: bad endpoint "{endpoint}": {type(e).__name__}: {e}'
+            ) from None
+
+
+def _importable_from_current_directory() -> None:
+    """
+    Let service modules be found in the current directory, as C{python -m}
+    finds them: C{twistd} itself puts only its own directory on the path.
+    """
+    cwd = os.getcwd()
+    if "" not in sys.path and cwd not in sys.path:
+        sys.path.insert(0, cwd)
+
+
+def _check_modules(modules: Sequence[str], where: str) -> None:
+    """
+    Import each service module now, so a typo fails the command, not the node.
+
+    @raise usage.UsageError: naming the first module that does not import,
+        and why.
+    """
+    _importable_from_current_directory()
+    for module in modules:
+        try:
+            importlib.import_module(module)
+        except Exception as e:  # a module may raise anything while importing
+            hint = " (is it installed, or on PYTHONPATH?)" if isinstance(e, ImportError) else ""
+            raise usage.UsageError(
+                f'{where}: cannot import service module "{module}": {type(e).__name__}: {e}{hint}'
+            ) from None
+
+
+def makeService(options: Options) -> NodeService:
+    """
+    Build the node that C{twistd callnet} runs, on the global reactor.
+
+    @raise SystemExit: with the message, if the node refuses its
+        configuration (say, a service module with no procedures): C{twistd}
+        then prints it and exits non-zero, without a traceback, before it
+        daemonizes.
+    """
+    from twisted.internet import reactor
+
+    from callnet.node import NodeService
+
+    try:
+        return NodeService(options["node_config"], reactor)
+    except ConfigError as e:
+        raise SystemExit(f"twistd callnet: {e}") from None

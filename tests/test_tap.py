@@ -1,0 +1,353 @@
+"""
+Tests for L{callnet.tap}: the options of C{twistd callnet} and the service they build.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+import tempfile
+import types
+from pathlib import Path
+from typing import Any
+
+from twisted.python import usage
+from twisted.trial.unittest import SynchronousTestCase
+
+from callnet import tap
+from callnet.config import DEFAULT_LISTEN, Limits, NodeConfig
+from callnet.errors import ConfigError
+
+
+def temp_path(case: SynchronousTestCase) -> str:
+    """
+    A path in a fresh directory outside the checkout, removed after the test.
+
+    (C{case.mktemp()} is relative to the working directory, which under
+    pytest is the checkout.)
+    """
+    directory = tempfile.mkdtemp(prefix="callnet-test-")
+    case.addCleanup(shutil.rmtree, directory, True)
+    return os.path.join(directory, "file")
+
+
+def parse(*argv: str) -> NodeConfig:
+    """Parse C{argv} as C{twistd callnet}'s options and return the config they make."""
+    options = tap.Options()
+    options.parseOptions(list(argv))
+    config = options["node_config"]
+    assert isinstance(config, NodeConfig)
+    return config
+
+
+class OptionsTests(SynchronousTestCase):
+    """
+    Tests for L{tap.Options}.
+    """
+
+    def write_config(self, text: str) -> str:
+        """Write a TOML config file and return its path."""
+        path = temp_path(self)
+        Path(path).write_text(text, encoding="utf-8")
+        return path
+
+    def assert_usage_error(self, *argv: str) -> str:
+        """Parsing C{argv} raises L{usage.UsageError}; return its message."""
+        error = self.assertRaises(usage.UsageError, parse, *argv)
+        return str(error)
+
+    def test_no_options(self) -> None:
+        """With no options the node gets every default: loopback port 7600 and the builtins."""
+        config = parse()
+        self.assertEqual(config, NodeConfig())
+        self.assertEqual(config.listen, ("tcp:7600:interface=127.0.0.1",))
+        self.assertEqual(config.listen, (DEFAULT_LISTEN,))
+        self.assertTrue(config.builtins)
+
+    def test_every_option(self) -> None:
+        """Each option sets its key of the config."""
+        config = parse(
+            "--name=beta",
+            "--listen=tcp:7601:interface=127.0.0.2",
+            "--service=json",
+            "--threads=3",
+            "--processes=2",
+            "--no-builtins",
+            "--send-tracebacks",
+            "--max-line-bytes=4096",
+            "--max-calls-in-flight=20",
+            "--max-connections=7",
+            "--write-stall-timeout=2.5",
+            "--default-timeout=1.5",
+            "--max-timeout=30",
+        )
+        self.assertEqual(
+            config,
+            NodeConfig(
+                name="beta",
+                listen=("tcp:7601:interface=127.0.0.2",),
+                services=("json",),
+                builtins=False,
+                threads=3,
+                processes=2,
+                send_tracebacks=True,
+                limits=Limits(
+                    max_line_bytes=4096,
+                    max_calls_in_flight=20,
+                    max_connections=7,
+                    write_stall_timeout=2.5,
+                    default_timeout=1.5,
+                    max_timeout=30.0,
+                ),
+            ),
+        )
+
+    def test_short_options(self) -> None:
+        """C{-l}, C{-s} and C{-c} are short for C{--listen}, C{--service} and C{--config}."""
+        path = self.write_config('[node]\nname = "short"\n')
+        config = parse("-l", "tcp:7602", "-s", "json", "-c", path)
+        self.assertEqual(
+            (config.listen, config.services, config.name), (("tcp:7602",), ("json",), "short")
+        )
+
+    def test_listen_repeated_in_order(self) -> None:
+        """Repeated C{--listen} options are all kept, in the order given."""
+        config = parse("--listen", "tcp:7602", "--listen", "unix:/tmp/n.sock", "-l", "tcp:7603")
+        self.assertEqual(config.listen, ("tcp:7602", "unix:/tmp/n.sock", "tcp:7603"))
+
+    def test_service_repeated_in_order(self) -> None:
+        """Repeated C{--service} options are all kept, in the order given."""
+        config = parse("--service", "json", "--service", "os.path")
+        self.assertEqual(config.services, ("json", "os.path"))
+
+    def test_config_file(self) -> None:
+        """C{--config} reads the TOML file."""
+        path = self.write_config(
+            '[node]\nname = "alpha"\nlisten = ["tcp:7604"]\nbuiltins = false\n'
+            "[limits]\nmax_connections = 5\n"
+        )
+        config = parse("--config", path)
+        self.assertEqual(
+            config,
+            NodeConfig(
+                name="alpha",
+                listen=("tcp:7604",),
+                builtins=False,
+                limits=Limits(max_connections=5),
+            ),
+        )
+
+    def test_options_win_over_file(self) -> None:
+        """Options given on the command line replace the file's values; the rest stay."""
+        path = self.write_config(
+            '[node]\nname = "alpha"\nlisten = ["tcp:7604", "tcp:7605"]\nthreads = 4\n'
+            "[limits]\nmax_connections = 5\nmax_line_bytes = 100\n"
+        )
+        config = parse(
+            "--config", path, "--name", "beta", "--listen", "tcp:7606", "--max-connections", "6"
+        )
+        self.assertEqual(
+            config,
+            NodeConfig(
+                name="beta",
+                listen=("tcp:7606",),
+                threads=4,
+                limits=Limits(max_connections=6, max_line_bytes=100),
+            ),
+        )
+
+    def test_flags_absent_keep_file(self) -> None:
+        """Flags not given leave the file's booleans alone."""
+        path = self.write_config("[node]\nbuiltins = false\nsend_tracebacks = true\n")
+        config = parse("--config", path)
+        self.assertEqual((config.builtins, config.send_tracebacks), (False, True))
+
+    def test_bad_number(self) -> None:
+        """A number option that is not a number is refused, naming the option and the value."""
+        message = self.assert_usage_error("--max-calls-in-flight", "ten")
+        self.assertEqual(
+            message,
+            '--max-calls-in-flight must be a whole number >= 1, not "ten"',
+        )
+
+    def test_out_of_range_option(self) -> None:
+        """A number option out of range is refused, naming the option."""
+        self.assertIn(
+            "--threads must be a whole number >= 1, not 0",
+            self.assert_usage_error("--threads", "0"),
+        )
+        self.assertIn(
+            "--default-timeout must be a number of seconds > 0, not 0",
+            self.assert_usage_error("--default-timeout", "0"),
+        )
+        self.assertIn(
+            "--processes must be a whole number >= 0, not 1.5",
+            self.assert_usage_error("--processes", "1.5"),
+        )
+
+    def test_default_timeout_over_max(self) -> None:
+        """A default timeout over the maximum is refused, naming both options."""
+        message = self.assert_usage_error("--default-timeout", "7200")
+        self.assertIn(
+            "--default-timeout (7200) must not be greater than --max-timeout (3600)", message
+        )
+
+    def test_bad_config_file(self) -> None:
+        """A bad value in the file is refused, naming the file and the key."""
+        path = self.write_config('[limits]\nmax_calls_in_flight = "ten"\n')
+        message = self.assert_usage_error("--config", path)
+        self.assertEqual(
+            message, f'{path}: [limits] max_calls_in_flight must be a whole number >= 1, not "ten"'
+        )
+
+    def test_missing_config_file(self) -> None:
+        """A config file that does not exist is refused, naming it."""
+        path = temp_path(self)
+        self.assertIn(path, self.assert_usage_error("--config", path))
+
+    def test_bad_toml(self) -> None:
+        """A config file with a TOML syntax error is refused, naming the file and line."""
+        path = self.write_config("[node\n")
+        message = self.assert_usage_error("--config", path)
+        self.assertIn(path, message)
+        self.assertIn("line 1", message)
+
+    def test_bad_endpoint(self) -> None:
+        """An endpoint string that does not parse is refused, naming it."""
+        message = self.assert_usage_error("--listen", "tcp:7600", "--listen", "bogus:xyz")
+        self.assertIn('--listen: bad endpoint "bogus:xyz"', message)
+        self.assertIn("Unknown endpoint type", message)
+
+    def test_bad_endpoint_arguments(self) -> None:
+        """An endpoint with a bad port or argument is refused, naming it."""
+        self.assertIn('"tcp:http"', self.assert_usage_error("--listen", "tcp:http"))
+        self.assertIn(
+            '"tcp:1:colour=red"', self.assert_usage_error("--listen", "tcp:1:colour=red")
+        )
+
+    def test_bad_endpoint_in_file(self) -> None:
+        """An endpoint string from the file that does not parse is refused, naming file and key."""
+        path = self.write_config('[node]\nlisten = ["nope:1"]\n')
+        message = self.assert_usage_error("--config", path)
+        self.assertIn(f'{path}: [node] listen: bad endpoint "nope:1"', message)
+
+    def test_unimportable_service(self) -> None:
+        """A service module that does not exist is refused, naming it and the import error."""
+        message = self.assert_usage_error("--service", "callnet_no_such_module_for_test")
+        self.assertIn('cannot import service module "callnet_no_such_module_for_test"', message)
+        self.assertIn("ModuleNotFoundError", message)
+        self.assertNotIn("Traceback", message)
+
+    def test_service_failing_on_import(self) -> None:
+        """A service module that raises while importing is refused, naming it and the error."""
+        directory = Path(temp_path(self))
+        directory.mkdir()
+        (directory / "callnet_broken_service_for_test.py").write_text("1 / 0\n")
+        sys.path.insert(0, str(directory))
+        self.addCleanup(sys.path.remove, str(directory))
+        self.addCleanup(sys.modules.pop, "callnet_broken_service_for_test", None)
+        message = self.assert_usage_error("--service", "callnet_broken_service_for_test")
+        self.assertIn('"callnet_broken_service_for_test": ZeroDivisionError', message)
+
+    def test_unimportable_service_in_file(self) -> None:
+        """A service module from the file that does not import is refused, naming file and key."""
+        path = self.write_config('[node]\nservices = ["callnet_no_such_module_for_test"]\n')
+        message = self.assert_usage_error("--config", path)
+        self.assertIn(f"{path}: [node] services: cannot import", message)
+
+    def test_extra_arguments(self) -> None:
+        """Arguments that are not options are refused."""
+        self.assert_usage_error("extra")
+
+    def test_help_shows_defaults(self) -> None:
+        """The help text lists every option, with the defaults from L{NodeConfig}."""
+        text = str(tap.Options())
+        for option in (
+            "--listen",
+            "--service",
+            "--config",
+            "--name",
+            "--threads",
+            "--processes",
+            "--no-builtins",
+            "--send-tracebacks",
+            "--max-line-bytes",
+            "--max-calls-in-flight",
+            "--max-connections",
+            "--write-stall-timeout",
+            "--default-timeout",
+            "--max-timeout",
+        ):
+            self.assertIn(option, text)
+        self.assertIn("[default: 1000]", text)
+
+
+class FakeNodeService:
+    """Stands in for L{callnet.node.NodeService}, recording what it was built from."""
+
+    error: Exception | None = None
+
+    def __init__(self, config: NodeConfig, reactor: Any) -> None:
+        if self.error is not None:
+            raise self.error
+        self.config = config
+        self.reactor = reactor
+
+
+class MakeServiceTests(SynchronousTestCase):
+    """
+    Tests for L{tap.makeService}.
+    """
+
+    def use_fake_node(self) -> type[FakeNodeService]:
+        """Make C{callnet.node} a module whose C{NodeService} is a fake, for this test."""
+        fake = types.ModuleType("callnet.node")
+        node_service = type("NodeService", (FakeNodeService,), {})
+        fake.NodeService = node_service  # type: ignore[attr-defined]
+        missing = object()
+        saved = sys.modules.get("callnet.node", missing)
+        sys.modules["callnet.node"] = fake
+
+        def restore() -> None:
+            if saved is missing:
+                del sys.modules["callnet.node"]
+            else:
+                sys.modules["callnet.node"] = saved  # type: ignore[assignment]
+
+        self.addCleanup(restore)
+        return node_service
+
+    def test_builds_node_from_config(self) -> None:
+        """C{makeService} builds the node from the parsed config and the global reactor."""
+        self.use_fake_node()
+        options = tap.Options()
+        options.parseOptions(["--name", "gamma"])
+        service: Any = tap.makeService(options)
+        from twisted.internet import reactor
+
+        self.assertIsInstance(service, FakeNodeService)
+        self.assertIs(service.config, options["node_config"])
+        self.assertIs(service.reactor, reactor)
+
+    def test_config_refused_by_node(self) -> None:
+        """A config the node refuses exits with its message, not a traceback."""
+        node_service = self.use_fake_node()
+        node_service.error = ConfigError('service module "m" has no procedures')
+        options = tap.Options()
+        options.parseOptions([])
+        error = self.assertRaises(SystemExit, tap.makeService, options)
+        self.assertEqual(str(error), 'twistd callnet: service module "m" has no procedures')
+
+    def test_real_node(self) -> None:
+        """C{makeService} returns an unstarted L{callnet.node.NodeService} for the defaults."""
+        from twisted.application.service import IService
+
+        from callnet.node import NodeService
+
+        options = tap.Options()
+        options.parseOptions(["--listen", "tcp:0:interface=127.0.0.1"])
+        service = tap.makeService(options)
+        self.assertIsInstance(service, NodeService)
+        self.assertTrue(IService.providedBy(service))
+        self.assertFalse(service.running)
