@@ -1,0 +1,168 @@
+"""
+Real nodes for integration tests: C{twistd -n callnet} as a subprocess on a
+loopback port, and a plain-socket line client to talk to it as a person would.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager, suppress
+from pathlib import Path
+
+import pytest
+
+#: How long a node may take to start listening (a cold start imports Twisted).
+START_TIMEOUT = 20.0
+#: How long a reply may take before a test gives up on it.
+REPLY_TIMEOUT = 10.0
+
+TWISTD = Path(sys.executable).parent / "twistd"
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A TCP port that nothing listens on right now."""
+    with socket.socket() as probe:
+        probe.bind((host, 0))
+        return int(probe.getsockname()[1])
+
+
+def require_twistd() -> None:
+    if not TWISTD.exists():
+        pytest.skip(f"no twistd next to {sys.executable}: install callnet with pip install .")
+
+
+class Node:
+    """A running C{twistd -n callnet} subprocess."""
+
+    def __init__(self, process: subprocess.Popen[bytes], host: str, port: int, log: Path):
+        self.process = process
+        self.host = host
+        self.port = port
+        self.log = log
+
+    @property
+    def endpoint(self) -> str:
+        return f"tcp:{self.host}:{self.port}"
+
+    def connect(self) -> LineClient:
+        return LineClient(socket.create_connection((self.host, self.port), timeout=REPLY_TIMEOUT))
+
+    def terminate(self, timeout: float = 5.0) -> int:
+        """Send SIGTERM and return the exit status, failing if it takes over C{timeout}."""
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+        return self.process.wait(timeout=timeout)
+
+    def output(self) -> str:
+        return self.log.read_text(errors="replace")
+
+
+@contextmanager
+def running_node(
+    tmp_path: Path,
+    *options: str,
+    host: str = "127.0.0.1",
+    name: str = "demo",
+    env: dict[str, str] | None = None,
+) -> Iterator[Node]:
+    """Run a node on a free port of C{host} for the duration of the block."""
+    require_twistd()
+    port = free_port(host)
+    log = tmp_path / f"node-{name}-{port}.log"
+    command: Sequence[str] = [
+        str(TWISTD),
+        "-n",
+        "--pidfile=",
+        "callnet",
+        "--name",
+        name,
+        "--listen",
+        f"tcp:{port}:interface={host}",
+        *options,
+    ]
+    environment = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    environment.update(env or {})
+    with log.open("wb") as out:
+        process = subprocess.Popen(
+            command, cwd=tmp_path, stdout=out, stderr=subprocess.STDOUT, env=environment
+        )
+    node = Node(process, host, port, log)
+    try:
+        _wait_until_listening(node)
+        yield node
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait(timeout=10)
+
+
+def _wait_until_listening(node: Node) -> None:
+    deadline = time.monotonic() + START_TIMEOUT
+    while True:
+        if node.process.poll() is not None:
+            raise AssertionError(f"node exited with {node.process.returncode}:\n{node.output()}")
+        try:
+            socket.create_connection((node.host, node.port), timeout=1).close()
+            return
+        except OSError:
+            if time.monotonic() > deadline:
+                raise AssertionError(f"node did not listen within {START_TIMEOUT}s") from None
+            # A bounded pause that ends early if the node exits.
+            with suppress(subprocess.TimeoutExpired):
+                node.process.wait(timeout=0.05)
+
+
+class LineClient:
+    """A blocking line client on a plain socket: what nc does."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+        self.buffer = b""
+
+    def send(self, line: str | bytes) -> None:
+        data = line.encode() if isinstance(line, str) else line
+        self.sock.sendall(data if data.endswith(b"\n") else data + b"\n")
+
+    def read_line(self, timeout: float = REPLY_TIMEOUT) -> str:
+        """Read one line, failing after C{timeout} seconds."""
+        deadline = time.monotonic() + timeout
+        while b"\n" not in self.buffer:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise AssertionError(f"no line within {timeout}s; have {self.buffer!r}")
+            self.sock.settimeout(remaining)
+            chunk = self.sock.recv(65536)
+            if not chunk:
+                raise ConnectionError(f"connection closed; have {self.buffer!r}")
+            self.buffer += chunk
+        line, _, self.buffer = self.buffer.partition(b"\n")
+        return line.decode().rstrip("\r")
+
+    def read_reply(self) -> list[str]:
+        """Read the lines of one reply: text lines, then its OK or ERR line."""
+        lines = [self.read_line()]
+        while lines[-1].startswith("|"):
+            lines.append(self.read_line())
+        return lines
+
+    def closed_by_peer(self, timeout: float = REPLY_TIMEOUT) -> bool:
+        self.sock.settimeout(timeout)
+        return self.sock.recv(1) == b""
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+_REPLY = re.compile(r"(#\S+ )?(OK|ERR)\b|\|")
+
+
+def is_reply(line: str) -> bool:
+    """Whether a transcript line is the node's (a reply) rather than typed."""
+    return bool(_REPLY.match(line))

@@ -1,0 +1,191 @@
+"""
+The real daemon: C{twistd -n callnet} in a subprocess, spoken to over a
+loopback socket exactly as a person at nc or telnet would.
+"""
+
+from __future__ import annotations
+
+import re
+import socket
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from .daemon import LineClient, free_port, is_reply, running_node
+
+README = Path(__file__).parent.parent / "README.md"
+
+
+def readme_blocks(kind: str) -> dict[str, str]:
+    """The fenced blocks of README.md that follow a C{<!-- kind: name -->} marker."""
+    text = README.read_text()
+    pattern = re.compile(rf"<!-- {kind}: (\S+) -->\n```\w*\n(.*?)```", re.S)
+    return {name: body for name, body in pattern.findall(text)}
+
+
+def replay(client: LineClient, transcript: str) -> None:
+    """Type each request of a transcript and check the node's lines against it."""
+    lines = transcript.splitlines()
+    assert lines[0].startswith("$ nc "), "a transcript starts with the nc command"
+    steps: list[tuple[str, list[str]]] = []
+    for line in lines[1:]:
+        if is_reply(line):
+            steps[-1][1].append(line)
+        else:
+            steps.append((line, []))
+    for request, expected in steps:
+        client.send(request)
+        actual = [client.read_line() for _ in expected]
+        assert [_normal(line) for line in actual] == [_normal(line) for line in expected], (
+            f"after {request!r}"
+        )
+
+
+def _normal(line: str) -> str:
+    """Hide what differs from run to run: nothing, for now, but the node name."""
+    return re.sub(r" @\S+ ", " @NODE ", line)
+
+
+def test_readme_session(tmp_path: Path) -> None:
+    """The README's nc session gives exactly the replies it shows."""
+    transcript = readme_blocks("transcript")["builtins"]
+    with running_node(tmp_path) as node:
+        client = node.connect()
+        replay(client, transcript)
+        assert client.closed_by_peer(), "QUIT closes the connection"
+
+
+def test_readme_service_module(tmp_path: Path) -> None:
+    """The README's service module, served with --service, answers as its session shows."""
+    files = readme_blocks("file")
+    (tmp_path / "greeter.py").write_text(files["greeter.py"])
+    with running_node(tmp_path, "--service", "greeter") as node:
+        replay(node.connect(), readme_blocks("transcript")["greeter"])
+        assert "Traceback" not in node.output()
+
+
+def test_conversation_and_clean_stop(tmp_path: Path) -> None:
+    """Help, a call, an error and a bad line over a raw socket; then SIGTERM stops the node within 5 s."""
+    with running_node(tmp_path) as node:
+        client = node.connect()
+        client.send("HELP")
+        help_reply = client.read_reply()
+        assert help_reply[-1] == "OK"
+        assert any(line.startswith("| add(a: float, b: float)") for line in help_reply)
+        client.send("add 40 2")
+        assert client.read_line() == "OK 42"
+        client.send("nosuch 1")
+        assert client.read_line().startswith("ERR NOT_FOUND not-run @demo ")
+        client.send(b"add \xff\xfe")
+        assert client.read_line().startswith("ERR INVALID_ARGUMENT not-run")
+        client.send("#9 +bogus add 1 2")
+        assert client.read_line().startswith("#9 ERR INVALID_ARGUMENT not-run")
+        client.send("PING")
+        assert client.read_line() == 'OK "pong"'
+        client.send("QUIT")
+        assert client.read_line() == 'OK "bye"'
+        assert client.closed_by_peer()
+
+        started = time.monotonic()
+        status = node.terminate(timeout=5)
+        assert time.monotonic() - started < 5
+        # twistd re-raises SIGTERM after its clean shutdown.
+        assert status in (-15, 143), node.output()
+        assert "Traceback" not in node.output()
+        assert "Server Shut Down." in node.output()
+
+
+def test_http_request_refused(tmp_path: Path) -> None:
+    """A browser's request gets one error line and the connection closes; the node serves on."""
+    with running_node(tmp_path) as node:
+        client = node.connect()
+        client.send(b"GET / HTTP/1.1\r\nHost: localhost\r\n\r\n")
+        assert "not an HTTP server" in client.read_line()
+        assert client.closed_by_peer()
+        other = node.connect()
+        other.send("add 1 1")
+        assert other.read_line() == "OK 2"
+
+
+def test_oversized_line_over_socket(tmp_path: Path) -> None:
+    """A line past the limit fails that request only; the same connection then works."""
+    with running_node(tmp_path, "--max-line-bytes", "1000") as node:
+        client = node.connect()
+        client.send(b"#1 echo " + b"x" * 100_000)
+        assert client.read_line().startswith("#1 ERR RESOURCE_EXHAUSTED not-run")
+        client.send("#2 add 1 2")
+        assert client.read_line() == "#2 OK 3"
+
+
+def _rss_kib(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    raise AssertionError("no VmRSS")
+
+
+@pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="needs /proc for RSS")
+def test_client_that_never_reads(tmp_path: Path) -> None:
+    """A client flooding requests without reading is paused then dropped; others are served and memory stays bounded."""
+    with running_node(tmp_path, "--write-stall-timeout", "1") as node:
+        before = _rss_kib(node.process.pid)
+        flooder = socket.create_connection((node.host, node.port))
+        flooder.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        request = b"echo " + b'"' + b"y" * 50_000 + b'"\n'
+        sent = 0
+        stop = threading.Event()
+
+        def flood() -> None:
+            nonlocal sent
+            flooder.settimeout(0.5)
+            try:
+                while not stop.is_set() and sent < 2000:
+                    flooder.sendall(request)
+                    sent += 1
+            except OSError:
+                pass  # the node stopped reading (timeout) or dropped us (reset)
+
+        thread = threading.Thread(target=flood, daemon=True)
+        thread.start()
+        thread.join(timeout=30)
+        stop.set()
+        assert sent < 2000, "the node kept reading from a client that never reads"
+
+        other = node.connect()
+        other.send("PING")
+        assert other.read_line() == 'OK "pong"'
+
+        # The flooder is dropped once its replies stay unread past the stall limit.
+        flooder.settimeout(10)
+        dropped = False
+        deadline = time.monotonic() + 10
+        try:
+            while time.monotonic() < deadline:
+                if not flooder.recv(1 << 20):
+                    dropped = True
+                    break
+        except ConnectionResetError:
+            dropped = True
+        assert dropped
+        grown_mib = (_rss_kib(node.process.pid) - before) / 1024
+        assert grown_mib < 100, f"node grew by {grown_mib:.0f} MiB"
+        other.send("add 2 2")
+        assert other.read_line() == "OK 4"
+
+
+def test_second_node_on_another_loopback_address(tmp_path: Path) -> None:
+    """Two nodes run side by side on 127.0.0.1 and 127.0.0.2, each with its own name."""
+    try:
+        free_port("127.0.0.2")
+    except OSError:
+        pytest.skip("127.0.0.2 is not usable here")
+    with (
+        running_node(tmp_path, name="alpha") as alpha,
+        running_node(tmp_path, host="127.0.0.2", name="beta") as beta,
+    ):
+        for node, name in ((alpha, "alpha"), (beta, "beta")):
+            client = node.connect()
+            client.send("nosuch")
+            assert client.read_line().startswith(f"ERR NOT_FOUND not-run @{name} ")
