@@ -9,6 +9,7 @@ import re
 import socket
 import threading
 import time
+from contextlib import suppress
 from pathlib import Path
 
 import pytest
@@ -189,3 +190,119 @@ def test_second_node_on_another_loopback_address(tmp_path: Path) -> None:
             client = node.connect()
             client.send("nosuch")
             assert client.read_line().startswith(f"ERR NOT_FOUND not-run @{name} ")
+
+
+def _self_signed(tmp_path: Path) -> tuple[Path, Path]:
+    """Write a throwaway key and self-signed certificate for 127.0.0.1."""
+    import datetime
+    import ipaddress
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
+    now = datetime.datetime.now(datetime.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(
+            x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
+            critical=False,
+        )
+        .sign(key, hashes.SHA256())
+    )
+    key_path, cert_path = tmp_path / "node.key", tmp_path / "node.pem"
+    key_path.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    return key_path, cert_path
+
+
+def test_unix_and_tls_listeners(tmp_path: Path) -> None:
+    """One node serves the same protocol on TCP, a unix socket and TLS at once."""
+    import ssl
+
+    key, cert = _self_signed(tmp_path)
+    tls_port = free_port()
+    sock_path = tmp_path / "node.sock"
+    with running_node(
+        tmp_path,
+        "--listen",
+        f"unix:{sock_path}",
+        "--listen",
+        f"ssl:{tls_port}:interface=127.0.0.1:privateKey={key}:certKey={cert}",
+    ) as node:
+        unix = socket.socket(socket.AF_UNIX)
+        unix.connect(str(sock_path))
+        client = LineClient(unix)
+        client.send("add 1 2")
+        assert client.read_line() == "OK 3"
+
+        context = ssl.create_default_context(cafile=str(cert))
+        raw = socket.create_connection(("127.0.0.1", tls_port), timeout=10)
+        tls = LineClient(context.wrap_socket(raw, server_hostname="127.0.0.1"))
+        tls.send("#1 echo secret")
+        assert tls.read_line() == '#1 OK "secret"'
+        assert node.process.poll() is None
+
+
+def test_daemonized_with_pidfile_and_logfile(tmp_path: Path) -> None:
+    """Without -n, twistd daemonizes: the pid file names a node that serves, and SIGTERM removes it."""
+    import os
+    import signal
+    import subprocess
+
+    from .daemon import TWISTD, require_twistd, wait_until
+
+    require_twistd()
+    port = free_port()
+    pidfile, logfile = tmp_path / "twistd.pid", tmp_path / "twistd.log"
+    started = subprocess.run(
+        [
+            str(TWISTD),
+            f"--pidfile={pidfile}",
+            f"--logfile={logfile}",
+            "callnet",
+            "--listen",
+            f"tcp:{port}:interface=127.0.0.1",
+        ],
+        cwd=tmp_path,
+        timeout=30,
+        capture_output=True,
+    )
+    assert started.returncode == 0, started.stderr
+    assert pidfile.exists()
+    pid = int(pidfile.read_text())
+    try:
+
+        def accepts() -> bool:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            except OSError:
+                return False
+            return True
+
+        wait_until(accepts, 20, "the daemon listens")
+        client = LineClient(socket.create_connection(("127.0.0.1", port), timeout=10))
+        client.send("PING")
+        assert client.read_line() == 'OK "pong"'
+        os.kill(pid, signal.SIGTERM)
+        assert client.closed_by_peer(timeout=5)
+        wait_until(lambda: not pidfile.exists(), 5, "twistd removes its pid file")
+        assert "Main loop terminated." in logfile.read_text()
+    finally:
+        with suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
