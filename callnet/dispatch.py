@@ -48,12 +48,14 @@ class DispatchReactor(Protocol):
     """
 
     def callLater(
-        self, delay: float, callable: Callable[..., Any], *args: Any, **kwargs: Any
+        self, delay: float, callable: Callable[..., Any], /, *args: Any, **kwargs: Any
     ) -> DelayedCall: ...
 
     def seconds(self) -> float: ...
 
-    def callFromThread(self, callable: Callable[..., Any], *args: Any, **kwargs: Any) -> None: ...
+    def callFromThread(
+        self, callable: Callable[..., Any], /, *args: Any, **kwargs: Any
+    ) -> None: ...
 
 
 @dataclass
