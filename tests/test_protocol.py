@@ -22,9 +22,8 @@ from callnet.errors import (
     ResourceExhaustedError,
 )
 from callnet.registry import procedure
+from callnet.testing import MemoryNode
 from callnet.wire import Failure, Success, Text
-
-from .support import MemoryNode
 
 
 class Pending:
@@ -41,7 +40,7 @@ class Pending:
 
 
 def node_with_pending(limits: Limits | None = None) -> tuple[MemoryNode, Pending]:
-    node = MemoryNode(limits)
+    node = MemoryNode(limits=limits, name="test", threads="manual")
     pending = Pending()
     node.registry.add(pending.wait, name="wait", run="reactor")
 
@@ -59,21 +58,21 @@ class InlineFormTests(SynchronousTestCase):
     def test_add(self) -> None:
         """C{add 1 2} is answered C{OK 3}."""
         node, _ = node_with_pending()
-        conn = node.connect()
+        conn = node.connect_raw()
         conn.send("add 1 2\n")
         self.assertEqual(conn.lines(), [b"OK 3"])
 
     def test_crlf(self) -> None:
         """A line ending in CRLF, as telnet sends, is read like one ending in LF."""
         node, _ = node_with_pending()
-        conn = node.connect()
+        conn = node.connect_raw()
         conn.send("add 1 2\r\nadd 3 4\r\n")
         self.assertEqual(conn.lines(), [b"OK 3", b"OK 7"])
 
     def test_untagged_replies_in_request_order(self) -> None:
         """Untagged replies come back in the order of their requests, whatever order calls end."""
         node, pending = node_with_pending()
-        conn = node.connect()
+        conn = node.connect_raw()
         conn.send("wait a\nwait b\nadd 1 1\n")
         self.assertEqual(conn.lines(), [])
         pending.calls["b"].callback("B")
@@ -84,7 +83,7 @@ class InlineFormTests(SynchronousTestCase):
     def test_unknown_procedure(self) -> None:
         """An unknown procedure gets NOT_FOUND, did not run, and the connection goes on."""
         node, _ = node_with_pending()
-        conn = node.connect()
+        conn = node.connect_raw()
         conn.send("ad 1 2\nadd 1 2\n")
         [error, ok] = conn.events()
         assert isinstance(error, Failure)
@@ -96,7 +95,7 @@ class InlineFormTests(SynchronousTestCase):
     def test_wrong_arguments(self) -> None:
         """Arguments that do not fit the signature get INVALID_ARGUMENT naming the usage."""
         node, _ = node_with_pending()
-        conn = node.connect()
+        conn = node.connect_raw()
         conn.send("add 1\n")
         [reply] = conn.events()
         assert isinstance(reply, Failure)
@@ -107,7 +106,7 @@ class InlineFormTests(SynchronousTestCase):
     def test_bad_lines_leave_connection_usable(self) -> None:
         """Malformed lines, invalid UTF-8 and invalid JSON each get an error; the next call works."""
         node, _ = node_with_pending()
-        conn = node.connect()
+        conn = node.connect_raw()
         conn.send(b"#bad! add\n\xff\xfe\nadd [1,\n+bogus add 1 2\nadd 1 2\n")
         events = conn.events()
         self.assertEqual(len(events), 5)
@@ -120,7 +119,7 @@ class InlineFormTests(SynchronousTestCase):
     def test_oversized_line(self) -> None:
         """A line over the limit fails that request only, with its tag; the next line is served."""
         node, _ = node_with_pending(Limits(max_line_bytes=100))
-        conn = node.connect()
+        conn = node.connect_raw()
         conn.send(b"#7 echo " + b"x" * 60)
         conn.send(b"x" * 1000)
         conn.send(b"x" * 1000 + b"\n#8 add 1 2\n")
@@ -134,7 +133,7 @@ class InlineFormTests(SynchronousTestCase):
     def test_http_request(self) -> None:
         """An HTTP request gets one error line, then the node closes the connection."""
         node, _ = node_with_pending()
-        conn = node.connect()
+        conn = node.connect_raw()
         conn.send(b"GET / HTTP/1.1\r\nHost: example\r\n\r\n")
         lines = conn.lines()
         self.assertEqual(len(lines), 1)
@@ -145,7 +144,7 @@ class InlineFormTests(SynchronousTestCase):
     def test_http_request_in_pieces(self) -> None:
         """An HTTP request line that arrives a few bytes at a time is refused all the same."""
         node, _ = node_with_pending()
-        conn = node.connect()
+        conn = node.connect_raw()
         for piece in (b"GE", b"T /index.html HT", b"TP/1.0\r\n", b"\r\n"):
             conn.send(piece)
         lines = conn.lines()
@@ -156,7 +155,7 @@ class InlineFormTests(SynchronousTestCase):
     def test_reply_replies_are_refused(self) -> None:
         """A client that sends a reply line is told the node takes requests."""
         node, _ = node_with_pending()
-        conn = node.connect()
+        conn = node.connect_raw()
         conn.send("OK 3\n")
         [reply] = conn.events()
         assert isinstance(reply, Failure)
@@ -169,7 +168,7 @@ class TaggedFormTests(SynchronousTestCase):
     def test_out_of_order(self) -> None:
         """Tagged replies come back as calls complete, each carrying its request's tag."""
         node, pending = node_with_pending()
-        conn = node.connect()
+        conn = node.connect_raw()
         conn.send("#1 wait a\n#2 wait b\n")
         pending.calls["b"].callback("B")
         self.assertEqual(conn.lines(), [b'#2 OK "B"'])
@@ -179,7 +178,7 @@ class TaggedFormTests(SynchronousTestCase):
     def test_ten_thousand_pipelined_reordered(self) -> None:
         """10,000 calls pipelined on one connection, completed in random order, each reply matches."""
         node, pending = node_with_pending(Limits(max_calls_in_flight=20_000))
-        conn = node.connect()
+        conn = node.connect_raw()
         count = 10_000
         conn.send("".join(f"#t{i} wait {i}\n" for i in range(count)))
         self.assertEqual(len(pending.calls), count)
@@ -198,7 +197,7 @@ class TaggedFormTests(SynchronousTestCase):
     def test_duplicate_tag(self) -> None:
         """A tag reused while its call is in flight is refused; the first call still answers."""
         node, pending = node_with_pending()
-        conn = node.connect()
+        conn = node.connect_raw()
         conn.send("#1 wait a\n#1 add 1 2\n")
         [refused] = conn.events()
         assert isinstance(refused, Failure)
@@ -213,24 +212,24 @@ class DeadlineAndCancelTests(SynchronousTestCase):
     def test_deadline_cancels_async_work(self) -> None:
         """When +timeout passes, the procedure's Deferred is cancelled and the caller gets DEADLINE_EXCEEDED."""
         node, pending = node_with_pending()
-        conn = node.connect()
+        conn = node.connect_raw()
         conn.send("#1 +timeout=2.5 wait a\n")
-        node.reactor.advance(2.4)
+        node.clock.advance(2.4)
         self.assertEqual(conn.lines(), [])
-        node.reactor.advance(0.2)
+        node.clock.advance(0.2)
         [reply] = conn.events()
         assert isinstance(reply, Failure)
         self.assertIsInstance(reply.error, DeadlineExceededError)
         self.assertEqual(reply.error.outcome, Outcome.MAY_HAVE_RUN)
         self.assertEqual(pending.cancelled, ["a"])
-        self.assertEqual(node.reactor.getDelayedCalls(), [])
+        self.assertEqual(node.clock.getDelayedCalls(), [])
 
     def test_default_deadline(self) -> None:
         """A call that names no deadline gets the node's default one."""
         node, _pending = node_with_pending(Limits(default_timeout=5.0))
-        conn = node.connect()
+        conn = node.connect_raw()
         conn.send("wait a\n")
-        node.reactor.advance(5.0)
+        node.clock.advance(5.0)
         [reply] = conn.events()
         assert isinstance(reply, Failure)
         self.assertIsInstance(reply.error, DeadlineExceededError)
@@ -238,7 +237,7 @@ class DeadlineAndCancelTests(SynchronousTestCase):
     def test_spent_deadline_does_not_run(self) -> None:
         """A call arriving with no budget left is refused and did not run."""
         node, pending = node_with_pending()
-        conn = node.connect()
+        conn = node.connect_raw()
         conn.send("#1 +timeout=0 wait a\n")
         [reply] = conn.events()
         assert isinstance(reply, Failure)
@@ -251,10 +250,10 @@ class DeadlineAndCancelTests(SynchronousTestCase):
         node, _ = node_with_pending()
         ran = []
         node.registry.add(lambda: ran.append(1) or "late", name="slow", run="thread")
-        conn = node.connect()
+        conn = node.connect_raw()
         conn.send("#1 +timeout=1 slow\n")
         # The job is queued but no thread has taken it: it never runs.
-        node.reactor.advance(1)
+        node.clock.advance(1)
         [reply] = conn.events()
         assert isinstance(reply, Failure)
         self.assertIsInstance(reply.error, DeadlineExceededError)
@@ -267,17 +266,17 @@ class DeadlineAndCancelTests(SynchronousTestCase):
         """A thread procedure's result is sent when its worker finishes."""
         node, _ = node_with_pending()
         node.registry.add(lambda x: x * 2, name="double", run="thread")
-        conn = node.connect()
+        conn = node.connect_raw()
         conn.send("#1 double 21\n")
         self.assertEqual(conn.lines(), [])
         node.threads.run_all()
         self.assertEqual(conn.lines(), [b"#1 OK 42"])
-        self.assertEqual(node.reactor.getDelayedCalls(), [])
+        self.assertEqual(node.clock.getDelayedCalls(), [])
 
     def test_cancel_command(self) -> None:
         """C{CANCEL tag} cancels the work, the call is answered CANCELLED and CANCEL answers true."""
         node, pending = node_with_pending()
-        conn = node.connect()
+        conn = node.connect_raw()
         conn.send("#1 wait a\n#2 CANCEL 1\n#3 cancel #99\n")
         events = conn.events()
         self.assertEqual(pending.cancelled, ["a"])
@@ -290,7 +289,7 @@ class DeadlineAndCancelTests(SynchronousTestCase):
     def test_connection_lost_cancels_work(self) -> None:
         """Work in flight for a connection that closes is cancelled."""
         node, pending = node_with_pending()
-        conn = node.connect()
+        conn = node.connect_raw()
         conn.send("#1 wait a\nwait b\n")
         conn.protocol.connectionLost()
         self.assertEqual(sorted(pending.cancelled), ["a", "b"])
@@ -300,7 +299,7 @@ class DeadlineAndCancelTests(SynchronousTestCase):
     def test_cast(self) -> None:
         """A +cast call runs and is never answered, even when it fails."""
         node, pending = node_with_pending()
-        conn = node.connect()
+        conn = node.connect_raw()
         conn.send("+cast wait a\n+cast nosuch\n#2 add 1 1\n")
         self.assertEqual(conn.events(), [Success(2, "2")])
         self.assertIn("a", pending.calls)
@@ -313,14 +312,14 @@ class ErrorMappingTests(SynchronousTestCase):
 
     def test_declared_error(self) -> None:
         """A declared exception becomes its declared code, outcome ran."""
-        node = MemoryNode()
+        node = MemoryNode(name="test")
 
         @procedure(run="reactor", errors={KeyError: NotFoundError})
         def lookup(key: str) -> str:
             raise KeyError(key)
 
         node.registry.add(lookup)
-        conn = node.connect()
+        conn = node.connect_raw()
         conn.send("lookup alice\n")
         [reply] = conn.events()
         assert isinstance(reply, Failure)
@@ -330,14 +329,14 @@ class ErrorMappingTests(SynchronousTestCase):
 
     def test_undeclared_error(self) -> None:
         """An undeclared exception becomes INTERNAL for that call only; the traceback stays in the log."""
-        node = MemoryNode()
+        node = MemoryNode(name="test")
 
         @procedure(run="reactor")
         def broken() -> None:
             raise ZeroDivisionError("secret detail")
 
         node.registry.add(broken)
-        conn = node.connect()
+        conn = node.connect_raw()
         conn.send("broken\nbroken\n")
         [first, second] = conn.events()
         assert isinstance(first, Failure)
@@ -351,9 +350,9 @@ class ErrorMappingTests(SynchronousTestCase):
 
     def test_result_not_json(self) -> None:
         """A result that is not JSON becomes INTERNAL, outcome ran."""
-        node = MemoryNode()
+        node = MemoryNode(name="test")
         node.registry.add(lambda: {1, 2}, name="aset", run="reactor")
-        conn = node.connect()
+        conn = node.connect_raw()
         conn.send("aset\n")
         [reply] = conn.events()
         assert isinstance(reply, Failure)
@@ -362,7 +361,7 @@ class ErrorMappingTests(SynchronousTestCase):
 
     def test_async_def(self) -> None:
         """An C{async def} procedure runs in the reactor and can be cancelled by its deadline."""
-        node = MemoryNode()
+        node = MemoryNode(name="test")
         cancelled = []
 
         async def nap() -> str:
@@ -371,9 +370,9 @@ class ErrorMappingTests(SynchronousTestCase):
             return "woke"
 
         node.registry.add(nap)
-        conn = node.connect()
+        conn = node.connect_raw()
         conn.send("#1 +timeout=3 nap\n")
-        node.reactor.advance(3)
+        node.clock.advance(3)
         [reply] = conn.events()
         assert isinstance(reply, Failure)
         self.assertIsInstance(reply.error, DeadlineExceededError)
@@ -386,21 +385,21 @@ class CommandTests(SynchronousTestCase):
     def test_ping(self) -> None:
         """PING answers pong, in either case."""
         node, _ = node_with_pending()
-        conn = node.connect()
+        conn = node.connect_raw()
         conn.send("PING\n#1 ping\n")
         self.assertEqual(conn.events(), [Success("pong"), Success("pong", "1")])
 
     def test_list(self) -> None:
         """LIST answers the sorted procedure names."""
         node, _ = node_with_pending()
-        conn = node.connect()
+        conn = node.connect_raw()
         conn.send("LIST\n")
         self.assertEqual(conn.events(), [Success(["add", "wait"])])
 
     def test_help_for_people(self) -> None:
         """Untagged HELP shows each signature as text lines, then OK."""
         node, _ = node_with_pending()
-        conn = node.connect()
+        conn = node.connect_raw()
         conn.send("help\n")
         events = conn.events()
         self.assertEqual(events[-1], Success(None))
@@ -411,7 +410,7 @@ class CommandTests(SynchronousTestCase):
     def test_help_for_programs(self) -> None:
         """Tagged HELP name answers a JSON description."""
         node, _ = node_with_pending()
-        conn = node.connect()
+        conn = node.connect_raw()
         conn.send("#1 HELP add\n#2 HELP nosuch\n")
         [described, missing] = conn.events()
         assert isinstance(described, Success)
@@ -422,7 +421,7 @@ class CommandTests(SynchronousTestCase):
     def test_stats(self) -> None:
         """STATS counts calls, errors and calls in flight, per procedure."""
         node, _pending = node_with_pending()
-        conn = node.connect()
+        conn = node.connect_raw()
         conn.send("add 1 2\nadd 1\n#1 wait a\n#2 STATS\n")
         stats = conn.events()[-1]
         assert isinstance(stats, Success)
@@ -437,7 +436,7 @@ class CommandTests(SynchronousTestCase):
     def test_quit_waits_for_calls(self) -> None:
         """QUIT answers bye once earlier calls are answered, then closes."""
         node, pending = node_with_pending()
-        conn = node.connect()
+        conn = node.connect_raw()
         conn.send("wait a\nQUIT\nadd 1 2\n")
         self.assertEqual(conn.lines(), [])
         self.assertFalse(conn.transport.disconnecting)
@@ -452,7 +451,7 @@ class FlowControlTests(SynchronousTestCase):
     def test_pause_on_calls_in_flight(self) -> None:
         """Past the calls-in-flight limit the node stops reading, and resumes as calls finish."""
         node, pending = node_with_pending(Limits(max_calls_in_flight=4))
-        conn = node.connect()
+        conn = node.connect_raw()
         conn.send("".join(f"#{i} wait {i}\n" for i in range(10)))
         self.assertEqual(len(pending.calls), 4)
         self.assertEqual(conn.transport.producerState, "paused")
@@ -473,31 +472,31 @@ class FlowControlTests(SynchronousTestCase):
     def test_reader_that_never_reads_is_dropped(self) -> None:
         """A client whose replies stay unread stops being read, then is dropped after the stall limit."""
         node, _ = node_with_pending(Limits(write_stall_timeout=30))
-        conn = node.connect()
+        conn = node.connect_raw()
         conn.protocol.pauseProducing()  # the transport's buffer is full
         self.assertEqual(conn.transport.producerState, "paused")
         conn.send("add 1 2\n")  # data already read is still served
-        node.reactor.advance(29)
+        node.clock.advance(29)
         self.assertFalse(conn.transport.disconnecting)
-        node.reactor.advance(1)
+        node.clock.advance(1)
         self.assertTrue(conn.transport.disconnecting)
 
     def test_reader_that_catches_up_is_kept(self) -> None:
         """A client that reads its replies again is read again and not dropped."""
         node, _ = node_with_pending(Limits(write_stall_timeout=30))
-        conn = node.connect()
+        conn = node.connect_raw()
         conn.protocol.pauseProducing()
-        node.reactor.advance(10)
+        node.clock.advance(10)
         conn.protocol.resumeProducing()
         self.assertEqual(conn.transport.producerState, "producing")
-        node.reactor.advance(60)
+        node.clock.advance(60)
         self.assertFalse(conn.transport.disconnecting)
-        self.assertEqual(node.reactor.getDelayedCalls(), [])
+        self.assertEqual(node.clock.getDelayedCalls(), [])
 
     def test_connection_limit(self) -> None:
         """Connections past the limit get one error line and are closed; others are unaffected."""
         node, _ = node_with_pending(Limits(max_connections=2))
-        first, second, third = node.connect(), node.connect(), node.connect()
+        first, second, third = node.connect_raw(), node.connect_raw(), node.connect_raw()
         [refused] = third.events()
         assert isinstance(refused, Failure)
         self.assertIsInstance(refused.error, ResourceExhaustedError)
@@ -505,7 +504,7 @@ class FlowControlTests(SynchronousTestCase):
         first.send("add 1 2\n")
         self.assertEqual(first.lines(), [b"OK 3"])
         first.protocol.connectionLost()
-        fourth = node.connect()
+        fourth = node.connect_raw()
         fourth.send("add 2 2\n")
         self.assertEqual(fourth.lines(), [b"OK 4"])
         self.assertFalse(second.transport.disconnecting)
@@ -529,7 +528,7 @@ class InMemoryConnectionTests(SynchronousTestCase):
                 received.append(line)
 
         client, _server, pump = connectedServerAndClient(
-            lambda: node.factory.buildProtocol(None), LineClient, clock=node.reactor
+            lambda: node.factory.buildProtocol(None), LineClient, clock=node.clock
         )
         client.transport.write(b"#1 wait a\nadd 1 2\n#2 add 2 2\nwait b\nping\n")
         pump.flush()

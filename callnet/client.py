@@ -1,0 +1,458 @@
+"""
+The asynchronous client: calls return Deferreds, which C{async def} code can
+C{await}.
+
+    client = Client("tcp:127.0.0.1:7600", reactor)
+    result = await client.call("add", 1, 2, timeout=5)
+
+Every call has a deadline (the client's default when the call names none).
+It travels to the node as the remaining budget, and the client keeps its own
+timer too, so a call to a node that stops answering still ends on time.
+Cancelling a call's Deferred sends C{CANCEL} so the node stops the work.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Callable, Iterable
+from typing import Any, Protocol, cast
+
+from twisted.internet.defer import Deferred, fail, succeed
+from twisted.internet.endpoints import clientFromString
+from twisted.internet.interfaces import IStreamClientEndpoint
+from twisted.internet.protocol import Factory, connectionDone
+from twisted.internet.protocol import Protocol as TwistedProtocol
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from callnet.dispatch import DelayedCall
+from callnet.errors import (
+    CallError,
+    CancelledError,
+    DeadlineExceededError,
+    InvalidArgumentError,
+    Outcome,
+    UnavailableError,
+)
+from callnet.wire import (
+    DEFAULT_MAX_LINE,
+    BadLine,
+    Call,
+    LineDecoder,
+    Success,
+    encode_call,
+    encode_command,
+)
+from callnet.wire import Failure as FailureReply
+
+log = Logger()
+
+#: A call's deadline when neither the call nor the client names one.
+DEFAULT_TIMEOUT = 30.0
+
+
+class ClientReactor(Protocol):
+    """What the client needs of a reactor: a clock (L{IReactorTime}), and
+    whatever its endpoint needs to connect (L{IReactorTCP} for C{tcp:})."""
+
+    def callLater(
+        self, delay: float, callable: Callable[..., Any], /, *args: Any, **kwargs: Any
+    ) -> DelayedCall: ...
+
+    def seconds(self) -> float: ...
+
+
+class _Transport(Protocol):
+    def write(self, data: bytes) -> None: ...
+    def writeSequence(self, data: Iterable[bytes]) -> None: ...
+    def loseConnection(self) -> None: ...
+
+
+class _Pending:
+    """A call sent and not yet answered."""
+
+    __slots__ = ("deferred", "procedure", "timer")
+
+    def __init__(self, deferred: Deferred[Any], procedure: str) -> None:
+        self.deferred = deferred
+        self.procedure = procedure
+        self.timer: DelayedCall | None = None
+
+
+class ClientProtocol(TwistedProtocol):
+    """
+    One connection to a node: sends tagged requests, matches replies by tag.
+
+    Tags are never reused on a connection, so a late reply to a call that was
+    cancelled or timed out is recognised and dropped.
+    """
+
+    def __init__(self, clock: ClientReactor, max_line: int = DEFAULT_MAX_LINE) -> None:
+        self._clock = clock
+        self._decoder = LineDecoder(max_line)
+        self._pending: dict[str, _Pending] = {}
+        self._tags = map(_tag_text, itertools.count(1))
+        self._connected = False
+        self._lost: Failure | None = None
+        self.node_name: str | None = None
+        self.on_lost: Callable[[ClientProtocol], None] | None = None
+
+    @property
+    def in_flight(self) -> int:
+        """How many calls on this connection await their replies."""
+        return len(self._pending)
+
+    @property
+    def is_connected(self) -> bool:
+        """Whether calls can be sent on this connection now."""
+        return self._connected
+
+    def connectionMade(self) -> None:
+        self._connected = True
+        self._out = cast(_Transport, self.transport)
+
+    def call(
+        self,
+        procedure: str,
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        timeout: float,
+        key: str | None = None,
+        trace: str | None = None,
+    ) -> Deferred[Any]:
+        """Send a call; the Deferred fires with its result or fails with a L{CallError}."""
+        if not self._connected:
+            return fail(UnavailableError("not connected", Outcome.NOT_RUN, self.node_name))
+        if timeout <= 0:
+            return fail(
+                DeadlineExceededError(
+                    "the deadline passed before the call was sent", Outcome.NOT_RUN
+                )
+            )
+        tag = next(self._tags)
+        try:
+            line = encode_call(Call(procedure, args, kwargs, tag, timeout, False, key, trace))
+        except (TypeError, ValueError) as e:
+            return fail(InvalidArgumentError(f"arguments are not JSON: {e}", Outcome.NOT_RUN))
+        pending = _Pending(Deferred(lambda d: self._abandon(tag, "cancelled")), procedure)
+        pending.timer = self._clock.callLater(timeout, self._abandon, tag, "deadline", timeout)
+        self._pending[tag] = pending
+        self._out.write(line)
+        return pending.deferred
+
+    def cast(
+        self,
+        procedure: str,
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        timeout: float | None = None,
+    ) -> None:
+        """Send a call that wants no reply."""
+        if not self._connected:
+            raise UnavailableError("not connected", Outcome.NOT_RUN, self.node_name)
+        self._out.write(encode_call(Call(procedure, args, kwargs, None, timeout, True)))
+
+    def command(self, verb: str, args: tuple[Any, ...], timeout: float) -> Deferred[Any]:
+        """Send a command such as C{STATS} with a tag and wait for its reply."""
+        if not self._connected:
+            return fail(UnavailableError("not connected", Outcome.NOT_RUN, self.node_name))
+        tag = next(self._tags)
+        pending = _Pending(Deferred(lambda d: self._abandon(tag, "cancelled")), verb)
+        pending.timer = self._clock.callLater(timeout, self._abandon, tag, "deadline", timeout)
+        self._pending[tag] = pending
+        self._out.write(encode_command(verb, args, tag))
+        return pending.deferred
+
+    def _abandon(self, tag: str, why: str, timeout: float = 0.0) -> None:
+        """Give up on a call (deadline or cancel): tell the node, fail the caller."""
+        pending = self._pending.pop(tag, None)
+        if pending is None:
+            return
+        if why == "deadline":
+            pending.timer = None
+            error: CallError = DeadlineExceededError(
+                f"no reply to {pending.procedure} within {timeout:g}s", Outcome.MAY_HAVE_RUN
+            )
+        else:
+            error = CancelledError(f"{pending.procedure} was cancelled", Outcome.MAY_HAVE_RUN)
+        error.node = self.node_name
+        if pending.timer is not None:
+            pending.timer.cancel()
+        if self._connected:
+            self._out.write(encode_command("CANCEL", (tag,)))
+        if not pending.deferred.called:
+            pending.deferred.errback(Failure(error))
+
+    def dataReceived(self, data: bytes) -> None:
+        decoder = self._decoder
+        decoder.feed(data)
+        while (event := decoder.next_event()) is not None:
+            if type(event) is Success or type(event) is FailureReply:
+                tag = event.tag
+                pending = self._pending.pop(tag, None) if tag is not None else None
+                if pending is None:
+                    continue  # a late reply to a call given up on, or an untagged answer
+                if pending.timer is not None:
+                    pending.timer.cancel()
+                if type(event) is Success:
+                    pending.deferred.callback(event.value)
+                else:
+                    pending.deferred.errback(Failure(cast(FailureReply, event).error))
+            elif type(event) is BadLine:
+                log.warn(
+                    "unreadable line from {node}: {error}", node=self.node_name, error=event.error
+                )
+
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
+        self._connected = False
+        self._lost = reason
+        pending, self._pending = self._pending, {}
+        for entry in pending.values():
+            if entry.timer is not None:
+                entry.timer.cancel()
+            entry.deferred.errback(
+                Failure(
+                    UnavailableError(
+                        f"connection lost while {entry.procedure} was in flight:"
+                        f" {reason.getErrorMessage()}",
+                        Outcome.MAY_HAVE_RUN,
+                        self.node_name,
+                    )
+                )
+            )
+        if self.on_lost is not None:
+            self.on_lost(self)
+
+    def close(self) -> None:
+        """Close the connection; calls in flight fail as L{UnavailableError}."""
+        if self._connected:
+            self._out.loseConnection()
+
+
+def _tag_text(number: int) -> str:
+    digits = "0123456789abcdefghijklmnopqrstuvwxyz"
+    text = ""
+    while True:
+        number, digit = divmod(number, 36)
+        text = digits[digit] + text
+        if not number:
+            return text
+
+
+class _ClientFactory(Factory):
+    noisy = False
+
+    def __init__(self, clock: ClientReactor, max_line: int) -> None:
+        self._clock = clock
+        self._max_line = max_line
+
+    def buildProtocol(self, addr: object) -> ClientProtocol:
+        protocol = ClientProtocol(self._clock, self._max_line)
+        protocol.factory = self
+        return protocol
+
+
+_DEFAULT = object()
+
+
+class Client:
+    """
+    An asynchronous client of one node.
+
+    It connects on first use and again after a lost connection.  Calls
+    return Deferreds; all take keyword-only C{timeout} (seconds; every call
+    has a deadline) and C{key} (an idempotency key).
+
+    @param endpoint: a Twisted client endpoint string such as
+        C{"tcp:127.0.0.1:7600"} or C{"unix:/run/callnet.sock"}, or an
+        L{IStreamClientEndpoint}.
+    @param reactor: the reactor to connect with (its clock runs deadlines).
+    @param timeout: the default deadline of a call, in seconds.
+    """
+
+    def __init__(
+        self,
+        endpoint: str | IStreamClientEndpoint,
+        reactor: Any,
+        timeout: float = DEFAULT_TIMEOUT,
+        max_line: int = DEFAULT_MAX_LINE,
+    ) -> None:
+        if isinstance(endpoint, str):
+            self.address = endpoint
+            endpoint = clientFromString(reactor, endpoint)
+        else:
+            self.address = repr(endpoint)
+        self._endpoint: Any = endpoint
+        self._reactor = reactor
+        self.timeout = timeout
+        self._factory = _ClientFactory(reactor, max_line)
+        self._protocol: ClientProtocol | None = None
+        self._connecting: list[Deferred[ClientProtocol]] | None = None
+        self._closed = False
+
+    # --- Connection ---------------------------------------------------------
+
+    def connect(self) -> Deferred[ClientProtocol]:
+        """Connect now rather than on first call; fires with the connection."""
+        if self._closed:
+            return fail(UnavailableError("the client is closed", Outcome.NOT_RUN))
+        if self._protocol is not None and self._protocol.is_connected:
+            return succeed(self._protocol)
+        waiter: Deferred[ClientProtocol] = Deferred()
+        if self._connecting is None:
+            self._connecting = [waiter]
+            attempt = self._endpoint.connect(self._factory)
+            attempt.addCallbacks(self._connected, self._connect_failed)
+        else:
+            self._connecting.append(waiter)
+        return waiter
+
+    def _connected(self, protocol: ClientProtocol) -> None:
+        waiters, self._connecting = self._connecting or [], None
+        if self._closed:
+            protocol.close()
+            error = UnavailableError("the client was closed", Outcome.NOT_RUN)
+            for waiter in waiters:
+                waiter.errback(Failure(error))
+            return
+        self._protocol = protocol
+        protocol.on_lost = self._lost
+        for waiter in waiters:
+            if not waiter.called:
+                waiter.callback(protocol)
+
+    def _connect_failed(self, reason: Failure) -> None:
+        waiters, self._connecting = self._connecting or [], None
+        for waiter in waiters:
+            if not waiter.called:
+                waiter.errback(
+                    Failure(
+                        UnavailableError(
+                            f"cannot connect to {self.address}: {reason.getErrorMessage()}",
+                            Outcome.NOT_RUN,
+                        )
+                    )
+                )
+
+    def _lost(self, protocol: ClientProtocol) -> None:
+        if self._protocol is protocol:
+            self._protocol = None
+
+    # --- Calls --------------------------------------------------------------
+
+    def call(
+        self,
+        procedure: str,
+        /,
+        *args: Any,
+        timeout: float | None = None,
+        key: str | None = None,
+        trace: str | None = None,
+        **kwargs: Any,
+    ) -> Deferred[Any]:
+        """
+        Call a procedure on the node.
+
+        @return: a Deferred firing with the result, or failing with a
+            L{CallError} subclass.  Cancelling it cancels the call on the node.
+        """
+        budget = self.timeout if timeout is None else timeout
+        deadline = self._reactor.seconds() + budget
+        protocol = self._protocol
+        if protocol is not None and protocol.is_connected:
+            return protocol.call(procedure, args, kwargs, budget, key, trace)
+        return self._when_connected(
+            deadline,
+            lambda p: p.call(
+                procedure, args, kwargs, deadline - self._reactor.seconds(), key, trace
+            ),
+        )
+
+    def cast(self, procedure: str, /, *args: Any, **kwargs: Any) -> Deferred[None]:
+        """
+        Send a call that wants no reply (fire and forget).
+
+        @return: a Deferred that fires once the request is handed to the
+            connection, or fails with L{UnavailableError} if it cannot be.
+        """
+
+        def send(protocol: ClientProtocol) -> None:
+            protocol.cast(procedure, args, kwargs)
+
+        return self._when_connected(self._reactor.seconds() + self.timeout, send)
+
+    def command(self, verb: str, *args: Any, timeout: float | None = None) -> Deferred[Any]:
+        """Send a protocol command (C{PING}, C{LIST}, C{STATS}, C{HELP})."""
+        budget = self.timeout if timeout is None else timeout
+        deadline = self._reactor.seconds() + budget
+        return self._when_connected(
+            deadline, lambda p: p.command(verb, args, deadline - self._reactor.seconds())
+        )
+
+    def ping(self, timeout: float | None = None) -> Deferred[Any]:
+        """Ask the node to answer; fires with C{"pong"}."""
+        return self.command("PING", timeout=timeout)
+
+    def _when_connected(
+        self, deadline: float, send: Callable[[ClientProtocol], Any]
+    ) -> Deferred[Any]:
+        """Run C{send} on a connection once there is one, within the deadline."""
+        connecting = self.connect()
+        timer: list[DelayedCall] = []
+        sent: list[Deferred[Any]] = []
+
+        def cancel(d: Deferred[Any]) -> None:
+            # Before the request is sent, stop waiting for the connection;
+            # after, cancel the call itself (which tells the node).
+            (sent[0] if sent else connecting).cancel()
+
+        result: Deferred[Any] = Deferred(cancel)
+
+        def connected(protocol: ClientProtocol) -> None:
+            if timer:
+                timer.pop().cancel()
+            if result.called:
+                return
+            outcome = send(protocol)
+            if isinstance(outcome, Deferred):
+                sent.append(outcome)
+                outcome.chainDeferred(result)
+            else:
+                result.callback(outcome)
+
+        def failed(reason: Failure) -> None:
+            if timer:
+                timer.pop().cancel()
+            if result.called:
+                return
+            if reason.check(CallError):
+                result.errback(reason)
+            else:
+                result.errback(
+                    Failure(CancelledError("cancelled before it was sent", Outcome.NOT_RUN))
+                )
+
+        def expire() -> None:
+            timer.clear()
+            if not result.called:
+                result.errback(
+                    Failure(
+                        DeadlineExceededError(
+                            f"the deadline passed while connecting to {self.address}",
+                            Outcome.NOT_RUN,
+                        )
+                    )
+                )
+
+        remaining = deadline - self._reactor.seconds()
+        if not connecting.called:
+            timer.append(self._reactor.callLater(max(remaining, 0), expire))
+        connecting.addCallbacks(connected, failed)
+        return result
+
+    def close(self) -> None:
+        """Close the connection.  Calls in flight fail with L{UnavailableError}."""
+        self._closed = True
+        if self._protocol is not None:
+            self._protocol.close()
+            self._protocol = None
