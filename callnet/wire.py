@@ -414,6 +414,37 @@ def _parse_value(text: str, pos: int, tag: str | None) -> tuple[Any, int]:
     return word, end
 
 
+def parse_words(words: list[str]) -> tuple[tuple[Any, ...], dict[str, Any]]:
+    """
+    Read already-split words (a command line's) as a request's arguments:
+    each word is one value, JSON where it parses and a string otherwise, and
+    C{name=value} is a keyword argument.
+
+    @raise ValueError: a word is malformed, naming it.
+    """
+    args: list[Any] = []
+    kwargs: dict[str, Any] = {}
+    for word in words:
+        match = _KEYWORD_RE.match(word)
+        start = match.end() if match else 0
+        try:
+            if word[start : start + 1] in _JSON_OPENERS:
+                value = _DECODER.decode(word[start:])
+            else:
+                value, end = _parse_value(word, start, None)
+                if end < len(word):
+                    value = word[start:]  # one shell word with spaces in it: a string
+        except (ValueError, RecursionError, _MalformedError) as e:
+            raise ValueError(f"bad argument {word[:80]!r}: {getattr(e, 'reason', e)}") from None
+        if match:
+            kwargs[match.group(1)] = value
+        elif kwargs:
+            raise ValueError(f"positional argument {word[:80]!r} after a keyword argument")
+        else:
+            args.append(value)
+    return tuple(args), kwargs
+
+
 def _reason(error: ValueError) -> str:
     if isinstance(error, json.JSONDecodeError):
         return error.msg

@@ -1,0 +1,128 @@
+"""
+The C{callnet} command: call a node from a shell.
+
+    callnet call tcp:127.0.0.1:7600 add 1 2
+    callnet ping 127.0.0.1:7600
+
+Each argument is one value: JSON where it parses as JSON, a string otherwise;
+C{name=value} passes a keyword argument.  The result is printed as JSON.
+
+Exit status: 0 success, 1 the call failed on the node, 2 a usage error,
+3 the node could not be reached or the deadline passed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+from callnet.errors import CallError, DeadlineExceededError, UnavailableError
+from callnet.wire import parse_words
+
+EXIT_OK = 0
+EXIT_CALL_FAILED = 1
+EXIT_USAGE = 2
+EXIT_UNREACHABLE = 3
+
+#: Endpoint string prefixes that Twisted's clientFromString understands.
+_ENDPOINT_KINDS = ("tcp:", "unix:", "ssl:", "tls:", "tcp6:")
+
+
+def endpoint_string(text: str) -> str:
+    """Accept C{host:port} or C{port} as shorthand for a C{tcp:} endpoint."""
+    if text.startswith(_ENDPOINT_KINDS):
+        return text
+    host, _, port = text.rpartition(":")
+    if port.isdigit():
+        return f"tcp:{host or '127.0.0.1'}:{port}"
+    raise argparse.ArgumentTypeError(
+        f"not an endpoint: {text!r} (try 127.0.0.1:7600 or tcp:host:port or unix:/path)"
+    )
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="callnet", description="Call procedures on a callnet node."
+    )
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for name, help_text in (
+        ("call", "call a procedure and print its result as JSON"),
+        ("cast", "send a call that wants no reply"),
+    ):
+        sub = commands.add_parser(name, help=help_text)
+        sub.add_argument("endpoint", type=endpoint_string, metavar="ENDPOINT")
+        sub.add_argument("procedure", metavar="PROCEDURE")
+        sub.add_argument("arguments", nargs="*", metavar="ARG", help="JSON value or word; k=v")
+        sub.add_argument("--timeout", type=float, default=30.0, help="deadline in seconds")
+    for name, help_text in (
+        ("ping", "check that a node answers"),
+        ("list", "list a node's procedures"),
+        ("stats", "show a node's counters as JSON"),
+    ):
+        sub = commands.add_parser(name, help=help_text)
+        sub.add_argument("endpoint", type=endpoint_string, metavar="ENDPOINT")
+        sub.add_argument("--timeout", type=float, default=10.0, help="deadline in seconds")
+    return parser
+
+
+async def _run(options: argparse.Namespace, reactor: Any) -> Any:
+    from callnet.client import Client
+
+    client = Client(options.endpoint, reactor, timeout=options.timeout)
+    try:
+        if options.command == "call":
+            args, kwargs = parse_words(options.arguments)
+            return await client.call(options.procedure, *args, **kwargs)
+        if options.command == "cast":
+            args, kwargs = parse_words(options.arguments)
+            await client.cast(options.procedure, *args, **kwargs)
+            return None
+        return await client.command(options.command.upper())
+    finally:
+        client.close()
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line; return the exit status."""
+    options = _parser().parse_args(argv)
+    if options.command in ("call", "cast"):
+        try:
+            parse_words(options.arguments)
+        except ValueError as e:
+            print(f"callnet: {e}", file=sys.stderr)
+            return EXIT_USAGE
+
+    from twisted.internet import reactor
+    from twisted.internet.defer import ensureDeferred
+    from twisted.python.failure import Failure
+
+    outcome: list[Any] = []
+
+    def finish(result: Any) -> None:
+        outcome.append(result)
+        reactor.stop()
+
+    reactor.callWhenRunning(lambda: ensureDeferred(_run(options, reactor)).addBoth(finish))
+    reactor.run()
+
+    [result] = outcome
+    if not isinstance(result, Failure):
+        if options.command != "cast":
+            print(json.dumps(result, ensure_ascii=False))
+        return EXIT_OK
+    failure = result
+    error = failure.value
+    if not isinstance(error, CallError):
+        print(f"callnet: {failure.getErrorMessage()}", file=sys.stderr)
+        return EXIT_UNREACHABLE
+    print(f"callnet: {error}", file=sys.stderr)
+    if isinstance(error, DeadlineExceededError | UnavailableError):
+        return EXIT_UNREACHABLE
+    return EXIT_CALL_FAILED
+
+
+if __name__ == "__main__":
+    sys.exit(main())
