@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from twisted.internet.defer import CancelledError as TwistedCancelledError
-from twisted.internet.defer import Deferred, ensureDeferred, fail
+from twisted.internet.defer import Deferred, ensureDeferred, fail, succeed
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.python.threadpool import ThreadPool
@@ -178,48 +178,63 @@ class Dispatcher:
             C{CancelledError}; a thread's late result is dropped) and fails
             the call with L{CancelledError}.
         """
+        outcome = self.start(call)
+        if isinstance(outcome, Deferred):
+            return outcome
+        if isinstance(outcome, Failure):
+            return fail(outcome)
+        return succeed(outcome)
+
+    def start(self, call: Call) -> Any:
+        """
+        Like L{dispatch}, but a call that ends at once is not wrapped.
+
+        The per-call hot path: a procedure that runs in the reactor and
+        returns a plain value costs no Deferred and no timer.
+
+        @return: a L{Deferred} for work still running; a L{Failure} of a
+            L{CallError} for a call that failed at once; otherwise the result.
+        """
         try:
             entry = self.registry.get(call.procedure)
             entry.check_arguments(call.args, call.kwargs)
         except CallError as e:
             self.stats.refused()
             e.node = self._node_name
-            return fail(e)
+            return Failure(e)
         limits = self._limits
         timeout = limits.default_timeout if call.timeout is None else call.timeout
-        timeout = min(timeout, limits.max_timeout)
+        if timeout > limits.max_timeout:
+            timeout = limits.max_timeout
         if timeout <= 0:
             self.stats.refused()
-            return fail(
+            return Failure(
                 DeadlineExceededError(
                     "the call's deadline had passed when it arrived",
                     Outcome.NOT_RUN,
                     self._node_name,
                 )
             )
-        return _RunningCall(self, entry, call, timeout).result
-
-    # Where procedures run: each returns a Deferred that can be cancelled.
-
-    def _start(self, entry: Procedure, call: Call) -> Deferred[Any]:
-        if entry.run == "thread":
-            return self._run_in_thread(entry.function, call)
-        if entry.run == "process":
-            return self._run_in_process(entry.function, call)
-        return self._run_in_reactor(entry.function, call)
-
-    def _run_in_reactor(self, function: Callable[..., Any], call: Call) -> Deferred[Any]:
-        try:
-            result = function(*call.args, **call.kwargs)
-        except BaseException:
-            return fail()
-        if isinstance(result, Deferred):
-            return result
-        if hasattr(result, "__await__") or hasattr(result, "send"):
-            return ensureDeferred(result)
-        d: Deferred[Any] = Deferred()
-        d.callback(result)
-        return d
+        stats = self.stats.started(entry.name)
+        if entry.run == "reactor":
+            try:
+                result = entry.function(*call.args, **call.kwargs)
+            except BaseException:
+                failure = Failure(self._to_call_error(entry, Failure()))
+                self.stats.finished(stats, True)
+                return failure
+            if isinstance(result, Deferred):
+                work = result
+            elif hasattr(result, "__await__") or hasattr(result, "send"):
+                work = ensureDeferred(result)
+            else:
+                self.stats.finished(stats, False)
+                return result
+        elif entry.run == "thread":
+            work = self._run_in_thread(entry.function, call)
+        else:
+            work = self._run_in_process(entry.function, call)
+        return _RunningCall(self, entry, stats, work, timeout).result
 
     def _run_in_thread(self, function: Callable[..., Any], call: Call) -> Deferred[Any]:
         job = _ThreadJob()
@@ -315,18 +330,23 @@ class _RunningCall:
     __slots__ = ("_dispatcher", "_entry", "_inner", "_stats", "_timer", "_why", "result")
 
     def __init__(
-        self, dispatcher: Dispatcher, entry: Procedure, call: Call, timeout: float
+        self,
+        dispatcher: Dispatcher,
+        entry: Procedure,
+        stats: ProcedureStats,
+        work: Deferred[Any],
+        timeout: float,
     ) -> None:
         self._dispatcher = dispatcher
         self._entry = entry
         self._why: CallError | None = None
-        self._stats = dispatcher.stats.started(entry.name)
+        self._stats = stats
         self.result: Deferred[Any] = Deferred(self._cancel)
-        self._timer: DelayedCall | None = dispatcher._reactor.callLater(
-            timeout, self._expire, timeout
-        )
-        self._inner = dispatcher._start(entry, call)
-        self._inner.addBoth(self._finish)
+        self._inner = work
+        self._timer: DelayedCall | None = None
+        work.addBoth(self._finish)
+        if not self.result.called:
+            self._timer = dispatcher._reactor.callLater(timeout, self._expire, timeout)
 
     def _expire(self, timeout: float) -> None:
         self._timer = None

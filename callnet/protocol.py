@@ -94,6 +94,7 @@ class NodeProtocol(Protocol):
         self._draining = False
         self._quitting: _Slot | str | None = None
         self._closed = False
+        self._outbox: list[bytes] = []
         self._first_line = True
         self._stall_timer: DelayedCall | None = None
         self._counted = False
@@ -161,6 +162,7 @@ class NodeProtocol(Protocol):
                 self._handle(event)
         finally:
             self._draining = False
+            self._send_outbox()
 
     def _refuse_http(self) -> None:
         self._write_error(
@@ -197,19 +199,19 @@ class NodeProtocol(Protocol):
                 tag,
             )
             return
-        d = self.factory.dispatcher.dispatch(call)
-        if call.cast:
-            tracked = not d.called
-            if tracked:
-                self._track()
-            d.addBoth(self._cast_done, call, tracked)
-            return
-        if d.called:
+        outcome = self.factory.dispatcher.start(call)
+        if not isinstance(outcome, Deferred):
             # Answered at once (an error, or a procedure that did not wait):
-            # skip the bookkeeping of calls in flight.
-            result: list[Any] = []
-            d.addBoth(result.append)
-            self._reply_now(result[0], tag)
+            # no bookkeeping of calls in flight.
+            if call.cast:
+                self._cast_done(outcome, call, tracked=False)
+            else:
+                self._reply_now(outcome, tag)
+            return
+        d = outcome
+        if call.cast:
+            self._track()
+            d.addBoth(self._cast_done, call, True)
             return
         self._track()
         if tag is None:
@@ -292,7 +294,7 @@ class NodeProtocol(Protocol):
             quitting.line = encode_success("bye")
             self._flush_untagged()
         else:
-            self._out.write(encode_success("bye", quitting))
+            self._write(encode_success("bye", quitting))
         self._close()
 
     # --- Replies ------------------------------------------------------------
@@ -308,7 +310,19 @@ class NodeProtocol(Protocol):
             self._untagged.append(slot)
             self._flush_untagged()
         else:
+            self._write(line)
+
+    def _write(self, line: bytes) -> None:
+        """Write a reply; replies made while reading are sent together after."""
+        if self._draining:
+            self._outbox.append(line)
+        else:
             self._out.write(line)
+
+    def _send_outbox(self) -> None:
+        if self._outbox:
+            lines, self._outbox = self._outbox, []
+            self._out.writeSequence(lines)
 
     def _encode(self, result: Any, tag: str | None) -> bytes:
         if isinstance(result, Failure):
@@ -332,7 +346,7 @@ class NodeProtocol(Protocol):
         if self._calls.pop(tag, None) is None:
             return  # the connection is gone
         self._untrack()
-        self._out.write(self._encode(result, tag))
+        self._write(self._encode(result, tag))
         self._after_call()
 
     def _untagged_done(self, result: Any, slot: _Slot) -> None:
@@ -350,7 +364,10 @@ class NodeProtocol(Protocol):
             queue.popleft()
             lines.append(line)
         if lines:
-            self._out.writeSequence(lines)
+            if self._draining:
+                self._outbox.extend(lines)
+            else:
+                self._out.writeSequence(lines)
 
     # --- Flow control ---------------------------------------------------------
 
@@ -417,7 +434,7 @@ class NodeProtocol(Protocol):
         self._out.abortConnection()
 
     def _write_error(self, error: CallError, tag: str | None) -> None:
-        self._out.write(encode_failure(error, tag))
+        self._write(encode_failure(error, tag))
 
 
 def _looks_like_http(event: Event) -> bool:

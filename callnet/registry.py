@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import inspect
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from types import ModuleType
 from typing import Any, Literal, TypeVar, overload
 
@@ -52,6 +52,26 @@ class Procedure:
     #: Safe to run twice: the cluster may retry it after a lost connection.
     idempotent: bool
     signature: inspect.Signature
+    # How many positional arguments a call may pass with no keywords, when
+    # that alone decides whether they fit (see check_arguments).
+    _positional: range | None = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        required = optional = 0
+        for parameter in self.signature.parameters.values():
+            if parameter.kind not in (parameter.POSITIONAL_ONLY, parameter.POSITIONAL_OR_KEYWORD):
+                if (
+                    parameter.kind is parameter.KEYWORD_ONLY
+                    and parameter.default is parameter.empty
+                ):
+                    object.__setattr__(self, "_positional", None)
+                    return
+                continue
+            if parameter.default is parameter.empty:
+                required += 1
+            else:
+                optional += 1
+        object.__setattr__(self, "_positional", range(required, required + optional + 1))
 
     @property
     def summary(self) -> str:
@@ -75,6 +95,8 @@ class Procedure:
 
         @raise InvalidArgumentError: naming the procedure and its signature.
         """
+        if not kwargs and self._positional is not None and len(args) in self._positional:
+            return  # the common case, without binding
         try:
             self.signature.bind(*args, **kwargs)
         except TypeError as e:

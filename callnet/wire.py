@@ -260,8 +260,65 @@ def _peek_tag(line: bytes, complete: bool = True) -> str | None:
     return tag if _TAG_RE.match(tag) else None
 
 
+# The common request of a program: a tag, a procedure and bare-word
+# arguments (numbers, true/false/null, simple strings), ASCII only.  Such a
+# line is read straight from bytes; anything else takes the general path,
+# which gives the same events for these lines (a property test checks it).
+_SIMPLE_CALL = re.compile(
+    rb"(?:#([A-Za-z0-9_.:\-]{1,64}) )?"
+    rb"(?:\+timeout=([0-9]{1,9}(?:\.[0-9]{1,9})?) )?"
+    rb"(\+cast )?"
+    rb"([A-Za-z_][A-Za-z0-9_.\-]{0,127})"
+    rb"((?: [A-Za-z0-9_.\-]+)*)\r?\Z"
+)
+_SIMPLE_NUMBER = re.compile(rb"-?(?:0|[1-9][0-9]*)(\.[0-9]+)?([eE][-]?[0-9]+)?\Z")
+_SIMPLE_CONSTANTS: dict[bytes, Any] = {b"true": True, b"false": False, b"null": None}
+
+
+def _parse_simple_call(line: bytes) -> Call | None:
+    match = _SIMPLE_CALL.match(line)
+    if match is None:
+        return None
+    tag, timeout, cast, name, rest = match.groups()
+    procedure = name.decode("ascii")
+    if procedure.lower() in RESERVED_NAMES:
+        return None
+    args = []
+    for word in rest.split():
+        if word in _SIMPLE_CONSTANTS:
+            args.append(_SIMPLE_CONSTANTS[word])
+            continue
+        number = _SIMPLE_NUMBER.match(word)
+        if number is None:
+            args.append(word.decode("ascii"))
+        elif number.group(1) is None and number.group(2) is None:
+            if len(word) > 4000:
+                return None  # past int()'s digit limit: the general path reports it
+            args.append(int(word))
+        else:
+            value = float(word)
+            if not math.isfinite(value):
+                return None
+            args.append(value)
+    return Call(
+        procedure,
+        tuple(args),
+        {},
+        tag.decode("ascii") if tag else None,
+        None if timeout is None else float(timeout),
+        cast is not None,
+    )
+
+
 def parse_line(line: bytes) -> Event | None:
     """Turn one line (without its LF) into an event; C{None} for a blank line."""
+    simple = _parse_simple_call(line)
+    if simple is not None:
+        return simple
+    return _parse_general(line)
+
+
+def _parse_general(line: bytes) -> Event | None:
     try:
         text = line.decode("utf-8")
     except UnicodeDecodeError as e:
@@ -541,8 +598,14 @@ def encode_command(verb: str, args: tuple[Any, ...] = (), tag: str | None = None
 def encode_success(value: Any, tag: str | None = None) -> bytes:
     """Encode an OK reply; C{OK} alone stands for C{None}."""
     if value is None:
-        return (_prefix(tag) + "OK\n").encode("utf-8")
-    return (_prefix(tag) + "OK " + encode_json(value) + "\n").encode("utf-8")
+        body = ""
+    elif type(value) is int:
+        body = " " + int.__repr__(value)  # no JSON encoder for the commonest result
+    else:
+        body = " " + encode_json(value)
+    if tag is None:
+        return f"OK{body}\n".encode()
+    return f"#{tag} OK{body}\n".encode()
 
 
 def encode_failure(error: CallError, tag: str | None = None) -> bytes:

@@ -264,3 +264,38 @@ class RoundTripProperties(SynchronousTestCase):
         """decode(encode_command(...)) is the command, in upper case, with its arguments."""
         data = encode_command(case(verb), args, tag)
         self.assertEqual(_events_of(data), [comparable(Command(verb, args, tag))])
+
+
+simple_words = st.text("abcXYZ019_.-eE", min_size=1, max_size=12) | st.sampled_from(
+    ["true", "false", "null", "0", "-0", "-0.0", "1e5", "1E-3", "007", "1.", ".5", "-", "1" * 4100]
+)
+simple_lines = st.builds(
+    lambda tag, timeout, cast, name, words, crlf: (
+        (f"#{tag} " if tag else "")
+        + (f"+timeout={timeout} " if timeout else "")
+        + ("+cast " if cast else "")
+        + name
+        + "".join(" " + word for word in words)
+        + ("\r" if crlf else "")
+    ).encode(),
+    st.none() | st.text("ab1_.:-", min_size=1, max_size=6),
+    st.none() | st.sampled_from(["0", "2.5", "30", "0.000001", "123456789.5"]),
+    st.booleans(),
+    st.sampled_from(["add", "Add", "x.y-z", "_f", "help", "ping", "ok", "Echo2"]),
+    st.lists(simple_words, max_size=5),
+    st.booleans(),
+)
+
+
+class FastPathProperties(SynchronousTestCase):
+    """The fast path for common requests reads them exactly as the general parser does."""
+
+    @settings(max_examples=300, deadline=None)
+    @given(simple_lines)
+    def test_same_event(self, line: bytes) -> None:
+        """Wherever the fast path answers, its event equals the general parser's."""
+        from callnet.wire import _parse_general, _parse_simple_call
+
+        fast = _parse_simple_call(line)
+        if fast is not None:
+            self.assertEqual(comparable(fast), comparable(_parse_general(line)))
