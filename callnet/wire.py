@@ -310,9 +310,30 @@ def _parse_simple_call(line: bytes) -> Call | None:
     )
 
 
+_SIMPLE_SUCCESS = re.compile(
+    rb"#([A-Za-z0-9_.:\-]{1,64}) OK"
+    rb"(?: (-?(?:0|[1-9][0-9]{0,17})|\"[^\"\\\\\x00-\x1f\x7f-\xff]*\"))?\r?\Z"
+)
+
+
+def _parse_simple_success(line: bytes) -> Success | None:
+    """A tagged OK with an int or a plain ASCII string: the commonest reply."""
+    match = _SIMPLE_SUCCESS.match(line)
+    if match is None:
+        return None
+    tag, body = match.groups()
+    if body is None:
+        value = None
+    elif body[0] == 34:  # a quoted string with no escapes
+        value = body[1:-1].decode("ascii")
+    else:
+        value = int(body)
+    return Success(value, tag.decode("ascii"))
+
+
 def parse_line(line: bytes) -> Event | None:
     """Turn one line (without its LF) into an event; C{None} for a blank line."""
-    simple = _parse_simple_call(line)
+    simple = _parse_simple_call(line) or _parse_simple_success(line)
     if simple is not None:
         return simple
     return _parse_general(line)

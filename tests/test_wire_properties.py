@@ -299,3 +299,21 @@ class FastPathProperties(SynchronousTestCase):
         fast = _parse_simple_call(line)
         if fast is not None:
             self.assertEqual(comparable(fast), comparable(_parse_general(line)))
+
+    @settings(max_examples=300, deadline=None)
+    @given(
+        st.text("ab1_.:-", min_size=1, max_size=6),
+        st.none()
+        | st.sampled_from(["0", "-0", "0123", "42", "-7", "1.5", "1e3", "true", '"x"', '"a b"'])
+        | st.text(max_size=8).map(lambda text: '"' + text + '"')
+        | st.integers().map(str),
+        st.booleans(),
+    )
+    def test_same_reply(self, tag: str, body: str | None, crlf: bool) -> None:
+        """Wherever the fast path reads an OK reply, it reads what the general parser reads."""
+        from callnet.wire import _parse_general, _parse_simple_success
+
+        line = f"#{tag} OK{'' if body is None else ' ' + body}{chr(13) if crlf else ''}".encode()
+        fast = _parse_simple_success(line)
+        if fast is not None:
+            self.assertEqual(comparable(fast), comparable(_parse_general(line)))
