@@ -23,6 +23,7 @@ enough work in hand and the rest stays buffered, bounded by what it was fed.
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import re
@@ -55,6 +56,7 @@ OPTIONS = frozenset({"timeout", "cast", "key", "trace", "hops"})
 _TAG_RE = re.compile(r"[A-Za-z0-9_.:\-]{1,64}\Z")
 _PROCEDURE_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_.\-]{0,127}(@[A-Za-z0-9_.\-]{1,128})?\Z")
 _KEYWORD_RE = re.compile(r"([A-Za-z_][A-Za-z0-9_]*)=")
+_IDENTIFIER_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
 _NUMBER_RE = re.compile(r"-?(?:0|[1-9][0-9]*)(?:\.[0-9]+)?(?:[eE][+-]?[0-9]+)?\Z")
 _OPTION_VALUE_RE = re.compile(r"[\x21-\x7e]{1,256}\Z")
 _HOPS_RE = re.compile(r"[0-9]{1,3}\Z")
@@ -578,6 +580,7 @@ def encode_json(value: Any) -> str:
     return encoded
 
 
+@functools.lru_cache(maxsize=256)
 def format_seconds(seconds: float) -> str:
     """Write a timeout as +timeout reads it: plain decimal, to the microsecond."""
     text = f"{min(max(seconds, 0.0), 999_999_999.0):.6f}".rstrip("0")
@@ -588,26 +591,62 @@ def _prefix(tag: str | None) -> str:
     return f"#{tag} " if tag is not None else ""
 
 
+_encode_string = json.encoder.encode_basestring  # type: ignore[attr-defined]
+
+
+def _encode_argument(value: Any) -> str:
+    """L{encode_json}, with the commonest argument types done directly."""
+    kind = type(value)
+    if kind is int:
+        return int.__repr__(value)
+    if kind is str:
+        return str(_encode_string(value))
+    return encode_json(value)
+
+
 def encode_call(call: Call) -> bytes:
-    """Encode a request line.  Raises C{TypeError}/C{ValueError} for non-JSON arguments."""
+    """
+    Encode a request line.
+
+    @raise ValueError: the procedure name, tag or an option is not valid on
+        the wire, or an argument is not JSON (also C{TypeError}).
+    """
+    if not is_procedure_name(call.procedure):
+        raise ValueError(f"not a procedure name: {call.procedure[:80]!r}")
     words = []
     if call.tag is not None:
+        if not _TAG_RE.match(call.tag):
+            raise ValueError(f"not a tag: {call.tag[:80]!r}")
         words.append(f"#{call.tag}")
     if call.timeout is not None:
         words.append(f"+timeout={format_seconds(call.timeout)}")
     if call.cast:
         words.append("+cast")
-    if call.key is not None:
-        words.append(f"+key={call.key}")
-    if call.trace is not None:
-        words.append(f"+trace={call.trace}")
+    for name in ("key", "trace"):
+        value = getattr(call, name)
+        if value is not None:
+            if not _OPTION_VALUE_RE.match(value):
+                raise ValueError(f"+{name} takes 1 to 256 printable ASCII characters")
+            words.append(f"+{name}={value}")
     if call.hops:
+        if not 0 <= call.hops <= 999:
+            raise ValueError("+hops must be from 0 to 999")
         words.append(f"+hops={call.hops}")
     words.append(call.procedure)
-    words.extend(map(encode_json, call.args))
+    words.extend(map(_encode_argument, call.args))
     for name, value in call.kwargs.items():
-        words.append(f"{name}={encode_json(value)}")
-    return (" ".join(words) + "\n").encode("utf-8")
+        if not _IDENTIFIER_RE.match(name):
+            raise ValueError(f"not a keyword argument name: {name[:80]!r}")
+        words.append(f"{name}={_encode_argument(value)}")
+    line = " ".join(words) + "\n"
+    try:
+        return line.encode("utf-8")
+    except UnicodeEncodeError:
+        # A string held lone surrogates: send every value as ASCII JSON.
+        head = words[: len(words) - len(call.args) - len(call.kwargs)]
+        tail = [encode_json(value) for value in call.args]
+        tail += [f"{name}={encode_json(value)}" for name, value in call.kwargs.items()]
+        return (" ".join(head + tail) + "\n").encode("utf-8")
 
 
 def encode_command(verb: str, args: tuple[Any, ...] = (), tag: str | None = None) -> bytes:

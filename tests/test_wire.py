@@ -976,6 +976,20 @@ JSON_VALUES: list[Any] = [
 
 
 class EncodeCallTests(WireTestCase):
+    def test_refuses_what_would_break_the_line(self) -> None:
+        """A name, tag, option or keyword that would inject words or lines is refused, not sent."""
+        for call in [
+            Call("add 1 2\nQUIT"),
+            Call("help"),
+            Call("add", tag="a b"),
+            Call("add", key="k\nQUIT"),
+            Call("add", trace="has space"),
+            Call("add", kwargs={"x y": 1}),
+            Call("add", hops=1000),
+        ]:
+            with self.assertRaises(ValueError, msg=repr(call)):
+                encode_call(call)
+
     """encode_call, and decoding what it produced."""
 
     def assertRoundTrip(self, call: Call) -> bytes:
