@@ -4,6 +4,8 @@ per call to block for the answer or to go on and take it later, with every
 failure across the network a typed outcome within a bounded time.
 """
 
+from callnet.blocking import BlockingClient, CallHandle
+from callnet.client import Client
 from callnet.errors import (
     AbortedError,
     AlreadyExistsError,
@@ -12,6 +14,7 @@ from callnet.errors import (
     DataLossError,
     DeadlineExceededError,
     FailedPreconditionError,
+    ForkedProcessError,
     InternalError,
     InvalidArgumentError,
     NotFoundError,
@@ -23,6 +26,7 @@ from callnet.errors import (
     UnavailableError,
     UnimplementedError,
     UnknownError,
+    WrongThreadError,
 )
 from callnet.registry import Registry, procedure
 
@@ -31,11 +35,15 @@ __version__ = "0.1.0"
 __all__ = [
     "AbortedError",
     "AlreadyExistsError",
+    "BlockingClient",
     "CallError",
+    "CallHandle",
     "CancelledError",
+    "Client",
     "DataLossError",
     "DeadlineExceededError",
     "FailedPreconditionError",
+    "ForkedProcessError",
     "InternalError",
     "InvalidArgumentError",
     "NotFoundError",
@@ -48,5 +56,6 @@ __all__ = [
     "UnavailableError",
     "UnimplementedError",
     "UnknownError",
+    "WrongThreadError",
     "procedure",
 ]

@@ -150,7 +150,11 @@ class ClientProtocol(TwistedProtocol):
         """Send a call that wants no reply."""
         if not self._connected:
             raise UnavailableError("not connected", Outcome.NOT_RUN, self.node_name)
-        self._out.write(encode_call(Call(procedure, args, kwargs, None, timeout, True)))
+        try:
+            line = encode_call(Call(procedure, args, kwargs, None, timeout, True))
+        except (TypeError, ValueError) as e:
+            raise InvalidArgumentError(f"arguments are not JSON: {e}", Outcome.NOT_RUN) from None
+        self._out.write(line)
 
     def command(self, verb: str, args: tuple[Any, ...], timeout: float) -> Deferred[Any]:
         """Send a command such as C{STATS} with a tag and wait for its reply."""
@@ -413,7 +417,12 @@ class Client:
                 timer.pop().cancel()
             if result.called:
                 return
-            outcome = send(protocol)
+            try:
+                outcome = send(protocol)
+            except Exception:
+                # A cast whose arguments are not JSON, say: fail this call.
+                result.errback()
+                return
             if isinstance(outcome, Deferred):
                 sent.append(outcome)
                 outcome.chainDeferred(result)

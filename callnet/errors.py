@@ -222,5 +222,21 @@ class ProtocolError(Exception):
         self.error = error
 
 
+class WrongThreadError(RuntimeError):
+    """
+    A blocking call was made on the reactor thread, where waiting would
+    deadlock the reactor; or a reactor-only method was called elsewhere.
+    """
+
+
+class ForkedProcessError(RuntimeError):
+    """
+    This process was forked after callnet's reactor thread started.
+
+    Threads do not survive C{fork()}, and the reactor's file descriptors are
+    shared with the parent, so no call can be made from the child.
+    """
+
+
 class ConfigError(Exception):
     """A configuration file or option is invalid; the message names the key."""

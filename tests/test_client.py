@@ -323,3 +323,25 @@ class PublicSurfaceTests(SynchronousTestCase):
             self.assertIs(getattr(callnet, cls.__name__), cls)
             self.assertTrue(issubclass(cls, CallError))
         self.assertEqual(len(set(ERRORS_BY_CODE.values())), len(ERRORS_BY_CODE))
+
+    def test_public_names(self) -> None:
+        """The package's public names are exactly these; changing them is a decision, not an accident."""
+        self.assertEqual(
+            sorted(callnet.__all__),
+            sorted(
+                [
+                    "BlockingClient",
+                    "CallHandle",
+                    "Client",
+                    "Outcome",
+                    "Registry",
+                    "procedure",
+                    "CallError",
+                    "WrongThreadError",
+                    "ForkedProcessError",
+                    *(cls.__name__ for cls in ERRORS_BY_CODE.values()),
+                ]
+            ),
+        )
+        for name in callnet.__all__:
+            self.assertTrue(hasattr(callnet, name), name)

@@ -1,0 +1,456 @@
+"""
+Integration tests of L{callnet.blocking} against a real node, with real threads.
+
+The node is a C{twistd callnet} daemon (the installed copy, as C{.ci/run}
+installs it).  Each test runs its client in a fresh Python process, because
+the global reactor runs only once per process and the test process's own
+reactor must stay untouched (trial checks it).  The child prints JSON lines
+that the test reads; every child, and every wait in it, is bounded.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import textwrap
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+CHECKOUT = Path(__file__).resolve().parent.parent
+# Not resolved: in a venv, sys.executable is a link whose folder holds twistd.
+TWISTD = Path(sys.executable).parent / "twistd"
+#: Bound on each child process.
+SCRIPT_TIMEOUT = 60.0
+#: Bound on the node's start.
+START_TIMEOUT = 10.0
+
+pytestmark = pytest.mark.skipif(
+    not TWISTD.exists(),
+    reason=f"no twistd next to {sys.executable}: cannot start a node to test against",
+)
+
+#: Run before each test's script; C{sys.argv[1]} is the node's endpoint string.
+PRELUDE = """
+import _thread, json, os, signal, socket, sys, threading, time
+from callnet import BlockingClient, ForkedProcessError, WrongThreadError
+from callnet.errors import (
+    CancelledError, DeadlineExceededError, NotFoundError, PermissionDeniedError,
+    UnavailableError,
+)
+
+ADDRESS = sys.argv[1]
+PORT = int(ADDRESS.split(":")[2])
+
+def report(**fields):
+    print(json.dumps(fields), flush=True)
+
+def sleeps_in_flight():
+    # Asked over a socket of its own, so it works whatever the client's state.
+    with socket.create_connection(("127.0.0.1", PORT), timeout=5) as s:
+        s.sendall(b"#s STATS\\n")
+        reply = s.makefile("rb").readline()
+    stats = json.loads(reply.split(b" ", 2)[2])
+    return stats["procedures"].get("sleep", {}).get("in_flight", 0)
+
+def until(predicate, seconds=5.0):
+    # A bounded poll: each try is a round trip to the node.
+    deadline = time.monotonic() + seconds
+    while not predicate():
+        if time.monotonic() > deadline:
+            return False
+    return True
+"""
+
+
+def free_port() -> int:
+    """A TCP port on the loopback interface that nothing listens on just now."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+        return port
+
+
+@pytest.fixture(scope="module")
+def node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A running node with the built-in procedures; its client endpoint string."""
+    directory = tmp_path_factory.mktemp("node")
+    port = free_port()
+    env = {key: value for key, value in os.environ.items() if key != "PYTHONPATH"}
+    with open(directory / "node.log", "wb") as log:
+        process = subprocess.Popen(
+            [
+                str(TWISTD),
+                "-n",
+                "--pidfile=",
+                "callnet",
+                "--listen",
+                f"tcp:{port}:interface=127.0.0.1",
+            ],
+            cwd=directory,
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+        try:
+            wait_for_listener(process, port, directory / "node.log")
+            yield f"tcp:127.0.0.1:{port}"
+        finally:
+            process.terminate()
+            try:
+                process.wait(10)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait(10)
+
+
+def wait_for_listener(process: subprocess.Popen[bytes], port: int, log: Path) -> None:
+    """Wait, at most L{START_TIMEOUT}, until the node accepts connections."""
+    for _ in range(int(START_TIMEOUT / 0.05)):
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            return
+        except OSError:
+            pass
+        try:
+            process.wait(0.05)  # also the pause between tries
+        except subprocess.TimeoutExpired:
+            continue
+        pytest.fail(f"the node exited with {process.returncode}:\n{log.read_text()}")
+    pytest.fail(f"the node did not listen on port {port} within {START_TIMEOUT}s")
+
+
+def run_script(node: str, body: str, tmp_path: Path) -> dict[str, Any]:
+    """Run C{body} (after L{PRELUDE}) in a new Python; the JSON it reported, merged."""
+    env = dict(os.environ, PYTHONPATH=str(CHECKOUT))
+    result = subprocess.run(
+        [sys.executable, "-c", PRELUDE + textwrap.dedent(body), node],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=SCRIPT_TIMEOUT,
+        check=False,
+    )
+    assert result.returncode == 0, f"exit {result.returncode}\n{result.stdout}\n{result.stderr}"
+    reported: dict[str, Any] = {}
+    for line in result.stdout.splitlines():
+        reported.update(json.loads(line))
+    return reported
+
+
+def test_call_and_typed_errors(node: str, tmp_path: Path) -> None:
+    """A call returns its result, a remote error is raised as its own class, and the reactor runs in callnet-reactor."""
+    out = run_script(
+        node,
+        """
+        with BlockingClient(ADDRESS, timeout=10) as client:
+            result = client.call("add", 1, 2)
+            threads = {t.name: t.daemon for t in threading.enumerate()}
+            try:
+                client.call("nosuch", 1)
+            except NotFoundError as e:
+                not_found = [type(e).__name__, e.outcome.value, e.message]
+            try:
+                client.call("fail", "PERMISSION_DENIED", "no")
+            except PermissionDeniedError as e:
+                denied = e.outcome.value
+            report(result=result, threads=threads, not_found=not_found, denied=denied,
+                   ping=client.ping(), echo=client.call("echo", value={"a": [1, None]}))
+        """,
+        tmp_path,
+    )
+    assert out["result"] == 3
+    assert out["threads"]["callnet-reactor"] is True
+    assert out["not_found"][:2] == ["NotFoundError", "not-run"]
+    assert "nosuch" in out["not_found"][2]
+    assert out["denied"] == "ran"
+    assert out["ping"] == "pong"
+    assert out["echo"] == {"a": [1, None]}
+
+
+def test_timeout_cancels_call_on_node(node: str, tmp_path: Path) -> None:
+    """A call past its timeout raises DeadlineExceededError promptly and the node stops running it."""
+    out = run_script(
+        node,
+        """
+        client = BlockingClient(ADDRESS, timeout=10)
+        client.ping()
+        start = time.monotonic()
+        try:
+            client.call("sleep", 5, timeout=0.5)
+        except DeadlineExceededError as e:
+            error = [e.outcome.value, str(e)]
+        elapsed = time.monotonic() - start
+        report(error=error, elapsed=elapsed, in_flight=sleeps_in_flight())
+        """,
+        tmp_path,
+    )
+    assert out["error"][0] == "may-have-run"
+    assert 0.5 <= out["elapsed"] < 2
+    assert out["in_flight"] == 0
+
+
+def test_keyboard_interrupt_cancels_call(node: str, tmp_path: Path) -> None:
+    """Ctrl-C during a blocking call on the main thread raises at once and cancels the call on the node."""
+    out = run_script(
+        node,
+        """
+        client = BlockingClient(ADDRESS, timeout=60)
+        client.ping()
+        threading.Timer(0.3, _thread.interrupt_main).start()
+        start = time.monotonic()
+        try:
+            client.call("sleep", 30)
+            what = "returned"
+        except KeyboardInterrupt:
+            what = "interrupted"
+        elapsed = time.monotonic() - start
+        # The cancel was queued before this call, so the node has it by now.
+        client.ping()
+        report(what=what, elapsed=elapsed, in_flight=until(lambda: sleeps_in_flight() == 0))
+        """,
+        tmp_path,
+    )
+    assert out["what"] == "interrupted"
+    assert out["elapsed"] < 2
+    assert out["in_flight"] is True
+
+
+def test_many_threads_share_one_client(node: str, tmp_path: Path) -> None:
+    """32 threads making 500 calls each through one client all get their own correct results."""
+    out = run_script(
+        node,
+        """
+        client = BlockingClient(ADDRESS, timeout=30)
+        wrong = []
+        counts = [0] * 32
+
+        def work(k):
+            for i in range(500):
+                result = client.call("add", k, i * 1000)
+                if result != k + i * 1000:
+                    wrong.append([k, i, result])
+                counts[k] += 1
+
+        threads = [threading.Thread(target=work, args=(k,)) for k in range(32)]
+        start = time.monotonic()
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(50)
+        report(wrong=wrong[:5], counts=counts, alive=sum(t.is_alive() for t in threads),
+               elapsed=time.monotonic() - start)
+        """,
+        tmp_path,
+    )
+    assert out["alive"] == 0
+    assert out["wrong"] == []
+    assert out["counts"] == [500] * 32
+
+
+def test_call_async_handle(node: str, tmp_path: Path) -> None:
+    """A handle is polled from plain code, calls back on the reactor thread, and outlives a short result() timeout."""
+    out = run_script(
+        node,
+        """
+        client = BlockingClient(ADDRESS, timeout=10)
+        handle = client.call_async("sleep", 0.3)
+        called = threading.Event()
+        seen = []
+        handle.add_done_callback(
+            lambda h: (seen.append(threading.current_thread().name), called.set()))
+        done_at_first = handle.done()
+        timeouts = 0
+        start = time.monotonic()
+        while not handle.done() and time.monotonic() < start + 5:
+            try:
+                handle.result(timeout=0.05)
+            except TimeoutError:
+                timeouts += 1
+        result = handle.result()
+        called.wait(5)
+
+        late = []
+        handle.add_done_callback(lambda h: late.append(threading.current_thread().name))
+
+        cancelled = client.call_async("sleep", 5)
+        cancelled.cancel()
+        try:
+            cancelled.result()
+        except CancelledError as e:
+            cancel_outcome = e.outcome.value
+        report(done_at_first=done_at_first, timeouts=timeouts, result=result, seen=seen,
+               late=late, cancel_outcome=cancel_outcome,
+               in_flight=until(lambda: sleeps_in_flight() == 0))
+        """,
+        tmp_path,
+    )
+    assert out["done_at_first"] is False
+    assert out["timeouts"] >= 1
+    assert out["result"] == 0.3
+    assert out["seen"] == ["callnet-reactor"]
+    assert out["late"] == ["MainThread"]
+    assert out["cancel_outcome"] in ("may-have-run", "not-run")
+    assert out["in_flight"] is True
+
+
+def test_blocking_on_reactor_thread_refused(node: str, tmp_path: Path) -> None:
+    """A blocking call made on the reactor thread raises WrongThreadError at once; a handle is awaited there instead."""
+    out = run_script(
+        node,
+        """
+        from twisted.internet import reactor
+        from twisted.internet.defer import Deferred
+
+        client = BlockingClient(ADDRESS, timeout=10)
+        client.ping()
+        seen = {}
+        finished = threading.Event()
+
+        async def use_handle():
+            return await client.call_async("add", 2, 3)
+
+        def probe():
+            start = time.monotonic()
+            try:
+                client.call("add", 1, 2)
+                seen["call"] = "returned"
+            except WrongThreadError as e:
+                seen["call"] = str(e)
+            seen["elapsed"] = time.monotonic() - start
+            result = Deferred.fromCoroutine(use_handle())
+            result.addCallback(lambda value: seen.update(awaited=value))
+            result.addBoth(lambda _: finished.set())
+
+        reactor.callFromThread(probe)
+        report(finished=finished.wait(10), **seen)
+        """,
+        tmp_path,
+    )
+    assert out["finished"] is True
+    assert "reactor thread" in out["call"]
+    assert "call_async" in out["call"]
+    assert out["elapsed"] < 0.5
+    assert out["awaited"] == 5
+
+
+def test_close_releases_blocked_caller(node: str, tmp_path: Path) -> None:
+    """close() from one thread releases a caller blocked in another at once, and the node stops the call."""
+    out = run_script(
+        node,
+        """
+        client = BlockingClient(ADDRESS, timeout=60)
+        client.ping()
+        seen = {}
+
+        def worker():
+            try:
+                client.call("sleep", 30)
+            except UnavailableError as e:
+                seen["error"] = [e.outcome.value, str(e)]
+            seen["at"] = time.monotonic()
+
+        thread = threading.Thread(target=worker)
+        thread.start()
+        sent = until(lambda: sleeps_in_flight() == 1)
+        closed_at = time.monotonic()
+        client.close()
+        thread.join(5)
+        try:
+            client.call("add", 1, 2)
+        except UnavailableError as e:
+            after = e.outcome.value
+        report(sent=sent, released_in=seen["at"] - closed_at, error=seen["error"], after=after,
+               in_flight=until(lambda: sleeps_in_flight() == 0))
+        """,
+        tmp_path,
+    )
+    assert out["sent"] is True
+    assert out["released_in"] < 1
+    assert out["error"][0] == "may-have-run"
+    assert "closed" in out["error"][1]
+    assert out["after"] == "not-run"
+    assert out["in_flight"] is True
+
+
+def test_reactor_shutdown_releases_blocked_caller(node: str, tmp_path: Path) -> None:
+    """Stopping the reactor releases a blocked caller with UnavailableError, and later calls fail at once."""
+    out = run_script(
+        node,
+        """
+        from twisted.internet import reactor
+
+        client = BlockingClient(ADDRESS, timeout=60)
+        client.ping()
+        seen = {}
+
+        def worker():
+            try:
+                client.call("sleep", 30)
+            except UnavailableError as e:
+                seen["error"] = [e.outcome.value, str(e)]
+            seen["at"] = time.monotonic()
+
+        thread = threading.Thread(target=worker)
+        thread.start()
+        sent = until(lambda: sleeps_in_flight() == 1)
+        stopped_at = time.monotonic()
+        reactor.callFromThread(reactor.stop)
+        thread.join(5)
+        start = time.monotonic()
+        try:
+            client.call("add", 1, 2)
+        except UnavailableError as e:
+            after = [e.outcome.value, str(e), time.monotonic() - start]
+        report(sent=sent, released_in=seen["at"] - stopped_at, error=seen["error"], after=after,
+               in_flight=until(lambda: sleeps_in_flight() == 0))
+        """,
+        tmp_path,
+    )
+    assert out["sent"] is True
+    assert out["released_in"] < 1
+    assert out["error"][0] == "may-have-run"
+    assert "shutting down" in out["error"][1]
+    assert out["after"][0] == "not-run"
+    assert "stopped" in out["after"][1]
+    assert out["after"][2] < 0.5
+    assert out["in_flight"] is True
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="no os.fork on this platform")
+def test_forked_child_gets_clear_error(node: str, tmp_path: Path) -> None:
+    """A child forked after the client was used gets ForkedProcessError at once; the parent goes on."""
+    out = run_script(
+        node,
+        """
+        client = BlockingClient(ADDRESS, timeout=10)
+        client.call("add", 1, 2)
+        pid = os.fork()
+        if pid == 0:
+            signal.alarm(10)  # a hang would be the bug: die rather than wait
+            code = 0
+            for attempt in (lambda: client.call("add", 1, 2),
+                            lambda: BlockingClient(ADDRESS).call("add", 1, 2)):
+                start = time.monotonic()
+                try:
+                    attempt()
+                    code = code or 1
+                except ForkedProcessError as e:
+                    if "fork" not in str(e) or time.monotonic() - start > 1:
+                        code = code or 3
+                except BaseException:
+                    code = code or 2
+            os._exit(code)
+        _, status = os.waitpid(pid, 0)
+        report(child=os.waitstatus_to_exitcode(status), parent=client.call("add", 2, 2))
+        """,
+        tmp_path,
+    )
+    assert out["child"] == 0
+    assert out["parent"] == 4
