@@ -97,6 +97,8 @@ class MemoryNode:
     @param threads: C{"inline"} runs plain procedures at once; C{"manual"}
         queues them until C{node.threads.run_all()}, to test what happens
         while they run.
+    @param send_tracebacks: as the node option: send undeclared errors'
+        tracebacks to callers.
     """
 
     def __init__(
@@ -106,6 +108,7 @@ class MemoryNode:
         name: str = "memory",
         limits: Limits | None = None,
         threads: str = "inline",
+        send_tracebacks: bool = False,
     ) -> None:
         self.clock = MemoryReactor()
         self.name = name
@@ -121,6 +124,7 @@ class MemoryNode:
             self.threads,  # type: ignore[arg-type]
             self.limits,
             name,
+            send_tracebacks=send_tracebacks,
         )
         self.factory = NodeFactory(self.dispatcher, self.limits, name, self.clock)
         self._pumps: list[iosim.IOPump] = []

@@ -129,6 +129,16 @@ class CallTests(SynchronousTestCase):
         self.assertNotIn("internal detail", str(error))
         self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 1)
 
+    def test_tracebacks_when_the_node_sends_them(self) -> None:
+        """A node configured to send tracebacks includes the remote one in the error's message."""
+        node = MemoryNode([broken], send_tracebacks=True)
+        d = node.client().call("broken")
+        node.flush()
+        error = self.failureResultOf(d, InternalError).value
+        self.assertIn("RuntimeError: internal detail", error.message)
+        self.assertIn("Traceback", error.message)
+        self.flushLoggedErrors(RuntimeError)
+
     def test_arguments_not_json(self) -> None:
         """Arguments that are not JSON fail the call at once; nothing is sent."""
         node, held = make_node()
