@@ -25,7 +25,6 @@ from twisted.internet.protocol import Protocol as TwistedProtocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from callnet.dispatch import DelayedCall
 from callnet.errors import (
     CallError,
     CancelledError,
@@ -34,6 +33,7 @@ from callnet.errors import (
     Outcome,
     UnavailableError,
 )
+from callnet.reactors import Clock, DelayedCall
 from callnet.wire import (
     DEFAULT_MAX_LINE,
     BadLine,
@@ -49,17 +49,6 @@ log = Logger()
 
 #: A call's deadline when neither the call nor the client names one.
 DEFAULT_TIMEOUT = 30.0
-
-
-class ClientReactor(Protocol):
-    """What the client needs of a reactor: a clock (L{IReactorTime}), and
-    whatever its endpoint needs to connect (L{IReactorTCP} for C{tcp:})."""
-
-    def callLater(
-        self, delay: float, callable: Callable[..., Any], /, *args: Any, **kwargs: Any
-    ) -> DelayedCall: ...
-
-    def seconds(self) -> float: ...
 
 
 class _Transport(Protocol):
@@ -87,7 +76,7 @@ class ClientProtocol(TwistedProtocol):
     cancelled or timed out is recognised and dropped.
     """
 
-    def __init__(self, clock: ClientReactor, max_line: int = DEFAULT_MAX_LINE) -> None:
+    def __init__(self, clock: Clock, max_line: int = DEFAULT_MAX_LINE) -> None:
         self._clock = clock
         self._decoder = LineDecoder(max_line)
         self._pending: dict[str, _Pending] = {}
@@ -246,7 +235,7 @@ def _tag_text(number: int) -> str:
 class _ClientFactory(Factory):
     noisy = False
 
-    def __init__(self, clock: ClientReactor, max_line: int) -> None:
+    def __init__(self, clock: Clock, max_line: int) -> None:
         self._clock = clock
         self._max_line = max_line
 

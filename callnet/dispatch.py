@@ -13,7 +13,7 @@ import uuid
 from collections.abc import Callable
 from concurrent.futures import Executor, Future
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any
 
 from twisted.internet.defer import CancelledError as TwistedCancelledError
 from twisted.internet.defer import Deferred, ensureDeferred, fail, succeed
@@ -29,33 +29,12 @@ from callnet.errors import (
     InternalError,
     Outcome,
 )
+from callnet.idempotency import KeyStore
+from callnet.reactors import DelayedCall, DispatchReactor
 from callnet.registry import Procedure, Registry
 from callnet.wire import Call
 
 log = Logger()
-
-
-class DelayedCall(Protocol):
-    """What callnet does with an L{IDelayedCall}: cancel it."""
-
-    def cancel(self) -> None: ...
-
-
-class DispatchReactor(Protocol):
-    """
-    What the dispatcher needs of a reactor: L{IReactorTime} for deadlines and
-    L{IReactorFromThreads} to hear back from worker threads.
-    """
-
-    def callLater(
-        self, delay: float, callable: Callable[..., Any], /, *args: Any, **kwargs: Any
-    ) -> DelayedCall: ...
-
-    def seconds(self) -> float: ...
-
-    def callFromThread(
-        self, callable: Callable[..., Any], /, *args: Any, **kwargs: Any
-    ) -> None: ...
 
 
 @dataclass
@@ -167,6 +146,8 @@ class Dispatcher:
         self._node_name = node_name
         self._process_pool = process_pool
         self._send_tracebacks = send_tracebacks
+        #: Outcomes of calls that carried an idempotency key.
+        self.keys = KeyStore(reactor)
 
     def dispatch(self, call: Call) -> Deferred[Any]:
         """
@@ -195,6 +176,11 @@ class Dispatcher:
         @return: a L{Deferred} for work still running; a L{Failure} of a
             L{CallError} for a call that failed at once; otherwise the result.
         """
+        if call.key is not None:
+            return self.keys.run(call.procedure, call.key, lambda: self._start(call))
+        return self._start(call)
+
+    def _start(self, call: Call) -> Any:
         try:
             entry = self.registry.get(call.procedure)
             entry.check_arguments(call.args, call.kwargs)

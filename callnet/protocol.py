@@ -26,7 +26,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from callnet.config import Limits
-from callnet.dispatch import DelayedCall, Dispatcher, DispatchReactor
+from callnet.dispatch import Dispatcher
 from callnet.errors import (
     CallError,
     InternalError,
@@ -36,6 +36,7 @@ from callnet.errors import (
     ResourceExhaustedError,
     UnimplementedError,
 )
+from callnet.reactors import DelayedCall, DispatchReactor
 from callnet.wire import (
     BadLine,
     Call,
@@ -86,6 +87,7 @@ class NodeProtocol(Protocol):
 
     def __init__(self) -> None:
         self._calls: dict[str, Deferred[Any]] = {}
+        self._keyed: set[str] = set()
         self._untagged: deque[_Slot] = deque()
         self._in_flight = 0
         self._paused_for_calls = False
@@ -126,8 +128,11 @@ class NodeProtocol(Protocol):
             self._counted = False
         self._cancel_stall_timer()
         calls, self._calls = self._calls, {}
-        for call in calls.values():
-            call.cancel()
+        for tag, call in calls.items():
+            if tag not in self._keyed:
+                call.cancel()
+            # A keyed call runs on to its deadline, so that the caller's
+            # retry with the same key finds its outcome instead of a cancel.
         slots, self._untagged = self._untagged, deque()
         for slot in slots:
             if slot.call is not None and slot.line is None:
@@ -220,6 +225,8 @@ class NodeProtocol(Protocol):
             d.addBoth(self._untagged_done, slot)
         else:
             self._calls[tag] = d
+            if call.key is not None:
+                self._keyed.add(tag)
             d.addBoth(self._tagged_done, tag)
 
     def _cast_done(self, result: Any, call: Call, tracked: bool) -> None:
@@ -343,6 +350,7 @@ class NodeProtocol(Protocol):
             )
 
     def _tagged_done(self, result: Any, tag: str) -> None:
+        self._keyed.discard(tag)
         if self._calls.pop(tag, None) is None:
             return  # the connection is gone
         self._untrack()

@@ -1,0 +1,39 @@
+"""
+The reactor capabilities callnet's library code uses, as typing protocols.
+
+Library code takes its reactor as a parameter typed by these, never the
+global reactor, so tests can pass a L{twisted.internet.testing.MemoryReactorClock}
+and move time by hand.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, Protocol
+
+
+class DelayedCall(Protocol):
+    """What callnet does with an L{IDelayedCall}: cancel it."""
+
+    def cancel(self) -> None: ...
+
+
+class Clock(Protocol):
+    """L{IReactorTime}, as far as callnet uses it: deadlines and timers."""
+
+    def callLater(
+        self, delay: float, callable: Callable[..., Any], /, *args: Any, **kwargs: Any
+    ) -> DelayedCall: ...
+
+    def seconds(self) -> float: ...
+
+
+class DispatchReactor(Clock, Protocol):
+    """
+    What the dispatcher needs of a reactor: a L{Clock} for deadlines and
+    L{IReactorFromThreads} to hear back from worker threads.
+    """
+
+    def callFromThread(
+        self, callable: Callable[..., Any], /, *args: Any, **kwargs: Any
+    ) -> None: ...
