@@ -12,6 +12,7 @@ import difflib
 import json
 import math
 import os
+import re
 import socket
 import tomllib
 from collections.abc import Callable, Iterable, Mapping
@@ -50,6 +51,24 @@ class Limits:
 
 
 @dataclass(frozen=True)
+class ClusterSettings:
+    """How a node keeps in touch with its peers."""
+
+    #: Seconds between heartbeats on each peer link.
+    heartbeat_interval: float = 1.0
+    #: Seconds without any word from a peer before it is marked down and
+    #: every call waiting on it fails: three missed heartbeats, so one lost
+    #: packet or a busy moment does not take a healthy node out.
+    down_after: float = 3.0
+    #: Longest pause between attempts to reconnect to a peer; attempts start
+    #: fast and back off, with jitter, up to this.
+    reconnect_max_delay: float = 5.0
+    #: How many times a call may be forwarded: past this it is refused, which
+    #: ends a routing loop however the catalogs disagree.
+    max_hops: int = 4
+
+
+@dataclass(frozen=True)
 class NodeConfig:
     """Everything a node is built from."""
 
@@ -70,7 +89,10 @@ class NodeConfig:
     #: Send Python tracebacks of undeclared errors to callers.  Off: a
     #: traceback tells an attacker about the server, and belongs in its log.
     send_tracebacks: bool = False
+    #: Other nodes of the cluster, as (name, client endpoint string) pairs.
+    peers: tuple[tuple[str, str], ...] = ()
     limits: Limits = field(default_factory=Limits)
+    cluster: ClusterSettings = field(default_factory=ClusterSettings)
 
 
 # Loading and merging.
@@ -135,6 +157,32 @@ def _strings(expectation: str, minimum: int) -> _Check:
     return check
 
 
+_NAME = re.compile(r"[A-Za-z0-9_.\-]{1,128}\Z")
+
+
+def _peers(value: object) -> object:
+    """A mapping or pairs of peer name -> client endpoint string."""
+    pairs = value.items() if isinstance(value, dict) else value
+    expectation = "pairs of a node name (letters, digits, _.-) and an endpoint string"
+    if not isinstance(pairs, Iterable) or isinstance(pairs, str):
+        raise _ExpectationError(expectation)
+    checked = []
+    for pair in pairs:
+        if (
+            not isinstance(pair, tuple | list)
+            or len(pair) != 2
+            or not all(isinstance(item, str) for item in pair)
+            or not _NAME.match(pair[0])
+            or not pair[1].strip()
+        ):
+            raise _ExpectationError(expectation)
+        checked.append((pair[0], pair[1]))
+    names = [name for name, _ in checked]
+    if len(set(names)) != len(names):
+        raise _ExpectationError("pairs with each peer name once")
+    return tuple(checked)
+
+
 #: Key -> (section, check), for every key a config may set.
 _KEYS: dict[str, tuple[str, _Check]] = {
     "name": ("node", _text),
@@ -151,9 +199,16 @@ _KEYS: dict[str, tuple[str, _Check]] = {
     "write_stall_timeout": ("limits", _seconds),
     "default_timeout": ("limits", _seconds),
     "max_timeout": ("limits", _seconds),
+    "heartbeat_interval": ("cluster", _seconds),
+    "down_after": ("cluster", _seconds),
+    "reconnect_max_delay": ("cluster", _seconds),
+    "max_hops": ("cluster", _whole(1)),
+    # Set from the [peers] table, or --peer NAME=ENDPOINT.
+    "peers": ("peers", _peers),
 }
 
-_SECTIONS = ("node", "limits")
+#: The tables of a config file; [peers] maps names to endpoints.
+_SECTIONS = ("node", "limits", "cluster", "peers")
 
 
 def _show(value: object) -> str:
@@ -191,6 +246,8 @@ def _checked(key: str, value: object, source: str, label: Callable[[str], str]) 
 
 
 def _section_label(key: str) -> str:
+    if key == "peers":
+        return "[peers]"
     return f"[{_KEYS[key][0]}] {key}"
 
 
@@ -203,10 +260,17 @@ def _build(
     """Return C{base} with checked C{values} put in, then check the result as a whole."""
     node: dict[str, Any] = {}
     limits: dict[str, Any] = {}
+    cluster: dict[str, Any] = {}
     for key, value in values.items():
         section = _KEYS[key][0]
-        (node if section == "node" else limits)[key] = _checked(key, value, source, label)
-    config = replace(base, **node, limits=replace(base.limits, **limits))
+        into = {"limits": limits, "cluster": cluster}.get(section, node)
+        into[key] = _checked(key, value, source, label)
+    config = replace(
+        base,
+        **node,
+        limits=replace(base.limits, **limits),
+        cluster=replace(base.cluster, **cluster),
+    )
     default, longest = config.limits.default_timeout, config.limits.max_timeout
     if default > longest:
         raise ConfigError(
@@ -242,6 +306,9 @@ def parse_config(document: Mapping[str, object], source: str = "<config>") -> No
             )
         if not isinstance(table, dict):
             raise ConfigError(f"{source}: [{section}] must be a table, not {_show(table)}")
+        if section == "peers":
+            values["peers"] = table
+            continue
         keys = [key for key, (where, _) in _KEYS.items() if where == section]
         for key, value in table.items():
             if key not in keys:

@@ -24,7 +24,14 @@ from twisted.internet.endpoints import serverFromString
 from twisted.internet.testing import MemoryReactor
 from twisted.python import usage
 
-from callnet.config import DEFAULT_LISTEN, Limits, NodeConfig, load_config, merge
+from callnet.config import (
+    DEFAULT_LISTEN,
+    ClusterSettings,
+    Limits,
+    NodeConfig,
+    load_config,
+    merge,
+)
 from callnet.errors import ConfigError
 
 if TYPE_CHECKING:
@@ -45,6 +52,10 @@ _OPTION_NAMES = {
     "write_stall_timeout": "--write-stall-timeout",
     "default_timeout": "--default-timeout",
     "max_timeout": "--max-timeout",
+    "peers": "--peer",
+    "heartbeat_interval": "--heartbeat-interval",
+    "down_after": "--down-after",
+    "max_hops": "--max-hops",
 }
 
 #: The options that take a number, by config key.
@@ -57,6 +68,9 @@ _NUMBERS = (
     "write_stall_timeout",
     "default_timeout",
     "max_timeout",
+    "heartbeat_interval",
+    "down_after",
+    "max_hops",
 )
 
 
@@ -149,6 +163,26 @@ class Options(usage.Options):
             "Longest deadline a caller may ask for, in seconds."
             f" [default: {Limits.max_timeout:g}]",
         ],
+        [
+            "heartbeat-interval",
+            None,
+            None,
+            "Seconds between heartbeats to each peer."
+            f" [default: {ClusterSettings.heartbeat_interval:g}]",
+        ],
+        [
+            "down-after",
+            None,
+            None,
+            "Seconds of silence before a peer is marked down."
+            f" [default: {ClusterSettings.down_after:g}]",
+        ],
+        [
+            "max-hops",
+            None,
+            None,
+            f"How many times a call may be forwarded. [default: {ClusterSettings.max_hops}]",
+        ],
     ]
 
     optFlags = [
@@ -166,6 +200,16 @@ class Options(usage.Options):
         usage.Options.__init__(self)
         self["listen"] = []
         self["services"] = []
+        self["peers"] = []
+
+    def opt_peer(self, peer: str) -> None:
+        """Another node of the cluster, as NAME=ENDPOINT; repeat for many."""
+        name, sep, endpoint = peer.partition("=")
+        if not sep:
+            raise usage.UsageError(
+                f'--peer takes NAME=ENDPOINT, such as beta=tcp:127.0.0.2:7600, not "{peer}"'
+            )
+        self["peers"].append((name, endpoint))
 
     def opt_listen(self, endpoint: str) -> None:
         """Listen on this endpoint string, not the file's; repeat for many."""
@@ -190,6 +234,7 @@ class Options(usage.Options):
             "name": self["name"],
             "listen": self["listen"] or None,
             "services": self["services"] or None,
+            "peers": self["peers"] or None,
             "builtins": False if self["no-builtins"] else None,
             "send_tracebacks": True if self["send-tracebacks"] else None,
         }

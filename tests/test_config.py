@@ -13,7 +13,15 @@ from pathlib import Path
 
 from twisted.trial.unittest import SynchronousTestCase
 
-from callnet.config import DEFAULT_LISTEN, Limits, NodeConfig, load_config, merge, parse_config
+from callnet.config import (
+    DEFAULT_LISTEN,
+    ClusterSettings,
+    Limits,
+    NodeConfig,
+    load_config,
+    merge,
+    parse_config,
+)
 from callnet.errors import ConfigError
 
 
@@ -126,9 +134,11 @@ class LoadConfigTests(SynchronousTestCase):
     def test_example_shows_every_key(self) -> None:
         """The shipped example file mentions every key a config may set."""
         text = EXAMPLE.read_text(encoding="utf-8")
-        for cls in (NodeConfig, Limits):
+        for cls in (NodeConfig, Limits, ClusterSettings):
             for f in dataclasses.fields(cls):
-                if f.name != "limits":
+                if f.name == "peers":
+                    self.assertRegex(text, r"(?m)^\[peers\]$")
+                elif f.name not in ("limits", "cluster"):
                     self.assertRegex(text, rf"(?m)^#? ?{f.name} = ")
 
     def test_unknown_section(self) -> None:
