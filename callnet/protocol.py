@@ -14,12 +14,12 @@ from __future__ import annotations
 
 import re
 from collections import deque
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any, cast
 from typing import Protocol as TypingProtocol
 
 from twisted.internet.defer import Deferred
-from twisted.internet.interfaces import IPushProducer
+from twisted.internet.interfaces import IHalfCloseableProtocol, IPushProducer
 from twisted.internet.protocol import Factory, Protocol, connectionDone
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -38,6 +38,7 @@ from callnet.errors import (
 )
 from callnet.reactors import DelayedCall, DispatchReactor
 from callnet.wire import (
+    PROTOCOL_VERSION,
     BadLine,
     Call,
     Command,
@@ -79,7 +80,11 @@ class _Slot:
         self.line: bytes | None = None
 
 
-@implementer(IPushProducer)
+#: What C{_quitting} holds once the client has half-closed its side.
+_END_OF_INPUT = object()
+
+
+@implementer(IPushProducer, IHalfCloseableProtocol)
 class NodeProtocol(Protocol):
     """Serves calls arriving on one connection."""
 
@@ -88,13 +93,16 @@ class NodeProtocol(Protocol):
     def __init__(self) -> None:
         self._calls: dict[str, Deferred[Any]] = {}
         self._keyed: set[str] = set()
+        #: The node name a peer gave in its handshake, if this is a peer.
+        self.peer_name: str | None = None
         self._untagged: deque[_Slot] = deque()
         self._in_flight = 0
         self._paused_for_calls = False
         self._paused_for_writes = False
         self._reading = True
         self._draining = False
-        self._quitting: _Slot | str | None = None
+        self._quitting: _Slot | str | object | None = None
+        self._input_ended = False
         self._closed = False
         self._outbox: list[bytes] = []
         self._first_line = True
@@ -163,6 +171,8 @@ class NodeProtocol(Protocol):
             while self._reading and not self._closed and self._quitting is None:
                 event = decoder.next_event()
                 if event is None:
+                    if self._input_ended:
+                        self._end_of_input()
                     break
                 self._handle(event)
         finally:
@@ -268,10 +278,19 @@ class NodeProtocol(Protocol):
             self._reply_now(self._cancel(args), tag)
         elif verb == "QUIT":
             self._quit(tag)
+        elif verb == "HELLO":
+            self._reply_now(self._hello(args), tag)
         else:
             self._reply_now(
                 Failure(UnimplementedError(f"{verb} is not available on this node")), tag
             )
+
+    def _hello(self, args: tuple[Any, ...]) -> Any:
+        """A peer's handshake: note who it says it is, and say who we are."""
+        if len(args) != 1 or not isinstance(args[0], dict):
+            return Failure(InvalidArgumentError("usage: HELLO {node info as JSON}"))
+        self.peer_name = str(args[0].get("node", ""))[:128] or None
+        return self.factory.hello()
 
     def _cancel(self, args: tuple[Any, ...]) -> bool | Failure:
         if len(args) != 1:
@@ -293,14 +312,34 @@ class NodeProtocol(Protocol):
             self._quitting = tag
         self._maybe_quit()
 
+    def readConnectionLost(self) -> None:
+        """
+        The client sent all it will (C{printf 'add 1 2\\n' | nc ...}): answer
+        what it asked, then close.
+        """
+        self._input_ended = True
+        self._drain()
+
+    def writeConnectionLost(self) -> None:
+        """The client will read nothing more; its calls end when it closes."""
+
+    def _end_of_input(self) -> None:
+        unfinished = self._decoder.end_of_input()
+        if unfinished is not None:
+            self._reply_now(Failure(unfinished.error), unfinished.tag)
+        self._quitting = _END_OF_INPUT
+        self._maybe_quit()
+
     def _maybe_quit(self) -> None:
         quitting = self._quitting
         if quitting is None or self._in_flight or self._closed:
             return
-        if isinstance(quitting, _Slot):
+        if quitting is _END_OF_INPUT:
+            pass  # nothing to say: the client is not listening for a goodbye
+        elif isinstance(quitting, _Slot):
             quitting.line = encode_success("bye")
             self._flush_untagged()
-        else:
+        elif isinstance(quitting, str):
             self._write(encode_success("bye", quitting))
         self._close()
 
@@ -490,11 +529,27 @@ class NodeFactory(Factory):
         self.node_name = node_name
         self.clock = clock
         self.connections = 0
+        #: Set by a node with peers: how it sees them, for C{STATS}.
+        self.describe_cluster: Callable[[], dict[str, Any]] | None = None
+
+    def hello(self) -> dict[str, Any]:
+        """What this node says of itself in the handshake: name, procedures."""
+        return {
+            "node": self.node_name,
+            "version": PROTOCOL_VERSION,
+            "procedures": [
+                {"name": entry.name, "idempotent": entry.idempotent}
+                for entry in self.dispatcher.registry.procedures()
+            ],
+        }
 
     def stats(self) -> dict[str, Any]:
         """The node's counters, as C{STATS} reports them."""
-        return {
+        stats = {
             "node": self.node_name,
             "connections": self.connections,
             **self.dispatcher.stats.as_dict(),
         }
+        if self.describe_cluster is not None:
+            stats["peers"] = self.describe_cluster()
+        return stats

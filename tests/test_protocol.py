@@ -540,3 +540,46 @@ class InMemoryConnectionTests(SynchronousTestCase):
         client.transport.loseConnection()
         pump.flush()
         self.assertEqual(node.factory.connections, 0)
+
+
+class HalfCloseTests(SynchronousTestCase):
+    """A client that sends its requests then closes its side, as C{printf ... | nc} does."""
+
+    def test_answers_then_closes(self) -> None:
+        """Requests sent before the client's end of input are answered, then the node closes."""
+        node, pending = node_with_pending()
+        conn = node.connect_raw()
+        conn.send("add 1 2\nwait a\n#1 add 2 2\n")
+        conn.protocol.readConnectionLost()
+        self.assertFalse(conn.transport.disconnecting)
+        pending.calls["a"].callback("A")
+        self.assertEqual(conn.lines(), [b"OK 3", b"#1 OK 4", b'OK "A"'])
+        self.assertTrue(conn.transport.disconnecting)
+
+    def test_unfinished_last_line(self) -> None:
+        """A last line with no newline is reported, not run."""
+        node, pending = node_with_pending()
+        conn = node.connect_raw()
+        conn.send("#5 wait a")
+        conn.protocol.readConnectionLost()
+        [reply] = conn.events()
+        assert isinstance(reply, Failure)
+        self.assertEqual(reply.tag, "5")
+        self.assertIn("middle of a line", reply.error.message)
+        self.assertEqual(pending.calls, {})
+        self.assertTrue(conn.transport.disconnecting)
+
+    def test_end_of_input_while_paused(self) -> None:
+        """Lines still buffered behind backpressure are served before the node closes."""
+        node, pending = node_with_pending(Limits(max_calls_in_flight=2))
+        conn = node.connect_raw()
+        conn.send("".join(f"#{i} wait {i}\n" for i in range(5)))
+        conn.protocol.readConnectionLost()
+        self.assertEqual(len(pending.calls), 2)
+        while not all(d.called for d in pending.calls.values()):
+            for d in list(pending.calls.values()):
+                if not d.called:
+                    d.callback(None)
+        self.assertEqual(len(pending.calls), 5)
+        self.assertEqual(len(conn.events()), 5)
+        self.assertTrue(conn.transport.disconnecting)
