@@ -53,6 +53,7 @@ DEFAULT_TIMEOUT = 30.0
 
 class _Transport(Protocol):
     def write(self, data: bytes) -> None: ...
+    def abortConnection(self) -> None: ...
     def writeSequence(self, data: Iterable[bytes]) -> None: ...
     def loseConnection(self) -> None: ...
 
@@ -85,6 +86,10 @@ class ClientProtocol(TwistedProtocol):
         self._lost: Failure | None = None
         self.node_name: str | None = None
         self.on_lost: Callable[[ClientProtocol], None] | None = None
+        #: Called with this protocol once it is connected.
+        self.on_made: Callable[[ClientProtocol], object] | None = None
+        #: When a byte last came from the node, on the clock: its heartbeat.
+        self.last_heard = clock.seconds()
 
     @property
     def in_flight(self) -> int:
@@ -99,6 +104,9 @@ class ClientProtocol(TwistedProtocol):
     def connectionMade(self) -> None:
         self._connected = True
         self._out = cast(_Transport, self.transport)
+        self.last_heard = self._clock.seconds()
+        if self.on_made is not None:
+            self.on_made(self)
 
     def call(
         self,
@@ -108,6 +116,7 @@ class ClientProtocol(TwistedProtocol):
         timeout: float,
         key: str | None = None,
         trace: str | None = None,
+        hops: int = 0,
     ) -> Deferred[Any]:
         """Send a call; the Deferred fires with its result or fails with a L{CallError}."""
         if not self._connected:
@@ -120,7 +129,9 @@ class ClientProtocol(TwistedProtocol):
             )
         tag = next(self._tags)
         try:
-            line = encode_call(Call(procedure, args, kwargs, tag, timeout, False, key, trace))
+            line = encode_call(
+                Call(procedure, args, kwargs, tag, timeout, False, key, trace, hops)
+            )
         except (TypeError, ValueError) as e:
             return fail(InvalidArgumentError(f"arguments are not JSON: {e}", Outcome.NOT_RUN))
         pending = _Pending(Deferred(lambda d: self._abandon(tag, "cancelled")), procedure)
@@ -177,6 +188,7 @@ class ClientProtocol(TwistedProtocol):
             pending.deferred.errback(Failure(error))
 
     def dataReceived(self, data: bytes) -> None:
+        self.last_heard = self._clock.seconds()
         decoder = self._decoder
         decoder.feed(data)
         while (event := decoder.next_event()) is not None:
@@ -199,6 +211,30 @@ class ClientProtocol(TwistedProtocol):
     def connectionLost(self, reason: Failure = connectionDone) -> None:
         self._connected = False
         self._lost = reason
+        why = reason.getErrorMessage().replace("{", "(").replace("}", ")")
+        self._fail_pending(
+            "connection lost while {procedure} was in flight: " + why, Outcome.MAY_HAVE_RUN
+        )
+        if self.on_lost is not None:
+            self.on_lost(self)
+
+    def close(self) -> None:
+        """
+        Close the connection; calls in flight fail as L{UnavailableError},
+        and the node is asked to cancel them first.
+        """
+        if self._connected:
+            if self._pending:
+                self._out.writeSequence(
+                    [encode_command("CANCEL", (tag,)) for tag in self._pending]
+                )
+            self._fail_pending(
+                "the client was closed while {procedure} was in flight", Outcome.MAY_HAVE_RUN
+            )
+            self._out.loseConnection()
+
+    def _fail_pending(self, message: str, outcome: Outcome) -> None:
+        """Fail every call awaiting a reply, with C{message} naming each one."""
         pending, self._pending = self._pending, {}
         for entry in pending.values():
             if entry.timer is not None:
@@ -206,20 +242,15 @@ class ClientProtocol(TwistedProtocol):
             entry.deferred.errback(
                 Failure(
                     UnavailableError(
-                        f"connection lost while {entry.procedure} was in flight:"
-                        f" {reason.getErrorMessage()}",
-                        Outcome.MAY_HAVE_RUN,
-                        self.node_name,
+                        message.format(procedure=entry.procedure), outcome, self.node_name
                     )
                 )
             )
-        if self.on_lost is not None:
-            self.on_lost(self)
 
-    def close(self) -> None:
-        """Close the connection; calls in flight fail as L{UnavailableError}."""
+    def abort(self) -> None:
+        """Drop the connection now, without waiting to send what is buffered."""
         if self._connected:
-            self._out.loseConnection()
+            self._out.abortConnection()
 
 
 def _tag_text(number: int) -> str:

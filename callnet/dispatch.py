@@ -13,7 +13,7 @@ import uuid
 from collections.abc import Callable
 from concurrent.futures import Executor, Future
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from twisted.internet.defer import CancelledError as TwistedCancelledError
 from twisted.internet.defer import Deferred, ensureDeferred, fail, succeed
@@ -26,13 +26,18 @@ from callnet.errors import (
     CallError,
     CancelledError,
     DeadlineExceededError,
+    FailedPreconditionError,
     InternalError,
+    NotFoundError,
     Outcome,
 )
 from callnet.idempotency import KeyStore
 from callnet.reactors import DelayedCall, DispatchReactor
-from callnet.registry import Procedure, Registry
+from callnet.registry import Registry
 from callnet.wire import Call
+
+if TYPE_CHECKING:
+    from callnet.cluster.routing import Router
 
 log = Logger()
 
@@ -146,6 +151,9 @@ class Dispatcher:
         self._node_name = node_name
         self._process_pool = process_pool
         self._send_tracebacks = send_tracebacks
+        #: Forwards calls for procedures this node does not serve (a cluster
+        #: sets it); without one, such calls fail NOT_FOUND.
+        self.router: Router | None = None
         #: Outcomes of calls that carried an idempotency key.
         self.keys = KeyStore(reactor)
 
@@ -181,32 +189,34 @@ class Dispatcher:
         return self._start(call)
 
     def _start(self, call: Call) -> Any:
+        name, target = call.procedure, None
+        if "@" in name:
+            name, _, target = name.partition("@")
+        local = target is None or target == self._node_name
+        entry = self.registry.find(name) if local else None
         try:
-            entry = self.registry.get(call.procedure)
-            entry.check_arguments(call.args, call.kwargs)
+            if entry is not None:
+                entry.check_arguments(call.args, call.kwargs)
+            elif target == self._node_name:
+                raise NotFoundError(f"no procedure named {name[:80]!r} on {target}; try HELP")
+            else:
+                self._check_routable(call, name, target)
+            timeout = self._budget(call)
         except CallError as e:
             self.stats.refused()
-            e.node = self._node_name
+            e.node = e.node or self._node_name
             return Failure(e)
-        limits = self._limits
-        timeout = limits.default_timeout if call.timeout is None else call.timeout
-        if timeout > limits.max_timeout:
-            timeout = limits.max_timeout
-        if timeout <= 0:
-            self.stats.refused()
-            return Failure(
-                DeadlineExceededError(
-                    "the call's deadline had passed when it arrived",
-                    Outcome.NOT_RUN,
-                    self._node_name,
-                )
-            )
+        if entry is None:
+            assert self.router is not None
+            stats = self.stats.started(name)
+            work = self.router.forward(call, name, timeout, target)
+            return _RunningCall(self, name, (), stats, work, timeout).result
         stats = self.stats.started(entry.name)
         if entry.run == "reactor":
             try:
                 result = entry.function(*call.args, **call.kwargs)
             except BaseException:
-                failure = Failure(self._to_call_error(entry, Failure()))
+                failure = Failure(self._to_call_error(entry.name, entry.errors, Failure()))
                 self.stats.finished(stats, True)
                 return failure
             if isinstance(result, Deferred):
@@ -220,7 +230,34 @@ class Dispatcher:
             work = self._run_in_thread(entry.function, call)
         else:
             work = self._run_in_process(entry.function, call)
-        return _RunningCall(self, entry, stats, work, timeout).result
+        return _RunningCall(self, entry.name, entry.errors, stats, work, timeout).result
+
+    def _check_routable(self, call: Call, name: str, target: str | None) -> None:
+        """Refuse a call that is not for this node and cannot be forwarded."""
+        router = self.router
+        if router is None:
+            if target is not None:
+                raise NotFoundError(f"no node named {target!r}: this node has no peers")
+            raise NotFoundError(f"no procedure named {name[:80]!r}; try HELP")
+        if call.hops >= router.max_hops:
+            raise FailedPreconditionError(
+                f"{name} was forwarded {call.hops} times, the limit: a routing loop?",
+                Outcome.NOT_RUN,
+            )
+        if not router.can_route(name, target):
+            raise router.nowhere(name, target)
+
+    def _budget(self, call: Call) -> float:
+        """The call's time budget in seconds, within the node's limits."""
+        limits = self._limits
+        timeout = limits.default_timeout if call.timeout is None else call.timeout
+        if timeout > limits.max_timeout:
+            timeout = limits.max_timeout
+        if timeout <= 0:
+            raise DeadlineExceededError(
+                "the call's deadline had passed when it arrived", Outcome.NOT_RUN
+            )
+        return timeout
 
     def _run_in_thread(self, function: Callable[..., Any], call: Call) -> Deferred[Any]:
         job = _ThreadJob()
@@ -276,14 +313,19 @@ class Dispatcher:
         future.add_done_callback(lambda done: self._reactor.callFromThread(deliver, done))
         return d
 
-    def _to_call_error(self, entry: Procedure, failure: Failure) -> CallError:
+    def _to_call_error(
+        self,
+        name: str,
+        errors: tuple[tuple[type[BaseException], type[CallError]], ...],
+        failure: Failure,
+    ) -> CallError:
         """Map what a procedure raised to the error its caller receives."""
         error = failure.value
         if isinstance(error, CallError):
             if not error.outcome_given:
                 error.outcome = Outcome.RAN
         else:
-            for declared, error_class in entry.errors:
+            for declared, error_class in errors:
                 if isinstance(error, declared):
                     error = error_class(_describe(error), Outcome.RAN)
                     break
@@ -292,10 +334,10 @@ class Dispatcher:
                 log.failure(
                     "procedure {procedure} raised an undeclared error (incident {incident})",
                     failure,
-                    procedure=entry.name,
+                    procedure=name,
                     incident=incident,
                 )
-                message = f"procedure {entry.name} failed; the node logged incident {incident}"
+                message = f"procedure {name} failed; the node logged incident {incident}"
                 if self._send_tracebacks:
                     message += ": " + failure.getTraceback().replace("\n", " | ")
                 error = InternalError(message, Outcome.RAN)
@@ -313,18 +355,20 @@ def _describe(error: BaseException) -> str:
 class _RunningCall:
     """One call from start to finish: its deadline timer and why it ended."""
 
-    __slots__ = ("_dispatcher", "_entry", "_inner", "_stats", "_timer", "_why", "result")
+    __slots__ = ("_dispatcher", "_errors", "_inner", "_name", "_stats", "_timer", "_why", "result")
 
     def __init__(
         self,
         dispatcher: Dispatcher,
-        entry: Procedure,
+        name: str,
+        errors: tuple[tuple[type[BaseException], type[CallError]], ...],
         stats: ProcedureStats,
         work: Deferred[Any],
         timeout: float,
     ) -> None:
         self._dispatcher = dispatcher
-        self._entry = entry
+        self._name = name
+        self._errors = errors
         self._why: CallError | None = None
         self._stats = stats
         self.result: Deferred[Any] = Deferred(self._cancel)
@@ -338,13 +382,13 @@ class _RunningCall:
         self._timer = None
         self._stop(
             DeadlineExceededError(
-                f"deadline of {timeout:g}s passed while {self._entry.name} ran",
+                f"deadline of {timeout:g}s passed while {self._name} ran",
                 Outcome.MAY_HAVE_RUN,
             )
         )
 
     def _cancel(self, result: Deferred[Any]) -> None:
-        self._stop(CancelledError(f"{self._entry.name} was cancelled by its caller"))
+        self._stop(CancelledError(f"{self._name} was cancelled by its caller"))
 
     def _stop(self, why: CallError) -> None:
         """End the call now with C{why}, and cancel the work behind it."""
@@ -369,13 +413,13 @@ class _RunningCall:
             if outcome.check(TwistedCancelledError):
                 outcome = Failure(
                     InternalError(
-                        f"{self._entry.name} was cancelled from within",
+                        f"{self._name} was cancelled from within",
                         Outcome.RAN,
                         dispatcher._node_name,
                     )
                 )
             else:
-                outcome = Failure(dispatcher._to_call_error(self._entry, outcome))
+                outcome = Failure(dispatcher._to_call_error(self._name, self._errors, outcome))
         self._settle(outcome)
 
     def _settle(self, outcome: Any) -> None:

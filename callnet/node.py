@@ -17,6 +17,7 @@ from twisted.logger import Logger
 from twisted.python.threadpool import ThreadPool
 
 from callnet.builtin import builtin_procedures
+from callnet.cluster import Cluster
 from callnet.config import NodeConfig
 from callnet.dispatch import Dispatcher
 from callnet.errors import ConfigError
@@ -72,6 +73,11 @@ class NodeService(MultiService):
             send_tracebacks=config.send_tracebacks,
         )
         self.factory = NodeFactory(self.dispatcher, config.limits, config.name, reactor)
+        self.cluster: Cluster | None = None
+        if config.peers:
+            self.cluster = Cluster(config, self.dispatcher, reactor, self.factory.hello)
+            self.factory.describe_cluster = self.cluster.describe
+            self.cluster.setServiceParent(self)
         for description in config.listen:
             endpoint = serverFromString(reactor, description)
             StreamServerEndpointService(endpoint, self.factory).setServiceParent(self)

@@ -314,10 +314,20 @@ class NodeProtocol(Protocol):
 
     def readConnectionLost(self) -> None:
         """
-        The client sent all it will (C{printf 'add 1 2\\n' | nc ...}): answer
-        what it asked, then close.
+        The client sent all it will.
+
+        A person's untagged requests (C{printf 'add 1 2\\n' | nc ...}) are
+        answered, then the node closes.  A program's tagged calls are
+        cancelled: a program that stops sending has gone away, and its work
+        should stop rather than run on to its deadline.
         """
         self._input_ended = True
+        calls, self._calls = self._calls, {}
+        for tag, call in calls.items():
+            if tag not in self._keyed:
+                call.cancel()
+        self._keyed.clear()
+        self._in_flight -= len(calls)
         self._drain()
 
     def writeConnectionLost(self) -> None:

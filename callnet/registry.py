@@ -278,6 +278,10 @@ class Registry:
         for function in functions:
             self.add(function)
 
+    def find(self, name: str) -> Procedure | None:
+        """The procedure by that name, or C{None}."""
+        return self._procedures.get(name)
+
     def get(self, name: str) -> Procedure:
         """
         Find a procedure.

@@ -24,11 +24,12 @@ exactly what has happened at each step.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 from twisted.internet.address import IPv4Address
-from twisted.internet.defer import Deferred, succeed
+from twisted.internet.defer import Deferred, fail, succeed
+from twisted.internet.error import ConnectionRefusedError
 from twisted.internet.interfaces import IProtocolFactory, IStreamClientEndpoint
 from twisted.internet.testing import MemoryReactorClock, StringTransport
 from twisted.python.failure import Failure
@@ -36,13 +37,20 @@ from twisted.test import iosim
 from zope.interface import implementer
 
 from callnet.client import DEFAULT_TIMEOUT, Client
-from callnet.config import Limits
+from callnet.cluster import Cluster
+from callnet.config import ClusterSettings, Limits, NodeConfig
 from callnet.dispatch import Dispatcher
 from callnet.protocol import NodeFactory, NodeProtocol
 from callnet.registry import Registry
 from callnet.wire import Event, LineDecoder
 
-__all__ = ["ManualThreadPool", "MemoryNode", "MemoryReactor", "StringConnection"]
+__all__ = [
+    "ManualThreadPool",
+    "MemoryCluster",
+    "MemoryNode",
+    "MemoryReactor",
+    "StringConnection",
+]
 
 
 class MemoryReactor(MemoryReactorClock):
@@ -109,8 +117,9 @@ class MemoryNode:
         limits: Limits | None = None,
         threads: str = "inline",
         send_tracebacks: bool = False,
+        clock: MemoryReactor | None = None,
     ) -> None:
-        self.clock = MemoryReactor()
+        self.clock = clock or MemoryReactor()
         self.name = name
         self.limits = limits or Limits()
         self.threads: InlineThreadPool | ManualThreadPool = (
@@ -128,10 +137,18 @@ class MemoryNode:
         )
         self.factory = NodeFactory(self.dispatcher, self.limits, name, self.clock)
         self._pumps: list[iosim.IOPump] = []
+        #: Which node each pump's client belongs to (None: a test's client).
+        self._pump_sources: dict[int, str | None] = {}
+        #: Whether the node is reachable: a killed node refuses connections.
+        self.alive = True
 
     def client(self, timeout: float = DEFAULT_TIMEOUT) -> Client:
         """A real async client whose connections reach this node in memory."""
         return Client(_MemoryEndpoint(self), self.clock, timeout=timeout)
+
+    def endpoint(self, source: str | None = None) -> IStreamClientEndpoint:
+        """An endpoint that connects to this node in memory (from node C{source})."""
+        return _MemoryEndpoint(self, source)
 
     def flush(self) -> None:
         """Move bytes both ways on every connection until none is left to move."""
@@ -160,11 +177,14 @@ class MemoryNode:
 class _MemoryEndpoint:
     """Connects a client factory to a L{MemoryNode} through an L{iosim.IOPump}."""
 
-    def __init__(self, node: MemoryNode) -> None:
+    def __init__(self, node: MemoryNode, source: str | None = None) -> None:
         self._node = node
+        self._source = source
 
     def connect(self, factory: IProtocolFactory) -> Deferred[Any]:
         node = self._node
+        if not node.alive:
+            return fail(ConnectionRefusedError(f"{node.name} is not running"))
         address = IPv4Address("TCP", "127.0.0.1", 40000 + len(node._pumps))
         client = factory.buildProtocol(address)
         server = node.factory.buildProtocol(address)
@@ -177,6 +197,7 @@ class _MemoryEndpoint:
             clock=node.clock,
         )
         node._pumps.append(pump)
+        node._pump_sources[id(pump)] = self._source
         return succeed(client)
 
 
@@ -206,3 +227,153 @@ class StringConnection:
         while (event := decoder.next_event()) is not None:
             events.append(event)
         return events
+
+
+class MemoryCluster:
+    """
+    Several L{MemoryNode}s joined as one cluster, on one clock, in memory.
+
+    Each node has every other as a peer.  Besides moving bytes and time,
+    a test can make a node fall silent (L{freeze}: its connections stop
+    carrying bytes, as a stopped process's would) or die (L{kill}: its
+    connections drop and new ones are refused).
+
+    @param nodes: node name -> the procedures it serves.
+    @param settings: the cluster settings every node uses.
+    """
+
+    def __init__(
+        self,
+        nodes: Mapping[str, Iterable[Callable[..., Any]]],
+        settings: ClusterSettings | None = None,
+    ) -> None:
+        self.clock = MemoryReactor()
+        self.settings = settings or ClusterSettings()
+        self.nodes = {
+            name: MemoryNode(procedures, name=name, clock=self.clock)
+            for name, procedures in nodes.items()
+        }
+        self.clusters: dict[str, Cluster] = {}
+        self._frozen: set[str] = set()
+        self._dropped_while_frozen: list[iosim.IOPump] = []
+        for name, node in self.nodes.items():
+            others = [other for other in self.nodes if other != name]
+            config = NodeConfig(
+                name=name,
+                peers=tuple((other, f"memory:{other}") for other in others),
+                cluster=self.settings,
+            )
+            cluster = Cluster(
+                config,
+                node.dispatcher,
+                self.clock,
+                node.factory.hello,
+                endpoints={other: self.nodes[other].endpoint(name) for other in others},
+            )
+            node.factory.describe_cluster = cluster.describe
+            self.clusters[name] = cluster
+
+    def start(self) -> None:
+        """Start every node's peer links and let the handshakes finish."""
+        for cluster in self.clusters.values():
+            cluster.startService()
+        self.flush()
+
+    def stop(self) -> None:
+        """Stop every link, leaving no timer on the clock."""
+        for cluster in self.clusters.values():
+            cluster.stopService()
+        self.flush()
+
+    def __getitem__(self, name: str) -> MemoryNode:
+        return self.nodes[name]
+
+    def _pumps(self) -> list[iosim.IOPump]:
+        pumps = []
+        for name, node in self.nodes.items():
+            for pump in node._pumps:
+                source = node._pump_sources.get(id(pump))
+                if name in self._frozen or source in self._frozen:
+                    continue
+                pumps.append(pump)
+        return pumps
+
+    def flush(self) -> None:
+        """Move bytes on every live connection until none is left to move."""
+        moved = True
+        while moved:
+            moved = self._drop_locally() or False
+            for pump in self._pumps():
+                moved = pump.flush(advanceClock=False) or moved
+
+    def _drop_locally(self) -> bool:
+        """
+        A live node that drops a connection to a frozen one hears of it at once,
+        as over TCP; the frozen one will hear when it thaws.
+        """
+        dropped = False
+        for name, node in self.nodes.items():
+            for pump in node._pumps:
+                source = node._pump_sources.get(id(pump))
+                for side, owner in ((pump.clientIO, source), (pump.serverIO, name)):
+                    if (
+                        (name in self._frozen or source in self._frozen)
+                        and owner not in self._frozen
+                        and side.disconnecting
+                        and not side.disconnected
+                    ):
+                        side.disconnected = True
+                        side.reportDisconnect()
+                        self._dropped_while_frozen.append(pump)
+                        dropped = True
+        return dropped
+
+    def advance(self, seconds: float, step: float = 0.1) -> None:
+        """Move the shared clock on by C{seconds}, a step at a time, flushing."""
+        self.flush()
+        left = seconds
+        while left > 1e-9:
+            move = min(step, left)
+            self.clock.advance(move)
+            self.flush()
+            left -= move
+
+    def revive(self, name: str) -> None:
+        """Start a killed node again: it accepts connections and links to its peers."""
+        self.nodes[name].alive = True
+        self.clusters[name].startService()
+        self.flush()
+
+    def freeze(self, name: str) -> None:
+        """Make a node silent: nothing moves on its connections (SIGSTOP)."""
+        self._frozen.add(name)
+
+    def thaw(self, name: str) -> None:
+        """Let a frozen node's connections carry bytes again (SIGCONT)."""
+        self._frozen.discard(name)
+        # Connections its peers dropped meanwhile are gone: it learns so now.
+        for pump in self._dropped_while_frozen:
+            for side in (pump.clientIO, pump.serverIO):
+                if not side.disconnected:
+                    side.disconnected = True
+                    side.reportDisconnect()
+        self._dropped_while_frozen.clear()
+        self.flush()
+
+    def kill(self, name: str) -> None:
+        """Kill a node: its connections drop and it refuses new ones."""
+        node = self.nodes[name]
+        node.alive = False
+        self.clusters[name].stopService()
+        for other in self.nodes.values():
+            for pump in list(other._pumps):
+                if other is node or other._pump_sources.get(id(pump)) == name:
+                    pump.serverIO.loseConnection()
+                    pump.clientIO.loseConnection()
+        self.flush()
+        for other in self.nodes.values():
+            other._pumps = [
+                pump
+                for pump in other._pumps
+                if not (pump.serverIO.disconnected or pump.clientIO.disconnected)
+            ]

@@ -39,6 +39,10 @@ from callnet.errors import (
     error_from_wire,
 )
 
+#: The version of the node-to-node handshake (C{HELLO}); a peer that speaks
+#: another is refused.
+PROTOCOL_VERSION = 1
+
 #: The longest line a decoder accepts by default, newline excluded.  Big
 #: enough for a 1 MiB argument after JSON escaping, small enough that one
 #: connection cannot make the node buffer more than a few MiB.

@@ -556,6 +556,18 @@ class HalfCloseTests(SynchronousTestCase):
         self.assertEqual(conn.lines(), [b"OK 3", b"#1 OK 4", b'OK "A"'])
         self.assertTrue(conn.transport.disconnecting)
 
+    def test_tagged_calls_cancelled(self) -> None:
+        """A program's tagged calls are cancelled when it stops sending: it has gone away."""
+        node, pending = node_with_pending()
+        conn = node.connect_raw()
+        conn.send("#1 wait a\nwait b\n")
+        conn.protocol.readConnectionLost()
+        self.assertEqual(pending.cancelled, ["a"])
+        pending.calls["b"].callback("B")
+        self.assertEqual(conn.lines(), [b'OK "B"'])
+        self.assertTrue(conn.transport.disconnecting)
+        self.assertEqual(node.dispatcher.stats.in_flight, 0)
+
     def test_unfinished_last_line(self) -> None:
         """A last line with no newline is reported, not run."""
         node, pending = node_with_pending()
@@ -573,7 +585,7 @@ class HalfCloseTests(SynchronousTestCase):
         """Lines still buffered behind backpressure are served before the node closes."""
         node, pending = node_with_pending(Limits(max_calls_in_flight=2))
         conn = node.connect_raw()
-        conn.send("".join(f"#{i} wait {i}\n" for i in range(5)))
+        conn.send("".join(f"wait {i}\n" for i in range(5)))
         conn.protocol.readConnectionLost()
         self.assertEqual(len(pending.calls), 2)
         while not all(d.called for d in pending.calls.values()):

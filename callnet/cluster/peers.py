@@ -1,0 +1,260 @@
+"""
+Links to the other nodes of a cluster: connection, handshake, heartbeats.
+
+Each configured peer gets a L{Peer}: a L{ClientService} that keeps one
+connection to it (reconnecting with jittered exponential back-off), a
+handshake that learns its name and the procedures it serves, and a heartbeat
+that marks it down when it falls silent.  A peer is in one of three states:
+
+    connecting --handshake--> up --silence / lost--> down --handshake--> up
+
+Marking a peer down aborts its connection, which fails every call waiting on
+it at once (L{UnavailableError}, may-have-run), rather than leaving them to
+TCP's own timeouts.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Callable
+from typing import Any
+
+from twisted.application.internet import ClientService, backoffPolicy
+from twisted.internet.defer import Deferred
+from twisted.internet.endpoints import clientFromString
+from twisted.internet.interfaces import IAddress, IStreamClientEndpoint
+from twisted.internet.protocol import Factory
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from callnet.client import ClientProtocol
+from callnet.config import ClusterSettings
+from callnet.errors import CallError, Outcome, UnavailableError
+from callnet.reactors import Clock, DelayedCall
+from callnet.wire import PROTOCOL_VERSION
+
+log = Logger()
+
+
+class PeerState(enum.Enum):
+    """Where a peer stands, as routing and C{status} see it."""
+
+    CONNECTING = "connecting"
+    UP = "up"
+    DOWN = "down"
+
+
+class HandshakeError(Exception):
+    """A peer answered the handshake with something unusable."""
+
+
+class _PeerFactory(Factory):
+    noisy = False
+
+    def __init__(self, peer: Peer) -> None:
+        self._peer = peer
+
+    def buildProtocol(self, addr: IAddress | None) -> ClientProtocol:
+        protocol = ClientProtocol(self._peer._clock)
+        protocol.node_name = self._peer.name
+        protocol.factory = self
+        protocol.on_made = self._peer._handshake
+        return protocol
+
+
+class Peer:
+    """One other node: its link, its state and the procedures it serves."""
+
+    def __init__(
+        self,
+        name: str,
+        endpoint: str | IStreamClientEndpoint,
+        reactor: Any,
+        settings: ClusterSettings,
+        hello: Callable[[], dict[str, Any]],
+        on_change: Callable[[Peer], None],
+    ) -> None:
+        self.name = name
+        if isinstance(endpoint, str):
+            self.endpoint = endpoint
+            connector: IStreamClientEndpoint = clientFromString(reactor, endpoint)
+        else:
+            self.endpoint, connector = repr(endpoint), endpoint
+        self.state = PeerState.CONNECTING
+        #: Procedure name -> what the peer said of it (C{idempotent}, ...).
+        self.procedures: dict[str, dict[str, Any]] = {}
+        self._clock: Clock = reactor
+        self._settings = settings
+        self._hello = hello
+        self._on_change = on_change
+        self._protocol: ClientProtocol | None = None
+        self._heartbeat: DelayedCall | None = None
+        self._service = ClientService(
+            connector,
+            _PeerFactory(self),
+            retryPolicy=backoffPolicy(
+                initialDelay=0.05, maxDelay=settings.reconnect_max_delay, factor=2.0
+            ),
+            clock=reactor,
+        )
+
+    @property
+    def in_flight(self) -> int:
+        """Calls sent to this peer and not yet answered."""
+        return self._protocol.in_flight if self._protocol is not None else 0
+
+    def serves(self, procedure: str) -> bool:
+        return self.state is PeerState.UP and procedure in self.procedures
+
+    def describe(self) -> dict[str, Any]:
+        """This peer as C{STATS} reports it."""
+        return {
+            "endpoint": self.endpoint,
+            "state": self.state.value,
+            "in_flight": self.in_flight,
+            "procedures": sorted(self.procedures),
+        }
+
+    # --- Lifecycle ------------------------------------------------------------
+
+    def start(self) -> None:
+        self._service.startService()
+        self._schedule_heartbeat()
+        first = self._service.whenConnected(failAfterFailures=1)
+        first.addErrback(self._first_attempt_failed)
+
+    def _first_attempt_failed(self, reason: Failure) -> None:
+        if self.state is PeerState.CONNECTING:
+            self._set_state(PeerState.DOWN)
+
+    def stop(self) -> Deferred[None]:
+        if self._heartbeat is not None:
+            self._heartbeat.cancel()
+            self._heartbeat = None
+        d: Deferred[None] = self._service.stopService()
+        return d
+
+    # --- Calls ----------------------------------------------------------------
+
+    def call(
+        self,
+        procedure: str,
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        timeout: float,
+        key: str | None,
+        trace: str | None,
+        hops: int,
+    ) -> Deferred[Any]:
+        """Forward a call to this peer."""
+        protocol = self._protocol
+        if protocol is None or self.state is not PeerState.UP or not protocol.is_connected:
+            d: Deferred[Any] = Deferred()
+            d.errback(
+                Failure(UnavailableError(f"peer {self.name} is down", Outcome.NOT_RUN, self.name))
+            )
+            return d
+        return protocol.call(procedure, args, kwargs, timeout, key, trace, hops)
+
+    # --- Handshake --------------------------------------------------------------
+
+    def _handshake(self, protocol: ClientProtocol) -> Deferred[None]:
+        """
+        Say who we are; learn who answers and what it serves.  A connection
+        whose handshake fails is dropped, and the link reconnects.
+        """
+        protocol.on_lost = self._lost
+        d = protocol.command("HELLO", (self._hello(),), self._settings.down_after)
+
+        def learned(info: Any) -> None:
+            try:
+                name, procedures = _read_hello(info)
+                if name != self.name:
+                    raise HandshakeError(f"it says it is {name!r}")
+            except HandshakeError as e:
+                log.warn(
+                    "refusing peer {peer} at {endpoint}: {why}",
+                    peer=self.name,
+                    endpoint=self.endpoint,
+                    why=str(e),
+                )
+                protocol.abort()
+                return
+            self._protocol = protocol
+            self.procedures = procedures
+            self._set_state(PeerState.UP)
+
+        def failed(reason: Failure) -> None:
+            log.info(
+                "no handshake from peer {peer}: {why}",
+                peer=self.name,
+                why=reason.getErrorMessage(),
+            )
+            protocol.abort()
+
+        return d.addCallbacks(learned, failed)
+
+    def _lost(self, protocol: ClientProtocol) -> None:
+        if protocol is self._protocol:
+            self._protocol = None
+            self._set_state(PeerState.DOWN)
+
+    def _set_state(self, state: PeerState) -> None:
+        if state is not self.state:
+            before, self.state = self.state, state
+            log.info(
+                "peer {peer} {before} -> {after}",
+                peer=self.name,
+                before=before.value,
+                after=state.value,
+            )
+            self._on_change(self)
+
+    # --- Failure detection --------------------------------------------------------
+
+    def _schedule_heartbeat(self) -> None:
+        self._heartbeat = self._clock.callLater(self._settings.heartbeat_interval, self._beat)
+
+    def _beat(self) -> None:
+        """Mark a silent peer down; otherwise ask it to say something."""
+        self._schedule_heartbeat()
+        protocol = self._protocol
+        if protocol is None or self.state is not PeerState.UP:
+            return
+        silent_for = self._clock.seconds() - protocol.last_heard
+        if silent_for >= self._settings.down_after:
+            log.warn(
+                "peer {peer} silent for {seconds:.1f}s: marking it down",
+                peer=self.name,
+                seconds=silent_for,
+            )
+            self._protocol = None
+            self._set_state(PeerState.DOWN)
+            protocol.abort()
+            return
+        ping = protocol.command("PING", (), self._settings.down_after)
+        ping.addErrback(lambda reason: None)  # silence is judged above, not here
+
+
+def _read_hello(info: Any) -> tuple[str, dict[str, dict[str, Any]]]:
+    """Check a peer's handshake reply; return its name and procedures."""
+    if not isinstance(info, dict):
+        raise HandshakeError("its handshake reply is not an object")
+    if info.get("version") != PROTOCOL_VERSION:
+        raise HandshakeError(f"it speaks version {info.get('version')!r}, not {PROTOCOL_VERSION}")
+    name = info.get("node")
+    procedures = info.get("procedures")
+    if not isinstance(name, str) or not isinstance(procedures, list):
+        raise HandshakeError("its handshake reply lacks node or procedures")
+    catalog = {}
+    for entry in procedures:
+        if isinstance(entry, dict) and isinstance(entry.get("name"), str):
+            catalog[entry["name"]] = {"idempotent": bool(entry.get("idempotent"))}
+    return name, catalog
+
+
+def is_link_failure(error: BaseException) -> bool:
+    """Whether a call failed for want of a usable link, not in the procedure."""
+    return isinstance(error, UnavailableError) or (
+        isinstance(error, CallError) and error.code == "UNAVAILABLE"
+    )

@@ -1,0 +1,157 @@
+"""
+Calls for procedures this node does not serve: which peer gets them, with
+what deadline, and what happens when that peer fails.
+
+Policy: among the peers that are up and serve the procedure, the one with
+the fewest calls in flight from this node (ties go round the peers in turn).
+C{name@node} names the peer.  The call is forwarded with the time left of
+its deadline and its hop count raised by one.
+
+Failover: a call that could not be sent (the peer refused it, or was down
+before it left) goes to the next peer.  A call that was sent and then lost
+goes to the next peer only if the procedure is idempotent or the call has a
+key; otherwise the caller hears that it may have run.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Iterable
+from typing import Any
+
+from twisted.internet.defer import Deferred, ensureDeferred
+
+from callnet.cluster.peers import Peer, PeerState, is_link_failure
+from callnet.errors import (
+    CallError,
+    DeadlineExceededError,
+    NotFoundError,
+    Outcome,
+    UnavailableError,
+)
+from callnet.reactors import Clock
+from callnet.wire import Call
+
+
+class Router:
+    """Chooses peers for calls and forwards them, failing over when it may."""
+
+    def __init__(self, peers: Iterable[Peer], clock: Clock, node_name: str, max_hops: int) -> None:
+        self._peers = {peer.name: peer for peer in peers}
+        #: Calls forwarded this many times already are refused.
+        self.max_hops = max_hops
+        self._clock = clock
+        self._node_name = node_name
+        self._turn = itertools.count()
+
+    def knows(self, procedure: str) -> bool:
+        """Whether any peer, up or not, has said it serves this procedure."""
+        return any(procedure in peer.procedures for peer in self._peers.values())
+
+    def has_peer(self, name: str) -> bool:
+        return name in self._peers
+
+    def can_route(self, procedure: str, target: str | None = None) -> bool:
+        """Whether a call could be forwarded now."""
+        if target is not None:
+            peer = self._peers.get(target)
+            return peer is not None and peer.state is PeerState.UP
+        return any(peer.serves(procedure) for peer in self._peers.values())
+
+    def choose(self, procedure: str, exclude: set[str], target: str | None = None) -> Peer | None:
+        """The peer to send a call to next, or C{None} if there is none."""
+        if target is not None:
+            peer = self._peers.get(target)
+            if peer is None or target in exclude:
+                return None
+            return peer
+        candidates = [
+            peer
+            for peer in self._peers.values()
+            if peer.name not in exclude and peer.serves(procedure)
+        ]
+        if not candidates:
+            return None
+        if len(candidates) == 1:
+            return candidates[0]
+        least = min(peer.in_flight for peer in candidates)
+        fewest = [peer for peer in candidates if peer.in_flight == least]
+        return fewest[next(self._turn) % len(fewest)]
+
+    def forward(
+        self, call: Call, procedure: str, timeout: float, target: str | None = None
+    ) -> Deferred[Any]:
+        """
+        Forward a call; the Deferred fires with its result or fails with the
+        L{CallError} the caller should see.  Cancelling it cancels the call
+        downstream.
+        """
+        deadline = self._clock.seconds() + timeout
+        return ensureDeferred(self._forward(call, procedure, deadline, target))
+
+    async def _forward(
+        self, call: Call, procedure: str, deadline: float, target: str | None
+    ) -> Any:
+        tried: set[str] = set()
+        last_error: CallError | None = None
+        sent = False
+        while True:
+            remaining = deadline - self._clock.seconds()
+            if remaining <= 0:
+                raise DeadlineExceededError(
+                    f"the deadline passed while routing {procedure}",
+                    Outcome.MAY_HAVE_RUN if sent else Outcome.NOT_RUN,
+                    self._node_name,
+                )
+            peer = self.choose(procedure, tried, target)
+            if peer is None:
+                raise last_error or self.nowhere(procedure, target)
+            tried.add(peer.name)
+            try:
+                return await peer.call(
+                    procedure,
+                    call.args,
+                    dict(call.kwargs),
+                    remaining,
+                    call.key,
+                    call.trace,
+                    call.hops + 1,
+                )
+            except CallError as error:
+                if not is_link_failure(error) or target is not None:
+                    raise
+                if error.outcome is Outcome.NOT_RUN:
+                    last_error = error
+                    continue
+                sent = True
+                if self._may_retry(peer, procedure, call):
+                    last_error = error
+                    continue
+                raise
+
+    def _may_retry(self, peer: Peer, procedure: str, call: Call) -> bool:
+        """A call lost after it was sent may run again elsewhere only if that is safe."""
+        return call.key is not None or bool(peer.procedures.get(procedure, {}).get("idempotent"))
+
+    def nowhere(self, procedure: str, target: str | None) -> CallError:
+        """The error for a call no peer can take now; it did not run."""
+        if target is not None:
+            if target not in self._peers:
+                return NotFoundError(
+                    f"no node named {target!r} among this node's peers",
+                    Outcome.NOT_RUN,
+                    self._node_name,
+                )
+            return UnavailableError(f"node {target} is down", Outcome.NOT_RUN, self._node_name)
+        if self.knows(procedure):
+            return UnavailableError(
+                f"every node serving {procedure} is down", Outcome.NOT_RUN, self._node_name
+            )
+        return NotFoundError(
+            f"no procedure named {procedure[:80]!r} on this node or its peers; try HELP",
+            Outcome.NOT_RUN,
+            self._node_name,
+        )
+
+    def peers(self) -> list[Peer]:
+        return list(self._peers.values())

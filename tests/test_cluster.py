@@ -1,0 +1,315 @@
+"""
+The cluster, deterministically: nodes joined in memory on one clock, so
+routing, deadlines, failover and failure detection are checked step by step.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from twisted.internet.defer import Deferred
+from twisted.trial.unittest import SynchronousTestCase
+
+from callnet import (
+    CancelledError,
+    DeadlineExceededError,
+    FailedPreconditionError,
+    NotFoundError,
+    Outcome,
+    UnavailableError,
+    procedure,
+)
+from callnet.cluster import PeerState
+from callnet.config import ClusterSettings
+from callnet.testing import MemoryCluster
+from callnet.wire import Call
+
+
+class Work:
+    """Procedures whose runs a test counts and answers by hand."""
+
+    def __init__(self, node: str) -> None:
+        self.node = node
+        self.runs = 0
+        self.held: list[Deferred[Any]] = []
+        self.cancelled = 0
+        self.timeouts: list[float] = []
+
+    def procedures(self) -> list[Any]:
+        @procedure(run="reactor", name="where")
+        def where() -> str:
+            self.runs += 1
+            return self.node
+
+        @procedure(run="reactor", name="hold")
+        def hold() -> Deferred[Any]:
+            self.runs += 1
+            d: Deferred[Any] = Deferred(lambda _: self._cancelled())
+            self.held.append(d)
+            return d
+
+        @procedure(run="reactor", name="hold_idempotent", idempotent=True)
+        def hold_idempotent() -> Deferred[Any]:
+            return hold()
+
+        return [where, hold, hold_idempotent]
+
+    def _cancelled(self) -> None:
+        self.cancelled += 1
+
+
+def three_nodes(**settings: Any) -> tuple[MemoryCluster, dict[str, Work]]:
+    """alpha serves nothing of its own; beta and gamma serve the same procedures."""
+    work = {name: Work(name) for name in ("beta", "gamma")}
+    cluster = MemoryCluster(
+        {
+            "alpha": [],
+            "beta": work["beta"].procedures(),
+            "gamma": work["gamma"].procedures(),
+        },
+        ClusterSettings(**settings),
+    )
+    cluster.start()
+    return cluster, work
+
+
+class CatalogTests(SynchronousTestCase):
+    """What each node learns of its peers."""
+
+    def test_handshake_learns_procedures(self) -> None:
+        """After the handshake each peer is up, with the procedures it serves."""
+        cluster, _ = three_nodes()
+        peers = {peer.name: peer for peer in cluster.clusters["alpha"].peers}
+        self.assertEqual(
+            {name: peer.state for name, peer in peers.items()},
+            {"beta": PeerState.UP, "gamma": PeerState.UP},
+        )
+        self.assertEqual(sorted(peers["beta"].procedures), ["hold", "hold_idempotent", "where"])
+        self.assertTrue(peers["beta"].procedures["hold_idempotent"]["idempotent"])
+        cluster.stop()
+        self.assertEqual(cluster.clock.getDelayedCalls(), [])
+
+    def test_stats_show_peers(self) -> None:
+        """STATS includes each peer's state and procedures."""
+        cluster, _ = three_nodes()
+        d = cluster["alpha"].client().command("STATS")
+        cluster.flush()
+        peers = self.successResultOf(d)["peers"]
+        self.assertEqual(peers["gamma"]["state"], "up")
+        self.assertIn("where", peers["gamma"]["procedures"])
+        cluster.stop()
+
+
+class RoutingTests(SynchronousTestCase):
+    """Calls for procedures a node does not serve."""
+
+    def test_forwarded_as_if_local(self) -> None:
+        """A call to a node that does not serve the procedure is answered by one that does."""
+        cluster, work = three_nodes()
+        d = cluster["alpha"].client().call("where")
+        cluster.flush()
+        self.assertIn(self.successResultOf(d), ("beta", "gamma"))
+        self.assertEqual(work["beta"].runs + work["gamma"].runs, 1)
+        cluster.stop()
+
+    def test_spread_over_replicas(self) -> None:
+        """Calls go to the replica with the fewest calls in flight, in turn when equal."""
+        cluster, work = three_nodes()
+        client = cluster["alpha"].client()
+        held = [client.call("hold") for _ in range(4)]
+        cluster.flush()
+        self.assertEqual((len(work["beta"].held), len(work["gamma"].held)), (2, 2))
+        for _ in range(6):
+            d = client.call("where")
+            cluster.flush()
+            self.successResultOf(d)
+        self.assertEqual((work["beta"].runs, work["gamma"].runs), (5, 5))
+        for d in work["beta"].held + work["gamma"].held:
+            d.callback(None)
+        cluster.flush()
+        for d in held:
+            self.successResultOf(d)
+        cluster.stop()
+
+    def test_named_node(self) -> None:
+        """C{name@node} runs the procedure on that node only."""
+        cluster, _ = three_nodes()
+        client = cluster["alpha"].client()
+        answers = [client.call("where@gamma") for _ in range(3)]
+        missing = client.call("where@zeta")
+        local = client.call("where@alpha")
+        cluster.flush()
+        self.assertEqual([self.successResultOf(d) for d in answers], ["gamma"] * 3)
+        self.assertEqual(
+            self.failureResultOf(missing, NotFoundError).value.outcome, Outcome.NOT_RUN
+        )
+        self.failureResultOf(local, NotFoundError)
+        cluster.stop()
+
+    def test_unknown_everywhere(self) -> None:
+        """A procedure no node serves is NOT_FOUND, did not run."""
+        cluster, _ = three_nodes()
+        d = cluster["alpha"].client().call("nosuch")
+        cluster.flush()
+        error = self.failureResultOf(d, NotFoundError).value
+        self.assertEqual((error.outcome, error.node), (Outcome.NOT_RUN, "alpha"))
+        cluster.stop()
+
+    def test_remote_error_names_its_node(self) -> None:
+        """An error raised where the call ran names that node, not the one that forwarded it."""
+        cluster, _ = three_nodes()
+        d = cluster["alpha"].client().call("where@beta", 1)
+        cluster.flush()
+        error = self.failureResultOf(d).value
+        self.assertEqual((error.code, error.node), ("INVALID_ARGUMENT", "beta"))
+        cluster.stop()
+
+    def test_deadline_travels(self) -> None:
+        """The forwarded call carries the caller's remaining budget, and both ends enforce it."""
+        cluster, work = three_nodes()
+        d = cluster["alpha"].client().call("hold@beta", timeout=5)
+        cluster.advance(2)
+        self.assertNoResult(d)
+        cluster.advance(3.1)
+        self.failureResultOf(d, DeadlineExceededError)
+        self.assertEqual(work["beta"].cancelled, 1, "the work downstream was cancelled")
+        cluster.stop()
+
+    def test_cancel_travels(self) -> None:
+        """Cancelling a forwarded call cancels the work on the node that runs it."""
+        cluster, work = three_nodes()
+        d = cluster["alpha"].client().call("hold@gamma")
+        cluster.flush()
+        d.cancel()
+        cluster.flush()
+        self.failureResultOf(d, CancelledError)
+        self.assertEqual(work["gamma"].cancelled, 1)
+        cluster.stop()
+
+    def test_hop_limit(self) -> None:
+        """A call forwarded as many times as the limit is refused, not forwarded again."""
+        cluster, _work = three_nodes(max_hops=2)
+        dispatcher = cluster["alpha"].dispatcher
+        refused = dispatcher.dispatch(Call("where", hops=2))
+        self.failureResultOf(refused, FailedPreconditionError)
+        allowed = dispatcher.dispatch(Call("where", hops=1))
+        cluster.flush()
+        self.successResultOf(allowed)
+        cluster.stop()
+
+
+class FailoverTests(SynchronousTestCase):
+    """What happens to calls when the node serving them fails."""
+
+    def test_down_peer_skipped(self) -> None:
+        """A call is not sent to a peer known to be down."""
+        cluster, _work = three_nodes()
+        cluster.kill("beta")
+        client = cluster["alpha"].client()
+        calls = [client.call("where") for _ in range(4)]
+        cluster.flush()
+        self.assertEqual([self.successResultOf(d) for d in calls], ["gamma"] * 4)
+        cluster.stop()
+
+    def test_lost_mid_call_not_retried(self) -> None:
+        """A call lost after it was sent is not run again elsewhere: the caller hears it may have run."""
+        cluster, work = three_nodes()
+        d = cluster["alpha"].client().call("hold")
+        cluster.flush()
+        runner = "beta" if work["beta"].held else "gamma"
+        cluster.kill(runner)
+        error = self.failureResultOf(d, UnavailableError).value
+        self.assertEqual(error.outcome, Outcome.MAY_HAVE_RUN)
+        self.assertEqual(work["beta"].runs + work["gamma"].runs, 1)
+        cluster.stop()
+
+    def test_lost_mid_call_idempotent_retried(self) -> None:
+        """An idempotent call lost after it was sent runs again on another replica."""
+        cluster, work = three_nodes()
+        d = cluster["alpha"].client().call("hold_idempotent")
+        cluster.flush()
+        runner, other = ("beta", "gamma") if work["beta"].held else ("gamma", "beta")
+        cluster.kill(runner)
+        self.assertNoResult(d)
+        work[other].held[0].callback("second try")
+        cluster.flush()
+        self.assertEqual(self.successResultOf(d), "second try")
+        cluster.stop()
+
+    def test_lost_mid_call_keyed_retried(self) -> None:
+        """A keyed call lost after it was sent runs again on another replica."""
+        cluster, work = three_nodes()
+        d = cluster["alpha"].client().call("hold", key="order-7")
+        cluster.flush()
+        runner, other = ("beta", "gamma") if work["beta"].held else ("gamma", "beta")
+        cluster.kill(runner)
+        work[other].held[0].callback("done once")
+        cluster.flush()
+        self.assertEqual(self.successResultOf(d), "done once")
+        cluster.stop()
+
+    def test_all_replicas_down(self) -> None:
+        """With every replica down, a call fails UNAVAILABLE at once and did not run."""
+        cluster, _ = three_nodes()
+        cluster.kill("beta")
+        cluster.kill("gamma")
+        d = cluster["alpha"].client().call("where")
+        cluster.flush()
+        self.assertEqual(self.failureResultOf(d, UnavailableError).value.outcome, Outcome.NOT_RUN)
+        cluster.stop()
+
+
+class FailureDetectionTests(SynchronousTestCase):
+    """Heartbeats notice a silent peer, and calls waiting on it end at once."""
+
+    def test_frozen_peer_marked_down(self) -> None:
+        """A peer that stops answering is marked down within down_after plus one heartbeat."""
+        cluster, _work = three_nodes(heartbeat_interval=1.0, down_after=3.0)
+        events: list[tuple[str, PeerState]] = []
+        cluster.clusters["alpha"].subscribe(lambda name, state: events.append((name, state)))
+        d = cluster["alpha"].client().call("hold@beta", timeout=60)
+        cluster.flush()
+        cluster.freeze("beta")
+        cluster.advance(2.5)
+        self.assertNoResult(d)
+        cluster.advance(1.6)
+        self.assertIn(("beta", PeerState.DOWN), events)
+        error = self.failureResultOf(d, UnavailableError).value
+        self.assertEqual(error.outcome, Outcome.MAY_HAVE_RUN)
+        # Routing now avoids it.
+        client = cluster["alpha"].client()
+        calls = [client.call("where") for _ in range(3)]
+        cluster.flush()
+        self.assertEqual([self.successResultOf(c) for c in calls], ["gamma"] * 3)
+        cluster.stop()
+
+    def test_thawed_peer_comes_back_and_late_replies_go_nowhere(self) -> None:
+        """After it answers again the peer is up; its late reply to an abandoned call reaches no one."""
+        cluster, work = three_nodes(heartbeat_interval=1.0, down_after=3.0)
+        client = cluster["alpha"].client()
+        first = client.call("hold@beta", timeout=60)
+        cluster.flush()
+        cluster.freeze("beta")
+        cluster.advance(4.5)
+        self.failureResultOf(first, UnavailableError)
+        work["beta"].held[0].callback("late")  # beta answers into a dead link
+        cluster.thaw("beta")
+        cluster.advance(10)
+        peers = {peer.name: peer for peer in cluster.clusters["alpha"].peers}
+        self.assertEqual(peers["beta"].state, PeerState.UP)
+        second = client.call("where@beta")
+        cluster.flush()
+        self.assertEqual(self.successResultOf(second), "beta")
+        cluster.stop()
+
+    def test_revived_peer_used_again(self) -> None:
+        """A killed node that starts again is reconnected to and used."""
+        cluster, _work = three_nodes(reconnect_max_delay=2.0)
+        cluster.kill("beta")
+        cluster.advance(5)
+        cluster.revive("beta")
+        cluster.advance(5)
+        d = cluster["alpha"].client().call("where@beta")
+        cluster.flush()
+        self.assertEqual(self.successResultOf(d), "beta")
+        cluster.stop()
