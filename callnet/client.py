@@ -13,7 +13,9 @@ Cancelling a call's Deferred sends C{CANCEL} so the node stops the work.
 
 from __future__ import annotations
 
+import heapq
 import itertools
+import math
 from collections.abc import Callable, Iterable
 from typing import Any, Protocol, cast
 
@@ -42,6 +44,7 @@ from callnet.wire import (
     Success,
     encode_call,
     encode_command,
+    encode_simple_call,
 )
 from callnet.wire import Failure as FailureReply
 
@@ -61,12 +64,84 @@ class _Transport(Protocol):
 class _Pending:
     """A call sent and not yet answered."""
 
-    __slots__ = ("deferred", "procedure", "timer")
+    __slots__ = ("bucket", "deferred", "procedure", "timeout")
 
-    def __init__(self, deferred: Deferred[Any], procedure: str) -> None:
+    def __init__(self, deferred: Deferred[Any], procedure: str, timeout: float) -> None:
         self.deferred = deferred
         self.procedure = procedure
-        self.timer: DelayedCall | None = None
+        self.timeout = timeout
+        self.bucket = 0
+
+
+#: The client's deadline timers round deadlines up to this step (1/64 s, a
+#: binary fraction so whole-second deadlines stay exact).  The node enforces
+#: each deadline exactly; the client's timer is the backstop for a node that
+#: stops answering, and may fire up to one step late.
+DEADLINE_STEP = 1 / 64
+
+
+class _Deadlines:
+    """
+    Deadlines of many calls with one reactor timer: calls are kept in
+    buckets of L{DEADLINE_STEP}, and the timer is set for the earliest bucket.
+    Adding or removing a call costs a set operation, not a timer.
+    """
+
+    def __init__(self, clock: Clock, expire: Callable[[str], None]) -> None:
+        self._clock = clock
+        self._expire = expire
+        self._buckets: dict[int, set[str]] = {}
+        self._order: list[int] = []  # a heap of bucket numbers
+        self._timer: DelayedCall | None = None
+        self._timer_bucket = 0
+
+    def add(self, tag: str, timeout: float) -> int:
+        bucket = math.ceil((self._clock.seconds() + timeout) / DEADLINE_STEP)
+        tags = self._buckets.get(bucket)
+        if tags is None:
+            self._buckets[bucket] = {tag}
+            heapq.heappush(self._order, bucket)
+            if self._timer is None or bucket < self._timer_bucket:
+                self._schedule(bucket)
+        else:
+            tags.add(tag)
+        return bucket
+
+    def remove(self, tag: str, bucket: int) -> None:
+        tags = self._buckets.get(bucket)
+        if tags is not None:
+            tags.discard(tag)
+            if not tags:
+                del self._buckets[bucket]
+                if not self._buckets:
+                    self.stop()  # nothing left to time: leave no timer behind
+
+    def _schedule(self, bucket: int) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+        self._timer_bucket = bucket
+        delay = max(bucket * DEADLINE_STEP - self._clock.seconds(), 0.0)
+        self._timer = self._clock.callLater(delay, self._fire)
+
+    def _fire(self) -> None:
+        self._timer = None
+        now = self._clock.seconds()
+        order = self._order
+        while order and order[0] * DEADLINE_STEP <= now:
+            for tag in sorted(self._buckets.pop(heapq.heappop(order), ())):
+                self._expire(tag)
+        while order and not self._buckets.get(order[0]):
+            self._buckets.pop(heapq.heappop(order), None)
+        if order:
+            self._schedule(order[0])
+
+    def stop(self) -> None:
+        """Cancel the timer (the connection is gone)."""
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        self._buckets.clear()
+        self._order.clear()
 
 
 class ClientProtocol(TwistedProtocol):
@@ -81,6 +156,7 @@ class ClientProtocol(TwistedProtocol):
         self._clock = clock
         self._decoder = LineDecoder(max_line)
         self._pending: dict[str, _Pending] = {}
+        self._deadlines = _Deadlines(clock, self._expired)
         self._tags = map(_tag_text, itertools.count(1))
         self._connected = False
         self._lost: Failure | None = None
@@ -129,13 +205,19 @@ class ClientProtocol(TwistedProtocol):
             )
         tag = next(self._tags)
         try:
-            line = encode_call(
-                Call(procedure, args, kwargs, tag, timeout, False, key, trace, hops)
-            )
+            if kwargs or key is not None or trace is not None or hops:
+                line = encode_call(
+                    Call(procedure, args, kwargs, tag, timeout, False, key, trace, hops)
+                )
+            else:
+                line = encode_simple_call(tag, timeout, procedure, args)
         except (TypeError, ValueError) as e:
             return fail(InvalidArgumentError(f"arguments are not JSON: {e}", Outcome.NOT_RUN))
-        pending = _Pending(Deferred(lambda d: self._abandon(tag, "cancelled")), procedure)
-        pending.timer = self._clock.callLater(timeout, self._abandon, tag, "deadline", timeout)
+        return self._send(tag, line, procedure, timeout)
+
+    def _send(self, tag: str, line: bytes, procedure: str, timeout: float) -> Deferred[Any]:
+        pending = _Pending(Deferred(lambda d: self._abandon(tag, "cancelled")), procedure, timeout)
+        pending.bucket = self._deadlines.add(tag, timeout)
         self._pending[tag] = pending
         self._out.write(line)
         return pending.deferred
@@ -161,27 +243,25 @@ class ClientProtocol(TwistedProtocol):
         if not self._connected:
             return fail(UnavailableError("not connected", Outcome.NOT_RUN, self.node_name))
         tag = next(self._tags)
-        pending = _Pending(Deferred(lambda d: self._abandon(tag, "cancelled")), verb)
-        pending.timer = self._clock.callLater(timeout, self._abandon, tag, "deadline", timeout)
-        self._pending[tag] = pending
-        self._out.write(encode_command(verb, args, tag))
-        return pending.deferred
+        return self._send(tag, encode_command(verb, args, tag), verb, timeout)
 
-    def _abandon(self, tag: str, why: str, timeout: float = 0.0) -> None:
+    def _expired(self, tag: str) -> None:
+        self._abandon(tag, "deadline")
+
+    def _abandon(self, tag: str, why: str) -> None:
         """Give up on a call (deadline or cancel): tell the node, fail the caller."""
         pending = self._pending.pop(tag, None)
         if pending is None:
             return
+        self._deadlines.remove(tag, pending.bucket)
         if why == "deadline":
-            pending.timer = None
             error: CallError = DeadlineExceededError(
-                f"no reply to {pending.procedure} within {timeout:g}s", Outcome.MAY_HAVE_RUN
+                f"no reply to {pending.procedure} within {pending.timeout:g}s",
+                Outcome.MAY_HAVE_RUN,
             )
         else:
             error = CancelledError(f"{pending.procedure} was cancelled", Outcome.MAY_HAVE_RUN)
         error.node = self.node_name
-        if pending.timer is not None:
-            pending.timer.cancel()
         if self._connected:
             self._out.write(encode_command("CANCEL", (tag,)))
         if not pending.deferred.called:
@@ -197,8 +277,7 @@ class ClientProtocol(TwistedProtocol):
                 pending = self._pending.pop(tag, None) if tag is not None else None
                 if pending is None:
                     continue  # a late reply to a call given up on, or an untagged answer
-                if pending.timer is not None:
-                    pending.timer.cancel()
+                self._deadlines.remove(tag, pending.bucket)  # type: ignore[arg-type]
                 if type(event) is Success:
                     pending.deferred.callback(event.value)
                 else:
@@ -211,6 +290,7 @@ class ClientProtocol(TwistedProtocol):
     def connectionLost(self, reason: Failure = connectionDone) -> None:
         self._connected = False
         self._lost = reason
+        self._deadlines.stop()
         why = reason.getErrorMessage().replace("{", "(").replace("}", ")")
         self._fail_pending(
             "connection lost while {procedure} was in flight: " + why, Outcome.MAY_HAVE_RUN
@@ -236,9 +316,8 @@ class ClientProtocol(TwistedProtocol):
     def _fail_pending(self, message: str, outcome: Outcome) -> None:
         """Fail every call awaiting a reply, with C{message} naming each one."""
         pending, self._pending = self._pending, {}
-        for entry in pending.values():
-            if entry.timer is not None:
-                entry.timer.cancel()
+        for tag, entry in pending.items():
+            self._deadlines.remove(tag, entry.bucket)
             entry.deferred.errback(
                 Failure(
                     UnavailableError(
