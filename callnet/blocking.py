@@ -804,6 +804,25 @@ class BlockingClient:
         """Ask the node to answer; return C{"pong"}."""
         return self.command("PING", timeout=timeout)
 
+    def multicall(
+        self,
+        procedure: str,
+        /,
+        *args: Any,
+        nodes: list[str] | None = None,
+        timeout: float | None = None,
+        **kwargs: Any,
+    ) -> dict[str, Any]:
+        """
+        Call a procedure on every node that serves it (or on C{nodes}),
+        under one deadline; return node name -> result, or node name -> the
+        L{CallError} that node's call failed with.
+        """
+        from callnet.cluster.multicall import MULTICALL, unpack
+
+        answer = self.call(MULTICALL, procedure, list(args), kwargs, nodes, timeout=timeout)
+        return unpack(answer)
+
     def close(self) -> None:
         """
         Close the connection.  Every call of this client still in flight

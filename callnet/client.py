@@ -471,6 +471,27 @@ class Client:
             ),
         )
 
+    def multicall(
+        self,
+        procedure: str,
+        /,
+        *args: Any,
+        nodes: list[str] | None = None,
+        timeout: float | None = None,
+        **kwargs: Any,
+    ) -> Deferred[dict[str, Any]]:
+        """
+        Call a procedure on every node that serves it (or on C{nodes}), all
+        under one deadline.
+
+        @return: a Deferred firing with a dict of node name -> the result,
+            or node name -> the L{CallError} that node's call failed with.
+        """
+        from callnet.cluster.multicall import MULTICALL, unpack
+
+        d = self.call(MULTICALL, procedure, list(args), kwargs, nodes, timeout=timeout)
+        return d.addCallback(unpack)
+
     def cast(self, procedure: str, /, *args: Any, **kwargs: Any) -> Deferred[None]:
         """
         Send a call that wants no reply (fire and forget).

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import threading
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from concurrent.futures import Executor, Future
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -22,6 +22,7 @@ from twisted.python.failure import Failure
 from twisted.python.threadpool import ThreadPool
 
 from callnet.config import Limits
+from callnet.context import CallContext
 from callnet.errors import (
     CallError,
     CancelledError,
@@ -145,10 +146,10 @@ class Dispatcher:
     ) -> None:
         self.registry = registry
         self.stats = NodeStats()
-        self._reactor = reactor
+        self.reactor = reactor
         self._threadpool = threadpool
         self._limits = limits
-        self._node_name = node_name
+        self.node_name = node_name
         self._process_pool = process_pool
         self._send_tracebacks = send_tracebacks
         #: Forwards calls for procedures this node does not serve (a cluster
@@ -156,6 +157,11 @@ class Dispatcher:
         self.router: Router | None = None
         #: Outcomes of calls that carried an idempotency key.
         self.keys = KeyStore(reactor)
+
+    @property
+    def clock(self) -> DispatchReactor:
+        """The reactor's clock, which every deadline is measured on."""
+        return self.reactor
 
     def dispatch(self, call: Call) -> Deferred[Any]:
         """
@@ -192,19 +198,19 @@ class Dispatcher:
         name, target = call.procedure, None
         if "@" in name:
             name, _, target = name.partition("@")
-        local = target is None or target == self._node_name
+        local = target is None or target == self.node_name
         entry = self.registry.find(name) if local else None
         try:
             if entry is not None:
                 entry.check_arguments(call.args, call.kwargs)
-            elif target == self._node_name:
+            elif target == self.node_name:
                 raise NotFoundError(f"no procedure named {name[:80]!r} on {target}; try HELP")
             else:
                 self._check_routable(call, name, target)
             timeout = self._budget(call)
         except CallError as e:
             self.stats.refused()
-            e.node = e.node or self._node_name
+            e.node = e.node or self.node_name
             return Failure(e)
         if entry is None:
             assert self.router is not None
@@ -212,9 +218,14 @@ class Dispatcher:
             work = self.router.forward(call, name, timeout, target)
             return _RunningCall(self, name, (), stats, work, timeout).result
         stats = self.stats.started(entry.name)
+        kwargs = call.kwargs
+        context = None
+        if entry.context_param is not None:
+            context = CallContext(self, call, entry.name, self.reactor.seconds() + timeout)
+            kwargs = {**kwargs, entry.context_param: context}
         if entry.run == "reactor":
             try:
-                result = entry.function(*call.args, **call.kwargs)
+                result = entry.function(*call.args, **kwargs)
             except BaseException:
                 failure = Failure(self._to_call_error(entry.name, entry.errors, Failure()))
                 self.stats.finished(stats, True)
@@ -227,10 +238,11 @@ class Dispatcher:
                 self.stats.finished(stats, False)
                 return result
         elif entry.run == "thread":
-            work = self._run_in_thread(entry.function, call)
+            work = self._run_in_thread(entry.function, call.args, kwargs)
         else:
-            work = self._run_in_process(entry.function, call)
-        return _RunningCall(self, entry.name, entry.errors, stats, work, timeout).result
+            work = self._run_in_process(entry.function, call.args, kwargs)
+        running = _RunningCall(self, entry.name, entry.errors, stats, work, timeout, context)
+        return running.result
 
     def _check_routable(self, call: Call, name: str, target: str | None) -> None:
         """Refuse a call that is not for this node and cannot be forwarded."""
@@ -259,13 +271,15 @@ class Dispatcher:
             )
         return timeout
 
-    def _run_in_thread(self, function: Callable[..., Any], call: Call) -> Deferred[Any]:
+    def _run_in_thread(
+        self, function: Callable[..., Any], args: tuple[Any, ...], kwargs: Mapping[str, Any]
+    ) -> Deferred[Any]:
         job = _ThreadJob()
 
         def work() -> Any:
             if not job.start():
                 raise _NotStartedError()
-            return function(*call.args, **call.kwargs)
+            return function(*args, **kwargs)
 
         def canceller(d: Deferred[Any]) -> None:
             if job.abandon():
@@ -282,16 +296,18 @@ class Dispatcher:
                 d.errback(value)
 
         def report(ok: bool, value: Any) -> None:
-            self._reactor.callFromThread(deliver, ok, value)
+            self.reactor.callFromThread(deliver, ok, value)
 
         self._threadpool.callInThreadWithCallback(report, work)
         return d
 
-    def _run_in_process(self, function: Callable[..., Any], call: Call) -> Deferred[Any]:
+    def _run_in_process(
+        self, function: Callable[..., Any], args: tuple[Any, ...], kwargs: Mapping[str, Any]
+    ) -> Deferred[Any]:
         if self._process_pool is None:
             return fail(InternalError("this node has no process pool", Outcome.NOT_RUN))
         try:
-            future = self._process_pool().submit(function, *call.args, **call.kwargs)
+            future = self._process_pool().submit(function, *args, **kwargs)
         except Exception as e:
             return fail(InternalError(f"could not start a worker process: {e}", Outcome.NOT_RUN))
 
@@ -310,7 +326,7 @@ class Dispatcher:
             else:
                 d.errback(Failure(error))
 
-        future.add_done_callback(lambda done: self._reactor.callFromThread(deliver, done))
+        future.add_done_callback(lambda done: self.reactor.callFromThread(deliver, done))
         return d
 
     def _to_call_error(
@@ -341,7 +357,7 @@ class Dispatcher:
                 if self._send_tracebacks:
                     message += ": " + failure.getTraceback().replace("\n", " | ")
                 error = InternalError(message, Outcome.RAN)
-        error.node = error.node or self._node_name
+        error.node = error.node or self.node_name
         return error
 
 
@@ -355,7 +371,17 @@ def _describe(error: BaseException) -> str:
 class _RunningCall:
     """One call from start to finish: its deadline timer and why it ended."""
 
-    __slots__ = ("_dispatcher", "_errors", "_inner", "_name", "_stats", "_timer", "_why", "result")
+    __slots__ = (
+        "_context",
+        "_dispatcher",
+        "_errors",
+        "_inner",
+        "_name",
+        "_stats",
+        "_timer",
+        "_why",
+        "result",
+    )
 
     def __init__(
         self,
@@ -365,8 +391,10 @@ class _RunningCall:
         stats: ProcedureStats,
         work: Deferred[Any],
         timeout: float,
+        context: CallContext | None = None,
     ) -> None:
         self._dispatcher = dispatcher
+        self._context = context
         self._name = name
         self._errors = errors
         self._why: CallError | None = None
@@ -376,7 +404,7 @@ class _RunningCall:
         self._timer: DelayedCall | None = None
         work.addBoth(self._finish)
         if not self.result.called:
-            self._timer = dispatcher._reactor.callLater(timeout, self._expire, timeout)
+            self._timer = dispatcher.reactor.callLater(timeout, self._expire, timeout)
 
     def _expire(self, timeout: float) -> None:
         self._timer = None
@@ -395,7 +423,9 @@ class _RunningCall:
         if self._why is not None or self.result.called:
             return
         self._why = why
-        why.node = self._dispatcher._node_name
+        why.node = self._dispatcher.node_name
+        if self._context is not None:
+            self._context.cancel()
         self._inner.cancel()
         # Work that ignores cancellation must not hold the caller: answer now.
         self._settle(Failure(why))
@@ -415,7 +445,7 @@ class _RunningCall:
                     InternalError(
                         f"{self._name} was cancelled from within",
                         Outcome.RAN,
-                        dispatcher._node_name,
+                        dispatcher.node_name,
                     )
                 )
             else:

@@ -18,6 +18,7 @@ from twisted.python.threadpool import ThreadPool
 
 from callnet.builtin import builtin_procedures
 from callnet.cluster import Cluster
+from callnet.cluster.multicall import make_multicall
 from callnet.config import NodeConfig
 from callnet.dispatch import Dispatcher
 from callnet.errors import ConfigError
@@ -72,6 +73,7 @@ class NodeService(MultiService):
             process_pool=self._processes,
             send_tracebacks=config.send_tracebacks,
         )
+        self.registry.add(make_multicall(self.dispatcher))
         self.factory = NodeFactory(self.dispatcher, config.limits, config.name, reactor)
         self.cluster: Cluster | None = None
         if config.peers:

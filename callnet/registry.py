@@ -52,6 +52,9 @@ class Procedure:
     #: Safe to run twice: the cluster may retry it after a lost connection.
     idempotent: bool
     signature: inspect.Signature
+    #: The parameter that receives the call's L{CallContext}, if any; it is
+    #: not part of the signature callers see.
+    context_param: str | None = None
     # How many positional arguments a call may pass with no keywords, when
     # that alone decides whether they fit (see check_arguments).
     _positional: range | None = field(init=False, repr=False, compare=False)
@@ -250,6 +253,13 @@ class Registry:
             raise ValueError(f"procedure {name!r} is registered twice")
         signature = inspect.signature(function)
         run = run or declared.run or _default_run(function, signature)
+        context_param = _context_parameter(signature)
+        if context_param is not None:
+            if run == "process":
+                raise ValueError(f"procedure {name}: a process procedure cannot take a context")
+            signature = signature.replace(
+                parameters=[p for p in signature.parameters.values() if p.name != context_param]
+            )
         if run not in ("thread", "reactor", "process"):
             raise ValueError(f"procedure {name}: run must be thread, reactor or process")
         entry = Procedure(
@@ -259,6 +269,7 @@ class Registry:
             errors=_resolve_errors(name, errors if errors is not None else declared.errors),
             idempotent=declared.idempotent if idempotent is None else idempotent,
             signature=signature,
+            context_param=context_param,
         )
         self._procedures[name] = entry
         return entry
@@ -328,6 +339,20 @@ class Registry:
             "Call with: name arg1 arg2 key=value   (arguments are JSON or bare words)",
         ]
         return "\n".join(lines)
+
+
+def _context_parameter(signature: inspect.Signature) -> str | None:
+    """The name of the parameter annotated C{CallContext}, if there is one."""
+    for parameter in signature.parameters.values():
+        annotation = parameter.annotation
+        if isinstance(annotation, str):
+            if annotation.rpartition(".")[2] == "CallContext":
+                return parameter.name
+        elif getattr(annotation, "__name__", None) == "CallContext" and getattr(
+            annotation, "__module__", ""
+        ).startswith("callnet"):
+            return parameter.name
+    return None
 
 
 def _check_name(name: str) -> None:

@@ -38,6 +38,7 @@ from zope.interface import implementer
 
 from callnet.client import DEFAULT_TIMEOUT, Client
 from callnet.cluster import Cluster
+from callnet.cluster.multicall import make_multicall
 from callnet.config import ClusterSettings, Limits, NodeConfig
 from callnet.dispatch import Dispatcher
 from callnet.protocol import NodeFactory, NodeProtocol
@@ -135,6 +136,7 @@ class MemoryNode:
             name,
             send_tracebacks=send_tracebacks,
         )
+        self.registry.add(make_multicall(self.dispatcher))
         self.factory = NodeFactory(self.dispatcher, self.limits, name, self.clock)
         self._pumps: list[iosim.IOPump] = []
         #: Which node each pump's client belongs to (None: a test's client).

@@ -84,7 +84,9 @@ class CatalogTests(SynchronousTestCase):
             {name: peer.state for name, peer in peers.items()},
             {"beta": PeerState.UP, "gamma": PeerState.UP},
         )
-        self.assertEqual(sorted(peers["beta"].procedures), ["hold", "hold_idempotent", "where"])
+        self.assertEqual(
+            sorted(peers["beta"].procedures), ["hold", "hold_idempotent", "multicall", "where"]
+        )
         self.assertTrue(peers["beta"].procedures["hold_idempotent"]["idempotent"])
         cluster.stop()
         self.assertEqual(cluster.clock.getDelayedCalls(), [])
@@ -312,4 +314,107 @@ class FailureDetectionTests(SynchronousTestCase):
         d = cluster["alpha"].client().call("where@beta")
         cluster.flush()
         self.assertEqual(self.successResultOf(d), "beta")
+        cluster.stop()
+
+
+class NestedCallTests(SynchronousTestCase):
+    """Procedures that call other procedures through their context."""
+
+    def test_nested_call_inherits_deadline_and_is_cancelled_with_parent(self) -> None:
+        """A nested call gets the time left of its parent's deadline and ends with it."""
+        from callnet.context import CallContext
+
+        cluster, work = three_nodes()
+
+        @procedure(run="reactor")
+        async def outer(context: CallContext) -> Any:
+            return await context.call("hold@beta")
+
+        cluster["alpha"].registry.add(outer)
+        d = cluster["alpha"].client().call("outer", timeout=4)
+        cluster.advance(1)
+        self.assertEqual(len(work["beta"].held), 1)
+        cluster.advance(3.1)
+        self.failureResultOf(d, DeadlineExceededError)
+        self.assertEqual(work["beta"].cancelled, 1, "the nested call was cancelled too")
+        cluster.stop()
+
+    def test_nested_call_cancelled_by_caller(self) -> None:
+        """Cancelling the parent cancels its nested calls on other nodes."""
+        from callnet.context import CallContext
+
+        cluster, work = three_nodes()
+
+        @procedure(run="reactor")
+        async def outer(context: CallContext) -> Any:
+            return await context.call("hold@gamma")
+
+        cluster["alpha"].registry.add(outer)
+        d = cluster["alpha"].client().call("outer")
+        cluster.flush()
+        d.cancel()
+        cluster.flush()
+        self.failureResultOf(d, CancelledError)
+        self.assertEqual(work["gamma"].cancelled, 1)
+        cluster.stop()
+
+    def test_context_is_not_an_argument(self) -> None:
+        """The context parameter is hidden from callers: it is not in the signature they see."""
+        from callnet.context import CallContext
+
+        cluster, _ = three_nodes()
+
+        @procedure(run="reactor")
+        def named(greeting: str, context: CallContext) -> str:
+            return f"{greeting} from {context.node}, {context.remaining():.0f}s left"
+
+        entry = cluster["alpha"].registry.add(named)
+        self.assertEqual(entry.usage, "named(greeting: str) -> str")
+        d = cluster["alpha"].client().call("named", "hi", timeout=7)
+        cluster.flush()
+        self.assertEqual(self.successResultOf(d), "hi from alpha, 7s left")
+        cluster.stop()
+
+
+class MulticallTests(SynchronousTestCase):
+    """One call on every node that serves a procedure."""
+
+    def test_every_serving_node_answers(self) -> None:
+        """Multicall returns each serving node's result, and a typed error for a dead one."""
+        cluster, _ = three_nodes()
+        client = cluster["alpha"].client()
+        d = client.multicall("where")
+        cluster.flush()
+        self.assertEqual(self.successResultOf(d), {"beta": "beta", "gamma": "gamma"})
+        cluster.kill("gamma")
+        d = client.multicall("where")
+        cluster.flush()
+        answer = self.successResultOf(d)
+        self.assertEqual(answer["beta"], "beta")
+        self.assertIsInstance(answer["gamma"], UnavailableError)
+        self.assertEqual(answer["gamma"].outcome, Outcome.NOT_RUN)
+        cluster.stop()
+
+    def test_one_deadline(self) -> None:
+        """All the calls of a multicall end by its one deadline."""
+        cluster, work = three_nodes()
+        d = cluster["alpha"].client().multicall("hold", timeout=2)
+        cluster.advance(1.7)
+        self.assertNoResult(d)
+        cluster.advance(0.2)
+        answer = self.successResultOf(d)
+        self.assertEqual(sorted(answer), ["beta", "gamma"])
+        for error in answer.values():
+            self.assertIsInstance(error, DeadlineExceededError)
+        self.assertEqual(work["beta"].cancelled + work["gamma"].cancelled, 2)
+        cluster.stop()
+
+    def test_named_nodes(self) -> None:
+        """Multicall on named nodes calls exactly those, and reports an unknown one."""
+        cluster, _ = three_nodes()
+        d = cluster["alpha"].client().multicall("where", nodes=["gamma", "zeta"])
+        cluster.flush()
+        answer = self.successResultOf(d)
+        self.assertEqual(answer["gamma"], "gamma")
+        self.assertIsInstance(answer["zeta"], NotFoundError)
         cluster.stop()

@@ -5,6 +5,7 @@ loopback socket exactly as a person at nc or telnet would.
 
 from __future__ import annotations
 
+import json
 import re
 import socket
 import threading
@@ -318,3 +319,42 @@ def test_half_close_like_printf_into_nc(tmp_path: Path) -> None:
         while chunk := sock.recv(4096):
             received += chunk
         assert received.splitlines() == [b"OK 3", b"OK 0.2", b'OK "pong"']
+
+
+NESTED_SERVICE = '''
+from callnet import procedure
+from callnet.context import CallContext
+
+
+@procedure
+def total(numbers: list, context: CallContext) -> float:
+    """Sum numbers by calling add, from a worker thread."""
+    result = 0
+    for number in numbers:
+        result = context.call_blocking("add", result, number)
+    return result
+
+
+@procedure
+def patient(context: CallContext) -> str:
+    """Wait on a nested call longer than our own deadline allows."""
+    return context.call_blocking("sleep", 30)
+'''
+
+
+def test_nested_calls_from_a_thread_and_multicall(tmp_path: Path) -> None:
+    """A thread procedure calls others through its context, within its deadline; multicall answers per node."""
+    (tmp_path / "nested.py").write_text(NESTED_SERVICE)
+    with running_node(tmp_path, "--service", "nested") as node:
+        client = node.connect()
+        client.send("#1 total [1,2,3.5]")
+        assert client.read_line() == "#1 OK 6.5"
+        started = time.monotonic()
+        client.send("#2 +timeout=0.5 patient")
+        assert client.read_line().startswith("#2 ERR DEADLINE_EXCEEDED may-have-run")
+        assert time.monotonic() - started < 2
+        client.send("#3 STATS")
+        stats = json.loads(client.read_line().split(" ", 2)[2])
+        assert stats["procedures"]["sleep"]["in_flight"] == 0, "the nested sleep was cancelled"
+        client.send("#4 multicall add [1,2]")
+        assert client.read_line() == '#4 OK {"demo":{"ok":3}}'

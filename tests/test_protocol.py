@@ -394,7 +394,7 @@ class CommandTests(SynchronousTestCase):
         node, _ = node_with_pending()
         conn = node.connect_raw()
         conn.send("LIST\n")
-        self.assertEqual(conn.events(), [Success(["add", "wait"])])
+        self.assertEqual(conn.events(), [Success(["add", "multicall", "wait"])])
 
     def test_help_for_people(self) -> None:
         """Untagged HELP shows each signature as text lines, then OK."""

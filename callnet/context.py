@@ -1,0 +1,158 @@
+"""
+What a running procedure knows of its call, and how it calls other
+procedures as part of it.
+
+A procedure that takes a parameter annotated L{CallContext} is given one;
+the parameter is not part of the call's arguments::
+
+    @procedure
+    async def checkout(cart: str, context: CallContext) -> str:
+        total = await context.call("price", cart)          # within our deadline
+        return await context.call("charge@billing", total)
+
+Nested calls inherit the time left of the call's deadline and its trace id,
+go wherever the node would send them (here, or a peer), and are cancelled
+when the call is: by its caller, its deadline, or its caller's departure.
+A plain (thread-pool) procedure uses L{CallContext.call_blocking} instead,
+and can poll L{CallContext.cancelled} to stop early.
+"""
+
+from __future__ import annotations
+
+import threading
+from typing import TYPE_CHECKING, Any
+
+from twisted.internet.defer import Deferred, fail, succeed
+from twisted.python.failure import Failure
+
+from callnet.errors import DeadlineExceededError, Outcome, WrongThreadError
+from callnet.wire import Call
+
+if TYPE_CHECKING:
+    from callnet.dispatch import Dispatcher
+
+#: How much longer than the time left a thread waits for a nested call's
+#: answer: the node's own deadline normally answers first.
+_GRACE = 0.25
+
+
+class CallContext:
+    """A running call, as its procedure sees it."""
+
+    def __init__(
+        self, dispatcher: Dispatcher, call: Call, procedure: str, deadline: float
+    ) -> None:
+        self._dispatcher = dispatcher
+        self._call = call
+        #: The procedure's name.
+        self.procedure = procedure
+        #: The node it runs on.
+        self.node = dispatcher.node_name
+        #: The call's trace id, if it has one; nested calls carry it on.
+        self.trace = call.trace
+        #: When the call's deadline passes, on the node's clock.
+        self.deadline = deadline
+        #: Set once the call has been cancelled or its deadline has passed.
+        self.cancelled = False
+        self._children: set[Deferred[Any]] = set()
+        self._reactor_thread = threading.get_ident()
+
+    def remaining(self) -> float:
+        """Seconds left before the call's deadline."""
+        return self.deadline - self._dispatcher.clock.seconds()
+
+    def call(
+        self,
+        procedure: str,
+        /,
+        *args: Any,
+        timeout: float | None = None,
+        key: str | None = None,
+        **kwargs: Any,
+    ) -> Deferred[Any]:
+        """
+        Call another procedure as part of this call (on the reactor thread).
+
+        It gets the time left of this call's deadline (or C{timeout}, if
+        shorter), and is cancelled with this call.  Use from C{async def} or
+        Deferred-returning procedures.
+        """
+        if threading.get_ident() != self._reactor_thread:
+            raise WrongThreadError(
+                "CallContext.call() is for procedures that run in the reactor;"
+                " a plain (thread) procedure uses context.call_blocking()"
+            )
+        if self.cancelled:
+            return fail(self._over())
+        remaining = self.remaining()
+        if timeout is not None:
+            remaining = min(remaining, timeout)
+        if remaining <= 0:
+            return fail(self._over())
+        nested = Call(
+            procedure,
+            args,
+            kwargs,
+            timeout=remaining,
+            key=key,
+            trace=self.trace,
+            hops=self._call.hops,
+        )
+        outcome = self._dispatcher.start(nested)
+        if isinstance(outcome, Deferred):
+            self._children.add(outcome)
+            outcome.addBoth(self._child_done, outcome)
+            return outcome
+        if isinstance(outcome, Failure):
+            return fail(outcome)
+        return succeed(outcome)
+
+    def call_blocking(self, procedure: str, /, *args: Any, **kwargs: Any) -> Any:
+        """
+        Call another procedure as part of this call, from a thread-pool
+        procedure: block until it answers, within this call's deadline.
+        """
+        if threading.get_ident() == self._reactor_thread:
+            raise WrongThreadError(
+                "CallContext.call_blocking() would block the reactor;"
+                " a reactor procedure uses 'await context.call(...)'"
+            )
+        done = threading.Event()
+        outcome: list[Any] = []
+
+        def finished(result: Any) -> None:
+            outcome.append(result)
+            done.set()
+
+        def start() -> None:
+            self.call(procedure, *args, **kwargs).addBoth(finished)
+
+        self._dispatcher.reactor.callFromThread(start)
+        if not done.wait(max(self.remaining(), 0.0) + _GRACE):
+            raise DeadlineExceededError(
+                f"no answer from {procedure} within the deadline of {self.procedure}",
+                Outcome.MAY_HAVE_RUN,
+                self.node,
+            )
+        [result] = outcome
+        if isinstance(result, Failure):
+            result.raiseException()
+        return result
+
+    def _child_done(self, result: Any, child: Deferred[Any]) -> Any:
+        self._children.discard(child)
+        return result
+
+    def _over(self) -> DeadlineExceededError:
+        return DeadlineExceededError(
+            f"{self.procedure} is over (cancelled, or past its deadline)",
+            Outcome.NOT_RUN,
+            self.node,
+        )
+
+    def cancel(self) -> None:
+        """The call ended early: cancel every nested call still running."""
+        self.cancelled = True
+        children, self._children = self._children, set()
+        for child in children:
+            child.cancel()
