@@ -160,6 +160,7 @@ class ClientProtocol(TwistedProtocol):
         self._tags = map(_tag_text, itertools.count(1))
         self._connected = False
         self._lost: Failure | None = None
+        self._abort_reason: str | None = None
         self.node_name: str | None = None
         self.on_lost: Callable[[ClientProtocol], None] | None = None
         #: Called with this protocol once it is connected.
@@ -291,7 +292,8 @@ class ClientProtocol(TwistedProtocol):
         self._connected = False
         self._lost = reason
         self._deadlines.stop()
-        why = reason.getErrorMessage().replace("{", "(").replace("}", ")")
+        why = self._abort_reason or reason.getErrorMessage()
+        why = why.replace("{", "(").replace("}", ")")
         self._fail_pending(
             "connection lost while {procedure} was in flight: " + why, Outcome.MAY_HAVE_RUN
         )
@@ -326,9 +328,15 @@ class ClientProtocol(TwistedProtocol):
                 )
             )
 
-    def abort(self) -> None:
-        """Drop the connection now, without waiting to send what is buffered."""
+    def abort(self, why: str | None = None) -> None:
+        """
+        Drop the connection now, without waiting to send what is buffered.
+
+        @param why: what to tell the calls it fails, instead of the transport's
+            own words for an aborted connection.
+        """
         if self._connected:
+            self._abort_reason = why
             self._out.abortConnection()
 
 

@@ -34,6 +34,7 @@ from callnet.errors import (
     NotFoundError,
     Outcome,
     ResourceExhaustedError,
+    UnavailableError,
     UnimplementedError,
 )
 from callnet.reactors import DelayedCall, DispatchReactor
@@ -211,6 +212,21 @@ class NodeProtocol(Protocol):
         if tag is not None and tag in self._calls:
             self._reply_now(
                 Failure(InvalidArgumentError(f"tag #{tag} is already in use by a call in flight")),
+                tag,
+            )
+            return
+        if (
+            self.peer_name is not None
+            and self._in_flight >= self.factory.limits.max_calls_in_flight
+        ):
+            self._reply_now(
+                Failure(
+                    UnavailableError(
+                        f"{self.factory.node_name} is busy: {self._in_flight} calls in flight"
+                        " from this peer",
+                        Outcome.NOT_RUN,
+                    )
+                ),
                 tag,
             )
             return
@@ -430,7 +446,10 @@ class NodeProtocol(Protocol):
 
     def _track(self) -> None:
         self._in_flight += 1
-        if self._in_flight >= self.factory.limits.max_calls_in_flight:
+        # A peer's link is never paused: its heartbeats must be read, or a
+        # busy node would look dead.  Past the limit a peer's calls are
+        # refused instead (see _handle_call), and it sends them elsewhere.
+        if self._in_flight >= self.factory.limits.max_calls_in_flight and self.peer_name is None:
             self._paused_for_calls = True
             self._update_reading()
 
@@ -513,6 +532,7 @@ def _format_stats(stats: dict[str, Any]) -> str:
         f"node {stats['node']}: {stats['connections']} connections,"
         f" {stats['calls']} calls, {stats['errors']} errors, {stats['in_flight']} in flight",
     ]
+    peers = stats.get("peers")
     procedures = stats["procedures"]
     if procedures:
         width = max(len(name) for name in procedures)
@@ -521,6 +541,13 @@ def _format_stats(stats: dict[str, Any]) -> str:
             lines.append(
                 f"{name:<{width}}  {entry['calls']:>8}  {entry['errors']:>8}"
                 f"  {entry['in_flight']:>9}"
+            )
+    if peers:
+        width = max(len(name) for name in peers)
+        lines.append(f"{'peer':<{width}}  {'state':<10}  {'in flight':>9}  endpoint")
+        for name, peer in sorted(peers.items()):
+            lines.append(
+                f"{name:<{width}}  {peer['state']:<10}  {peer['in_flight']:>9}  {peer['endpoint']}"
             )
     return "\n".join(lines)
 

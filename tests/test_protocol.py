@@ -20,6 +20,7 @@ from callnet.errors import (
     NotFoundError,
     Outcome,
     ResourceExhaustedError,
+    UnavailableError,
 )
 from callnet.registry import procedure
 from callnet.testing import MemoryNode
@@ -595,3 +596,26 @@ class HalfCloseTests(SynchronousTestCase):
         self.assertEqual(len(pending.calls), 5)
         self.assertEqual(len(conn.events()), 5)
         self.assertTrue(conn.transport.disconnecting)
+
+
+class PeerLinkTests(SynchronousTestCase):
+    """A connection from a peer node (it said HELLO) is shed, never paused."""
+
+    def test_peer_link_refuses_past_the_limit_but_keeps_reading(self) -> None:
+        """Past the limit a peer's calls are refused UNAVAILABLE not-run, and PING is still answered."""
+        node, pending = node_with_pending(Limits(max_calls_in_flight=3))
+        conn = node.connect_raw()
+        conn.send('#h HELLO {"node": "alpha"}\n')
+        [hello] = conn.events()
+        assert isinstance(hello, Success)
+        self.assertEqual(hello.value["node"], "test")
+        conn.send("".join(f"#{i} wait {i}\n" for i in range(5)) + "#p PING\n")
+        self.assertEqual(conn.transport.producerState, "producing")
+        events = conn.events()
+        self.assertEqual(len(pending.calls), 3)
+        refused = [e for e in events if isinstance(e, Failure)]
+        self.assertEqual([e.tag for e in refused], ["3", "4"])
+        for event in refused:
+            self.assertIsInstance(event.error, UnavailableError)
+            self.assertEqual(event.error.outcome, Outcome.NOT_RUN)
+        self.assertIn(Success("pong", "p"), events)

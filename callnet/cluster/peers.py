@@ -230,7 +230,7 @@ class Peer:
             )
             self._protocol = None
             self._set_state(PeerState.DOWN)
-            protocol.abort()
+            protocol.abort(f"peer {self.name} stopped answering ({silent_for:.1f}s of silence)")
             return
         ping = protocol.command("PING", (), self._settings.down_after)
         ping.addErrback(lambda reason: None)  # silence is judged above, not here
