@@ -3,9 +3,11 @@ The C{callnet} command: call a node from a shell.
 
     callnet call tcp:127.0.0.1:7600 add 1 2
     callnet ping 127.0.0.1:7600
+    callnet status 127.0.0.1:7600
 
 Each argument is one value: JSON where it parses as JSON, a string otherwise;
 C{name=value} passes a keyword argument.  The result is printed as JSON.
+C{status} prints a node's counters and its peers as a table instead.
 
 Exit status: 0 success, 1 the call failed on the node, 2 a usage error,
 3 the node could not be reached or the deadline passed.
@@ -16,7 +18,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from collections.abc import Sequence
+from collections.abc import Collection, Mapping, Sequence
 from typing import Any
 
 from callnet.errors import CallError, DeadlineExceededError, UnavailableError
@@ -61,11 +63,81 @@ def _parser() -> argparse.ArgumentParser:
         ("ping", "check that a node answers"),
         ("list", "list a node's procedures"),
         ("stats", "show a node's counters as JSON"),
+        ("status", "show a node's counters and each of its peers as a table"),
     ):
         sub = commands.add_parser(name, help=help_text)
         sub.add_argument("endpoint", type=endpoint_string, metavar="ENDPOINT")
         sub.add_argument("--timeout", type=float, default=10.0, help="deadline in seconds")
     return parser
+
+
+#: Widest the procedures column of C{status} grows before it is cut short.
+PROCEDURES_WIDTH = 60
+
+
+def format_status(stats: Mapping[str, Any], local: Collection[str] = ()) -> str:
+    """
+    A node's C{STATS} as C{callnet status} prints it: a line for the node,
+    then, if it has peers, a table with a row for each.
+
+    @param local: the procedures the node serves itself.  A peer's row names
+        the procedures it serves that the node does not (what is forwarded
+        to it), and counts the others.
+    """
+    lines = [
+        f"node {stats.get('node', '?')}: {stats.get('connections', 0)} connections,"
+        f" {stats.get('calls', 0)} calls, {stats.get('errors', 0)} errors,"
+        f" {stats.get('in_flight', 0)} in flight"
+    ]
+    peers: Mapping[str, Mapping[str, Any]] = stats.get("peers") or {}
+    if not peers:
+        lines.append("no peers")
+        return "\n".join(lines)
+    rows = [("peer", "state", "endpoint", "in flight", "procedures")]
+    for name, peer in peers.items():
+        rows.append(
+            (
+                name,
+                str(peer.get("state", "?")),
+                str(peer.get("endpoint", "?")),
+                str(peer.get("in_flight", 0)),
+                _procedures(peer.get("procedures") or [], set(local)),
+            )
+        )
+    widths = [max(len(row[column]) for row in rows) for column in range(4)]
+    for row in rows:
+        name, state, endpoint, in_flight, procedures = row
+        lines.append(
+            f"{name:<{widths[0]}}  {state:<{widths[1]}}  {endpoint:<{widths[2]}}"
+            f"  {in_flight:>{widths[3]}}  {procedures}"
+        )
+    return "\n".join(lines)
+
+
+def _procedures(names: Sequence[str], local: set[str]) -> str:
+    """A peer's procedures: those not served here by name, then how many are."""
+    own = sorted(name for name in names if name not in local)
+    shared = len(names) - len(own)
+    if not names:
+        return "-"
+    if not own:
+        return f"({shared} also served here)"
+    text = _procedure_list(own)
+    return f"{text} (+{shared} also served here)" if shared else text
+
+
+def _procedure_list(names: Sequence[str], width: int = PROCEDURES_WIDTH) -> str:
+    """Names joined by commas, cut short to about C{width} with a count of the rest."""
+    text = ", ".join(names)
+    if len(text) <= width:
+        return text
+    if len(names) == 1:
+        return text[: max(width - 3, 1)] + "..."
+    for count in range(len(names) - 1, 1, -1):
+        text = ", ".join(names[:count]) + f", ... (+{len(names) - count} more)"
+        if len(text) <= width:
+            return text
+    return f"{names[0]}, ... (+{len(names) - 1} more)"
 
 
 async def _run(options: argparse.Namespace, reactor: Any) -> Any:
@@ -80,6 +152,10 @@ async def _run(options: argparse.Namespace, reactor: Any) -> Any:
             args, kwargs = parse_words(options.arguments)
             await client.cast(options.procedure, *args, **kwargs)
             return None
+        if options.command == "status":
+            stats = await client.command("STATS")
+            local = await client.command("LIST")
+            return stats, local
         return await client.command(options.command.upper())
     finally:
         client.close()
@@ -110,7 +186,10 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     [result] = outcome
     if not isinstance(result, Failure):
-        if options.command != "cast":
+        if options.command == "status":
+            stats, local = result
+            print(format_status(stats, local))
+        elif options.command != "cast":
             print(json.dumps(result, ensure_ascii=False))
         return EXIT_OK
     failure = result

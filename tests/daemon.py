@@ -5,6 +5,7 @@ loopback port, and a plain-socket line client to talk to it as a person would.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import signal
@@ -16,6 +17,7 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager, suppress
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -32,6 +34,29 @@ def free_port(host: str = "127.0.0.1") -> int:
     with socket.socket() as probe:
         probe.bind((host, 0))
         return int(probe.getsockname()[1])
+
+
+def free_port_on(hosts: Sequence[str], attempts: int = 50) -> int:
+    """A TCP port free on every one of C{hosts} right now (for nodes that share a port)."""
+    for _ in range(attempts):
+        port = free_port(hosts[0])
+        try:
+            for host in hosts[1:]:
+                with socket.socket() as probe:
+                    probe.bind((host, port))
+        except OSError:
+            continue
+        return port
+    raise AssertionError(f"no port free on all of {', '.join(hosts)}")
+
+
+def require_loopback(*hosts: str) -> None:
+    """Skip the test unless each loopback address (127.0.0.2, ...) can be bound here."""
+    for host in hosts:
+        try:
+            free_port(host)
+        except OSError:
+            pytest.skip(f"{host} is not usable here")
 
 
 def wait_until(condition: Callable[[], bool], timeout: float, what: str) -> None:
@@ -74,6 +99,51 @@ class Node:
     def output(self) -> str:
         return self.log.read_text(errors="replace")
 
+    def stats(self) -> dict[str, Any]:
+        """The node's tagged C{STATS}: its counters and, with peers, how it sees them."""
+        client = self.connect()
+        try:
+            return stats_of(client)
+        finally:
+            client.close()
+
+    def kill(self) -> None:
+        """SIGKILL: the node vanishes at once, as in a crash; the kernel closes its sockets."""
+        if self.process.poll() is None:
+            self.process.kill()
+        self.process.wait(timeout=10)
+
+    def pause(self) -> None:
+        """SIGSTOP: the node freezes, its sockets open and silent, as a hung process does."""
+        self.process.send_signal(signal.SIGSTOP)
+
+    def resume(self) -> None:
+        """SIGCONT: a paused node goes on from where it stopped."""
+        self.process.send_signal(signal.SIGCONT)
+
+
+def start_node(
+    command: Sequence[str],
+    host: str,
+    port: int,
+    log: Path,
+    cwd: Path,
+    env: dict[str, str] | None = None,
+) -> Node:
+    """
+    Start C{command} (a C{twistd -n ... callnet ...} line) and return at once.
+
+    Its output goes to C{log}; wait for it with L{wait_until_listening}.
+    """
+    require_twistd()
+    environment = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    environment.update(env or {})
+    with log.open("wb") as out:
+        process = subprocess.Popen(
+            list(command), cwd=cwd, stdout=out, stderr=subprocess.STDOUT, env=environment
+        )
+    return Node(process, host, port, log)
+
 
 @contextmanager
 def running_node(
@@ -114,6 +184,11 @@ def running_node(
             process.wait(timeout=10)
 
 
+def wait_until_listening(node: Node) -> None:
+    """Wait until a started node accepts connections; fail if it exits or takes too long."""
+    _wait_until_listening(node)
+
+
 def _wait_until_listening(node: Node) -> None:
     deadline = time.monotonic() + START_TIMEOUT
     while True:
@@ -128,6 +203,20 @@ def _wait_until_listening(node: Node) -> None:
             # A bounded pause that ends early if the node exits.
             with suppress(subprocess.TimeoutExpired):
                 node.process.wait(timeout=0.05)
+
+
+def connect(host: str, port: int) -> LineClient:
+    """A line client connected to C{host:port}."""
+    return LineClient(socket.create_connection((host, port), timeout=REPLY_TIMEOUT))
+
+
+def accepts(host: str, port: int) -> bool:
+    """Whether something listens on C{host:port} now."""
+    try:
+        socket.create_connection((host, port), timeout=1).close()
+    except OSError:
+        return False
+    return True
 
 
 class LineClient:
@@ -156,6 +245,11 @@ class LineClient:
         line, _, self.buffer = self.buffer.partition(b"\n")
         return line.decode().rstrip("\r")
 
+    def request(self, line: str, timeout: float = REPLY_TIMEOUT) -> str:
+        """Send one request and read the one line that answers it."""
+        self.send(line)
+        return self.read_line(timeout)
+
     def read_reply(self) -> list[str]:
         """Read the lines of one reply: text lines, then its OK or ERR line."""
         lines = [self.read_line()]
@@ -169,6 +263,19 @@ class LineClient:
 
     def close(self) -> None:
         self.sock.close()
+
+
+def stats_of(client: LineClient) -> dict[str, Any]:
+    """Ask for C{STATS} on an open connection, tagged, and return its JSON."""
+    line = client.request("#stats STATS")
+    assert line.startswith("#stats OK "), line
+    value: dict[str, Any] = json.loads(line[len("#stats OK ") :])
+    return value
+
+
+def peer_states(client: LineClient) -> dict[str, str]:
+    """Each peer's state (up, down, connecting) as the node on C{client} sees it."""
+    return {name: peer["state"] for name, peer in stats_of(client).get("peers", {}).items()}
 
 
 _REPLY = re.compile(r"(#\S+ )?(OK|ERR)\b|\|")

@@ -6,15 +6,25 @@ stderr, and an exit status that tells the kind of failure.
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
 
 from twisted.trial.unittest import SynchronousTestCase
 
-from callnet.cli import EXIT_CALL_FAILED, EXIT_OK, EXIT_UNREACHABLE, EXIT_USAGE, endpoint_string
+from callnet.cli import (
+    EXIT_CALL_FAILED,
+    EXIT_OK,
+    EXIT_UNREACHABLE,
+    EXIT_USAGE,
+    PROCEDURES_WIDTH,
+    _procedure_list,
+    endpoint_string,
+    format_status,
+)
 
-from .daemon import free_port, running_node
+from .daemon import free_port, peer_states, running_node, wait_until
 
 
 def callnet(*args: str) -> subprocess.CompletedProcess[str]:
@@ -71,3 +81,116 @@ def test_usage() -> None:
     """A malformed command line is a usage error with status 2."""
     result = callnet("call")
     assert result.returncode == EXIT_USAGE
+
+
+class StatusFormatTests(SynchronousTestCase):
+    """How C{callnet status} lays out a node's STATS."""
+
+    def stats(self, **peers: dict[str, object]) -> dict[str, object]:
+        return {
+            "node": "alpha",
+            "connections": 3,
+            "calls": 12,
+            "errors": 1,
+            "in_flight": 2,
+            "procedures": {},
+            **({"peers": peers} if peers else {}),
+        }
+
+    def test_node_and_peers(self) -> None:
+        """A line for the node, a header, then one aligned row per peer."""
+        text = format_status(
+            self.stats(
+                beta={
+                    "endpoint": "tcp:127.0.0.2:7600",
+                    "state": "up",
+                    "in_flight": 7,
+                    "procedures": ["add", "reserve", "stock"],
+                },
+                gamma={
+                    "endpoint": "tcp:127.0.0.3:7600",
+                    "state": "connecting",
+                    "in_flight": 0,
+                    "procedures": [],
+                },
+                delta={
+                    "endpoint": "unix:/run/delta.sock",
+                    "state": "down",
+                    "in_flight": 0,
+                    "procedures": ["add", "echo"],
+                },
+            ),
+            local=["add", "echo"],
+        )
+        self.assertEqual(
+            text.splitlines(),
+            [
+                "node alpha: 3 connections, 12 calls, 1 errors, 2 in flight",
+                "peer   state       endpoint              in flight  procedures",
+                "beta   up          tcp:127.0.0.2:7600            7"
+                "  reserve, stock (+1 also served here)",
+                "gamma  connecting  tcp:127.0.0.3:7600            0  -",
+                "delta  down        unix:/run/delta.sock          0  (2 also served here)",
+            ],
+        )
+
+    def test_no_peers(self) -> None:
+        """A node without peers says so under its own line."""
+        self.assertEqual(format_status(self.stats()).splitlines()[1:], ["no peers"])
+
+    def test_long_procedure_lists_cut_short(self) -> None:
+        """Many procedures are cut short with a count of the rest; a long name with dots."""
+        names = [f"billing.procedure_{n}" for n in range(20)]
+        cut = _procedure_list(names)
+        self.assertLessEqual(len(cut), PROCEDURES_WIDTH)
+        self.assertTrue(cut.startswith("billing.procedure_0, billing.procedure_1"), cut)
+        shown = cut.split(", ... ")[0].split(", ")
+        self.assertTrue(cut.endswith(f", ... (+{20 - len(shown)} more)"), cut)
+        self.assertEqual(_procedure_list(["x" * 100]), "x" * (PROCEDURES_WIDTH - 3) + "...")
+        self.assertEqual(_procedure_list(["add", "echo"]), "add, echo")
+
+
+GREETER = """
+from callnet import procedure
+
+
+@procedure
+def greet(name: str) -> str:
+    return f"Hello, {name}!"
+"""
+
+
+def test_status_of_a_node_with_peers(tmp_path: Path) -> None:
+    """
+    C{callnet status} against a real node with two peers, one running and
+    one that is not there: a row for each, with its state, endpoint and what
+    it serves that the node does not; status 0.  A node that cannot be
+    reached gives status 3.
+    """
+    (tmp_path / "greeter.py").write_text(GREETER)
+    ghost = f"tcp:127.0.0.1:{free_port()}"
+    with (
+        running_node(tmp_path, "--service", "greeter", name="beta") as beta,
+        running_node(
+            tmp_path, "--peer", f"beta={beta.endpoint}", "--peer", f"ghost={ghost}", name="alpha"
+        ) as alpha,
+    ):
+        watcher = alpha.connect()
+        wait_until(
+            lambda: peer_states(watcher) == {"beta": "up", "ghost": "down"},
+            15,
+            "alpha sees beta up and ghost down",
+        )
+        result = callnet("status", f"127.0.0.1:{alpha.port}")
+    assert result.returncode == EXIT_OK, result.stderr
+    lines = [line.split() for line in result.stdout.splitlines()]
+    assert lines[0][:2] == ["node", "alpha:"]
+    assert lines[1] == ["peer", "state", "endpoint", "in", "flight", "procedures"]
+    rows = {row[0]: row for row in lines[2:]}
+    assert rows["beta"][1:4] == ["up", beta.endpoint, "0"]
+    assert re.fullmatch(r"greet \(\+\d+ also served here\)", " ".join(rows["beta"][4:]))
+    assert rows["ghost"][1:] == ["down", ghost, "0", "-"]
+
+    gone = callnet("status", f"127.0.0.1:{free_port()}", "--timeout", "5")
+    assert gone.returncode == EXIT_UNREACHABLE
+    assert "Traceback" not in gone.stderr
