@@ -1,0 +1,591 @@
+"""
+What every system adapter shares: the command line of its server and client
+processes, the measurements (latency, server CPU and memory from /proc), and
+the three client drivers:
+
+  - L{run_async}: a Twisted client keeping calls in flight on connections;
+  - L{run_blocking}: blocking calls from one or more threads;
+  - L{run_raw}: a plain-socket client (no Twisted) writing tagged lines.
+
+A client process prints one line C{RESULT <json>} on stdout and exits; the
+runner (C{benchmarks/run.py}) collects it.  Every wait is bounded: a client
+process gives up after its workload's time plus L{CLIENT_GRACE} seconds, and
+a server process exits by itself after C{--lifetime} seconds.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ctypes
+import itertools
+import json
+import math
+import os
+import resource
+import selectors
+import signal
+import socket
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any, Protocol
+
+HOST = "127.0.0.1"
+#: Seconds a client process may run past its workload's time bound before it
+#: gives up (connecting, warming up, draining calls still in flight).
+CLIENT_GRACE = 30.0
+#: Seconds a server process lives at most, unless told otherwise.
+SERVER_LIFETIME = 3600.0
+#: The line a client process prints its result on.
+RESULT_PREFIX = "RESULT "
+
+
+# --- Processes ----------------------------------------------------------------
+
+
+def raise_nofile() -> int:
+    """Raise this process's open-file limit to its hard limit; return the new limit."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard == resource.RLIM_INFINITY:
+        hard = 1 << 20
+    if soft < hard:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    return hard
+
+
+def die_with_parent() -> None:
+    """Have Linux send SIGTERM to this process when its parent dies (prctl)."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        pr_set_pdeathsig = 1
+        libc.prctl(pr_set_pdeathsig, signal.SIGTERM)
+    except (OSError, AttributeError):
+        pass
+
+
+def exit_after(seconds: float, status: int, why: str) -> None:
+    """End this process after C{seconds}, whatever it is doing."""
+
+    def expire() -> None:
+        sys.stderr.write(f"{why}: {seconds:g}s passed, exiting\n")
+        sys.stderr.flush()
+        os._exit(status)
+
+    timer = threading.Timer(seconds, expire)
+    timer.daemon = True
+    timer.start()
+
+
+_CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def cpu_seconds(pid: int) -> float:
+    """User plus system CPU time of process C{pid} (all its threads), from /proc."""
+    with open(f"/proc/{pid}/stat", "rb") as f:
+        stat = f.read()
+    fields = stat[stat.rindex(b")") + 2 :].split()
+    # Fields 14 and 15 of proc(5), counting from 1, are utime and stime; the
+    # split starts at field 3 (state).
+    return (int(fields[11]) + int(fields[12])) / _CLOCK_TICKS
+
+
+def rss_bytes(pid: int) -> int:
+    """Resident set size of process C{pid}, from /proc."""
+    with open(f"/proc/{pid}/status", "rb") as f:
+        for line in f:
+            if line.startswith(b"VmRSS:"):
+                return int(line.split()[1]) * 1024
+    raise RuntimeError(f"no VmRSS for process {pid}")
+
+
+def emit(result: dict[str, Any]) -> None:
+    """Print a client's result for the runner and end the process at once.
+
+    C{os._exit} skips interpreter shutdown, where reactor threads and
+    connection threads of some peers could otherwise hold the exit.
+    """
+    sys.stdout.write(RESULT_PREFIX + json.dumps(result) + "\n")
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
+
+
+# --- Workloads ----------------------------------------------------------------
+
+
+@dataclass
+class Spec:
+    """One workload as a client process runs it."""
+
+    #: The workload's name: seq, pipe, conc, sync1, sync16, large-1k, ...
+    name: str
+    #: Measured calls, at most.
+    count: int
+    #: Seconds the measured part may last, at most (calls in flight finish).
+    seconds: float
+    #: Connections (Twisted and raw drivers).
+    conns: int = 1
+    #: Calls kept in flight per connection (Twisted and raw drivers).
+    inflight: int = 1
+    #: Calling threads (blocking driver).
+    threads: int = 1
+    #: Size in bytes of the string echoed; 0 calls add(1, 2) instead.
+    size: int = 0
+    #: Calls made before measuring, untimed.
+    warmup: int = 200
+    #: Extra numbers some workloads need (idle-mem: connection counts; leak:
+    #: call counts at which to read the server's memory).
+    steps: list[int] = field(default_factory=list)
+
+    def to_args(self) -> list[str]:
+        return ["--spec", json.dumps(asdict(self))]
+
+    @property
+    def payload(self) -> str:
+        return "x" * self.size
+
+
+@dataclass
+class Tally:
+    """What a measured run of calls gave."""
+
+    latencies: list[float] = field(default_factory=list)
+    calls: int = 0
+    errors: int = 0
+    elapsed: float = 0.0
+    first_error: str | None = None
+
+    def fail(self, error: object) -> None:
+        self.errors += 1
+        if self.first_error is None:
+            self.first_error = str(error)[:300]
+
+
+def percentile(ordered: Sequence[float], fraction: float) -> float | None:
+    """Nearest-rank percentile of an already sorted sequence (None if empty)."""
+    if not ordered:
+        return None
+    rank = max(1, min(len(ordered), math.ceil(fraction * len(ordered))))
+    return ordered[rank - 1]
+
+
+def _micro(seconds: float | None) -> float | None:
+    return None if seconds is None else seconds * 1e6
+
+
+def cpu_now(server_pid: int) -> tuple[float, float]:
+    """CPU seconds used so far by the server process and by this (client) process."""
+    return cpu_seconds(server_pid), cpu_seconds(os.getpid())
+
+
+def summarize(
+    tally: Tally, before: tuple[float, float], after: tuple[float, float]
+) -> dict[str, Any]:
+    """The figures a client reports for one measured run (CPU from L{cpu_now})."""
+    ordered = sorted(tally.latencies)
+    calls = tally.calls
+
+    def per_call(seconds: float) -> float | None:
+        return seconds / calls * 1e6 if calls else None
+
+    return {
+        "calls": calls,
+        "errors": tally.errors,
+        "first_error": tally.first_error,
+        "elapsed_s": tally.elapsed,
+        "calls_per_s": calls / tally.elapsed if tally.elapsed > 0 else 0.0,
+        "p50_us": _micro(percentile(ordered, 0.50)),
+        "p99_us": _micro(percentile(ordered, 0.99)),
+        "server_cpu_us_per_call": per_call(after[0] - before[0]),
+        "client_cpu_us_per_call": per_call(after[1] - before[1]),
+    }
+
+
+def check_result(spec: Spec, value: Any) -> None:
+    """Fail loudly if the first answer of a run is not what the call asked for."""
+    expected: Any = spec.payload if spec.size else 3
+    if value != expected:
+        shown = value if not isinstance(value, str | bytes) else f"{value[:40]!r}..."
+        raise RuntimeError(f"unexpected answer {shown} ({type(value).__name__})")
+
+
+# --- Command line of the adapters ----------------------------------------------
+
+
+Server = Callable[[int, list[str]], None]
+Flavor = Callable[[Spec, int, int], dict[str, Any]]
+
+
+def system_main(serve: Server, flavors: dict[str, Flavor], argv: list[str] | None = None) -> None:
+    """
+    The command line of a system adapter module:
+
+        python -m benchmarks.systems.X server PORT [--lifetime S] [server options]
+        python -m benchmarks.systems.X client FLAVOR --port P --server-pid PID --spec JSON
+    """
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["server"]:
+        parser = argparse.ArgumentParser(prog="server")
+        parser.add_argument("port", type=int)
+        parser.add_argument("--lifetime", type=float, default=SERVER_LIFETIME)
+        options, extra = parser.parse_known_args(argv[1:])
+        raise_nofile()
+        die_with_parent()
+        exit_after(options.lifetime, 0, "server lifetime")
+        serve(options.port, extra)
+        return
+    if argv[:1] == ["client"]:
+        parser = argparse.ArgumentParser(prog="client")
+        parser.add_argument("flavor", choices=sorted(flavors))
+        parser.add_argument("--port", type=int, required=True)
+        parser.add_argument("--server-pid", type=int, required=True)
+        parser.add_argument("--spec", required=True)
+        options = parser.parse_args(argv[1:])
+        spec = Spec(**json.loads(options.spec))
+        raise_nofile()
+        die_with_parent()
+        exit_after(spec.seconds + CLIENT_GRACE, 3, "client time limit")
+        emit(flavors[options.flavor](spec, options.port, options.server_pid))
+        return
+    sys.exit(f"usage: {sys.argv[0]} server PORT | client FLAVOR --port P --server-pid PID ...")
+
+
+# --- Twisted servers --------------------------------------------------------------
+
+
+def run_reactor_server(listen: Callable[[Any], object]) -> None:
+    """Run the global reactor with whatever C{listen(reactor)} sets up."""
+    from twisted.internet import reactor
+
+    listen(reactor)
+    reactor.run()
+
+
+# --- The Twisted client driver ------------------------------------------------------
+
+
+class AsyncOps(Protocol):
+    """What a Twisted client adapter provides (see L{run_async})."""
+
+    def connect(self, reactor: Any, port: int) -> Any:
+        """Return a Deferred (or coroutine) firing with a connection."""
+
+    def add(self, conn: Any) -> Any:
+        """Call add(1, 2); return a Deferred of the answer."""
+
+    def echo(self, conn: Any, value: str) -> Any:
+        """Call echo(value); return a Deferred of the answer."""
+
+    def close(self, conn: Any) -> None: ...
+
+
+def twisted_window(
+    reactor: Any,
+    conns: Sequence[Any],
+    inflight: int,
+    call: Callable[[Any], Any],
+    count: int,
+    seconds: float,
+) -> Any:
+    """
+    Keep C{inflight} calls in flight on each connection until C{count} calls
+    were sent or C{seconds} passed; fire with a L{Tally} once all are answered.
+    """
+    from twisted.internet.defer import Deferred
+
+    done: Deferred[Tally] = Deferred()
+    tally = Tally()
+    now = time.perf_counter
+    start = now()
+    end = start + seconds
+    sent = 0
+    outstanding = 0
+    latencies = tally.latencies
+
+    def launch(conn: Any) -> None:
+        nonlocal sent, outstanding
+        if sent >= count or now() >= end or tally.errors > 100:
+            if outstanding == 0 and not done.called:
+                tally.elapsed = now() - start
+                done.callback(tally)
+            return
+        sent += 1
+        outstanding += 1
+        d = call(conn)
+        d.addCallbacks(answered, failed, (conn, now()), None, (conn,), None)
+
+    def answered(_: object, conn: Any, started: float) -> None:
+        nonlocal outstanding
+        latencies.append(now() - started)
+        tally.calls += 1
+        outstanding -= 1
+        launch(conn)
+
+    def failed(reason: Any, conn: Any) -> None:
+        nonlocal outstanding
+        tally.fail(reason.getErrorMessage())
+        outstanding -= 1
+        # Not at once: a connection that fails every call synchronously
+        # would otherwise recurse.
+        reactor.callLater(0, launch, conn)
+
+    for conn in conns:
+        for _ in range(inflight):
+            launch(conn)
+    return done
+
+
+def run_async(ops: AsyncOps, spec: Spec, port: int, server_pid: int) -> dict[str, Any]:
+    """Run a workload with a Twisted client: spec.conns connections, spec.inflight each."""
+    from twisted.internet import reactor
+    from twisted.internet.defer import ensureDeferred
+    from twisted.python.failure import Failure
+
+    outcome: list[Any] = []
+
+    async def main() -> dict[str, Any]:
+        conns = [await ops.connect(reactor, port) for _ in range(spec.conns)]
+        if spec.size:
+            payload = spec.payload
+
+            def call(conn: Any) -> Any:
+                return ops.echo(conn, payload)
+        else:
+
+            def call(conn: Any) -> Any:
+                return ops.add(conn)
+
+        check_result(spec, await call(conns[0]))
+        await twisted_window(reactor, conns, spec.inflight, call, spec.warmup, spec.seconds)
+        before = cpu_now(server_pid)
+        tally = await twisted_window(reactor, conns, spec.inflight, call, spec.count, spec.seconds)
+        after = cpu_now(server_pid)
+        for conn in conns:
+            ops.close(conn)
+        return summarize(tally, before, after)
+
+    def finish(result: Any) -> None:
+        outcome.append(result)
+        reactor.stop()
+
+    reactor.callWhenRunning(lambda: ensureDeferred(main()).addBoth(finish))
+    reactor.run(installSignalHandlers=False)
+    result = outcome[0]
+    if isinstance(result, Failure):
+        result.raiseException()
+    return result
+
+
+# --- The blocking driver ------------------------------------------------------------
+
+
+class BlockingOps(Protocol):
+    """What a blocking client adapter provides (see L{run_blocking})."""
+
+    #: One connection shared by every thread (else one per thread).
+    shared: bool
+    #: Called by each calling thread with its connection before its first
+    #: call (None when nothing is needed).
+    adopt: Callable[[Any], None] | None
+
+    def connect(self, port: int) -> Any: ...
+    def add(self, conn: Any) -> Any: ...
+    def echo(self, conn: Any, value: str) -> Any: ...
+    def close(self, conn: Any) -> None: ...
+
+
+def blocking_threads(
+    conns: Sequence[Any],
+    call: Callable[[Any], Any],
+    count: int,
+    seconds: float,
+    adopt: Callable[[Any], None] | None = None,
+) -> Tally:
+    """Call from one thread per connection (a shared one repeated) until the bounds."""
+    tally = Tally()
+    numbers = itertools.count()
+    now = time.perf_counter
+    lock = threading.Lock()
+
+    def work(conn: Any, latencies: list[float]) -> None:
+        if adopt is not None:
+            adopt(conn)
+        while next(numbers) < count and now() < end:
+            started = now()
+            try:
+                call(conn)
+            except Exception as e:
+                with lock:
+                    tally.fail(repr(e))
+                if tally.errors > 100:
+                    return
+                continue
+            latencies.append(now() - started)
+
+    per_thread: list[list[float]] = [[] for _ in conns]
+    threads = [
+        threading.Thread(target=work, args=(conn, lat), daemon=True)
+        for conn, lat in zip(conns, per_thread, strict=True)
+    ]
+    start = now()
+    end = start + seconds
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(max(0.0, end + CLIENT_GRACE / 2 - now()))
+        if thread.is_alive():
+            raise TimeoutError("a calling thread did not finish in time")
+    tally.elapsed = now() - start
+    for latencies in per_thread:
+        tally.latencies.extend(latencies)
+    tally.calls = len(tally.latencies)
+    return tally
+
+
+def run_blocking(ops: BlockingOps, spec: Spec, port: int, server_pid: int) -> dict[str, Any]:
+    """Run a workload with blocking calls from spec.threads threads."""
+    if ops.shared:
+        conns = [ops.connect(port)] * spec.threads
+    else:
+        conns = [ops.connect(port) for _ in range(spec.threads)]
+    if spec.size:
+        payload = spec.payload
+
+        def call(conn: Any) -> Any:
+            return ops.echo(conn, payload)
+    else:
+
+        def call(conn: Any) -> Any:
+            return ops.add(conn)
+
+    distinct = list({id(conn): conn for conn in conns}.values())
+    for conn in distinct:
+        check_result(spec, call(conn))
+    blocking_threads(conns, call, spec.warmup, spec.seconds, ops.adopt)
+    before = cpu_now(server_pid)
+    tally = blocking_threads(conns, call, spec.count, spec.seconds, ops.adopt)
+    after = cpu_now(server_pid)
+    for conn in distinct:
+        if ops.adopt is not None:
+            ops.adopt(conn)
+        ops.close(conn)
+    return summarize(tally, before, after)
+
+
+# --- The plain-socket driver --------------------------------------------------------
+
+
+def raw_connect(port: int, timeout: float = 10.0) -> socket.socket:
+    sock = socket.create_connection((HOST, port), timeout=timeout)
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    return sock
+
+
+def raw_request(spec: Spec) -> Callable[[int], bytes]:
+    """The line a raw client sends: the same bytes to callnet and the echo server."""
+    # The payload is ASCII with nothing to escape, so it is its own JSON.
+    echo = b'#%d echo "' + spec.payload.encode() + b'"\n'
+    template = echo if spec.size else b"#%d add 1 2\n"
+    return lambda tag: template % tag
+
+
+def raw_window(
+    socks: Sequence[socket.socket],
+    inflight: int,
+    request: Callable[[int], bytes],
+    count: int,
+    seconds: float,
+    tags: Iterable[int],
+) -> Tally:
+    """
+    Keep C{inflight} tagged requests in flight on each socket until C{count}
+    were sent or C{seconds} passed, matching each reply (C{#tag ...}) to its
+    request.  A reply whose second word is C{ERR} counts as an error.
+    """
+    tally = Tally()
+    now = time.perf_counter
+    start = now()
+    end = start + seconds
+    give_up = end + CLIENT_GRACE / 2
+    tag_numbers = iter(tags)
+    sent = 0
+    pending: dict[socket.socket, dict[bytes, float]] = {sock: {} for sock in socks}
+    buffers: dict[socket.socket, bytearray] = {sock: bytearray() for sock in socks}
+    outstanding = 0
+
+    def send(sock: socket.socket, wanted: int) -> None:
+        nonlocal sent, outstanding
+        lines = []
+        waiting = pending[sock]
+        at = now()
+        while wanted > 0 and sent < count and at < end:
+            tag = next(tag_numbers)
+            waiting[b"%d" % tag] = at
+            lines.append(request(tag))
+            sent += 1
+            outstanding += 1
+            wanted -= 1
+        if lines:
+            sock.sendall(b"".join(lines))
+
+    selector = selectors.DefaultSelector()
+    for sock in socks:
+        sock.setblocking(True)
+        sock.settimeout(CLIENT_GRACE)
+        selector.register(sock, selectors.EVENT_READ)
+        send(sock, inflight)
+    while outstanding:
+        remaining = give_up - now()
+        if remaining <= 0:
+            raise TimeoutError(f"{outstanding} replies still missing")
+        for key, _ in selector.select(min(remaining, 1.0)):
+            sock = key.fileobj
+            assert isinstance(sock, socket.socket)
+            data = sock.recv(1 << 20)
+            if not data:
+                raise ConnectionError("the server closed the connection")
+            buf = buffers[sock]
+            scan = len(buf)
+            buf += data
+            answered = 0
+            waiting = pending[sock]
+            while (newline := buf.find(b"\n", scan)) >= 0:
+                line = bytes(buf[:newline])
+                del buf[: newline + 1]
+                scan = 0
+                head, _, rest = line.partition(b" ")
+                started = waiting.pop(head[1:], None)
+                if started is None:
+                    tally.fail(f"unexpected reply {line[:80]!r}")
+                    continue
+                outstanding -= 1
+                answered += 1
+                if rest.startswith(b"ERR "):
+                    tally.fail(rest[:200].decode(errors="replace"))
+                else:
+                    tally.latencies.append(now() - started)
+            if answered:
+                send(sock, answered)
+    tally.elapsed = now() - start
+    tally.calls = len(tally.latencies)
+    selector.close()
+    return tally
+
+
+def run_raw(spec: Spec, port: int, server_pid: int) -> dict[str, Any]:
+    """Run a workload with the plain-socket client."""
+    socks = [raw_connect(port) for _ in range(spec.conns)]
+    request = raw_request(spec)
+    tags = itertools.count(1)
+    first = raw_window(socks[:1], 1, request, 1, spec.seconds, tags)
+    if first.errors or first.calls != 1:
+        raise RuntimeError(f"first call failed: {first.first_error}")
+    raw_window(socks, spec.inflight, request, spec.warmup, spec.seconds, tags)
+    before = cpu_now(server_pid)
+    tally = raw_window(socks, spec.inflight, request, spec.count, spec.seconds, tags)
+    after = cpu_now(server_pid)
+    for sock in socks:
+        sock.close()
+    return summarize(tally, before, after)
