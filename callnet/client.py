@@ -35,7 +35,7 @@ from callnet.errors import (
     Outcome,
     UnavailableError,
 )
-from callnet.reactors import Clock, DelayedCall
+from callnet.reactors import Clock, DelayedCall, set_no_delay
 from callnet.wire import (
     DEFAULT_MAX_LINE,
     BadLine,
@@ -181,6 +181,7 @@ class ClientProtocol(TwistedProtocol):
     def connectionMade(self) -> None:
         self._connected = True
         self._out = cast(_Transport, self.transport)
+        set_no_delay(self.transport)
         self.last_heard = self._clock.seconds()
         if self.on_made is not None:
             self.on_made(self)

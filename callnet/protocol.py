@@ -37,7 +37,7 @@ from callnet.errors import (
     UnavailableError,
     UnimplementedError,
 )
-from callnet.reactors import DelayedCall, DispatchReactor
+from callnet.reactors import DelayedCall, DispatchReactor, set_no_delay
 from callnet.wire import (
     PROTOCOL_VERSION,
     BadLine,
@@ -115,6 +115,7 @@ class NodeProtocol(Protocol):
     def connectionMade(self) -> None:
         factory = self.factory
         self._out = cast(_Transport, self.transport)
+        set_no_delay(self.transport)
         self._decoder = LineDecoder(factory.limits.max_line_bytes)
         if factory.connections >= factory.limits.max_connections:
             self._write_error(

@@ -8,6 +8,7 @@ and move time by hand.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable
 from typing import Any, Protocol
 
@@ -37,3 +38,17 @@ class DispatchReactor(Clock, Protocol):
     def callFromThread(
         self, callable: Callable[..., Any], /, *args: Any, **kwargs: Any
     ) -> None: ...
+
+
+def set_no_delay(transport: object) -> None:
+    """
+    Turn off Nagle's algorithm on a TCP transport (others are left alone).
+
+    An RPC reply is a small write that must go at once: delayed waiting for an
+    acknowledgement, a large value's last segment can stall for tens of
+    milliseconds.
+    """
+    set_option = getattr(transport, "setTcpNoDelay", None)
+    if set_option is not None:
+        with contextlib.suppress(OSError):  # not a TCP socket after all
+            set_option(True)

@@ -181,12 +181,17 @@ class LineDecoder:
         # Where the unread part of the buffer starts: lines are sliced out
         # from here, so a chunk of many lines is not copied once per line.
         self._start = 0
+        # The pieces of a line still waiting for its end, kept apart and
+        # joined once when it comes, so a long line costs one copy, not one
+        # per chunk.
+        self._partial: list[bytes] = []
+        self._partial_size = 0
         self._discarding = False
 
     @property
     def buffered(self) -> int:
         """How many bytes are held, waiting to be read as events."""
-        return len(self._buffer) - self._start
+        return len(self._buffer) - self._start + self._partial_size
 
     def feed(self, data: bytes) -> None:
         """Take more bytes from the peer."""
@@ -196,7 +201,14 @@ class LineDecoder:
                 return
             self._discarding = False
             data = data[end + 1 :]
-        if self._start < len(self._buffer):
+        if self._partial:
+            self._partial.append(data)
+            self._partial_size += len(data)
+            if b"\n" not in data:
+                return
+            self._buffer = b"".join(self._partial)
+            self._partial, self._partial_size = [], 0
+        elif self._start < len(self._buffer):
             self._buffer = self._buffer[self._start :] + data
         else:
             self._buffer = data
@@ -204,20 +216,30 @@ class LineDecoder:
 
     def next_event(self) -> Event | None:
         """Return the next event, or C{None} until more bytes are fed."""
+        if self._partial:
+            return self._check_partial()
         buffer = self._buffer
         while True:
             start = self._start
             end = buffer.find(b"\n", start)
             if end < 0:
-                if len(buffer) - start > self.max_line:
-                    return self._overflow(buffer[start:], discard_rest=True)
-                return None
+                if start < len(buffer):
+                    self._partial = [buffer[start:]]
+                    self._partial_size = len(buffer) - start
+                self._buffer, self._start = b"", 0
+                return self._check_partial()
             self._start = end + 1
             if end - start > self.max_line:
                 return self._overflow(buffer[start:end], discard_rest=False)
             event = parse_line(buffer[start:end])
             if event is not None:
                 return event
+
+    def _check_partial(self) -> BadLine | None:
+        """An unfinished line past the limit is refused now, and dropped."""
+        if self._partial_size > self.max_line:
+            return self._overflow(b"".join(self._partial), discard_rest=True)
+        return None
 
     def end_of_input(self) -> BadLine | None:
         """
@@ -227,8 +249,9 @@ class LineDecoder:
         unterminated line is not acted on, since the peer may have been cut
         off in the middle of it.
         """
-        rest = self._buffer[self._start :]
+        rest = self._buffer[self._start :] + b"".join(self._partial)
         self._buffer, self._start = b"", 0
+        self._partial, self._partial_size = [], 0
         if self._discarding or not rest.strip():
             return None
         return BadLine(
@@ -238,6 +261,7 @@ class LineDecoder:
     def _overflow(self, line: bytes, discard_rest: bool) -> BadLine:
         if discard_rest:
             self._buffer, self._start = b"", 0
+            self._partial, self._partial_size = [], 0
             self._discarding = True
         # Read the tag only from what a byte-at-a-time feed would have held
         # when the limit was passed, so the answer does not depend on chunking.
@@ -278,6 +302,9 @@ _SIMPLE_CALL = re.compile(
     rb"((?: [A-Za-z0-9_.\-]+)*)\r?\Z"
 )
 _SIMPLE_NUMBER = re.compile(rb"-?(?:0|[1-9][0-9]*)(\.[0-9]+)?([eE][-]?[0-9]+)?\Z")
+#: Lines longer than this skip the fast paths: a regex scan of a long value
+#: costs more than the JSON decoder's.
+_SIMPLE_MAX = 512
 _SIMPLE_CONSTANTS: dict[bytes, Any] = {b"true": True, b"false": False, b"null": None}
 
 
@@ -339,11 +366,12 @@ def _parse_simple_success(line: bytes) -> Success | None:
 
 def parse_line(line: bytes) -> Event | None:
     """Turn one line (without its LF) into an event; C{None} for a blank line."""
-    # A reply is refused by the request pattern only after a full match, but
-    # a request fails the reply pattern at its second word: replies first.
-    simple = _parse_simple_success(line) or _parse_simple_call(line)
-    if simple is not None:
-        return simple
+    if len(line) <= _SIMPLE_MAX:
+        # A reply is refused by the request pattern only after a full match,
+        # but a request fails the reply pattern at its second word.
+        simple = _parse_simple_success(line) or _parse_simple_call(line)
+        if simple is not None:
+            return simple
     return _parse_general(line)
 
 
@@ -538,11 +566,14 @@ def _reason(error: ValueError) -> str:
 
 
 def _parse_success(text: str, pos: int, tag: str | None) -> Success:
-    rest = text[pos:].strip(_WHITESPACE)
-    if not rest:
+    pos = _skip_space(text, pos)
+    if pos == len(text):
         return Success(None, tag)
     try:
-        value = _DECODER.decode(rest)
+        # raw_decode reads in place: no copy of a long value to strip it.
+        value, end = _DECODER.raw_decode(text, pos)
+        if text[end:].strip(_WHITESPACE):
+            raise ValueError("Extra data")
     except ValueError as e:
         raise _MalformedError(f"bad JSON in OK reply: {_reason(e)}", tag) from None
     except RecursionError:
