@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import threading
 import uuid
+from collections import deque
 from collections.abc import Callable, Mapping
 from concurrent.futures import Executor, Future
 from dataclasses import dataclass, field
@@ -127,6 +128,35 @@ class _ThreadJob:
             return False
 
 
+class _ThreadResults:
+    """
+    Results handed from worker threads to the reactor in batches.
+
+    Each C{callFromThread} wakes the reactor with a write to its waker; under
+    load, results that finish while a hand-over is pending ride along with it.
+    """
+
+    def __init__(self, reactor: DispatchReactor) -> None:
+        self._reactor = reactor
+        self._results: deque[tuple[Callable[..., None], tuple[Any, ...]]] = deque()
+        self._scheduled = False
+
+    def put(self, deliver: Callable[..., None], *args: Any) -> None:
+        """(In a worker thread.)  Deliver C{deliver(*args)} in the reactor."""
+        self._results.append((deliver, args))
+        # Append first, then look: a hand-over seen pending will find it.
+        if not self._scheduled:
+            self._scheduled = True
+            self._reactor.callFromThread(self._drain)
+
+    def _drain(self) -> None:
+        self._scheduled = False
+        results = self._results
+        while results:
+            deliver, args = results.popleft()
+            deliver(*args)
+
+
 class _NotStartedError(Exception):
     """A queued thread job was abandoned before a thread picked it up."""
 
@@ -157,6 +187,7 @@ class Dispatcher:
         self.router: Router | None = None
         #: Outcomes of calls that carried an idempotency key.
         self.keys = KeyStore(reactor)
+        self._thread_results = _ThreadResults(reactor)
 
     @property
     def clock(self) -> DispatchReactor:
@@ -296,7 +327,7 @@ class Dispatcher:
                 d.errback(value)
 
         def report(ok: bool, value: Any) -> None:
-            self.reactor.callFromThread(deliver, ok, value)
+            self._thread_results.put(deliver, ok, value)
 
         self._threadpool.callInThreadWithCallback(report, work)
         return d
