@@ -108,13 +108,11 @@ class _Deadlines:
         return bucket
 
     def remove(self, tag: str, bucket: int) -> None:
+        # The timer is left to fire and find the bucket empty: cancelling and
+        # re-arming it as calls come and go would cost a timer per call again.
         tags = self._buckets.get(bucket)
         if tags is not None:
             tags.discard(tag)
-            if not tags:
-                del self._buckets[bucket]
-                if not self._buckets:
-                    self.stop()  # nothing left to time: leave no timer behind
 
     def _schedule(self, bucket: int) -> None:
         if self._timer is not None:

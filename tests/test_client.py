@@ -225,13 +225,20 @@ class DeadlineTests(SynchronousTestCase):
         self.assertEqual(self.successResultOf(second), "second")
 
     def test_no_timers_leak(self) -> None:
-        """Answered calls leave no timer behind on the client's or node's clock."""
+        """Answered calls leave at most the client's one deadline timer, and closing ends it."""
         node, _ = make_node()
         client = node.client()
         calls = [client.call("add", i, i) for i in range(10)]
         node.flush()
         for d in calls:
             self.successResultOf(d)
+        self.assertLessEqual(len(node.clock.getDelayedCalls()), 1)
+        node.advance(client.timeout + 1)
+        self.assertEqual(node.clock.getDelayedCalls(), [], "the timer found nothing and stopped")
+        client.call("add", 1, 1)
+        node.flush()
+        client.close()
+        node.flush()
         self.assertEqual(node.clock.getDelayedCalls(), [])
 
 
