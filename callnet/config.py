@@ -48,6 +48,12 @@ class Limits:
     default_timeout: float = 60.0
     #: The longest deadline a caller may ask for, in seconds.
     max_timeout: float = 3600.0
+    #: Seconds a connection may hold an unfinished line: a client that sends
+    #: part of a line and stalls (slowloris) is closed after this.
+    line_timeout: float = 30.0
+    #: Connections the node accepts at once from one address, so one client
+    #: cannot take every connection.
+    max_connections_per_address: int = 64
 
 
 @dataclass(frozen=True)
@@ -66,6 +72,40 @@ class ClusterSettings:
     #: How many times a call may be forwarded: past this it is refused, which
     #: ends a routing loop however the catalogs disagree.
     max_hops: int = 4
+
+
+@dataclass(frozen=True)
+class Security:
+    """Who may call, and how they prove it."""
+
+    #: Tokens callers authenticate with (C{AUTH token}), as (identity,
+    #: token) pairs.  With any set, a caller must authenticate before calling.
+    tokens: tuple[tuple[str, str], ...] = ()
+    #: The token nodes of one cluster present to each other; a connection
+    #: authenticated with it is a peer node, trusted to forward calls.
+    cluster_token: str | None = None
+    #: Allow listening in plain text, with no authentication, on an address
+    #: other machines can reach.  Off: a node is a door into its machine.
+    allow_insecure: bool = False
+    #: Which identities may call which procedures, as (identity, patterns)
+    #: pairs; patterns are shell-style (C{greet*}); identity C{*} is anyone.
+    #: With no rules, every caller that may connect may call anything.
+    acl: tuple[tuple[str, tuple[str, ...]], ...] = ()
+
+
+@dataclass(frozen=True)
+class TLSSettings:
+    """The node's certificate, for C{tls:} listeners and links to peers."""
+
+    #: The node's certificate (PEM), naming the node.
+    cert: str | None = None
+    #: Its private key (PEM).
+    key: str | None = None
+    #: The cluster's CA certificate (PEM): peers' and clients' certificates
+    #: must be signed by it.
+    ca: str | None = None
+    #: Refuse TLS clients that present no certificate signed by the CA.
+    require_client_certificate: bool = False
 
 
 @dataclass(frozen=True)
@@ -93,6 +133,8 @@ class NodeConfig:
     peers: tuple[tuple[str, str], ...] = ()
     limits: Limits = field(default_factory=Limits)
     cluster: ClusterSettings = field(default_factory=ClusterSettings)
+    security: Security = field(default_factory=Security)
+    tls: TLSSettings = field(default_factory=TLSSettings)
 
 
 # Loading and merging.
@@ -183,6 +225,49 @@ def _peers(value: object) -> object:
     return tuple(checked)
 
 
+#: A token must be long enough that guessing it is hopeless.
+MIN_TOKEN_LENGTH = 16
+
+
+def _secret(value: object) -> object:
+    if not isinstance(value, str) or len(value) < MIN_TOKEN_LENGTH or value != value.strip():
+        raise _ExpectationError(
+            f"a token of at least {MIN_TOKEN_LENGTH} characters, without spaces around it"
+        )
+    return value
+
+
+def _tokens(value: object) -> object:
+    """A table of identity -> token."""
+    if not isinstance(value, dict):
+        raise _ExpectationError("a table of identity = token")
+    checked = []
+    for identity, token in value.items():
+        if not _NAME.match(identity):
+            raise _ExpectationError("identities made of letters, digits and _.-")
+        checked.append((identity, _secret(token)))
+    tokens = [token for _, token in checked]
+    if len(set(tokens)) != len(tokens):
+        raise _ExpectationError("a different token for each identity")
+    return tuple(checked)
+
+
+def _acl(value: object) -> object:
+    """A table of identity (or *) -> list of procedure patterns."""
+    if not isinstance(value, dict):
+        raise _ExpectationError("a table of identity = [procedure patterns]")
+    checked = []
+    for identity, patterns in value.items():
+        if identity != "*" and not _NAME.match(identity):
+            raise _ExpectationError("identities made of letters, digits and _.-, or *")
+        if not isinstance(patterns, list) or not all(
+            isinstance(pattern, str) and pattern for pattern in patterns
+        ):
+            raise _ExpectationError("lists of procedure name patterns")
+        checked.append((identity, tuple(patterns)))
+    return tuple(checked)
+
+
 #: Key -> (section, check), for every key a config may set.
 _KEYS: dict[str, tuple[str, _Check]] = {
     "name": ("node", _text),
@@ -203,12 +288,24 @@ _KEYS: dict[str, tuple[str, _Check]] = {
     "down_after": ("cluster", _seconds),
     "reconnect_max_delay": ("cluster", _seconds),
     "max_hops": ("cluster", _whole(1)),
+    "line_timeout": ("limits", _seconds),
+    "max_connections_per_address": ("limits", _whole(1)),
     # Set from the [peers] table, or --peer NAME=ENDPOINT.
     "peers": ("peers", _peers),
+    "tokens": ("security", _tokens),
+    "cluster_token": ("security", _secret),
+    "allow_insecure": ("security", _flag),
+    # Set from the [acl] table: identity = [patterns].
+    "acl": ("acl", _acl),
+    "cert": ("tls", _text),
+    "key": ("tls", _text),
+    "ca": ("tls", _text),
+    "require_client_certificate": ("tls", _flag),
 }
 
-#: The tables of a config file; [peers] maps names to endpoints.
-_SECTIONS = ("node", "limits", "cluster", "peers")
+#: The tables of a config file; [peers] and [acl] are keyed by names.
+_SECTIONS = ("node", "limits", "cluster", "peers", "security", "acl", "tls")
+_NAMED_TABLES = ("peers", "acl")
 
 
 def _show(value: object) -> str:
@@ -246,8 +343,8 @@ def _checked(key: str, value: object, source: str, label: Callable[[str], str]) 
 
 
 def _section_label(key: str) -> str:
-    if key == "peers":
-        return "[peers]"
+    if key in _NAMED_TABLES:
+        return f"[{key}]"
     return f"[{_KEYS[key][0]}] {key}"
 
 
@@ -261,16 +358,29 @@ def _build(
     node: dict[str, Any] = {}
     limits: dict[str, Any] = {}
     cluster: dict[str, Any] = {}
+    security: dict[str, Any] = {}
+    tls: dict[str, Any] = {}
+    sections = {
+        "limits": limits,
+        "cluster": cluster,
+        "security": security,
+        "acl": security,
+        "tls": tls,
+    }
     for key, value in values.items():
-        section = _KEYS[key][0]
-        into = {"limits": limits, "cluster": cluster}.get(section, node)
+        into = sections.get(_KEYS[key][0], node)
         into[key] = _checked(key, value, source, label)
     config = replace(
         base,
         **node,
         limits=replace(base.limits, **limits),
         cluster=replace(base.cluster, **cluster),
+        security=replace(base.security, **security),
+        tls=replace(base.tls, **tls),
     )
+    given = [name for name in ("cert", "key") if getattr(config.tls, name)]
+    if len(given) == 1:
+        raise ConfigError(f"{_prefix(source)}[tls] cert and key go together: set both or neither")
     default, longest = config.limits.default_timeout, config.limits.max_timeout
     if default > longest:
         raise ConfigError(
@@ -306,8 +416,8 @@ def parse_config(document: Mapping[str, object], source: str = "<config>") -> No
             )
         if not isinstance(table, dict):
             raise ConfigError(f"{source}: [{section}] must be a table, not {_show(table)}")
-        if section == "peers":
-            values["peers"] = table
+        if section in _NAMED_TABLES:
+            values[section] = table
             continue
         keys = [key for key, (where, _) in _KEYS.items() if where == section]
         for key, value in table.items():

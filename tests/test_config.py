@@ -18,6 +18,8 @@ from callnet.config import (
     ClusterSettings,
     Limits,
     NodeConfig,
+    Security,
+    TLSSettings,
     load_config,
     merge,
     parse_config,
@@ -59,10 +61,8 @@ max_timeout = 10.0
 """
 
 
-class LoadConfigTests(SynchronousTestCase):
-    """
-    Tests for L{load_config} and L{parse_config}.
-    """
+class ConfigFileCase(SynchronousTestCase):
+    """Helpers for tests that load config files."""
 
     def write(self, text: str) -> str:
         """Write C{text} to a fresh file and return its path."""
@@ -79,6 +79,12 @@ class LoadConfigTests(SynchronousTestCase):
         for fragment in fragments:
             self.assertIn(fragment, message)
         return error
+
+
+class LoadConfigTests(ConfigFileCase):
+    """
+    Tests for L{load_config} and L{parse_config}.
+    """
 
     def test_every_key(self) -> None:
         """A file setting every key yields a config holding each value."""
@@ -134,11 +140,11 @@ class LoadConfigTests(SynchronousTestCase):
     def test_example_shows_every_key(self) -> None:
         """The shipped example file mentions every key a config may set."""
         text = EXAMPLE.read_text(encoding="utf-8")
-        for cls in (NodeConfig, Limits, ClusterSettings):
+        for cls in (NodeConfig, Limits, ClusterSettings, Security, TLSSettings):
             for f in dataclasses.fields(cls):
-                if f.name == "peers":
-                    self.assertRegex(text, r"(?m)^\[peers\]$")
-                elif f.name not in ("limits", "cluster"):
+                if f.name in ("peers", "acl"):
+                    self.assertRegex(text, rf"(?m)^\[{f.name}\]$")
+                elif f.name not in ("limits", "cluster", "security", "tls"):
                     self.assertRegex(text, rf"(?m)^#? ?{f.name} = ")
 
     def test_unknown_section(self) -> None:
@@ -240,6 +246,48 @@ class LoadConfigTests(SynchronousTestCase):
         """L{parse_config} names the document by the source it is given."""
         error = self.assertRaises(ConfigError, parse_config, {"x": {}}, "here")
         self.assertTrue(str(error).startswith("here: unknown section [x]"))
+
+
+class SecurityConfigTests(ConfigFileCase):
+    """The [security], [acl] and [tls] tables."""
+
+    def test_tokens_acl_tls(self) -> None:
+        """Tokens, access rules and TLS files are read into the config."""
+        config = load_config(
+            self.write(
+                "[security]\n"
+                'tokens = { alice = "0123456789abcdef", ops = "fedcba9876543210" }\n'
+                'cluster_token = "cluster-token-0123"\n'
+                "[acl]\n"
+                'alice = ["greet", "stock*"]\n'
+                '"*" = ["echo"]\n'
+                "[tls]\n"
+                'cert = "a.pem"\nkey = "a.key"\nca = "ca.pem"\n'
+            )
+        )
+        self.assertEqual(
+            config.security.tokens,
+            (("alice", "0123456789abcdef"), ("ops", "fedcba9876543210")),
+        )
+        self.assertEqual(config.security.acl, (("alice", ("greet", "stock*")), ("*", ("echo",))))
+        self.assertEqual(
+            (config.tls.cert, config.tls.key, config.tls.ca), ("a.pem", "a.key", "ca.pem")
+        )
+
+    def test_short_token(self) -> None:
+        """A token too short to be safe is refused, naming the key and not echoing the token."""
+        error = self.assert_config_error(
+            '[security]\ntokens = { alice = "short" }\n', "tokens", "16"
+        )
+        self.assertNotIn("short", str(error))
+
+    def test_acl_patterns_must_be_a_list(self) -> None:
+        """An access rule that is not a list of patterns is refused."""
+        self.assert_config_error('[acl]\nalice = "greet"\n', "[acl]")
+
+    def test_cert_without_key(self) -> None:
+        """A certificate without its key (or the reverse) is refused."""
+        self.assert_config_error('[tls]\ncert = "a.pem"\n', "cert and key go together")
 
 
 class MergeTests(SynchronousTestCase):
