@@ -54,6 +54,9 @@ class Limits:
     #: Connections the node accepts at once from one address, so one client
     #: cannot take every connection.
     max_connections_per_address: int = 64
+    #: Bytes of replies a connection may leave unread (beyond what the
+    #: transport buffers) before the node drops it at once.
+    max_unsent_bytes: int = 16 * 1024 * 1024
 
 
 @dataclass(frozen=True)
@@ -290,6 +293,7 @@ _KEYS: dict[str, tuple[str, _Check]] = {
     "max_hops": ("cluster", _whole(1)),
     "line_timeout": ("limits", _seconds),
     "max_connections_per_address": ("limits", _whole(1)),
+    "max_unsent_bytes": ("limits", _whole(1)),
     # Set from the [peers] table, or --peer NAME=ENDPOINT.
     "peers": ("peers", _peers),
     "tokens": ("security", _tokens),

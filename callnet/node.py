@@ -16,6 +16,7 @@ from twisted.internet.endpoints import serverFromString
 from twisted.logger import Logger
 from twisted.python.threadpool import ThreadPool
 
+from callnet.access import AccessPolicy
 from callnet.builtin import builtin_procedures
 from callnet.cluster import Cluster
 from callnet.cluster.multicall import make_multicall
@@ -75,6 +76,7 @@ class NodeService(MultiService):
         )
         self.registry.add(make_multicall(self.dispatcher))
         self.factory = NodeFactory(self.dispatcher, config.limits, config.name, reactor)
+        self.factory.access = AccessPolicy(config.security, (name for name, _ in config.peers))
         self.cluster: Cluster | None = None
         if config.peers:
             self.cluster = Cluster(config, self.dispatcher, reactor, self.factory.hello)

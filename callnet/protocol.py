@@ -25,15 +25,20 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from callnet.config import Limits
+from callnet.access import ANONYMOUS, AccessPolicy
+from callnet.cluster.multicall import MULTICALL
+from callnet.config import Limits, Security
 from callnet.dispatch import Dispatcher
 from callnet.errors import (
     CallError,
+    FailedPreconditionError,
     InternalError,
     InvalidArgumentError,
     NotFoundError,
     Outcome,
+    PermissionDeniedError,
     ResourceExhaustedError,
+    UnauthenticatedError,
     UnavailableError,
     UnimplementedError,
 )
@@ -81,6 +86,15 @@ class _Slot:
         self.line: bytes | None = None
 
 
+#: Commands answered before a caller has authenticated.
+_BEFORE_AUTH = frozenset({"AUTH", "PING", "HELP", "QUIT"})
+#: The delay before a wrong token is answered; it doubles with each failure
+#: on a connection, up to AUTH_DELAY_MAX, so guessing is slow.
+AUTH_DELAY = 0.5
+AUTH_DELAY_MAX = 8.0
+#: Wrong tokens after which a connection is closed.
+MAX_AUTH_FAILURES = 5
+
 #: What C{_quitting} holds once the client has half-closed its side.
 _END_OF_INPUT = object()
 
@@ -96,6 +110,14 @@ class NodeProtocol(Protocol):
         self._keyed: set[str] = set()
         #: The node name a peer gave in its handshake, if this is a peer.
         self.peer_name: str | None = None
+        #: Who is calling: from AUTH or a client certificate; None until known.
+        self.identity: str | None = None
+        self._host: str | None = None
+        self._auth_failures = 0
+        self._auth_timer: DelayedCall | None = None
+        self._paused_for_auth = False
+        self._line_timer: DelayedCall | None = None
+        self._unsent_while_paused = 0
         self._untagged: deque[_Slot] = deque()
         self._in_flight = 0
         self._paused_for_calls = False
@@ -127,15 +149,42 @@ class NodeProtocol(Protocol):
             )
             self._close()
             return
+        host = getattr(self._out.getPeer(), "host", None)
+        per_address = factory.limits.max_connections_per_address
+        if host is not None and factory.by_address.get(host, 0) >= per_address:
+            self._write_error(
+                ResourceExhaustedError(
+                    f"too many connections from {host} ({per_address})",
+                    node=factory.node_name,
+                ),
+                None,
+            )
+            self._close()
+            return
         factory.connections += 1
+        factory.by_address[host] = factory.by_address.get(host, 0) + 1
+        self._host = host
         self._counted = True
+        self.identity = factory.identify(self.transport)
+        if self.identity is None and not factory.access.requires_authentication:
+            self.identity = ANONYMOUS
         self._out.registerProducer(self, True)
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
         self._closed = True
         if self._counted:
-            self.factory.connections -= 1
+            factory = self.factory
+            factory.connections -= 1
+            left = factory.by_address.get(self._host, 1) - 1
+            if left:
+                factory.by_address[self._host] = left
+            else:
+                factory.by_address.pop(self._host, None)
             self._counted = False
+        self._cancel_line_timer()
+        if self._auth_timer is not None:
+            self._auth_timer.cancel()
+            self._auth_timer = None
         self._cancel_stall_timer()
         calls, self._calls = self._calls, {}
         for tag, call in calls.items():
@@ -180,6 +229,13 @@ class NodeProtocol(Protocol):
         finally:
             self._draining = False
             self._send_outbox()
+        if self._decoder.buffered and self._reading and not self._closed:
+            if self._line_timer is None:
+                self._line_timer = self.factory.clock.callLater(
+                    self.factory.limits.line_timeout, self._line_too_slow
+                )
+        else:
+            self._cancel_line_timer()
 
     def _refuse_http(self) -> None:
         self._write_error(
@@ -198,15 +254,39 @@ class NodeProtocol(Protocol):
                 self._refuse_http()
                 return
         if type(event) is Call:
-            self._handle_call(event)
+            if self.identity is None:
+                self._reply_now(Failure(_unauthenticated()), event.tag)
+            elif not self._allowed(event):
+                self._reply_now(
+                    Failure(
+                        PermissionDeniedError(
+                            f"{self.identity} may not call {event.procedure[:80]}"
+                        )
+                    ),
+                    event.tag,
+                )
+            else:
+                self._handle_call(event)
         elif type(event) is Command:
-            self._handle_command(event)
+            if self.identity is None and event.verb not in _BEFORE_AUTH:
+                self._reply_now(Failure(_unauthenticated()), event.tag)
+            else:
+                self._handle_command(event)
         elif type(event) is BadLine:
             self._reply_now(Failure(event.error), event.tag)
         else:
             self._reply_now(
                 Failure(InvalidArgumentError("a node takes requests here, not replies")), None
             )
+
+    def _allowed(self, call: Call) -> bool:
+        access = self.factory.access
+        if not access.allows(self.identity, call.procedure):
+            return False
+        # A multicall is as allowed as the call it makes on every node.
+        if call.procedure.partition("@")[0] == MULTICALL and call.args:
+            return access.allows(self.identity, str(call.args[0]))
+        return True
 
     def _handle_call(self, call: Call) -> None:
         tag = call.tag
@@ -297,13 +377,68 @@ class NodeProtocol(Protocol):
             self._quit(tag)
         elif verb == "HELLO":
             self._reply_now(self._hello(args), tag)
+        elif verb == "AUTH":
+            self._auth(args, tag)
         else:
             self._reply_now(
                 Failure(UnimplementedError(f"{verb} is not available on this node")), tag
             )
 
+    def _auth(self, args: tuple[Any, ...], tag: str | None) -> None:
+        """
+        Check a token.  A wrong one is answered only after a delay that
+        doubles with each failure, while the connection is not read, and
+        after a few the connection is closed: guessing is slow.
+        """
+        access = self.factory.access
+        identity = None
+        if len(args) == 1 and isinstance(args[0], str) and access.requires_authentication:
+            identity = access.authenticate(args[0])
+        if identity is not None:
+            self.identity = identity
+            self._auth_failures = 0
+            self._reply_now(identity, tag)
+            return
+        if not access.requires_authentication:
+            self._reply_now(
+                Failure(FailedPreconditionError("this node takes no tokens", Outcome.NOT_RUN)),
+                tag,
+            )
+            return
+        self._auth_failures += 1
+        delay = min(AUTH_DELAY * 2 ** (self._auth_failures - 1), AUTH_DELAY_MAX)
+        slot = None
+        if tag is None:
+            slot = _Slot()
+            self._untagged.append(slot)
+        self._paused_for_auth = True
+        self._update_reading()
+        self._auth_timer = self.factory.clock.callLater(delay, self._refuse_auth, tag, slot)
+
+    def _refuse_auth(self, tag: str | None, slot: _Slot | None) -> None:
+        self._auth_timer = None
+        line = self._encode(Failure(UnauthenticatedError("that token is not valid")), tag)
+        if slot is not None:
+            slot.line = line
+            self._flush_untagged()
+        else:
+            self._write(line)
+        if self._auth_failures >= MAX_AUTH_FAILURES:
+            log.info(
+                "closing {peer} after {count} failed AUTH attempts",
+                peer=self._out.getPeer(),
+                count=self._auth_failures,
+            )
+            self._close()
+            return
+        self._paused_for_auth = False
+        self._update_reading()
+
     def _hello(self, args: tuple[Any, ...]) -> Any:
         """A peer's handshake: note who it says it is, and say who we are."""
+        access = self.factory.access
+        if access.requires_authentication and not access.is_peer(self.identity):
+            return Failure(PermissionDeniedError("only a node of this cluster may say HELLO"))
         if len(args) != 1 or not isinstance(args[0], dict):
             return Failure(InvalidArgumentError("usage: HELLO {node info as JSON}"))
         self.peer_name = str(args[0].get("node", ""))[:128] or None
@@ -387,6 +522,11 @@ class NodeProtocol(Protocol):
 
     def _write(self, line: bytes) -> None:
         """Write a reply; replies made while reading are sent together after."""
+        if self._paused_for_writes:
+            self._unsent_while_paused += len(line)
+            if self._unsent_while_paused > self.factory.limits.max_unsent_bytes:
+                self._abort_slow_reader("its unread replies passed the limit")
+                return
         if self._draining:
             self._outbox.append(line)
         else:
@@ -467,7 +607,7 @@ class NodeProtocol(Protocol):
         self._maybe_quit()
 
     def _update_reading(self) -> None:
-        reading = not (self._paused_for_calls or self._paused_for_writes)
+        reading = not (self._paused_for_calls or self._paused_for_writes or self._paused_for_auth)
         if reading == self._reading or self._closed:
             return
         self._reading = reading
@@ -490,10 +630,27 @@ class NodeProtocol(Protocol):
     def resumeProducing(self) -> None:
         self._cancel_stall_timer()
         self._paused_for_writes = False
+        self._unsent_while_paused = 0
         self._update_reading()
 
     def stopProducing(self) -> None:
         self._cancel_stall_timer()
+
+    def _cancel_line_timer(self) -> None:
+        if self._line_timer is not None:
+            self._line_timer.cancel()
+            self._line_timer = None
+
+    def _line_too_slow(self) -> None:
+        """A line begun and not finished in time: a slowloris, or a dead peer."""
+        self._line_timer = None
+        self._write_error(
+            ResourceExhaustedError(
+                f"a line was begun and not finished within {self.factory.limits.line_timeout:g}s"
+            ),
+            None,
+        )
+        self._close()
 
     def _cancel_stall_timer(self) -> None:
         if self._stall_timer is not None:
@@ -502,12 +659,14 @@ class NodeProtocol(Protocol):
 
     def _stalled(self) -> None:
         self._stall_timer = None
-        log.info(
-            "dropping {peer}: it left its replies unread for {seconds}s",
-            peer=self._out.getPeer(),
-            seconds=self.factory.limits.write_stall_timeout,
+        self._abort_slow_reader(
+            f"it left its replies unread for {self.factory.limits.write_stall_timeout:g}s"
         )
+
+    def _abort_slow_reader(self, why: str) -> None:
+        log.info("dropping {peer}: {why}", peer=self._out.getPeer(), why=why)
         self._closed = True
+        self._cancel_stall_timer()
         self._out.abortConnection()
 
     def _write_error(self, error: CallError, tag: str | None) -> None:
@@ -522,6 +681,10 @@ def _looks_like_http(event: Event) -> bool:
         and bool(event.args)
         and str(event.args[-1]).startswith("HTTP/")
     )
+
+
+def _unauthenticated() -> CallError:
+    return UnauthenticatedError("authenticate first: AUTH <token>")
 
 
 def _not_found(name: str, node: str) -> CallError:
@@ -567,6 +730,13 @@ class NodeFactory(Factory):
         self.node_name = node_name
         self.clock = clock
         self.connections = 0
+        #: Connections open now, by the address they come from.
+        self.by_address: dict[str | None, int] = {}
+        #: Tokens and access rules.
+        self.access = AccessPolicy(Security())
+        #: Who a connection is, from its transport (a TLS client
+        #: certificate), before any AUTH; None if the transport cannot say.
+        self.identify: Callable[[object], str | None] = lambda transport: None
         #: Set by a node with peers: how it sees them, for C{STATS}.
         self.describe_cluster: Callable[[], dict[str, Any]] | None = None
 

@@ -15,7 +15,9 @@ imports it while choosing a reactor (C{--reactor}).  Only L{makeService} does.
 from __future__ import annotations
 
 import importlib
+import ipaddress
 import os
+import re
 import sys
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
@@ -53,6 +55,7 @@ _OPTION_NAMES = {
     "default_timeout": "--default-timeout",
     "max_timeout": "--max-timeout",
     "peers": "--peer",
+    "allow_insecure": "--allow-insecure",
     "heartbeat_interval": "--heartbeat-interval",
     "down_after": "--down-after",
     "max_hops": "--max-hops",
@@ -186,6 +189,12 @@ class Options(usage.Options):
     ]
 
     optFlags = [
+        [
+            "allow-insecure",
+            None,
+            "Allow plain-text listeners with no authentication on addresses other"
+            " machines can reach.",
+        ],
         ["no-builtins", None, "Do not serve the built-in procedures (echo, add, ...)."],
         [
             "send-tracebacks",
@@ -237,6 +246,7 @@ class Options(usage.Options):
             "peers": self["peers"] or None,
             "builtins": False if self["no-builtins"] else None,
             "send_tracebacks": True if self["send-tracebacks"] else None,
+            "allow_insecure": True if self["allow-insecure"] else None,
         }
         for key in _NUMBERS:
             overrides[key] = _number(self[key.replace("_", "-")])
@@ -248,6 +258,7 @@ class Options(usage.Options):
 
         in_file = f"{self['config']}: [node] "
         _check_endpoints(config.listen, "--listen" if self["listen"] else in_file + "listen")
+        _check_exposure(config)
         _check_modules(config.services, "--service" if self["services"] else in_file + "services")
         self["node_config"] = config
 
@@ -275,6 +286,46 @@ def _importable_from_current_directory() -> None:
     cwd = os.getcwd()
     if "" not in sys.path and cwd not in sys.path:
         sys.path.insert(0, cwd)
+
+
+def exposed_plaintext(description: str) -> bool:
+    """
+    Whether a listen string is plain TCP on an address other machines can
+    reach (no C{interface}, or one that is not loopback).
+    """
+    kind, _, rest = description.partition(":")
+    if kind not in ("tcp", "tcp6"):
+        return False  # unix sockets, ssl: and tls: listeners
+    interface = ""
+    for part in re.split(r"(?<!\\):", rest):
+        if part.startswith("interface="):
+            interface = part.removeprefix("interface=").replace("\\:", ":")
+    if interface in ("localhost",):
+        return False
+    try:
+        return not ipaddress.ip_address(interface).is_loopback
+    except ValueError:
+        return True  # every interface, or a name that may not be local
+
+
+def _check_exposure(config: NodeConfig) -> None:
+    """
+    Protected mode: refuse to serve anyone who can reach the machine, in
+    plain text, with no authentication, unless the operator says so.
+
+    @raise usage.UsageError: saying which listener, and the ways out.
+    """
+    security = config.security
+    if security.tokens or security.cluster_token or security.allow_insecure:
+        return
+    for description in config.listen:
+        if exposed_plaintext(description):
+            raise usage.UsageError(
+                f'refusing to listen on "{description}": plain text with no authentication,'
+                " on an address other machines can reach.  Listen on 127.0.0.1, use a tls:"
+                " listener, set [security] tokens, or, if the network is trusted, pass"
+                " --allow-insecure (or set [security] allow_insecure = true)"
+            )
 
 
 def _check_modules(modules: Sequence[str], where: str) -> None:

@@ -36,10 +36,11 @@ from twisted.python.failure import Failure
 from twisted.test import iosim
 from zope.interface import implementer
 
+from callnet.access import AccessPolicy
 from callnet.client import DEFAULT_TIMEOUT, Client
 from callnet.cluster import Cluster
 from callnet.cluster.multicall import make_multicall
-from callnet.config import ClusterSettings, Limits, NodeConfig
+from callnet.config import ClusterSettings, Limits, NodeConfig, Security
 from callnet.dispatch import Dispatcher
 from callnet.protocol import NodeFactory, NodeProtocol
 from callnet.registry import Registry
@@ -108,6 +109,8 @@ class MemoryNode:
         while they run.
     @param send_tracebacks: as the node option: send undeclared errors'
         tracebacks to callers.
+    @param security: tokens and access rules, as a node's C{[security]} and
+        C{[acl]} tables give them.
     """
 
     def __init__(
@@ -119,6 +122,7 @@ class MemoryNode:
         threads: str = "inline",
         send_tracebacks: bool = False,
         clock: MemoryReactor | None = None,
+        security: Security | None = None,
     ) -> None:
         self.clock = clock or MemoryReactor()
         self.name = name
@@ -138,6 +142,8 @@ class MemoryNode:
         )
         self.registry.add(make_multicall(self.dispatcher))
         self.factory = NodeFactory(self.dispatcher, self.limits, name, self.clock)
+        if security is not None:
+            self.factory.access = AccessPolicy(security)
         self._pumps: list[iosim.IOPump] = []
         #: Which node each pump's client belongs to (None: a test's client).
         self._pump_sources: dict[int, str | None] = {}

@@ -41,6 +41,37 @@ def parse(*argv: str) -> NodeConfig:
     return config
 
 
+class ProtectedModeTests(SynchronousTestCase):
+    """A node will not serve anyone who can reach the machine, in plain text, unasked."""
+
+    def test_exposed_plain_text_refused(self) -> None:
+        """Plain TCP on every interface with no tokens is refused, and the message says how out."""
+        error = self.assertRaises(usage.UsageError, parse, "--listen", "tcp:7600")
+        self.assertIn('"tcp:7600"', str(error))
+        self.assertIn("--allow-insecure", str(error))
+        self.assertIn("[security] tokens", str(error))
+
+    def test_ways_out(self) -> None:
+        """Loopback, unix sockets, TLS, tokens, or an explicit --allow-insecure are all accepted."""
+        parse("--listen", "tcp:7600:interface=127.0.0.5")
+        parse("--listen", "unix:/tmp/callnet-test.sock")
+        parse("--listen", "tcp:7600", "--allow-insecure")
+        path = temp_path(self)
+        Path(path).write_text(
+            '[node]\nlisten = ["tcp:7600"]\n[security]\ntokens = { a = "0123456789abcdef" }\n'
+        )
+        parse("--config", path)
+
+    def test_exposure_rules(self) -> None:
+        """Which listen strings count as plain text reachable from other machines."""
+        self.assertTrue(tap.exposed_plaintext("tcp:7600"))
+        self.assertTrue(tap.exposed_plaintext("tcp:7600:interface=0.0.0.0"))
+        self.assertTrue(tap.exposed_plaintext("tcp6:7600:interface=\\:\\:"))
+        self.assertFalse(tap.exposed_plaintext("tcp6:7600:interface=\\:\\:1"))
+        self.assertFalse(tap.exposed_plaintext("tcp:port=7600:interface=127.0.0.2"))
+        self.assertFalse(tap.exposed_plaintext("ssl:7600:privateKey=k.pem"))
+
+
 class OptionsTests(SynchronousTestCase):
     """
     Tests for L{tap.Options}.
@@ -106,15 +137,26 @@ class OptionsTests(SynchronousTestCase):
     def test_short_options(self) -> None:
         """C{-l}, C{-s} and C{-c} are short for C{--listen}, C{--service} and C{--config}."""
         path = self.write_config('[node]\nname = "short"\n')
-        config = parse("-l", "tcp:7602", "-s", "json", "-c", path)
+        config = parse("-l", "tcp:7602:interface=127.0.0.1", "-s", "json", "-c", path)
         self.assertEqual(
-            (config.listen, config.services, config.name), (("tcp:7602",), ("json",), "short")
+            (config.listen, config.services, config.name),
+            (("tcp:7602:interface=127.0.0.1",), ("json",), "short"),
         )
 
     def test_listen_repeated_in_order(self) -> None:
         """Repeated C{--listen} options are all kept, in the order given."""
-        config = parse("--listen", "tcp:7602", "--listen", "unix:/tmp/n.sock", "-l", "tcp:7603")
-        self.assertEqual(config.listen, ("tcp:7602", "unix:/tmp/n.sock", "tcp:7603"))
+        config = parse(
+            "--listen",
+            "tcp:7602:interface=127.0.0.1",
+            "--listen",
+            "unix:/tmp/n.sock",
+            "-l",
+            "tcp:7603:interface=127.0.0.1",
+        )
+        self.assertEqual(
+            config.listen,
+            ("tcp:7602:interface=127.0.0.1", "unix:/tmp/n.sock", "tcp:7603:interface=127.0.0.1"),
+        )
 
     def test_service_repeated_in_order(self) -> None:
         """Repeated C{--service} options are all kept, in the order given."""
@@ -124,7 +166,7 @@ class OptionsTests(SynchronousTestCase):
     def test_config_file(self) -> None:
         """C{--config} reads the TOML file."""
         path = self.write_config(
-            '[node]\nname = "alpha"\nlisten = ["tcp:7604"]\nbuiltins = false\n'
+            '[node]\nname = "alpha"\nlisten = ["tcp:7604:interface=127.0.0.1"]\nbuiltins = false\n'
             "[limits]\nmax_connections = 5\n"
         )
         config = parse("--config", path)
@@ -132,7 +174,7 @@ class OptionsTests(SynchronousTestCase):
             config,
             NodeConfig(
                 name="alpha",
-                listen=("tcp:7604",),
+                listen=("tcp:7604:interface=127.0.0.1",),
                 builtins=False,
                 limits=Limits(max_connections=5),
             ),
@@ -141,17 +183,24 @@ class OptionsTests(SynchronousTestCase):
     def test_options_win_over_file(self) -> None:
         """Options given on the command line replace the file's values; the rest stay."""
         path = self.write_config(
-            '[node]\nname = "alpha"\nlisten = ["tcp:7604", "tcp:7605"]\nthreads = 4\n'
+            '[node]\nname = "alpha"\nlisten = ["tcp:7604:interface=127.0.0.1", "tcp:7605:interface=127.0.0.1"]\nthreads = 4\n'
             "[limits]\nmax_connections = 5\nmax_line_bytes = 100\n"
         )
         config = parse(
-            "--config", path, "--name", "beta", "--listen", "tcp:7606", "--max-connections", "6"
+            "--config",
+            path,
+            "--name",
+            "beta",
+            "--listen",
+            "tcp:7606:interface=127.0.0.1",
+            "--max-connections",
+            "6",
         )
         self.assertEqual(
             config,
             NodeConfig(
                 name="beta",
-                listen=("tcp:7606",),
+                listen=("tcp:7606:interface=127.0.0.1",),
                 threads=4,
                 limits=Limits(max_connections=6, max_line_bytes=100),
             ),

@@ -1,0 +1,222 @@
+"""
+Authentication, access rules and hostile clients, deterministically.
+"""
+
+from __future__ import annotations
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from twisted.trial.unittest import SynchronousTestCase
+
+from callnet.config import Limits, Security
+from callnet.errors import (
+    Outcome,
+    PermissionDeniedError,
+    ResourceExhaustedError,
+    UnauthenticatedError,
+)
+from callnet.protocol import AUTH_DELAY, MAX_AUTH_FAILURES
+from callnet.registry import procedure
+from callnet.testing import MemoryNode
+from callnet.wire import Failure, Success
+
+ALICE = "alice-token-0123456789"
+OPS = "ops-token-9876543210ab"
+
+
+@procedure(run="reactor")
+def greet(name: str) -> str:
+    return f"hello {name}"
+
+
+@procedure(run="reactor")
+def shutdown() -> str:
+    return "down"
+
+
+def secured_node(**limits: float) -> MemoryNode:
+    return MemoryNode(
+        [greet, shutdown],
+        name="guarded",
+        limits=Limits(**limits),  # type: ignore[arg-type]
+        security=Security(
+            tokens=(("alice", ALICE), ("ops", OPS)),
+            acl=(("alice", ("greet",)), ("ops", ("*",)), ("*", ("greet",))),
+        ),
+    )
+
+
+class AuthenticationTests(SynchronousTestCase):
+    """Callers prove who they are before calling."""
+
+    def test_only_some_commands_before_auth(self) -> None:
+        """Before AUTH only AUTH, PING, HELP and QUIT are answered; calls fail UNAUTHENTICATED, not run."""
+        node = secured_node()
+        conn = node.connect_raw()
+        conn.send("#1 greet bob\n#2 LIST\n#3 PING\n#4 HELP greet\n")
+        events = conn.events()
+        first, second = events[0], events[1]
+        for event in (first, second):
+            assert isinstance(event, Failure)
+            self.assertIsInstance(event.error, UnauthenticatedError)
+            self.assertEqual(event.error.outcome, Outcome.NOT_RUN)
+        self.assertEqual(events[2], Success("pong", "3"))
+        self.assertEqual(events[3].tag, "4")
+
+    def test_auth_then_call(self) -> None:
+        """A good token names the caller, who may then call."""
+        node = secured_node()
+        conn = node.connect_raw()
+        conn.send(f"#1 AUTH {ALICE}\n#2 greet bob\n")
+        self.assertEqual(conn.events(), [Success("alice", "1"), Success("hello bob", "2")])
+
+    def test_wrong_token_slowed_then_dropped(self) -> None:
+        """A wrong token is answered only after a growing delay, and repeated ones close the connection."""
+        node = secured_node()
+        conn = node.connect_raw()
+        conn.send("#1 AUTH wrong-token-000000000\n#2 PING\n")
+        self.assertEqual(conn.lines(), [])
+        self.assertEqual(conn.transport.producerState, "paused")
+        node.clock.advance(AUTH_DELAY)
+        [refused, pong] = conn.events()
+        assert isinstance(refused, Failure)
+        self.assertIsInstance(refused.error, UnauthenticatedError)
+        self.assertNotIn("wrong-token", refused.error.message)
+        self.assertEqual(pong, Success("pong", "2"))
+        delays = [AUTH_DELAY]
+        for attempt in range(2, MAX_AUTH_FAILURES + 1):
+            conn.send(f"#a{attempt} AUTH wrong-token-000000000\n")
+            delay = AUTH_DELAY * 2 ** (attempt - 1)
+            node.clock.advance(delay - 0.01)
+            self.assertEqual(conn.lines(), [], f"attempt {attempt} answered too soon")
+            node.clock.advance(0.01)
+            delays.append(delay)
+            conn.events()
+        self.assertTrue(conn.transport.disconnecting)
+        self.assertEqual(delays, sorted(delays))
+
+    def test_constant_time_comparison(self) -> None:
+        """Every token is compared with hmac.compare_digest, whichever matches."""
+        import hmac
+        from unittest import mock
+
+        node = secured_node()
+        with mock.patch(
+            "callnet.access.hmac.compare_digest", wraps=hmac.compare_digest
+        ) as compare:
+            self.assertEqual(node.factory.access.authenticate(ALICE), "alice")
+        self.assertEqual(compare.call_count, 2)
+
+
+class AccessRuleTests(SynchronousTestCase):
+    """Which identities may call which procedures."""
+
+    def test_denied_call_did_not_run(self) -> None:
+        """A call no rule allows fails PERMISSION_DENIED, did not run."""
+        node = secured_node()
+        conn = node.connect_raw()
+        conn.send(f"#1 AUTH {ALICE}\n#2 shutdown\n#3 greet ann\n")
+        [_, denied, allowed] = conn.events()
+        assert isinstance(denied, Failure)
+        self.assertIsInstance(denied.error, PermissionDeniedError)
+        self.assertEqual(denied.error.outcome, Outcome.NOT_RUN)
+        self.assertEqual(allowed, Success("hello ann", "3"))
+        self.assertEqual(node.dispatcher.stats.by_procedure.get("shutdown"), None)
+
+    def test_patterns(self) -> None:
+        """A pattern rule (ops = ['*']) allows every procedure to that identity."""
+        node = secured_node()
+        conn = node.connect_raw()
+        conn.send(f"#1 AUTH {OPS}\n#2 shutdown\n")
+        self.assertEqual(conn.events()[1], Success("down", "2"))
+
+    def test_multicall_checks_the_inner_procedure(self) -> None:
+        """Multicall does not get round the rules: the procedure it calls must be allowed too."""
+        node = secured_node()
+        node.factory.access._rules.append(("alice", ("multicall",)))
+        conn = node.connect_raw()
+        conn.send(f'#1 AUTH {ALICE}\n#2 multicall shutdown\n#3 multicall greet ["x"]\n')
+        events = conn.events()
+        assert isinstance(events[1], Failure)
+        self.assertIsInstance(events[1].error, PermissionDeniedError)
+        self.assertEqual(events[2], Success({"guarded": {"ok": "hello x"}}, "3"))
+
+    def test_hello_needs_a_peer(self) -> None:
+        """Only a node of the cluster may send the peer handshake."""
+        node = secured_node()
+        conn = node.connect_raw()
+        conn.send(f'#1 AUTH {ALICE}\n#2 HELLO {{"node": "evil"}}\n')
+        hello = conn.events()[1]
+        assert isinstance(hello, Failure)
+        self.assertIsInstance(hello.error, PermissionDeniedError)
+
+
+class HostileClientTests(SynchronousTestCase):
+    """Clients that try to hold the node's resources."""
+
+    def test_slowloris(self) -> None:
+        """A line begun and not finished is closed after line_timeout; whole lines are not timed."""
+        node = MemoryNode([greet], limits=Limits(line_timeout=5))
+        patient = node.connect_raw()
+        patient.send("greet a\n")
+        slow = node.connect_raw()
+        slow.send("greet b")
+        node.clock.advance(4.9)
+        self.assertFalse(slow.transport.disconnecting)
+        slow.send("b")  # more bytes of the same line do not reset the clock
+        node.clock.advance(0.1)
+        self.assertTrue(slow.transport.disconnecting)
+        self.assertIn(b"not finished within 5s", slow.lines()[-1])
+        node.clock.advance(60)
+        self.assertFalse(patient.transport.disconnecting)
+
+    def test_per_address_limit(self) -> None:
+        """Connections past the limit from one address are refused; other addresses are not."""
+        from twisted.internet.address import IPv4Address
+        from twisted.internet.testing import StringTransport
+
+        node = MemoryNode([greet], limits=Limits(max_connections_per_address=2))
+        first, second, third = node.connect_raw(), node.connect_raw(), node.connect_raw()
+        self.assertTrue(third.transport.disconnecting)
+        self.assertFalse(second.transport.disconnecting)
+        [refused] = third.events()
+        assert isinstance(refused, Failure)
+        self.assertIsInstance(refused.error, ResourceExhaustedError)
+        protocol = node.factory.buildProtocol(IPv4Address("TCP", "127.0.0.9", 1))
+        other = StringTransport(peerAddress=IPv4Address("TCP", "127.0.0.9", 1))
+        protocol.makeConnection(other)
+        self.assertFalse(other.disconnecting)
+        first.protocol.connectionLost()
+        fourth = node.connect_raw()
+        self.assertFalse(fourth.transport.disconnecting)
+
+    def test_unread_output_bound(self) -> None:
+        """A client that reads nothing is aborted once its unread replies pass the byte bound."""
+        from twisted.internet.defer import Deferred
+
+        node = MemoryNode(limits=Limits(max_unsent_bytes=10_000))
+        held: list[Deferred[str]] = []
+        node.registry.add(lambda: held.append(Deferred()) or held[-1], name="blob", run="reactor")
+        conn = node.connect_raw()
+        conn.send("".join(f"#{i} blob\n" for i in range(4)))
+        conn.protocol.pauseProducing()  # the transport's buffer is full: it reads nothing more
+        for d in held[:3]:
+            d.callback("x" * 3000)
+        self.assertFalse(conn.transport.disconnecting)
+        held[3].callback("x" * 3000)
+        self.assertTrue(conn.transport.disconnecting)
+
+    @settings(max_examples=300, deadline=None)
+    @given(st.text(min_size=1, max_size=60))
+    def test_fuzzed_names_reach_only_the_lookup(self, name: str) -> None:
+        """Any procedure name is looked up and nothing else: no import, no attribute, no code runs."""
+        node = MemoryNode([greet])
+        ran: list[str] = []
+        node.registry.add(lambda: ran.append("x"), name="trap", run="reactor")
+        conn = node.connect_raw()
+        conn.send(b"#1 " + name.encode("utf-8", "surrogatepass") + b"\n")
+        for event in conn.events():
+            if isinstance(event, Failure) and event.error.code == "NOT_FOUND":
+                self.assertEqual(event.error.outcome, Outcome.NOT_RUN)
+        if name.strip() != "trap":
+            self.assertEqual(ran, [])
