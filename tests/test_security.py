@@ -220,3 +220,32 @@ class HostileClientTests(SynchronousTestCase):
                 self.assertEqual(event.error.outcome, Outcome.NOT_RUN)
         if name.strip() != "trap":
             self.assertEqual(ran, [])
+
+
+class LiveProtocolFuzzTests(SynchronousTestCase):
+    """Random bytes fed to a live protocol: nothing escapes, memory stays bounded."""
+
+    @settings(max_examples=200, deadline=None)
+    @given(
+        st.lists(
+            st.binary(max_size=300)
+            | st.sampled_from(
+                [b"\n", b"#1 ", b"add 1 2\n", b"+timeout=", b"HELLO {}\n", b"AUTH x\n", b'"', b"["]
+            ),
+            max_size=40,
+        )
+    )
+    def test_random_bytes(self, chunks: list[bytes]) -> None:
+        """Any bytes, in any chunks, are answered or refused line by line; no exception escapes."""
+        node = MemoryNode([greet], limits=Limits(max_line_bytes=256))
+        conn = node.connect_raw()
+        for chunk in chunks:
+            if conn.transport.disconnecting:
+                break
+            conn.send(chunk)
+            self.assertLessEqual(conn.protocol._decoder.buffered, 256 + len(chunk))
+        conn.events()
+        conn.protocol.connectionLost()
+        self.assertEqual(node.factory.connections, 0)
+        self.assertEqual(node.dispatcher.stats.in_flight, 0)
+        self.assertEqual(self.flushLoggedErrors(), [])
