@@ -696,6 +696,7 @@ class BlockingClient:
         reactor's answer before giving up on its own.
     @param reactor_thread: the reactor to call into; the global reactor's
         L{default_reactor_thread} when not given.
+    @param token: a token to authenticate with, for a node that requires one.
     """
 
     def __init__(
@@ -705,13 +706,14 @@ class BlockingClient:
         *,
         grace: float = GRACE,
         reactor_thread: ReactorThread | None = None,
+        token: str | None = None,
     ) -> None:
         _check_seconds("timeout", timeout, positive=True)
         _check_seconds("grace", grace, positive=False)
         self._thread = reactor_thread if reactor_thread is not None else default_reactor_thread()
         self.timeout = timeout
         self.grace = grace
-        self._client = Client(endpoint, self._thread.reactor, timeout=timeout)
+        self._client = Client(endpoint, self._thread.reactor, timeout=timeout, token=token)
         self.address = self._client.address
         self._lock = threading.Lock()
         self._closed = False

@@ -378,6 +378,8 @@ class Client:
         L{IStreamClientEndpoint}.
     @param reactor: the reactor to connect with (its clock runs deadlines).
     @param timeout: the default deadline of a call, in seconds.
+    @param token: a token to authenticate with (C{AUTH}) on each connection,
+        for a node that requires one.
     """
 
     def __init__(
@@ -386,7 +388,9 @@ class Client:
         reactor: Any,
         timeout: float = DEFAULT_TIMEOUT,
         max_line: int = DEFAULT_MAX_LINE,
+        token: str | None = None,
     ) -> None:
+        self._token = token
         if isinstance(endpoint, str):
             self.address = endpoint
             endpoint = clientFromString(reactor, endpoint)
@@ -425,11 +429,34 @@ class Client:
             for waiter in waiters:
                 waiter.errback(Failure(error))
             return
-        self._protocol = protocol
         protocol.on_lost = self._lost
+        if self._token is None:
+            self._ready(protocol, waiters)
+            return
+        # Authenticate every new connection before any call uses it.
+        auth = protocol.command("AUTH", (self._token,), self.timeout)
+        auth.addCallbacks(
+            lambda identity: self._ready(protocol, waiters),
+            lambda reason: self._auth_failed(protocol, waiters, reason),
+        )
+
+    def _ready(self, protocol: ClientProtocol, waiters: list[Deferred[ClientProtocol]]) -> None:
+        self._protocol = protocol
         for waiter in waiters:
             if not waiter.called:
                 waiter.callback(protocol)
+
+    def _auth_failed(
+        self, protocol: ClientProtocol, waiters: list[Deferred[ClientProtocol]], reason: Failure
+    ) -> None:
+        protocol.close()
+        error = reason.value
+        if not isinstance(error, CallError):
+            error = UnavailableError(reason.getErrorMessage(), Outcome.NOT_RUN)
+        error.outcome = Outcome.NOT_RUN  # no call was sent
+        for waiter in waiters:
+            if not waiter.called:
+                waiter.errback(Failure(error))
 
     def _connect_failed(self, reason: Failure) -> None:
         waiters, self._connecting = self._connecting or [], None

@@ -150,9 +150,9 @@ class MemoryNode:
         #: Whether the node is reachable: a killed node refuses connections.
         self.alive = True
 
-    def client(self, timeout: float = DEFAULT_TIMEOUT) -> Client:
+    def client(self, timeout: float = DEFAULT_TIMEOUT, token: str | None = None) -> Client:
         """A real async client whose connections reach this node in memory."""
-        return Client(_MemoryEndpoint(self), self.clock, timeout=timeout)
+        return Client(_MemoryEndpoint(self), self.clock, timeout=timeout, token=token)
 
     def endpoint(self, source: str | None = None) -> IStreamClientEndpoint:
         """An endpoint that connects to this node in memory (from node C{source})."""

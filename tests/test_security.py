@@ -249,3 +249,29 @@ class LiveProtocolFuzzTests(SynchronousTestCase):
         self.assertEqual(node.factory.connections, 0)
         self.assertEqual(node.dispatcher.stats.in_flight, 0)
         self.assertEqual(self.flushLoggedErrors(), [])
+
+
+class ClientTokenTests(SynchronousTestCase):
+    """The clients authenticate each connection they make."""
+
+    def test_client_with_token(self) -> None:
+        """A client given a token authenticates before its first call, and again after reconnecting."""
+        node = secured_node()
+        client = node.client(token=ALICE)
+        d = client.call("greet", "ann")
+        node.flush()
+        self.assertEqual(self.successResultOf(d), "hello ann")
+        node._pumps[0].serverIO.loseConnection()
+        node.flush()
+        d = client.call("greet", "bo")
+        node.flush()
+        self.assertEqual(self.successResultOf(d), "hello bo")
+
+    def test_client_with_wrong_token(self) -> None:
+        """A wrong token fails the call UNAUTHENTICATED, and it did not run."""
+        node = secured_node()
+        client = node.client(token="not-the-right-token-00")
+        d = client.call("greet", "ann")
+        node.advance(AUTH_DELAY)
+        error = self.failureResultOf(d, UnauthenticatedError).value
+        self.assertEqual(error.outcome, Outcome.NOT_RUN)
