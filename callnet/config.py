@@ -132,6 +132,10 @@ class NodeConfig:
     #: Send Python tracebacks of undeclared errors to callers.  Off: a
     #: traceback tells an attacker about the server, and belongs in its log.
     send_tracebacks: bool = False
+    #: Seconds a stopping node gives its calls in flight to end (new calls
+    #: are refused, so callers and peers go elsewhere); the rest are then
+    #: cancelled.  Less than systemd's default stop timeout of 90 s.
+    shutdown_grace: float = 10.0
     #: Other nodes of the cluster, as (name, client endpoint string) pairs.
     peers: tuple[tuple[str, str], ...] = ()
     limits: Limits = field(default_factory=Limits)
@@ -281,6 +285,7 @@ _KEYS: dict[str, tuple[str, _Check]] = {
     # 0 means one process per CPU.
     "processes": ("node", _whole(0)),
     "send_tracebacks": ("node", _flag),
+    "shutdown_grace": ("node", _seconds),
     "max_line_bytes": ("limits", _whole(1)),
     "max_calls_in_flight": ("limits", _whole(1)),
     "max_connections": ("limits", _whole(1)),

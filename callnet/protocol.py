@@ -86,6 +86,9 @@ class _Slot:
         self.line: bytes | None = None
 
 
+#: How often a draining node looks whether its calls have ended, in seconds.
+DRAIN_CHECK_INTERVAL = 0.05
+
 #: Commands answered before a caller has authenticated.
 _BEFORE_AUTH = frozenset({"AUTH", "PING", "HELP", "QUIT"})
 #: The delay before a wrong token is answered; it doubles with each failure
@@ -162,6 +165,7 @@ class NodeProtocol(Protocol):
             self._close()
             return
         factory.connections += 1
+        factory.open.add(self)
         factory.by_address[host] = factory.by_address.get(host, 0) + 1
         self._host = host
         self._counted = True
@@ -175,6 +179,7 @@ class NodeProtocol(Protocol):
         if self._counted:
             factory = self.factory
             factory.connections -= 1
+            factory.open.discard(self)
             left = factory.by_address.get(self._host, 1) - 1
             if left:
                 factory.by_address[self._host] = left
@@ -196,6 +201,25 @@ class NodeProtocol(Protocol):
         for slot in slots:
             if slot.call is not None and slot.line is None:
                 slot.call.cancel()
+
+    def shut_down(self) -> None:
+        """The node is stopping: cancel what still runs here, and close."""
+        why = UnavailableError(
+            f"{self.factory.node_name} shut down before the call ended", Outcome.MAY_HAVE_RUN
+        )
+        calls, self._calls = self._calls, {}
+        for tag, call in calls.items():
+            self._keyed.discard(tag)
+            call.cancel()
+            self._write(self._encode(Failure(why), tag))
+        self._in_flight -= len(calls)
+        for slot in self._untagged:
+            if slot.line is None:
+                slot.line = self._encode(Failure(why), None)
+                if slot.call is not None:
+                    slot.call.cancel()
+        self._flush_untagged()
+        self._close()
 
     def _close(self) -> None:
         self._closed = True
@@ -290,6 +314,14 @@ class NodeProtocol(Protocol):
 
     def _handle_call(self, call: Call) -> None:
         tag = call.tag
+        if self.factory.draining:
+            self._reply_now(
+                Failure(
+                    UnavailableError(f"{self.factory.node_name} is shutting down", Outcome.NOT_RUN)
+                ),
+                tag,
+            )
+            return
         if tag is not None and tag in self._calls:
             self._reply_now(
                 Failure(InvalidArgumentError(f"tag #{tag} is already in use by a call in flight")),
@@ -564,7 +596,7 @@ class NodeProtocol(Protocol):
         self._after_call()
 
     def _untagged_done(self, result: Any, slot: _Slot) -> None:
-        if self._closed:
+        if self._closed or slot.line is not None:
             return
         self._untrack()
         slot.line = self._encode(result, None)
@@ -730,6 +762,10 @@ class NodeFactory(Factory):
         self.node_name = node_name
         self.clock = clock
         self.connections = 0
+        #: The connections open now.
+        self.open: set[NodeProtocol] = set()
+        #: Set once the node has begun to shut down: new calls are refused.
+        self.draining = False
         #: Connections open now, by the address they come from.
         self.by_address: dict[str | None, int] = {}
         #: Tokens and access rules.
@@ -739,6 +775,44 @@ class NodeFactory(Factory):
         self.identify: Callable[[object], str | None] = lambda transport: None
         #: Set by a node with peers: how it sees them, for C{STATS}.
         self.describe_cluster: Callable[[], dict[str, Any]] | None = None
+
+    def drain(self, grace: float) -> Deferred[None]:
+        """
+        Shut down gracefully: refuse new calls (C{UNAVAILABLE}, not run, so
+        callers and peers send them elsewhere), let the calls in flight end
+        within C{grace} seconds, then cancel the rest and close every
+        connection.
+
+        @return: a Deferred that fires once every connection is closing.
+        """
+        self.draining = True
+        log.info(
+            "node {node} draining: {count} calls in flight, up to {grace}s to end",
+            node=self.node_name,
+            count=self.dispatcher.stats.in_flight,
+            grace=grace,
+        )
+        done: Deferred[None] = Deferred()
+        deadline = self.clock.seconds() + grace
+
+        def check() -> None:
+            if self.dispatcher.stats.in_flight and self.clock.seconds() < deadline:
+                self.clock.callLater(DRAIN_CHECK_INTERVAL, check)
+                return
+            left = self.dispatcher.stats.in_flight
+            if left:
+                log.warn(
+                    "node {node}: cancelling {count} calls still running after {grace}s",
+                    node=self.node_name,
+                    count=left,
+                    grace=grace,
+                )
+            for protocol in list(self.open):
+                protocol.shut_down()
+            done.callback(None)
+
+        check()
+        return done
 
     def hello(self) -> dict[str, Any]:
         """What this node says of itself in the handshake: name, procedures."""

@@ -56,6 +56,7 @@ _OPTION_NAMES = {
     "max_timeout": "--max-timeout",
     "peers": "--peer",
     "allow_insecure": "--allow-insecure",
+    "shutdown_grace": "--shutdown-grace",
     "heartbeat_interval": "--heartbeat-interval",
     "down_after": "--down-after",
     "max_hops": "--max-hops",
@@ -74,6 +75,7 @@ _NUMBERS = (
     "heartbeat_interval",
     "down_after",
     "max_hops",
+    "shutdown_grace",
 )
 
 
@@ -179,6 +181,13 @@ class Options(usage.Options):
             None,
             "Seconds of silence before a peer is marked down."
             f" [default: {ClusterSettings.down_after:g}]",
+        ],
+        [
+            "shutdown-grace",
+            None,
+            None,
+            "Seconds a stopping node gives its calls in flight to end."
+            f" [default: {NodeConfig.shutdown_grace:g}]",
         ],
         [
             "max-hops",

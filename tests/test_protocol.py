@@ -619,3 +619,44 @@ class PeerLinkTests(SynchronousTestCase):
             self.assertIsInstance(event.error, UnavailableError)
             self.assertEqual(event.error.outcome, Outcome.NOT_RUN)
         self.assertIn(Success("pong", "p"), events)
+
+
+class DrainTests(SynchronousTestCase):
+    """A node shutting down gracefully."""
+
+    def test_drain(self) -> None:
+        """New calls are refused not-run; calls in flight may finish within the grace; the rest are cancelled."""
+        node, pending = node_with_pending()
+        conn = node.connect_raw()
+        conn.send("#1 wait a\n#2 wait b\nwait c\n")
+        done = node.factory.drain(grace=5)
+        conn.send("#3 add 1 1\n")
+        [refused] = conn.events()
+        assert isinstance(refused, Failure)
+        self.assertIsInstance(refused.error, UnavailableError)
+        self.assertEqual((refused.tag, refused.error.outcome), ("3", Outcome.NOT_RUN))
+        pending.calls["a"].callback("A")
+        self.assertEqual(conn.events(), [Success("A", "1")])
+        self.assertNoResult(done)
+        node.clock.advance(5)
+        self.successResultOf(done)
+        self.assertEqual(sorted(pending.cancelled), ["b", "c"])
+        cut = conn.events()
+        self.assertEqual(sorted(str(e.tag) for e in cut), ["2", "None"])
+        for event in cut:
+            assert isinstance(event, Failure)
+            self.assertEqual(event.error.outcome, Outcome.MAY_HAVE_RUN)
+            self.assertIn("shut down", event.error.message)
+        self.assertTrue(conn.transport.disconnecting)
+
+    def test_drain_ends_early(self) -> None:
+        """Drain ends as soon as the last call in flight does."""
+        node, pending = node_with_pending()
+        conn = node.connect_raw()
+        conn.send("#1 wait a\n")
+        done = node.factory.drain(grace=30)
+        node.clock.advance(1)
+        pending.calls["a"].callback("A")
+        node.clock.advance(0.1)
+        self.successResultOf(done)
+        self.assertEqual(conn.events(), [Success("A", "1")])
