@@ -136,6 +136,9 @@ class NodeConfig:
     #: are refused, so callers and peers go elsewhere); the rest are then
     #: cancelled.  Less than systemd's default stop timeout of 90 s.
     shutdown_grace: float = 10.0
+    #: Log every call (procedure, caller, duration, outcome, trace id) in the
+    #: C{callnet.access} namespace.  Off: one event per call costs time.
+    access_log: bool = False
     #: Other nodes of the cluster, as (name, client endpoint string) pairs.
     peers: tuple[tuple[str, str], ...] = ()
     limits: Limits = field(default_factory=Limits)
@@ -286,6 +289,7 @@ _KEYS: dict[str, tuple[str, _Check]] = {
     "processes": ("node", _whole(0)),
     "send_tracebacks": ("node", _flag),
     "shutdown_grace": ("node", _seconds),
+    "access_log": ("node", _flag),
     "max_line_bytes": ("limits", _whole(1)),
     "max_calls_in_flight": ("limits", _whole(1)),
     "max_connections": ("limits", _whole(1)),

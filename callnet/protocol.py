@@ -56,6 +56,9 @@ from callnet.wire import (
 )
 
 log = Logger()
+#: One event per call when the access log is on, in its own namespace so it
+#: can be routed apart from the node's other logs.
+access_log = Logger(namespace="callnet.access")
 
 _HTTP_REQUEST = re.compile(rb"[A-Z]{3,7} \S+ HTTP/\d")
 _HTTP_METHODS = frozenset(
@@ -344,6 +347,8 @@ class NodeProtocol(Protocol):
             )
             return
         outcome = self.factory.dispatcher.start(call)
+        if self.factory.access_log:
+            outcome = self._log_access(call, outcome)
         if not isinstance(outcome, Deferred):
             # Answered at once (an error, or a procedure that did not wait):
             # no bookkeeping of calls in flight.
@@ -367,6 +372,33 @@ class NodeProtocol(Protocol):
             if call.key is not None:
                 self._keyed.add(tag)
             d.addBoth(self._tagged_done, tag)
+
+    def _log_access(self, call: Call, outcome: Any) -> Any:
+        """Log the call once it ends (the access log), passing its outcome on."""
+        started = self.factory.clock.seconds()
+
+        def record(result: Any) -> Any:
+            if isinstance(result, Failure):
+                error = result.value
+                code = error.code if isinstance(error, CallError) else "INTERNAL"
+            else:
+                code = "OK"
+            access_log.info(
+                "{procedure} by {caller} from {address}: {outcome} in {duration_ms:.2f} ms"
+                " (trace {trace})",
+                procedure=call.procedure,
+                caller=self.identity,
+                address=self._host,
+                outcome=code,
+                duration_ms=(self.factory.clock.seconds() - started) * 1000,
+                trace=call.trace,
+                tag=call.tag,
+            )
+            return result
+
+        if isinstance(outcome, Deferred):
+            return outcome.addBoth(record)
+        return record(outcome)
 
     def _cast_done(self, result: Any, call: Call, tracked: bool) -> None:
         if isinstance(result, Failure):
@@ -766,6 +798,8 @@ class NodeFactory(Factory):
         self.open: set[NodeProtocol] = set()
         #: Set once the node has begun to shut down: new calls are refused.
         self.draining = False
+        #: Log every call: procedure, caller, duration, outcome, trace id.
+        self.access_log = False
         #: Connections open now, by the address they come from.
         self.by_address: dict[str | None, int] = {}
         #: Tokens and access rules.

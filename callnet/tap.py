@@ -57,6 +57,7 @@ _OPTION_NAMES = {
     "peers": "--peer",
     "allow_insecure": "--allow-insecure",
     "shutdown_grace": "--shutdown-grace",
+    "access_log": "--access-log",
     "heartbeat_interval": "--heartbeat-interval",
     "down_after": "--down-after",
     "max_hops": "--max-hops",
@@ -198,6 +199,7 @@ class Options(usage.Options):
     ]
 
     optFlags = [
+        ["access-log", None, "Log every call: procedure, caller, duration, outcome, trace id."],
         [
             "allow-insecure",
             None,
@@ -256,6 +258,7 @@ class Options(usage.Options):
             "builtins": False if self["no-builtins"] else None,
             "send_tracebacks": True if self["send-tracebacks"] else None,
             "allow_insecure": True if self["allow-insecure"] else None,
+            "access_log": True if self["access-log"] else None,
         }
         for key in _NUMBERS:
             overrides[key] = _number(self[key.replace("_", "-")])

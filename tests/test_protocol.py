@@ -660,3 +660,47 @@ class DrainTests(SynchronousTestCase):
         node.clock.advance(0.1)
         self.successResultOf(done)
         self.assertEqual(conn.events(), [Success("A", "1")])
+
+
+class AccessLogTests(SynchronousTestCase):
+    """The optional per-call access log."""
+
+    def test_one_event_per_call(self) -> None:
+        """With the access log on, each call logs procedure, caller, outcome, duration and trace."""
+        from twisted.logger import globalLogPublisher
+
+        node, pending = node_with_pending()
+        node.factory.access_log = True
+        events: list[dict[str, Any]] = []
+
+        def observe(event: dict[str, Any]) -> None:
+            if event.get("log_namespace") == "callnet.access":
+                events.append(event)
+
+        globalLogPublisher.addObserver(observe)
+        self.addCleanup(globalLogPublisher.removeObserver, observe)
+        conn = node.connect_raw()
+        conn.send("#1 +trace=00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01 add 1 2\n")
+        conn.send("#2 wait a\n#3 nosuch\n")
+        node.clock.advance(0.25)
+        pending.calls["a"].callback(None)
+        outcomes = {event["tag"]: event for event in events}
+        self.assertEqual(outcomes["1"]["outcome"], "OK")
+        self.assertEqual(
+            outcomes["1"]["trace"], "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
+        )
+        self.assertEqual(outcomes["1"]["caller"], "anonymous")
+        self.assertEqual(outcomes["2"]["procedure"], "wait")
+        self.assertAlmostEqual(outcomes["2"]["duration_ms"], 250.0)
+        self.assertEqual(outcomes["3"]["outcome"], "NOT_FOUND")
+
+    def test_off_by_default(self) -> None:
+        """No access event is logged unless the node is told to."""
+        from twisted.logger import globalLogPublisher
+
+        node, _ = node_with_pending()
+        events: list[dict[str, Any]] = []
+        globalLogPublisher.addObserver(events.append)
+        self.addCleanup(globalLogPublisher.removeObserver, events.append)
+        node.connect_raw().send("add 1 2\n")
+        self.assertEqual([e for e in events if e.get("log_namespace") == "callnet.access"], [])
