@@ -4,10 +4,14 @@ The C{callnet} command: call a node from a shell.
     callnet call tcp:127.0.0.1:7600 add 1 2
     callnet ping 127.0.0.1:7600
     callnet status 127.0.0.1:7600
+    callnet certs init certs
+    callnet certs node certs alpha --ip 127.0.0.1
 
 Each argument is one value: JSON where it parses as JSON, a string otherwise;
 C{name=value} passes a keyword argument.  The result is printed as JSON.
 C{status} prints a node's counters and its peers as a table instead.
+C{certs} makes a development CA and node certificates for TLS (see
+C{docs/security.md}).
 
 Exit status: 0 success, 1 the call failed on the node, 2 a usage error,
 3 the node could not be reached or the deadline passed.
@@ -68,7 +72,73 @@ def _parser() -> argparse.ArgumentParser:
         sub = commands.add_parser(name, help=help_text)
         sub.add_argument("endpoint", type=endpoint_string, metavar="ENDPOINT")
         sub.add_argument("--timeout", type=float, default=10.0, help="deadline in seconds")
+    _certs_parser(commands)
     return parser
+
+
+def _certs_parser(commands: Any) -> None:
+    certs = commands.add_parser(
+        "certs",
+        help="make a development CA and node certificates for TLS",
+        description="Make a development CA and certificates for nodes, for [tls].",
+    )
+    actions = certs.add_subparsers(dest="certs_command", required=True, metavar="ACTION")
+    init = actions.add_parser(
+        "init", help="make a CA: DIR/ca.pem and DIR/ca.key (EC P-256, mode 0600)"
+    )
+    init.add_argument("directory", metavar="DIR")
+    node = actions.add_parser(
+        "node", help="make DIR/NAME.pem and DIR/NAME.key, signed by the CA in DIR"
+    )
+    node.add_argument("directory", metavar="DIR")
+    node.add_argument("name", metavar="NAME", help="the node's name, as in [node] name")
+    node.add_argument(
+        "--ip",
+        action="append",
+        default=[],
+        metavar="ADDRESS",
+        help="an IP address clients reach the node at (repeat for more)",
+    )
+    node.add_argument(
+        "--dns",
+        action="append",
+        default=[],
+        metavar="HOSTNAME",
+        help="another DNS name clients reach the node by (repeat for more)",
+    )
+    for sub in (init, node):
+        sub.add_argument(
+            "--days",
+            type=int,
+            default=365,
+            help="how long the certificate lasts, in days [default: 365]",
+        )
+        sub.add_argument("--force", action="store_true", help="overwrite existing files")
+
+
+def _certs(options: argparse.Namespace) -> int:
+    """Run C{callnet certs ...}; return the exit status."""
+    from callnet.errors import ConfigError
+    from callnet.tls import make_ca, make_node_certificate
+
+    try:
+        if options.certs_command == "init":
+            paths = make_ca(options.directory, days=options.days, force=options.force)
+        else:
+            paths = make_node_certificate(
+                options.directory,
+                options.name,
+                ips=options.ip,
+                dns=options.dns,
+                days=options.days,
+                force=options.force,
+            )
+    except (ConfigError, OSError) as e:
+        print(f"callnet certs: {e}", file=sys.stderr)
+        return EXIT_USAGE
+    for path in paths:
+        print(f"wrote {path}")
+    return EXIT_OK
 
 
 #: Widest the procedures column of C{status} grows before it is cut short.
@@ -164,6 +234,8 @@ async def _run(options: argparse.Namespace, reactor: Any) -> Any:
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; return the exit status."""
     options = _parser().parse_args(argv)
+    if options.command == "certs":
+        return _certs(options)
     if options.command in ("call", "cast"):
         try:
             parse_words(options.arguments)

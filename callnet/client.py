@@ -293,8 +293,12 @@ class ClientProtocol(TwistedProtocol):
         self._deadlines.stop()
         why = self._abort_reason or reason.getErrorMessage()
         why = why.replace("{", "(").replace("}", ")")
+        # A node that refused our TLS certificate did so before reading a
+        # request: those calls did not run.
+        refused = reason.check("callnet.tls.TLSError") is not None
         self._fail_pending(
-            "connection lost while {procedure} was in flight: " + why, Outcome.MAY_HAVE_RUN
+            "connection lost while {procedure} was in flight: " + why,
+            Outcome.NOT_RUN if refused else Outcome.MAY_HAVE_RUN,
         )
         if self.on_lost is not None:
             self.on_lost(self)

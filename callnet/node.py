@@ -11,7 +11,8 @@ from concurrent.futures import Executor, ProcessPoolExecutor
 from typing import Any
 
 from twisted.application.internet import StreamServerEndpointService
-from twisted.application.service import MultiService
+from twisted.application.service import MultiService, Service
+from twisted.internet.defer import Deferred, ensureDeferred, gatherResults, maybeDeferred
 from twisted.internet.endpoints import serverFromString
 from twisted.logger import Logger
 from twisted.python.threadpool import ThreadPool
@@ -25,6 +26,7 @@ from callnet.dispatch import Dispatcher
 from callnet.errors import ConfigError
 from callnet.protocol import NodeFactory
 from callnet.registry import Registry
+from callnet.tls import is_tls_listen, peer_identity, server_endpoint
 
 log = Logger()
 
@@ -77,13 +79,20 @@ class NodeService(MultiService):
         self.registry.add(make_multicall(self.dispatcher))
         self.factory = NodeFactory(self.dispatcher, config.limits, config.name, reactor)
         self.factory.access = AccessPolicy(config.security, (name for name, _ in config.peers))
+        # The name in a TLS client's verified certificate (tls: listeners with [tls] ca).
+        self.factory.identify = peer_identity
+        self.factory.access_log = config.access_log
         self.cluster: Cluster | None = None
         if config.peers:
             self.cluster = Cluster(config, self.dispatcher, reactor, self.factory.hello)
             self.factory.describe_cluster = self.cluster.describe
             self.cluster.setServiceParent(self)
         for description in config.listen:
-            endpoint = serverFromString(reactor, description)
+            if is_tls_listen(description):
+                # tls:PORT[:interface=ADDR], with the node's [tls] certificate.
+                endpoint = server_endpoint(reactor, description, config.tls)
+            else:
+                endpoint = serverFromString(reactor, description)
             StreamServerEndpointService(endpoint, self.factory).setServiceParent(self)
 
     def _processes(self) -> Executor:
@@ -107,16 +116,23 @@ class NodeService(MultiService):
             listen=", ".join(self.config.listen),
         )
 
-    def stopService(self) -> Any:
-        d = super().stopService()
+    def stopService(self) -> Deferred[None]:
+        """
+        Stop gracefully: stop listening, refuse new calls, give the calls in
+        flight C{shutdown_grace} seconds, cancel the rest, then stop the peer
+        links and the worker pools.
+        """
+        return ensureDeferred(self._stop())
 
-        def release(result: object) -> object:
-            self.threadpool.stop()
-            if self._process_pool is not None:
-                self._process_pool.shutdown(wait=False, cancel_futures=True)
-                self._process_pool = None
-            return result
-
-        if d is None:
-            return release(None)
-        return d.addBoth(release)
+    async def _stop(self) -> None:
+        Service.stopService(self)
+        listeners = [s for s in self if isinstance(s, StreamServerEndpointService)]
+        await gatherResults([maybeDeferred(s.stopService) for s in listeners])
+        await self.factory.drain(self.config.shutdown_grace)
+        others = [s for s in reversed(list(self)) if s not in listeners]
+        await gatherResults([maybeDeferred(s.stopService) for s in others])
+        self.threadpool.stop()
+        if self._process_pool is not None:
+            self._process_pool.shutdown(wait=False, cancel_futures=True)
+            self._process_pool = None
+        log.info("callnet node {name} stopped", name=self.config.name)

@@ -19,7 +19,7 @@ from typing import Any, cast
 from typing import Protocol as TypingProtocol
 
 from twisted.internet.defer import Deferred
-from twisted.internet.interfaces import IHalfCloseableProtocol, IPushProducer
+from twisted.internet.interfaces import IHalfCloseableProtocol, IHandshakeListener, IPushProducer
 from twisted.internet.protocol import Factory, Protocol, connectionDone
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -91,6 +91,9 @@ class _Slot:
 
 #: How often a draining node looks whether its calls have ended, in seconds.
 DRAIN_CHECK_INTERVAL = 0.05
+#: How long a stopping node waits for its last replies to be written before
+#: it cuts the connections that have not taken them.
+DRAIN_FLUSH_TIMEOUT = 2.0
 
 #: Commands answered before a caller has authenticated.
 _BEFORE_AUTH = frozenset({"AUTH", "PING", "HELP", "QUIT"})
@@ -105,7 +108,7 @@ MAX_AUTH_FAILURES = 5
 _END_OF_INPUT = object()
 
 
-@implementer(IPushProducer, IHalfCloseableProtocol)
+@implementer(IPushProducer, IHalfCloseableProtocol, IHandshakeListener)
 class NodeProtocol(Protocol):
     """Serves calls arriving on one connection."""
 
@@ -118,6 +121,8 @@ class NodeProtocol(Protocol):
         self.peer_name: str | None = None
         #: Who is calling: from AUTH or a client certificate; None until known.
         self.identity: str | None = None
+        #: The name in the connection's verified client certificate, if any.
+        self.certified: str | None = None
         self._host: str | None = None
         self._auth_failures = 0
         self._auth_timer: DelayedCall | None = None
@@ -176,6 +181,14 @@ class NodeProtocol(Protocol):
         if self.identity is None and not factory.access.requires_authentication:
             self.identity = ANONYMOUS
         self._out.registerProducer(self, True)
+
+    def handshakeCompleted(self) -> None:
+        """A TLS handshake finished: a verified client certificate names the caller."""
+        if self._closed:
+            return
+        identity = self.factory.identify(self.transport)
+        if identity is not None:
+            self.certified = self.identity = identity
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
         self._closed = True
@@ -505,7 +518,14 @@ class NodeProtocol(Protocol):
             return Failure(PermissionDeniedError("only a node of this cluster may say HELLO"))
         if len(args) != 1 or not isinstance(args[0], dict):
             return Failure(InvalidArgumentError("usage: HELLO {node info as JSON}"))
-        self.peer_name = str(args[0].get("node", ""))[:128] or None
+        name = str(args[0].get("node", ""))[:128] or None
+        if self.certified is not None and name != self.certified:
+            return Failure(
+                PermissionDeniedError(
+                    f"this connection's certificate names {self.certified}, not {name}"
+                )
+            )
+        self.peer_name = name
         return self.factory.hello()
 
     def _cancel(self, args: tuple[Any, ...]) -> bool | Failure:
@@ -843,6 +863,16 @@ class NodeFactory(Factory):
                 )
             for protocol in list(self.open):
                 protocol.shut_down()
+            closed(self.clock.seconds() + DRAIN_FLUSH_TIMEOUT)
+
+        def closed(flush_deadline: float) -> None:
+            # Wait for the last replies to be written out; a client that
+            # will not read them is cut off after a moment.
+            if self.open and self.clock.seconds() < flush_deadline:
+                self.clock.callLater(DRAIN_CHECK_INTERVAL, closed, flush_deadline)
+                return
+            for protocol in list(self.open):
+                protocol._out.abortConnection()
             done.callback(None)
 
         check()

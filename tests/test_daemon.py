@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from .daemon import LineClient, free_port, is_reply, running_node
+from .daemon import LineClient, accepts, free_port, is_reply, running_node, wait_until
 
 README = Path(__file__).parent.parent / "README.md"
 
@@ -358,3 +358,24 @@ def test_nested_calls_from_a_thread_and_multicall(tmp_path: Path) -> None:
         assert stats["procedures"]["sleep"]["in_flight"] == 0, "the nested sleep was cancelled"
         client.send("#4 multicall add [1,2]")
         assert client.read_line() == '#4 OK {"demo":{"ok":3}}'
+
+
+def test_sigterm_drains(tmp_path: Path) -> None:
+    """On SIGTERM a node stops listening, lets a call in flight finish, cancels what outlives the grace, and exits."""
+    import signal
+
+    with running_node(tmp_path, "--shutdown-grace", "2") as node:
+        client = node.connect()
+        client.send("#1 sleep 0.5")
+        client.send("#2 sleep 30")
+        wait_until(lambda: node.stats()["in_flight"] == 2, 5, "both calls run")
+        started = time.monotonic()
+        node.process.send_signal(signal.SIGTERM)
+        assert client.read_line() == "#1 OK 0.5", "the short call finished during the drain"
+        wait_until(lambda: not accepts(node.host, node.port), 5, "the listener closes")
+        last = client.read_line()
+        assert last.startswith("#2 ERR UNAVAILABLE may-have-run"), last
+        assert "shut down" in last
+        assert 1.5 < time.monotonic() - started < 5
+        assert node.process.wait(timeout=5) in (-15, 143)
+        assert "Traceback" not in node.output()

@@ -22,6 +22,7 @@ from callnet.errors import (
     ResourceExhaustedError,
     UnavailableError,
 )
+from callnet.protocol import DRAIN_CHECK_INTERVAL, DRAIN_FLUSH_TIMEOUT
 from callnet.registry import procedure
 from callnet.testing import MemoryNode
 from callnet.wire import Failure, Success, Text
@@ -639,8 +640,12 @@ class DrainTests(SynchronousTestCase):
         self.assertEqual(conn.events(), [Success("A", "1")])
         self.assertNoResult(done)
         node.clock.advance(5)
-        self.successResultOf(done)
         self.assertEqual(sorted(pending.cancelled), ["b", "c"])
+        # The node waits for its last replies to be written, then cuts off.
+        self.assertNoResult(done)
+        conn.protocol.connectionLost()
+        node.clock.advance(DRAIN_CHECK_INTERVAL)
+        self.successResultOf(done)
         cut = conn.events()
         self.assertEqual(sorted(str(e.tag) for e in cut), ["2", "None"])
         for event in cut:
@@ -658,8 +663,11 @@ class DrainTests(SynchronousTestCase):
         node.clock.advance(1)
         pending.calls["a"].callback("A")
         node.clock.advance(0.1)
-        self.successResultOf(done)
         self.assertEqual(conn.events(), [Success("A", "1")])
+        self.assertTrue(conn.transport.disconnecting)
+        # A client that does not take its last replies is cut off.
+        node.clock.advance(DRAIN_FLUSH_TIMEOUT)
+        self.successResultOf(done)
 
 
 class AccessLogTests(SynchronousTestCase):

@@ -20,6 +20,7 @@ from callnet.cluster.peers import Peer, PeerState
 from callnet.cluster.routing import Router
 from callnet.config import NodeConfig
 from callnet.dispatch import Dispatcher
+from callnet.tls import links_use_tls, load_credentials, peer_endpoint
 
 __all__ = ["Cluster", "Peer", "PeerState", "Router"]
 
@@ -43,13 +44,35 @@ class Cluster(Service):
         """
         @param endpoints: endpoints to reach peers by, instead of parsing
             the configured strings (for tests that join nodes in memory).
+        @raise ConfigError: C{[tls]} is set and its files cannot be used, or
+            a peer's endpoint cannot be dialled over TLS.
         """
         self._listeners: list[Listener] = []
         chosen = endpoints or {}
-        self.peers = [
-            Peer(name, chosen.get(name, endpoint), reactor, config.cluster, hello, self._changed)
-            for name, endpoint in config.peers
-        ]
+        # With [tls] cert, key and ca, every link is mutual TLS: this node's
+        # certificate out, and the peer's checked against the CA and its name.
+        credentials = load_credentials(config.tls) if links_use_tls(config.tls) else None
+        token = config.security.cluster_token
+        self.peers = []
+        for name, endpoint in config.peers:
+            where: str | IStreamClientEndpoint = chosen.get(name, endpoint)
+            connector = None
+            if credentials is not None and name not in chosen:
+                connector = peer_endpoint(
+                    reactor, name, endpoint, credentials, config.cluster.down_after
+                )
+            self.peers.append(
+                Peer(
+                    name,
+                    where,
+                    reactor,
+                    config.cluster,
+                    hello,
+                    self._changed,
+                    connector=connector,
+                    token=token,
+                )
+            )
         self.router = Router(self.peers, reactor, config.name, config.cluster.max_hops)
         dispatcher.router = self.router
 

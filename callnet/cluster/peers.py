@@ -31,6 +31,7 @@ from callnet.client import ClientProtocol
 from callnet.config import ClusterSettings
 from callnet.errors import CallError, Outcome, UnavailableError
 from callnet.reactors import Clock, DelayedCall
+from callnet.tls import HandshakeEndpoint
 from callnet.wire import PROTOCOL_VERSION
 
 log = Logger()
@@ -73,13 +74,26 @@ class Peer:
         settings: ClusterSettings,
         hello: Callable[[], dict[str, Any]],
         on_change: Callable[[Peer], None],
+        connector: IStreamClientEndpoint | None = None,
+        token: str | None = None,
     ) -> None:
+        """
+        @param endpoint: where the peer is: an endpoint string, as
+            configured, or an endpoint.
+        @param connector: the endpoint to dial it by, when not C{endpoint}
+            itself (a TLS link to the address C{endpoint} names).
+        @param token: the cluster token, sent (C{AUTH}) before the handshake.
+        """
         self.name = name
         if isinstance(endpoint, str):
             self.endpoint = endpoint
-            connector: IStreamClientEndpoint = clientFromString(reactor, endpoint)
+            if connector is None:
+                connector = clientFromString(reactor, endpoint)
         else:
-            self.endpoint, connector = repr(endpoint), endpoint
+            self.endpoint = repr(endpoint)
+            connector = connector or endpoint
+        #: Whether the link goes over TLS, checking the peer's certificate.
+        self.tls = isinstance(connector, HandshakeEndpoint)
         self.state = PeerState.CONNECTING
         #: Procedure name -> what the peer said of it (C{idempotent}, ...).
         self.procedures: dict[str, dict[str, Any]] = {}
@@ -87,6 +101,7 @@ class Peer:
         self._settings = settings
         self._hello = hello
         self._on_change = on_change
+        self._token = token
         self._protocol: ClientProtocol | None = None
         self._heartbeat: DelayedCall | None = None
         self._service = ClientService(
@@ -111,6 +126,7 @@ class Peer:
         return {
             "endpoint": self.endpoint,
             "state": self.state.value,
+            "tls": self.tls,
             "in_flight": self.in_flight,
             "procedures": sorted(self.procedures),
         }
@@ -164,6 +180,11 @@ class Peer:
         whose handshake fails is dropped, and the link reconnects.
         """
         protocol.on_lost = self._lost
+        if self._token is not None:
+            # Sent ahead of HELLO, which the peer answers only once AUTH is
+            # done: a refused token fails the handshake below.
+            auth = protocol.command("AUTH", (self._token,), self._settings.down_after)
+            auth.addErrback(self._auth_failed)
         d = protocol.command("HELLO", (self._hello(),), self._settings.down_after)
 
         def learned(info: Any) -> None:
@@ -193,6 +214,16 @@ class Peer:
             protocol.abort()
 
         return d.addCallbacks(learned, failed)
+
+    def _auth_failed(self, reason: Failure) -> None:
+        error = reason.value
+        if isinstance(error, CallError) and error.code in ("UNAUTHENTICATED", "PERMISSION_DENIED"):
+            log.warn(
+                "peer {peer} at {endpoint} refused this node's cluster token: {why}",
+                peer=self.name,
+                endpoint=self.endpoint,
+                why=error.message,
+            )
 
     def _lost(self, protocol: ClientProtocol) -> None:
         if protocol is self._protocol:
