@@ -275,3 +275,54 @@ class ClientTokenTests(SynchronousTestCase):
         node.advance(AUTH_DELAY)
         error = self.failureResultOf(d, UnauthenticatedError).value
         self.assertEqual(error.outcome, Outcome.NOT_RUN)
+
+
+class TenThousandNamesTests(SynchronousTestCase):
+    """10,000 hostile procedure names reach the registry's lookup and nothing else."""
+
+    def test_fuzzed_names(self) -> None:
+        """Every name is answered NOT_FOUND or refused as malformed; no procedure runs, nothing else is looked up."""
+        import random
+        from unittest import mock
+
+        rng = random.Random(6)
+        hostile = [
+            "__import__",
+            "os.system",
+            "builtins.eval",
+            "sys.modules",
+            "__class__",
+            "__globals__",
+            "subprocess.Popen",
+            "../../etc/passwd",
+            "greet.__code__",
+            "callnet.tap.makeService",
+            "pickle.loads",
+            "eval",
+            "exec",
+            "open",
+        ]
+        alphabet = "abcxyz_.-@ABC019/\\:$%{}[]\"'()!\u00e9\u65e5"
+        names = [rng.choice(hostile) for _ in range(2000)] + [
+            "".join(rng.choice(alphabet) for _ in range(rng.randint(1, 40))) for _ in range(8000)
+        ]
+        node = MemoryNode([greet])
+        ran: list[str] = []
+        node.registry.add(lambda: ran.append("x"), name="trap", run="reactor")
+        conn = node.connect_raw()
+        with (
+            mock.patch.object(node.registry, "find", wraps=node.registry.find) as find,
+            mock.patch("importlib.import_module") as imported,
+        ):
+            for i, name in enumerate(names):
+                conn.send(f"#{i} ".encode() + name.encode("utf-8", "surrogatepass") + b"\n")
+            events = conn.events()
+        self.assertEqual(len(events), len(names))
+        codes = {event.error.code for event in events if isinstance(event, Failure)}
+        self.assertLessEqual(codes, {"NOT_FOUND", "INVALID_ARGUMENT"})
+        self.assertFalse([e for e in events if isinstance(e, Success)])
+        self.assertEqual(ran, [])
+        imported.assert_not_called()
+        self.assertGreater(find.call_count, 1000)
+        for (looked_up,), _ in find.call_args_list:
+            self.assertIsInstance(looked_up, str)
