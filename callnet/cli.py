@@ -13,6 +13,10 @@ C{status} prints a node's counters and its peers as a table instead.
 C{certs} makes a development CA and node certificates for TLS (see
 C{docs/security.md}).
 
+A node that requires a token gets it from C{$CALLNET_TOKEN}; C{--ca}
+(with C{--cert}/C{--key} for a client certificate) connects over TLS and
+checks the node's certificate names it.
+
 Exit status: 0 success, 1 the call failed on the node, 2 a usage error,
 3 the node could not be reached or the deadline passed.
 """
@@ -21,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from collections.abc import Collection, Mapping, Sequence
 from typing import Any
@@ -63,6 +68,7 @@ def _parser() -> argparse.ArgumentParser:
         sub.add_argument("procedure", metavar="PROCEDURE")
         sub.add_argument("arguments", nargs="*", metavar="ARG", help="JSON value or word; k=v")
         sub.add_argument("--timeout", type=float, default=30.0, help="deadline in seconds")
+        _connection_options(sub)
     for name, help_text in (
         ("ping", "check that a node answers"),
         ("list", "list a node's procedures"),
@@ -72,8 +78,42 @@ def _parser() -> argparse.ArgumentParser:
         sub = commands.add_parser(name, help=help_text)
         sub.add_argument("endpoint", type=endpoint_string, metavar="ENDPOINT")
         sub.add_argument("--timeout", type=float, default=10.0, help="deadline in seconds")
+        _connection_options(sub)
     _certs_parser(commands)
     return parser
+
+
+#: The environment variable a token is read from: a token given as an
+#: argument would show in C{ps} and in shell histories.
+TOKEN_VARIABLE = "CALLNET_TOKEN"  # noqa: S105 (a variable's name, not a secret)
+
+
+def _connection_options(sub: argparse.ArgumentParser) -> None:
+    sub.add_argument(
+        "--ca",
+        metavar="PEM",
+        help="connect over TLS, trusting this CA certificate (the node listens with tls:)",
+    )
+    sub.add_argument("--cert", metavar="PEM", help="a client certificate to present (with --ca)")
+    sub.add_argument("--key", metavar="PEM", help="the client certificate's key")
+    sub.add_argument(
+        "--name", metavar="NAME", help="the name the node's certificate must give (default: host)"
+    )
+
+
+def _endpoint(options: argparse.Namespace, reactor: Any) -> Any:
+    """The endpoint string, or with --ca a TLS endpoint checking the node's name."""
+    if options.ca is None:
+        return options.endpoint
+    from callnet.tls import client_endpoint
+
+    kind, _, rest = options.endpoint.partition(":")
+    host, _, port = rest.rpartition(":")
+    if kind not in ("tcp", "tcp6") or not port.isdigit():
+        raise ValueError(f"--ca needs a tcp: endpoint (host:port), not {options.endpoint!r}")
+    return client_endpoint(
+        reactor, host, int(port), options.ca, options.cert, options.key, name=options.name
+    )
 
 
 def _certs_parser(commands: Any) -> None:
@@ -213,7 +253,12 @@ def _procedure_list(names: Sequence[str], width: int = PROCEDURES_WIDTH) -> str:
 async def _run(options: argparse.Namespace, reactor: Any) -> Any:
     from callnet.client import Client
 
-    client = Client(options.endpoint, reactor, timeout=options.timeout)
+    client = Client(
+        _endpoint(options, reactor),
+        reactor,
+        timeout=options.timeout,
+        token=os.environ.get(TOKEN_VARIABLE) or None,
+    )
     try:
         if options.command == "call":
             args, kwargs = parse_words(options.arguments)
@@ -236,6 +281,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     options = _parser().parse_args(argv)
     if options.command == "certs":
         return _certs(options)
+    if getattr(options, "ca", None) is not None and not options.endpoint.startswith(
+        ("tcp:", "tcp6:")
+    ):
+        print("callnet: --ca needs a tcp endpoint (host:port)", file=sys.stderr)
+        return EXIT_USAGE
     if options.command in ("call", "cast"):
         try:
             parse_words(options.arguments)

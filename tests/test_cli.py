@@ -194,3 +194,26 @@ def test_status_of_a_node_with_peers(tmp_path: Path) -> None:
     gone = callnet("status", f"127.0.0.1:{free_port()}", "--timeout", "5")
     assert gone.returncode == EXIT_UNREACHABLE
     assert "Traceback" not in gone.stderr
+
+
+def test_token_from_the_environment(tmp_path: Path) -> None:
+    """A node that requires a token refuses the command without it, and answers with $CALLNET_TOKEN."""
+    import os
+
+    token = "cli-token-0123456789abcdef"
+    config = tmp_path / "node.toml"
+    config.write_text(f'[security]\ntokens = {{ ops = "{token}" }}\n')
+    with running_node(tmp_path, "--config", str(config)) as node:
+        refused = callnet("call", node.endpoint, "add", "1", "2")
+        assert refused.returncode == EXIT_CALL_FAILED
+        assert "UNAUTHENTICATED" in refused.stderr
+        assert token not in refused.stderr
+        env = {**os.environ, "CALLNET_TOKEN": token}
+        allowed = subprocess.run(
+            [sys.executable, "-m", "callnet", "call", node.endpoint, "add", "1", "2"],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            env=env,
+        )
+        assert (allowed.returncode, allowed.stdout.strip()) == (EXIT_OK, "3"), allowed.stderr
