@@ -139,6 +139,9 @@ class NodeConfig:
     #: Log every call (procedure, caller, duration, outcome, trace id) in the
     #: C{callnet.access} namespace.  Off: one event per call costs time.
     access_log: bool = False
+    #: A Twisted server endpoint string to serve Prometheus metrics on
+    #: (C{GET /metrics}), which needs C{callnet[metrics]}; C{None}: no metrics.
+    metrics_listen: str | None = None
     #: Other nodes of the cluster, as (name, client endpoint string) pairs.
     peers: tuple[tuple[str, str], ...] = ()
     limits: Limits = field(default_factory=Limits)
@@ -290,6 +293,7 @@ _KEYS: dict[str, tuple[str, _Check]] = {
     "send_tracebacks": ("node", _flag),
     "shutdown_grace": ("node", _seconds),
     "access_log": ("node", _flag),
+    "metrics_listen": ("node", _text),
     "max_line_bytes": ("limits", _whole(1)),
     "max_calls_in_flight": ("limits", _whole(1)),
     "max_connections": ("limits", _whole(1)),

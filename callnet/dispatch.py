@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import threading
 import uuid
+from bisect import bisect_left
 from collections import deque
 from collections.abc import Callable, Mapping
 from concurrent.futures import Executor, Future
@@ -44,6 +45,10 @@ if TYPE_CHECKING:
 log = Logger()
 
 
+#: Upper bounds in seconds of the call duration buckets; a last bucket takes the rest.
+DURATION_BUCKETS = (0.0005, 0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 10.0)
+
+
 @dataclass
 class ProcedureStats:
     """Counters for one procedure."""
@@ -51,9 +56,31 @@ class ProcedureStats:
     calls: int = 0
     errors: int = 0
     in_flight: int = 0
+    #: Failed calls by error code (the rest of C{calls} ended OK).
+    error_codes: dict[str, int] = field(default_factory=dict)
+    #: Finished calls per duration bucket (not cumulative): one count per
+    #: L{DURATION_BUCKETS} bound, then one for longer calls.
+    durations: list[int] = field(default_factory=lambda: [0] * (len(DURATION_BUCKETS) + 1))
+    #: Seconds taken by the finished calls, all told.
+    duration_sum: float = 0.0
 
-    def as_dict(self) -> dict[str, int]:
-        return {"calls": self.calls, "errors": self.errors, "in_flight": self.in_flight}
+    def outcomes(self) -> dict[str, int]:
+        """Finished calls by outcome: C{"OK"} or the error code."""
+        ok = self.calls - self.errors
+        return {**({"OK": ok} if ok else {}), **dict(sorted(self.error_codes.items()))}
+
+    def as_dict(self) -> dict[str, Any]:
+        cumulative, buckets = 0, {}
+        for bound, count in zip((*DURATION_BUCKETS, "+Inf"), self.durations, strict=True):
+            cumulative += count
+            buckets[f"{bound:g}" if isinstance(bound, float) else bound] = cumulative
+        return {
+            "calls": self.calls,
+            "errors": self.errors,
+            "in_flight": self.in_flight,
+            "outcomes": self.outcomes(),
+            "seconds": {"sum": self.duration_sum, "le": buckets},
+        }
 
 
 @dataclass
@@ -64,6 +91,8 @@ class NodeStats:
     errors: int = 0
     in_flight: int = 0
     by_procedure: dict[str, ProcedureStats] = field(default_factory=dict)
+    #: Calls refused before any procedure was chosen, by error code.
+    refusals: dict[str, int] = field(default_factory=dict)
 
     def started(self, name: str) -> ProcedureStats:
         entry = self.by_procedure.get(name)
@@ -73,25 +102,38 @@ class NodeStats:
         entry.in_flight += 1
         return entry
 
-    def finished(self, entry: ProcedureStats, failed: bool) -> None:
+    def finished(
+        self,
+        entry: ProcedureStats,
+        error: str | None,
+        seconds: float,
+        _bucket: Callable[[tuple[float, ...], float], int] = bisect_left,
+    ) -> None:
+        """A call ended after C{seconds}, failing with the code C{error} or not."""
         self.in_flight -= 1
         self.calls += 1
         entry.in_flight -= 1
         entry.calls += 1
-        if failed:
+        if error is not None:
             self.errors += 1
             entry.errors += 1
+            codes = entry.error_codes
+            codes[error] = codes.get(error, 0) + 1
+        entry.durations[_bucket(DURATION_BUCKETS, seconds)] += 1
+        entry.duration_sum += seconds
 
-    def refused(self) -> None:
-        """A call failed before any procedure was chosen or started."""
+    def refused(self, code: str) -> None:
+        """A call failed with C{code} before any procedure was chosen or started."""
         self.calls += 1
         self.errors += 1
+        self.refusals[code] = self.refusals.get(code, 0) + 1
 
     def as_dict(self) -> dict[str, Any]:
         return {
             "calls": self.calls,
             "errors": self.errors,
             "in_flight": self.in_flight,
+            "refused": dict(sorted(self.refusals.items())),
             "procedures": {
                 name: stats.as_dict() for name, stats in sorted(self.by_procedure.items())
             },
@@ -240,14 +282,15 @@ class Dispatcher:
                 self._check_routable(call, name, target)
             timeout = self._budget(call)
         except CallError as e:
-            self.stats.refused()
+            self.stats.refused(e.code)
             e.node = e.node or self.node_name
             return Failure(e)
+        began = self.reactor.seconds()
         if entry is None:
             assert self.router is not None
             stats = self.stats.started(name)
             work = self.router.forward(call, name, timeout, target)
-            return _RunningCall(self, name, (), stats, work, timeout).result
+            return _RunningCall(self, name, (), stats, work, timeout, began).result
         stats = self.stats.started(entry.name)
         kwargs = call.kwargs
         context = None
@@ -258,21 +301,23 @@ class Dispatcher:
             try:
                 result = entry.function(*call.args, **kwargs)
             except BaseException:
-                failure = Failure(self._to_call_error(entry.name, entry.errors, Failure()))
-                self.stats.finished(stats, True)
-                return failure
+                error = self._to_call_error(entry.name, entry.errors, Failure())
+                self.stats.finished(stats, error.code, self.reactor.seconds() - began)
+                return Failure(error)
             if isinstance(result, Deferred):
                 work = result
             elif hasattr(result, "__await__") or hasattr(result, "send"):
                 work = ensureDeferred(result)
             else:
-                self.stats.finished(stats, False)
+                self.stats.finished(stats, None, self.reactor.seconds() - began)
                 return result
         elif entry.run == "thread":
             work = self._run_in_thread(entry.function, call.args, kwargs)
         else:
             work = self._run_in_process(entry.function, call.args, kwargs)
-        running = _RunningCall(self, entry.name, entry.errors, stats, work, timeout, context)
+        running = _RunningCall(
+            self, entry.name, entry.errors, stats, work, timeout, began, context
+        )
         return running.result
 
     def _check_routable(self, call: Call, name: str, target: str | None) -> None:
@@ -403,6 +448,7 @@ class _RunningCall:
     """One call from start to finish: its deadline timer and why it ended."""
 
     __slots__ = (
+        "_began",
         "_context",
         "_dispatcher",
         "_errors",
@@ -422,9 +468,11 @@ class _RunningCall:
         stats: ProcedureStats,
         work: Deferred[Any],
         timeout: float,
+        began: float,
         context: CallContext | None = None,
     ) -> None:
         self._dispatcher = dispatcher
+        self._began = began
         self._context = context
         self._name = name
         self._errors = errors
@@ -490,7 +538,9 @@ class _RunningCall:
             self._timer.cancel()
             self._timer = None
         failed = isinstance(outcome, Failure)
-        self._dispatcher.stats.finished(self._stats, failed)
+        dispatcher = self._dispatcher
+        code = outcome.value.code if failed else None
+        dispatcher.stats.finished(self._stats, code, dispatcher.reactor.seconds() - self._began)
         if failed:
             self.result.errback(outcome)
         else:

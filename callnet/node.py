@@ -24,6 +24,7 @@ from callnet.cluster.multicall import make_multicall
 from callnet.config import NodeConfig
 from callnet.dispatch import Dispatcher
 from callnet.errors import ConfigError
+from callnet.metrics import Metrics, metrics_service
 from callnet.protocol import NodeFactory
 from callnet.registry import Registry
 from callnet.tls import is_tls_listen, peer_identity, server_endpoint
@@ -94,6 +95,11 @@ class NodeService(MultiService):
             else:
                 endpoint = serverFromString(reactor, description)
             StreamServerEndpointService(endpoint, self.factory).setServiceParent(self)
+        #: The node's Prometheus figures, if it serves them ([node] metrics_listen).
+        self.metrics: Metrics | None = None
+        if config.metrics_listen is not None:
+            self.metrics = Metrics(self.dispatcher, self.factory, self.cluster)
+            metrics_service(reactor, config.metrics_listen, self.metrics).setServiceParent(self)
 
     def _processes(self) -> Executor:
         """The worker process pool, started on first use."""

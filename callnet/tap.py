@@ -58,6 +58,7 @@ _OPTION_NAMES = {
     "allow_insecure": "--allow-insecure",
     "shutdown_grace": "--shutdown-grace",
     "access_log": "--access-log",
+    "metrics_listen": "--metrics-listen",
     "heartbeat_interval": "--heartbeat-interval",
     "down_after": "--down-after",
     "max_hops": "--max-hops",
@@ -191,6 +192,13 @@ class Options(usage.Options):
             f" [default: {NodeConfig.shutdown_grace:g}]",
         ],
         [
+            "metrics-listen",
+            None,
+            None,
+            "Serve Prometheus metrics (GET /metrics) on this endpoint string, such as"
+            " tcp:9600:interface=127.0.0.1; needs callnet[metrics].",
+        ],
+        [
             "max-hops",
             None,
             None,
@@ -259,6 +267,7 @@ class Options(usage.Options):
             "send_tracebacks": True if self["send-tracebacks"] else None,
             "allow_insecure": True if self["allow-insecure"] else None,
             "access_log": True if self["access-log"] else None,
+            "metrics_listen": self["metrics-listen"],
         }
         for key in _NUMBERS:
             overrides[key] = _number(self[key.replace("_", "-")])
@@ -270,6 +279,12 @@ class Options(usage.Options):
 
         in_file = f"{self['config']}: [node] "
         _check_endpoints(config.listen, "--listen" if self["listen"] else in_file + "listen")
+        if config.metrics_listen is not None:
+            metrics_where = (
+                "--metrics-listen" if self["metrics-listen"] else in_file + "metrics_listen"
+            )
+            _check_endpoints((config.metrics_listen,), metrics_where)
+            _check_metrics(config, metrics_where)
         _check_exposure(config)
         _check_modules(config.services, "--service" if self["services"] else in_file + "services")
         self["node_config"] = config
@@ -338,6 +353,28 @@ def _check_exposure(config: NodeConfig) -> None:
                 " listener, set [security] tokens, or, if the network is trusted, pass"
                 " --allow-insecure (or set [security] allow_insecure = true)"
             )
+
+
+def _check_metrics(config: NodeConfig, where: str) -> None:
+    """
+    Refuse a metrics endpoint that cannot work, or that anyone may read.
+
+    @raise usage.UsageError: prometheus-client is missing, or the endpoint is
+        plain TCP on an address other machines can reach (it has no
+        authentication) and C{allow_insecure} is off.
+    """
+    from callnet.metrics import require_prometheus
+
+    try:
+        require_prometheus()
+    except ConfigError as e:
+        raise usage.UsageError(f"{where}: {e}") from None
+    if exposed_plaintext(config.metrics_listen or "") and not config.security.allow_insecure:
+        raise usage.UsageError(
+            f'{where}: refusing to serve metrics on "{config.metrics_listen}", an address'
+            " other machines can reach, with no authentication.  Serve them on 127.0.0.1"
+            " (behind a proxy) or, if the network is trusted, pass --allow-insecure"
+        )
 
 
 def _check_modules(modules: Sequence[str], where: str) -> None:

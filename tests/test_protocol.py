@@ -430,8 +430,9 @@ class CommandTests(SynchronousTestCase):
         self.assertEqual(stats.value["calls"], 2)
         self.assertEqual(stats.value["errors"], 1)
         self.assertEqual(stats.value["in_flight"], 1)
+        add = stats.value["procedures"]["add"]
         self.assertEqual(
-            stats.value["procedures"]["add"], {"calls": 1, "errors": 0, "in_flight": 0}
+            (add["calls"], add["errors"], add["in_flight"], add["outcomes"]), (1, 0, 0, {"OK": 1})
         )
         self.assertEqual(stats.value["procedures"]["wait"]["in_flight"], 1)
 
