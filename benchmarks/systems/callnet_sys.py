@@ -51,7 +51,12 @@ def serve(port: int, extra: list[str]) -> None:
         name="bench",
         listen=(f"tcp:{port}:interface={HOST}:backlog={options.backlog}",),
         services=("benchmarks.procs",),
-        limits=Limits(max_connections=options.max_connections),
+        # Every benchmark client comes from one loopback address: the
+        # per-address bound must not be the one that is measured.
+        limits=Limits(
+            max_connections=options.max_connections,
+            max_connections_per_address=options.max_connections,
+        ),
     )
     node = NodeService(config, reactor)
     reactor.addSystemEventTrigger("before", "shutdown", node.stopService)
