@@ -48,8 +48,9 @@ class CallContext:
         self.procedure = procedure
         #: The node it runs on.
         self.node = dispatcher.node_name
-        #: The call's trace id, if it has one; nested calls carry it on.
-        self.trace = call.trace
+        #: The call's trace id; nested calls carry it on (one is made if the
+        #: call came without).
+        self.trace = call.trace or dispatcher.trace_ids.new()
         #: When the call's deadline passes, on the node's clock.
         self.deadline = deadline
         #: Set once the call has been cancelled or its deadline has passed.

@@ -37,6 +37,7 @@ from callnet.errors import (
 from callnet.idempotency import KeyStore
 from callnet.reactors import DelayedCall, DispatchReactor
 from callnet.registry import Registry
+from callnet.tracing import TraceIds, with_trace
 from callnet.wire import Call
 
 if TYPE_CHECKING:
@@ -229,6 +230,8 @@ class Dispatcher:
         self.router: Router | None = None
         #: Outcomes of calls that carried an idempotency key.
         self.keys = KeyStore(reactor)
+        #: Trace ids for calls that arrive without one.
+        self.trace_ids = TraceIds()
         self._thread_results = _ThreadResults(reactor)
 
     @property
@@ -288,6 +291,9 @@ class Dispatcher:
         began = self.reactor.seconds()
         if entry is None:
             assert self.router is not None
+            if call.trace is None:
+                # Followed across nodes from here: give it the id to follow.
+                call = with_trace(call, self.trace_ids.new())
             stats = self.stats.started(name)
             work = self.router.forward(call, name, timeout, target)
             return _RunningCall(self, name, (), stats, work, timeout, began).result

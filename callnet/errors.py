@@ -52,6 +52,8 @@ class CallError(Exception):
         #: Whether the outcome was given rather than this class's default.
         self.outcome_given = outcome is not None
         self.node = node
+        #: The trace id of the call that failed, when it had one.
+        self.trace: str | None = None
 
     @property
     def did_not_run(self) -> bool:
@@ -60,7 +62,8 @@ class CallError(Exception):
 
     def __str__(self) -> str:
         where = f" at {self.node}" if self.node else ""
-        return f"{self.code} ({self.outcome.value}){where}: {self.message}"
+        trace = f" [trace {self.trace}]" if self.trace else ""
+        return f"{self.code} ({self.outcome.value}){where}: {self.message}{trace}"
 
     def __repr__(self) -> str:
         return (

@@ -43,6 +43,7 @@ from callnet.errors import (
     UnimplementedError,
 )
 from callnet.reactors import DelayedCall, DispatchReactor, set_no_delay
+from callnet.tracing import with_trace
 from callnet.wire import (
     PROTOCOL_VERSION,
     BadLine,
@@ -359,8 +360,11 @@ class NodeProtocol(Protocol):
                 tag,
             )
             return
-        outcome = self.factory.dispatcher.start(call)
-        if self.factory.access_log:
+        factory = self.factory
+        if call.trace is None and factory.access_log:
+            call = with_trace(call, factory.dispatcher.trace_ids.new())
+        outcome = factory.dispatcher.start(call)
+        if factory.access_log:
             outcome = self._log_access(call, outcome)
         if not isinstance(outcome, Deferred):
             # Answered at once (an error, or a procedure that did not wait):
@@ -368,9 +372,13 @@ class NodeProtocol(Protocol):
             if call.cast:
                 self._cast_done(outcome, call, tracked=False)
             else:
+                if isinstance(outcome, Failure):
+                    self._trace_failure(outcome, call)
                 self._reply_now(outcome, tag)
             return
         d = outcome
+        if call.trace is not None:
+            d.addErrback(self._trace_failure, call)
         if call.cast:
             self._track()
             d.addBoth(self._cast_done, call, True)
@@ -385,6 +393,13 @@ class NodeProtocol(Protocol):
             if call.key is not None:
                 self._keyed.add(tag)
             d.addBoth(self._tagged_done, tag)
+
+    def _trace_failure(self, failure: Failure, call: Call) -> Failure:
+        """Give a failed call's error its trace id, if it has one, to show in the reply."""
+        error = failure.value
+        if isinstance(error, CallError) and error.trace is None:
+            error.trace = call.trace
+        return failure
 
     def _log_access(self, call: Call, outcome: Any) -> Any:
         """Log the call once it ends (the access log), passing its outcome on."""

@@ -65,6 +65,8 @@ _NUMBER_RE = re.compile(r"-?(?:0|[1-9][0-9]*)(?:\.[0-9]+)?(?:[eE][+-]?[0-9]+)?\Z
 _OPTION_VALUE_RE = re.compile(r"[\x21-\x7e]{1,256}\Z")
 _HOPS_RE = re.compile(r"[0-9]{1,3}\Z")
 _SECONDS_RE = re.compile(r"[0-9]{1,9}(?:\.[0-9]{1,9})?\Z")
+_TRACE_TOKEN = re.compile(r"[\x21-\x5a\x5c\x5e-\x7e]{1,256}\Z")
+_TRACE_SUFFIX = re.compile(r" \[trace ([\x21-\x5a\x5c\x5e-\x7e]{1,256})\]\Z")
 _CODE_RE = re.compile(r"[A-Z][A-Z_]{0,63}\Z")
 _WHITESPACE = " \t"
 _JSON_OPENERS = frozenset('"[{')
@@ -591,7 +593,12 @@ def _parse_failure(text: str, pos: int, tag: str | None) -> Failure:
     if message.startswith("@"):
         node, _, message = message[1:].partition(" ")
         message = message.lstrip(_WHITESPACE)
-    return Failure(error_from_wire(code, outcome, message, node or None), tag)
+    trace = _TRACE_SUFFIX.search(message)
+    if trace is not None:
+        message = message[: trace.start()]
+    error = error_from_wire(code, outcome, message, node or None)
+    error.trace = trace.group(1) if trace is not None else None
+    return Failure(error, tag)
 
 
 # --- Encoding ---------------------------------------------------------------
@@ -736,6 +743,8 @@ def encode_failure(error: CallError, tag: str | None = None) -> bytes:
     if message.startswith("@") and not error.node:
         message = "(at)" + message[1:]
     node = f"@{error.node} " if error.node else ""
+    if error.trace and _TRACE_TOKEN.match(error.trace):
+        message += f" [trace {error.trace}]"
     line = f"{_prefix(tag)}ERR {error.code} {error.outcome.value} {node}{message}\n"
     return line.encode("utf-8", "backslashreplace")
 

@@ -418,3 +418,44 @@ class MulticallTests(SynchronousTestCase):
         self.assertEqual(answer["gamma"], "gamma")
         self.assertIsInstance(answer["zeta"], NotFoundError)
         cluster.stop()
+
+
+class TraceTests(SynchronousTestCase):
+    """One trace id follows a request across the nodes it touches."""
+
+    def test_given_trace_travels_and_shows_in_errors(self) -> None:
+        """A caller's trace id reaches the node that runs the call, and comes back in its error."""
+        from callnet.context import CallContext
+
+        cluster, _ = three_nodes()
+        seen: list[str | None] = []
+
+        @procedure(run="reactor")
+        def traced(context: CallContext) -> str:
+            seen.append(context.trace)
+            return "ok"
+
+        cluster["beta"].registry.add(traced)
+        client = cluster["alpha"].client()
+        d = client.call(
+            "traced@beta", trace="00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
+        )
+        failed = client.call("where@beta", 1, trace="req-7")
+        cluster.flush()
+        self.assertEqual(self.successResultOf(d), "ok")
+        self.assertEqual(seen, ["00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"])
+        error = self.failureResultOf(failed).value
+        self.assertEqual(
+            (error.code, error.node, error.trace), ("INVALID_ARGUMENT", "beta", "req-7")
+        )
+        self.assertNotIn("req-7", error.message)
+        cluster.stop()
+
+    def test_forwarded_call_gets_one(self) -> None:
+        """A call forwarded without a trace id is given one, which its error carries back."""
+        cluster, _ = three_nodes()
+        d = cluster["alpha"].client().call("where@beta", 1)
+        cluster.flush()
+        error = self.failureResultOf(d).value
+        self.assertRegex(error.trace or "", r"^00-[0-9a-f]{32}-[0-9a-f]{16}-01$")
+        cluster.stop()

@@ -46,8 +46,9 @@ def replay(client: LineClient, transcript: str) -> None:
 
 
 def _normal(line: str) -> str:
-    """Hide what differs from run to run: nothing, for now, but the node name."""
-    return re.sub(r" @\S+ ", " @NODE ", line)
+    """Hide what differs from run to run: the node's name, and a trace id's digits."""
+    line = re.sub(r" @\S+ ", " @NODE ", line)
+    return re.sub(r" \[trace \S+\]$", " [trace ...]", line)
 
 
 def test_readme_session(tmp_path: Path) -> None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import configparser
 import json
+import re
 import shlex
 import shutil
 import signal
@@ -378,7 +379,12 @@ def test_json_log_events_and_access_log(json_log: list[str]) -> None:
         assert event["address"] == "127.0.0.1", event
         assert isinstance(event["duration_ms"], int | float) and event["duration_ms"] >= 0
         assert "trace" in event
-    assert [e["trace"] for e in access] == [None, TRACE, None, None]
+    traces = [e["trace"] for e in access]
+    assert traces[1] == TRACE, "a caller's trace id is kept"
+    # The node gives the others one each, in W3C traceparent form.
+    for trace in (traces[0], traces[2], traces[3]):
+        assert re.fullmatch(r"00-[0-9a-f]{32}-[0-9a-f]{16}-01", trace), trace
+    assert len(set(traces)) == 4
     assert access[3]["duration_ms"] >= 90, "the sleep ran until its deadline"
     assert access[3]["tag"] == "t1"
     namespaces = {e["log_namespace"] for e in events}
