@@ -21,7 +21,7 @@ import sys
 import threading
 import time
 import tomllib
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Any
@@ -196,18 +196,23 @@ def wait_for_peers(
 
 
 @contextmanager
-def running_cluster(
+def example_cluster(
     tmp_path: Path,
+    module: tuple[str, str],
+    env: Callable[[str], dict[str, str]],
     port: int | None = None,
-    peers: Mapping[str, Mapping[str, str]] | None = None,
-) -> Iterator[Cluster]:
+    adjust: Callable[[str, dict[str, Any]], None] | None = None,
+) -> Iterator[tuple[dict[str, Node], Path, int]]:
     """
     Run alpha, beta and gamma from C{etc/cluster}'s configs, on one free port
-    of their three addresses, with L{FAST} timings and the probe module on
-    beta and gamma, until alpha sees both peers up.
+    of their three addresses, with L{FAST} timings and one more service
+    module on beta and gamma, until alpha sees both peers up.
 
-    @param peers: endpoints to put in a node's [peers] table instead of the
-        example's, by node and peer name (to go through a proxy).
+    @param module: the extra module's name and source.
+    @param env: each node's extra environment, by its name.
+    @param adjust: changes a node's config (its name, the parsed TOML) before
+        it is written.
+    @return: the nodes, the directory they run in, and their port.
     """
     require_twistd()
     require_loopback(*HOSTS.values())
@@ -215,16 +220,17 @@ def running_cluster(
     here = tmp_path / "cluster"
     here.mkdir()
     shutil.copy(EXAMPLE / "inventory.py", here)
-    (here / "probe.py").write_text(PROBE)
-    runs = here / "runs.txt"
+    module_name, source = module
+    (here / f"{module_name}.py").write_text(source)
     for name in HOSTS:
         config = example_config(name)
         config["node"]["listen"] = [on_port(e, port) for e in config["node"]["listen"]]
         config["peers"] = {peer: on_port(e, port) for peer, e in config["peers"].items()}
-        config["peers"].update((peers or {}).get(name, {}))
         config.setdefault("cluster", {}).update(FAST)
         if config["node"].get("services"):
-            config["node"]["services"] = [*config["node"]["services"], "probe"]
+            config["node"]["services"] = [*config["node"]["services"], module_name]
+        if adjust is not None:
+            adjust(name, config)
         (here / f"{name}.toml").write_text(toml_text(config))
     nodes: dict[str, Node] = {}
     try:
@@ -235,11 +241,10 @@ def running_cluster(
                 port,
                 here / f"{name}.log",
                 cwd=here,
-                env={"PROBE_NODE": name, "PROBE_RUNS": str(runs)},
+                env=env(name),
             )
         for node in nodes.values():
             wait_until_listening(node)
-        cluster = Cluster(nodes, runs, port)
         watcher = nodes["alpha"].connect()
         try:
             wait_for_peers(
@@ -247,7 +252,7 @@ def running_cluster(
             )
         finally:
             watcher.close()
-        yield cluster
+        yield nodes, here, port
     except BaseException:
         # Shown by pytest with the failure: what each node logged.
         print("\n".join(f"--- {name}:\n{node.output()[-6000:]}" for name, node in nodes.items()))
@@ -256,6 +261,33 @@ def running_cluster(
         for node in nodes.values():
             with suppress(Exception):
                 node.kill()
+
+
+@contextmanager
+def running_cluster(
+    tmp_path: Path,
+    port: int | None = None,
+    peers: Mapping[str, Mapping[str, str]] | None = None,
+) -> Iterator[Cluster]:
+    """
+    The example cluster with the probe module on beta and gamma.
+
+    @param peers: endpoints to put in a node's [peers] table instead of the
+        example's, by node and peer name (to go through a proxy).
+    """
+    runs = tmp_path / "runs.txt"
+
+    def adjust(name: str, config: dict[str, Any]) -> None:
+        config["peers"].update((peers or {}).get(name, {}))
+
+    with example_cluster(
+        tmp_path,
+        ("probe", PROBE),
+        lambda name: {"PROBE_NODE": name, "PROBE_RUNS": str(runs)},
+        port,
+        adjust,
+    ) as (nodes, _, used_port):
+        yield Cluster(nodes, runs, used_port)
 
 
 class Replies:

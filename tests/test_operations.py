@@ -18,7 +18,7 @@ import threading
 import time
 import tomllib
 from collections.abc import Iterator
-from contextlib import contextmanager, suppress
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -29,23 +29,13 @@ from .daemon import (
     LineClient,
     Node,
     free_port,
-    free_port_on,
-    require_loopback,
     require_twistd,
     start_node,
     stats_of,
     wait_until,
     wait_until_listening,
 )
-from .test_cluster_faults import (
-    FAST,
-    HOSTS,
-    JOIN_TIMEOUT,
-    example_config,
-    on_port,
-    toml_text,
-    wait_for_peers,
-)
+from .test_cluster_faults import example_cluster
 
 ROOT = Path(__file__).parent.parent
 UNIT = ROOT / "etc" / "systemd" / "callnet.service"
@@ -87,55 +77,18 @@ TRACE = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
 @contextmanager
 def slow_cluster(tmp_path: Path) -> Iterator[dict[str, Node]]:
     """
-    alpha, beta and gamma from C{etc/cluster}'s configs on a free port, with
-    short cluster timings; beta and gamma also serve C{slow} (alpha does not),
-    and beta's shutdown_grace is L{GRACE}.  Yields once alpha sees both up.
+    The example cluster with C{slow} on beta and gamma (alpha does not serve
+    it), and beta's shutdown_grace L{GRACE}.  Yields once alpha sees both up.
     """
-    require_twistd()
-    require_loopback(*HOSTS.values())
-    port = free_port_on(list(HOSTS.values()))
-    here = tmp_path / "cluster"
-    here.mkdir()
-    shutil.copy(ROOT / "etc" / "cluster" / "inventory.py", here)
-    (here / "slow.py").write_text(SLOW)
-    for name in HOSTS:
-        config = example_config(name)
-        config["node"]["listen"] = [on_port(e, port) for e in config["node"]["listen"]]
-        config["peers"] = {peer: on_port(e, port) for peer, e in config["peers"].items()}
-        config.setdefault("cluster", {}).update(FAST)
-        if config["node"].get("services"):
-            config["node"]["services"] = [*config["node"]["services"], "slow"]
+
+    def adjust(name: str, config: dict[str, Any]) -> None:
         if name == "beta":
             config["node"]["shutdown_grace"] = GRACE
-        (here / f"{name}.toml").write_text(toml_text(config))
-    nodes: dict[str, Node] = {}
-    try:
-        for name, host in HOSTS.items():
-            nodes[name] = start_node(
-                [str(TWISTD), "-n", "--pidfile=", "callnet", "--config", f"{name}.toml"],
-                host,
-                port,
-                here / f"{name}.log",
-                cwd=here,
-                env={"SLOW_NODE": name},
-            )
-        for node in nodes.values():
-            wait_until_listening(node)
-        watcher = nodes["alpha"].connect()
-        try:
-            wait_for_peers(
-                watcher, {"beta": "up", "gamma": "up"}, JOIN_TIMEOUT, "alpha sees its peers up"
-            )
-        finally:
-            watcher.close()
+
+    with example_cluster(
+        tmp_path, ("slow", SLOW), lambda name: {"SLOW_NODE": name}, adjust=adjust
+    ) as (nodes, _, _port):
         yield nodes
-    except BaseException:
-        print("\n".join(f"--- {name}:\n{node.output()[-6000:]}" for name, node in nodes.items()))
-        raise
-    finally:
-        for node in nodes.values():
-            with suppress(Exception):
-                node.kill()
 
 
 class Stream:
