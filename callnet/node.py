@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import importlib
 import multiprocessing
+import sys
+from collections.abc import Callable
 from concurrent.futures import Executor, ProcessPoolExecutor
 from typing import Any
 
@@ -60,10 +62,7 @@ class NodeService(MultiService):
         super().__init__()
         self.config = config
         self._reactor = reactor
-        self.registry = Registry()
-        if config.builtins:
-            self.registry.add_all(builtin_procedures(reactor))
-        load_services(self.registry, config.services)
+        self.registry = self._registry(config, reload=False)
         self.threadpool = ThreadPool(
             minthreads=0, maxthreads=config.threads, name=f"callnet-{config.name}"
         )
@@ -78,6 +77,9 @@ class NodeService(MultiService):
             send_tracebacks=config.send_tracebacks,
         )
         self.registry.add(make_multicall(self.dispatcher))
+        #: Where reload() reads the config again, and the command-line values
+        #: that win over the file: set by the twistd entry point.
+        self.reload_from: Callable[[], NodeConfig] | None = None
         self.factory = NodeFactory(self.dispatcher, config.limits, config.name, reactor)
         self.factory.access = AccessPolicy(config.security, (name for name, _ in config.peers))
         # The name in a TLS client's verified certificate (tls: listeners with [tls] ca).
@@ -100,6 +102,74 @@ class NodeService(MultiService):
         if config.metrics_listen is not None:
             self.metrics = Metrics(self.dispatcher, self.factory, self.cluster)
             metrics_service(reactor, config.metrics_listen, self.metrics).setServiceParent(self)
+
+    def _registry(self, config: NodeConfig, reload: bool) -> Registry:
+        """The procedures a config says to serve (its modules imported again on reload)."""
+        registry = Registry()
+        if config.builtins:
+            registry.add_all(builtin_procedures(self._reactor))
+        if reload:
+            for name in config.services:
+                module = sys.modules.get(name)
+                if module is not None:
+                    try:
+                        importlib.reload(module)
+                    except Exception as e:
+                        raise ConfigError(
+                            f"service module {name!r} cannot be reloaded: {e}"
+                        ) from e
+        load_services(registry, config.services)
+        return registry
+
+    def reload(self) -> bool:
+        """
+        Read the configuration again and apply what can change while running:
+        the service modules (imported again), tokens and access rules, and
+        the peers.  Anything else waits for a restart, and the log says so.
+        An invalid new configuration is refused, and the running one stays.
+
+        @return: whether the new configuration was applied.
+        """
+        if self.reload_from is None:
+            log.warn("reload asked for, but this node was not started from a config file")
+            return False
+        old = self.config
+        try:
+            new = self.reload_from()
+            registry = self._registry(new, reload=True)
+            access = AccessPolicy(new.security, (name for name, _ in new.peers))
+            if new.peers and self.cluster is None:
+                raise ConfigError("peers can be added on reload only to a node started with some")
+            added, removed = self.cluster.update(new) if self.cluster is not None else ([], [])
+        except (ConfigError, OSError) as e:
+            log.error("reload refused, the running configuration stays: {error}", error=str(e))
+            return False
+        registry.add(make_multicall(self.dispatcher))
+        old_names, new_names = set(self.registry.names()), set(registry.names())
+        self.dispatcher.registry = registry
+        self.registry = registry
+        self.factory.access = access
+        self.config = new
+        changes = []
+        if new_names != old_names:
+            changes.append(
+                f"procedures +{sorted(new_names - old_names)} -{sorted(old_names - new_names)}"
+            )
+        if (new.security.tokens, new.security.acl) != (old.security.tokens, old.security.acl):
+            changes.append("tokens or access rules")
+        if added or removed:
+            changes.append(f"peers +{added} -{removed}")
+        unapplied = [
+            key
+            for key in ("listen", "name", "threads", "processes", "limits", "tls", "cluster")
+            if getattr(new, key) != getattr(old, key)
+        ]
+        log.info(
+            "reloaded: {changes}{later}",
+            changes="; ".join(changes) or "nothing changed",
+            later=f"; needs a restart to apply: {', '.join(unapplied)}" if unapplied else "",
+        )
+        return True
 
     def _processes(self) -> Executor:
         """The worker process pool, started on first use."""

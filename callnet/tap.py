@@ -18,9 +18,10 @@ import importlib
 import ipaddress
 import os
 import re
+import signal
 import sys
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from twisted.internet.endpoints import serverFromString
 from twisted.internet.testing import MemoryReactor
@@ -271,9 +272,9 @@ class Options(usage.Options):
         }
         for key in _NUMBERS:
             overrides[key] = _number(self[key.replace("_", "-")])
+        self._overrides = overrides
         try:
-            config = load_config(self["config"]) if self["config"] else NodeConfig()
-            config = merge(config, overrides, source="", names=_OPTION_NAMES)
+            config = self.read_config()
         except ConfigError as e:
             raise usage.UsageError(str(e)) from None
 
@@ -288,6 +289,29 @@ class Options(usage.Options):
         _check_exposure(config)
         _check_modules(config.services, "--service" if self["services"] else in_file + "services")
         self["node_config"] = config
+
+    def read_config(self) -> NodeConfig:
+        """
+        The configuration: the file read afresh, with the command line's
+        options over it (what a reload on SIGHUP reads too).
+
+        @raise ConfigError: for anything wrong with it, naming the key.
+        """
+        config = load_config(self["config"]) if self["config"] else NodeConfig()
+        return merge(config, self._overrides, source="", names=_OPTION_NAMES)
+
+    def reload_config(self) -> NodeConfig:
+        """
+        L{read_config} for a reload: with every check of a start, as
+        L{ConfigError}s.
+        """
+        config = self.read_config()
+        try:
+            _check_endpoints(config.listen, "listen")
+            _check_exposure(config)
+        except usage.UsageError as e:
+            raise ConfigError(str(e)) from None
+        return config
 
 
 def _check_endpoints(endpoints: Sequence[str], where: str) -> None:
@@ -408,7 +432,18 @@ def makeService(options: Options) -> NodeService:
 
     from callnet.node import NodeService
 
+    threads: Any = reactor
+
     try:
-        return NodeService(options["node_config"], reactor)
+        node = NodeService(options["node_config"], reactor)
     except ConfigError as e:
         raise SystemExit(f"twistd callnet: {e}") from None
+    if options["config"]:
+        # SIGHUP: read the file again and apply what can change while running.
+        node.reload_from = options.reload_config
+
+        def install() -> None:
+            signal.signal(signal.SIGHUP, lambda number, frame: threads.callFromThread(node.reload))
+
+        reactor.callWhenRunning(install)
+    return node

@@ -459,3 +459,28 @@ class TraceTests(SynchronousTestCase):
         error = self.failureResultOf(d).value
         self.assertRegex(error.trace or "", r"^00-[0-9a-f]{32}-[0-9a-f]{16}-01$")
         cluster.stop()
+
+
+class PeerUpdateTests(SynchronousTestCase):
+    """A node's peers changed while it runs (a reload)."""
+
+    def test_remove_and_add_a_peer(self) -> None:
+        """A peer dropped from the config is closed and no longer routed to; one put back links again."""
+        import dataclasses
+
+        cluster, _ = three_nodes()
+        alpha = cluster.clusters["alpha"]
+        config = alpha._config
+        only_beta = dataclasses.replace(config, peers=(("beta", "memory:beta"),))
+        self.assertEqual(alpha.update(only_beta), ([], ["gamma"]))
+        client = cluster["alpha"].client()
+        calls = [client.call("where") for _ in range(4)]
+        cluster.flush()
+        self.assertEqual([self.successResultOf(d) for d in calls], ["beta"] * 4)
+        self.assertEqual(sorted(alpha.describe()), ["beta"])
+        self.assertEqual(alpha.update(config), (["gamma"], []))
+        cluster.flush()
+        d = client.call("where@gamma")
+        cluster.flush()
+        self.assertEqual(self.successResultOf(d), "gamma")
+        cluster.stop()

@@ -380,3 +380,35 @@ def test_sigterm_drains(tmp_path: Path) -> None:
         assert 1.5 < time.monotonic() - started < 5
         assert node.process.wait(timeout=5) in (-15, 143)
         assert "Traceback" not in node.output()
+
+
+def test_reload_on_sighup(tmp_path: Path) -> None:
+    """SIGHUP applies a changed service module and access rules; an invalid config is refused and the old one stays."""
+    import signal
+
+    (tmp_path / "menu.py").write_text(
+        "from callnet import procedure\n\n@procedure(run='reactor')\ndef soup() -> str:\n"
+        "    return 'tomato'\n"
+    )
+    config = tmp_path / "node.toml"
+    config.write_text('[node]\nservices = ["menu"]\n')
+    with running_node(tmp_path, "--config", str(config)) as node:
+        client = node.connect()
+        assert client.request("soup") == 'OK "tomato"'
+        (tmp_path / "menu.py").write_text(
+            "from callnet import procedure\n\n@procedure(run='reactor')\ndef soup() -> str:\n"
+            "    return 'leek'\n\n@procedure(run='reactor')\ndef bread() -> str:\n"
+            "    return 'rye'\n"
+        )
+        config.write_text('[node]\nservices = ["menu"]\n[acl]\n"*" = ["soup", "bread", "add"]\n')
+        node.process.send_signal(signal.SIGHUP)
+        wait_until(lambda: "reloaded:" in node.output(), 10, "the node reloads")
+        assert client.request("soup") == 'OK "leek"'
+        assert client.request("bread") == 'OK "rye"'
+        assert client.request("echo no").startswith("ERR PERMISSION_DENIED not-run")
+        config.write_text('[node]\nservices = ["menu"]\nthreads = "many"\n')
+        node.process.send_signal(signal.SIGHUP)
+        wait_until(lambda: "reload refused" in node.output(), 10, "the node refuses the reload")
+        assert "threads" in node.output().split("reload refused", 1)[1]
+        assert client.request("bread") == 'OK "rye"'
+        assert "Traceback" not in node.output()

@@ -48,33 +48,64 @@ class Cluster(Service):
             a peer's endpoint cannot be dialled over TLS.
         """
         self._listeners: list[Listener] = []
-        chosen = endpoints or {}
+        self._reactor = reactor
+        self._hello = hello
+        self._chosen = dict(endpoints or {})
+        self._config = config
+        self.peers: list[Peer] = []
+        self.router = Router([], reactor, config.name, config.cluster.max_hops)
+        dispatcher.router = self.router
+        self.update(config)
+
+    def _make_peer(self, name: str, endpoint: str) -> Peer:
+        config = self._config
         # With [tls] cert, key and ca, every link is mutual TLS: this node's
         # certificate out, and the peer's checked against the CA and its name.
         credentials = load_credentials(config.tls) if links_use_tls(config.tls) else None
-        token = config.security.cluster_token
-        self.peers = []
-        for name, endpoint in config.peers:
-            where: str | IStreamClientEndpoint = chosen.get(name, endpoint)
-            connector = None
-            if credentials is not None and name not in chosen:
-                connector = peer_endpoint(
-                    reactor, name, endpoint, credentials, config.cluster.down_after
-                )
-            self.peers.append(
-                Peer(
-                    name,
-                    where,
-                    reactor,
-                    config.cluster,
-                    hello,
-                    self._changed,
-                    connector=connector,
-                    token=token,
-                )
+        where: str | IStreamClientEndpoint = self._chosen.get(name, endpoint)
+        connector = None
+        if credentials is not None and name not in self._chosen:
+            connector = peer_endpoint(
+                self._reactor, name, endpoint, credentials, config.cluster.down_after
             )
-        self.router = Router(self.peers, reactor, config.name, config.cluster.max_hops)
-        dispatcher.router = self.router
+        peer = Peer(
+            name,
+            where,
+            self._reactor,
+            config.cluster,
+            self._hello,
+            self._changed,
+            connector=connector,
+            token=config.security.cluster_token,
+        )
+        peer.configured = endpoint
+        return peer
+
+    def update(self, config: NodeConfig) -> tuple[list[str], list[str]]:
+        """
+        Take a new list of peers: links to peers no longer listed are closed,
+        new ones are made, and the rest are left alone.
+
+        @return: the names of the peers added and of those removed.
+        @raise ConfigError: a new peer's TLS material cannot be used.
+        """
+        self._config = config
+        wanted = dict(config.peers)
+        current = {peer.name: peer for peer in self.peers}
+        removed = [name for name, peer in current.items() if wanted.get(name) != peer.configured]
+        added = [name for name in wanted if name not in current or name in removed]
+        new_peers = {name: self._make_peer(name, wanted[name]) for name in added}
+        for name in removed:
+            peer = current.pop(name)
+            if self.running:
+                peer.stop()
+        current.update(new_peers)
+        self.peers = [current[name] for name in wanted if name in current]
+        self.router.set_peers(self.peers)
+        if self.running:
+            for name in added:
+                new_peers[name].start()
+        return added, [name for name in removed if name not in wanted]
 
     def subscribe(self, listener: Listener) -> Callable[[], None]:
         """

@@ -85,6 +85,8 @@ class Peer:
         @param token: the cluster token, sent (C{AUTH}) before the handshake.
         """
         self.name = name
+        #: The endpoint as configured, to tell whether a new config changed it.
+        self.configured = endpoint if isinstance(endpoint, str) else repr(endpoint)
         if isinstance(endpoint, str):
             self.endpoint = endpoint
             if connector is None:

@@ -44,6 +44,10 @@ class Router:
         self._node_name = node_name
         self._turn = itertools.count()
 
+    def set_peers(self, peers: Iterable[Peer]) -> None:
+        """Route over these peers from now on."""
+        self._peers = {peer.name: peer for peer in peers}
+
     def knows(self, procedure: str) -> bool:
         """Whether any peer, up or not, has said it serves this procedure."""
         return any(procedure in peer.procedures for peer in self._peers.values())
