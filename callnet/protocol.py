@@ -377,7 +377,7 @@ class NodeProtocol(Protocol):
                 self._reply_now(outcome, tag)
             return
         d = outcome
-        if call.trace is not None:
+        if call.trace is not None or tag is not None:
             d.addErrback(self._trace_failure, call)
         if call.cast:
             self._track()
@@ -395,10 +395,26 @@ class NodeProtocol(Protocol):
             d.addBoth(self._tagged_done, tag)
 
     def _trace_failure(self, failure: Failure, call: Call) -> Failure:
-        """Give a failed call's error its trace id, if it has one, to show in the reply."""
+        """
+        Give a failed call's error its trace id, to show in the reply: the
+        call's own, or for a program's (tagged) call a new one, so that every
+        failure a program sees can be found in the nodes' logs.  A person's
+        untagged line is answered without one unless it carried one.
+        """
         error = failure.value
         if isinstance(error, CallError) and error.trace is None:
             error.trace = call.trace
+            if error.trace is None and call.tag is not None:
+                error.trace = self.factory.dispatcher.trace_ids.new()
+            # Refusals (not run) are not logged: anyone can cause them cheaply.
+            if error.trace is not None and error.outcome is not Outcome.NOT_RUN:
+                log.info(
+                    "{procedure} failed {code} (trace {trace}): {message}",
+                    procedure=call.procedure,
+                    code=error.code,
+                    trace=error.trace,
+                    message=error.message,
+                )
         return failure
 
     def _log_access(self, call: Call, outcome: Any) -> Any:
