@@ -329,36 +329,25 @@ class NodeProtocol(Protocol):
             return access.allows(self.identity, str(call.args[0]))
         return True
 
+    def _refusal(self, call: Call) -> CallError | None:
+        """Why this connection cannot take the call now, if it cannot."""
+        factory = self.factory
+        if factory.draining:
+            return UnavailableError(f"{factory.node_name} is shutting down", Outcome.NOT_RUN)
+        if call.tag is not None and call.tag in self._calls:
+            return InvalidArgumentError(f"tag #{call.tag} is already in use by a call in flight")
+        if self.peer_name is not None and self._in_flight >= factory.limits.max_calls_in_flight:
+            return UnavailableError(
+                f"{factory.node_name} is busy: {self._in_flight} calls in flight from this peer",
+                Outcome.NOT_RUN,
+            )
+        return None
+
     def _handle_call(self, call: Call) -> None:
         tag = call.tag
-        if self.factory.draining:
-            self._reply_now(
-                Failure(
-                    UnavailableError(f"{self.factory.node_name} is shutting down", Outcome.NOT_RUN)
-                ),
-                tag,
-            )
-            return
-        if tag is not None and tag in self._calls:
-            self._reply_now(
-                Failure(InvalidArgumentError(f"tag #{tag} is already in use by a call in flight")),
-                tag,
-            )
-            return
-        if (
-            self.peer_name is not None
-            and self._in_flight >= self.factory.limits.max_calls_in_flight
-        ):
-            self._reply_now(
-                Failure(
-                    UnavailableError(
-                        f"{self.factory.node_name} is busy: {self._in_flight} calls in flight"
-                        " from this peer",
-                        Outcome.NOT_RUN,
-                    )
-                ),
-                tag,
-            )
+        refusal = self._refusal(call)
+        if refusal is not None:
+            self._reply_now(Failure(refusal), tag)
             return
         factory = self.factory
         if call.trace is None and factory.access_log:
