@@ -35,7 +35,7 @@ from callnet.errors import (
     Outcome,
     UnavailableError,
 )
-from callnet.reactors import Clock, DelayedCall, set_no_delay
+from callnet.reactors import SEND_EVERY, Clock, DelayedCall, sender, set_no_delay
 from callnet.wire import (
     DEFAULT_MAX_LINE,
     BadLine,
@@ -159,6 +159,9 @@ class ClientProtocol(TwistedProtocol):
         self._connected = False
         self._lost: Failure | None = None
         self._abort_reason: str | None = None
+        self._send_now: Callable[[], None] | None = None
+        #: Lines written since the last L{_send_now} (see L{dataReceived}).
+        self._unsent = 0
         self.node_name: str | None = None
         self.on_lost: Callable[[ClientProtocol], None] | None = None
         #: Called with this protocol once it is connected.
@@ -179,6 +182,7 @@ class ClientProtocol(TwistedProtocol):
     def connectionMade(self) -> None:
         self._connected = True
         self._out = cast(_Transport, self.transport)
+        self._send_now = sender(self.transport)
         set_no_delay(self.transport)
         self.last_heard = self._clock.seconds()
         if self.on_made is not None:
@@ -220,6 +224,7 @@ class ClientProtocol(TwistedProtocol):
         pending.bucket = self._deadlines.add(tag, timeout)
         self._pending[tag] = pending
         self._out.write(line)
+        self._unsent += 1
         return pending.deferred
 
     def cast(
@@ -271,6 +276,10 @@ class ClientProtocol(TwistedProtocol):
         self.last_heard = self._clock.seconds()
         decoder = self._decoder
         decoder.feed(data)
+        # Calls made by the callbacks of these replies are sent as they pile
+        # up and when the read is handled, not on the reactor's next round.
+        self._unsent = 0
+        handled = 0
         while (event := decoder.next_event()) is not None:
             if type(event) is Success or type(event) is FailureReply:
                 tag = event.tag
@@ -282,10 +291,21 @@ class ClientProtocol(TwistedProtocol):
                     pending.deferred.callback(event.value)
                 else:
                     pending.deferred.errback(Failure(cast(FailureReply, event).error))
+                handled += 1
+                if handled >= SEND_EVERY:
+                    handled = 0
+                    self._flush()
             elif type(event) is BadLine:
                 log.warn(
                     "unreadable line from {node}: {error}", node=self.node_name, error=event.error
                 )
+        self._flush()
+
+    def _flush(self) -> None:
+        """Send the calls written since the last flush now (see L{sender})."""
+        if self._unsent and self._send_now is not None and self._connected:
+            self._send_now()
+        self._unsent = 0
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
         self._connected = False

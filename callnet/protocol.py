@@ -42,7 +42,7 @@ from callnet.errors import (
     UnavailableError,
     UnimplementedError,
 )
-from callnet.reactors import DelayedCall, DispatchReactor, set_no_delay
+from callnet.reactors import SEND_EVERY, DelayedCall, DispatchReactor, sender, set_no_delay
 from callnet.tracing import with_trace
 from callnet.wire import (
     PROTOCOL_VERSION,
@@ -140,6 +140,7 @@ class NodeProtocol(Protocol):
         self._input_ended = False
         self._closed = False
         self._outbox: list[bytes] = []
+        self._send_now: Callable[[], None] | None = None
         self._first_line = True
         self._stall_timer: DelayedCall | None = None
         self._counted = False
@@ -149,6 +150,7 @@ class NodeProtocol(Protocol):
     def connectionMade(self) -> None:
         factory = self.factory
         self._out = cast(_Transport, self.transport)
+        self._send_now = sender(self.transport)
         set_no_delay(self.transport)
         self._decoder = LineDecoder(factory.limits.max_line_bytes)
         if factory.connections >= factory.limits.max_connections:
@@ -267,9 +269,16 @@ class NodeProtocol(Protocol):
                         self._end_of_input()
                     break
                 self._handle(event)
+                if len(self._outbox) >= SEND_EVERY and self._send_now is not None:
+                    self._send_outbox()
+                    self._send_now()
         finally:
             self._draining = False
-            self._send_outbox()
+            # Replies go out now, not on the reactor's next round (see sender).
+            if self._outbox:
+                self._send_outbox()
+                if self._send_now is not None and not self._closed:
+                    self._send_now()
         if self._decoder.buffered and self._reading and not self._closed:
             if self._line_timer is None:
                 self._line_timer = self.factory.clock.callLater(
