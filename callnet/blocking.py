@@ -204,6 +204,8 @@ class ReactorThread:
         self._pid = os.getpid()
         #: Calls handed to the reactor and not finished, released at shutdown.
         self._handles: set[CallHandle] = set()
+        #: Calls handed to the reactor and not started yet, in order.
+        self._to_start: list[CallHandle] = []
 
     @property
     def state(self) -> str:
@@ -317,6 +319,7 @@ class ReactorThread:
         # Another thread may have held the lock at the fork: it never lets go here.
         self._lock = threading.Lock()
         self._handles = set()
+        self._to_start = []
         self._move("fork")
 
     def _check_usable(self) -> None:
@@ -374,7 +377,23 @@ class ReactorThread:
         with self._lock:
             self._check_usable()
             self._handles.add(handle)
-        self.call_in_reactor(handle._start)
+            self._to_start.append(handle)
+            # The calls of many threads cross together: one wake-up for all.
+            first = len(self._to_start) == 1
+        if self.is_reactor_thread():
+            self._start_calls()
+        elif first:
+            self.reactor.callFromThread(self._start_calls)
+
+    def _start_calls(self) -> None:
+        """Send the calls handed over (reactor thread)."""
+        while True:
+            with self._lock:
+                handles, self._to_start = self._to_start, []
+            if not handles:
+                return
+            for handle in handles:
+                handle._start()
 
     def _forget(self, handle: CallHandle) -> None:
         with self._lock:

@@ -35,7 +35,8 @@ from callnet.errors import (
     Outcome,
     UnavailableError,
 )
-from callnet.reactors import SEND_EVERY, Clock, DelayedCall, sender, set_no_delay
+from callnet.reactors import Clock, DelayedCall, set_no_delay
+from callnet.sending import Outbox
 from callnet.wire import (
     DEFAULT_MAX_LINE,
     BadLine,
@@ -159,9 +160,7 @@ class ClientProtocol(TwistedProtocol):
         self._connected = False
         self._lost: Failure | None = None
         self._abort_reason: str | None = None
-        self._send_now: Callable[[], None] | None = None
-        #: Lines written since the last L{_send_now} (see L{dataReceived}).
-        self._unsent = 0
+        self._outbox: Outbox
         self.node_name: str | None = None
         self.on_lost: Callable[[ClientProtocol], None] | None = None
         #: Called with this protocol once it is connected.
@@ -182,7 +181,7 @@ class ClientProtocol(TwistedProtocol):
     def connectionMade(self) -> None:
         self._connected = True
         self._out = cast(_Transport, self.transport)
-        self._send_now = sender(self.transport)
+        self._outbox = Outbox(self.transport, self._clock)
         set_no_delay(self.transport)
         self.last_heard = self._clock.seconds()
         if self.on_made is not None:
@@ -223,8 +222,7 @@ class ClientProtocol(TwistedProtocol):
         pending = _Pending(Deferred(lambda d: self._abandon(tag, "cancelled")), procedure, timeout)
         pending.bucket = self._deadlines.add(tag, timeout)
         self._pending[tag] = pending
-        self._out.write(line)
-        self._unsent += 1
+        self._outbox.write(line)
         return pending.deferred
 
     def cast(
@@ -241,7 +239,7 @@ class ClientProtocol(TwistedProtocol):
             line = encode_call(Call(procedure, args, kwargs, None, timeout, True))
         except (TypeError, ValueError) as e:
             raise InvalidArgumentError(f"arguments are not JSON: {e}", Outcome.NOT_RUN) from None
-        self._out.write(line)
+        self._outbox.write(line)
 
     def command(self, verb: str, args: tuple[Any, ...], timeout: float) -> Deferred[Any]:
         """Send a command such as C{STATS} with a tag and wait for its reply."""
@@ -268,7 +266,7 @@ class ClientProtocol(TwistedProtocol):
             error = CancelledError(f"{pending.procedure} was cancelled", Outcome.MAY_HAVE_RUN)
         error.node = self.node_name
         if self._connected:
-            self._out.write(encode_command("CANCEL", (tag,)))
+            self._outbox.write(encode_command("CANCEL", (tag,)))
         if not pending.deferred.called:
             pending.deferred.errback(Failure(error))
 
@@ -277,9 +275,8 @@ class ClientProtocol(TwistedProtocol):
         decoder = self._decoder
         decoder.feed(data)
         # Calls made by the callbacks of these replies are sent as they pile
-        # up and when the read is handled, not on the reactor's next round.
-        self._unsent = 0
-        handled = 0
+        # up and when the read is handled (see Outbox).
+        self._outbox.hold()
         while (event := decoder.next_event()) is not None:
             if type(event) is Success or type(event) is FailureReply:
                 tag = event.tag
@@ -291,24 +288,15 @@ class ClientProtocol(TwistedProtocol):
                     pending.deferred.callback(event.value)
                 else:
                     pending.deferred.errback(Failure(cast(FailureReply, event).error))
-                handled += 1
-                if handled >= SEND_EVERY:
-                    handled = 0
-                    self._flush()
             elif type(event) is BadLine:
                 log.warn(
                     "unreadable line from {node}: {error}", node=self.node_name, error=event.error
                 )
-        self._flush()
-
-    def _flush(self) -> None:
-        """Send the calls written since the last flush now (see L{sender})."""
-        if self._unsent and self._send_now is not None and self._connected:
-            self._send_now()
-        self._unsent = 0
+        self._outbox.release()
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
         self._connected = False
+        self._outbox.discard()
         self._lost = reason
         self._deadlines.stop()
         why = self._abort_reason or reason.getErrorMessage()
@@ -330,12 +318,13 @@ class ClientProtocol(TwistedProtocol):
         """
         if self._connected:
             if self._pending:
-                self._out.writeSequence(
+                self._outbox.write_lines(
                     [encode_command("CANCEL", (tag,)) for tag in self._pending]
                 )
             self._fail_pending(
                 "the client was closed while {procedure} was in flight", Outcome.MAY_HAVE_RUN
             )
+            self._outbox.send()
             self._out.loseConnection()
 
     def _fail_pending(self, message: str, outcome: Outcome) -> None:
@@ -360,6 +349,7 @@ class ClientProtocol(TwistedProtocol):
         """
         if self._connected:
             self._abort_reason = why
+            self._outbox.discard()
             self._out.abortConnection()
 
 

@@ -42,7 +42,8 @@ from callnet.errors import (
     UnavailableError,
     UnimplementedError,
 )
-from callnet.reactors import SEND_EVERY, DelayedCall, DispatchReactor, sender, set_no_delay
+from callnet.reactors import DelayedCall, DispatchReactor, set_no_delay
+from callnet.sending import Outbox
 from callnet.tracing import with_trace
 from callnet.wire import (
     PROTOCOL_VERSION,
@@ -139,8 +140,7 @@ class NodeProtocol(Protocol):
         self._quitting: _Slot | str | object | None = None
         self._input_ended = False
         self._closed = False
-        self._outbox: list[bytes] = []
-        self._send_now: Callable[[], None] | None = None
+        self._outbox: Outbox
         self._first_line = True
         self._stall_timer: DelayedCall | None = None
         self._counted = False
@@ -150,7 +150,7 @@ class NodeProtocol(Protocol):
     def connectionMade(self) -> None:
         factory = self.factory
         self._out = cast(_Transport, self.transport)
-        self._send_now = sender(self.transport)
+        self._outbox = Outbox(self.transport, factory.clock)
         set_no_delay(self.transport)
         self._decoder = LineDecoder(factory.limits.max_line_bytes)
         if factory.connections >= factory.limits.max_connections:
@@ -195,6 +195,7 @@ class NodeProtocol(Protocol):
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
         self._closed = True
+        self._outbox.discard()
         if self._counted:
             factory = self.factory
             factory.connections -= 1
@@ -242,6 +243,7 @@ class NodeProtocol(Protocol):
 
     def _close(self) -> None:
         self._closed = True
+        self._outbox.send()
         self._out.loseConnection()
 
     # --- Reading ------------------------------------------------------------
@@ -260,6 +262,7 @@ class NodeProtocol(Protocol):
         if self._draining:
             return
         self._draining = True
+        self._outbox.hold()
         try:
             decoder = self._decoder
             while self._reading and not self._closed and self._quitting is None:
@@ -269,16 +272,9 @@ class NodeProtocol(Protocol):
                         self._end_of_input()
                     break
                 self._handle(event)
-                if len(self._outbox) >= SEND_EVERY and self._send_now is not None:
-                    self._send_outbox()
-                    self._send_now()
         finally:
             self._draining = False
-            # Replies go out now, not on the reactor's next round (see sender).
-            if self._outbox:
-                self._send_outbox()
-                if self._send_now is not None and not self._closed:
-                    self._send_now()
+            self._outbox.release()
         if self._decoder.buffered and self._reading and not self._closed:
             if self._line_timer is None:
                 self._line_timer = self.factory.clock.callLater(
@@ -634,21 +630,13 @@ class NodeProtocol(Protocol):
             self._write(line)
 
     def _write(self, line: bytes) -> None:
-        """Write a reply; replies made while reading are sent together after."""
+        """Write a reply (through the outbox, which sends it: see L{Outbox})."""
         if self._paused_for_writes:
             self._unsent_while_paused += len(line)
             if self._unsent_while_paused > self.factory.limits.max_unsent_bytes:
                 self._abort_slow_reader("its unread replies passed the limit")
                 return
-        if self._draining:
-            self._outbox.append(line)
-        else:
-            self._out.write(line)
-
-    def _send_outbox(self) -> None:
-        if self._outbox:
-            lines, self._outbox = self._outbox, []
-            self._out.writeSequence(lines)
+        self._outbox.write(line)
 
     def _encode(self, result: Any, tag: str | None) -> bytes:
         if isinstance(result, Failure):
@@ -691,10 +679,7 @@ class NodeProtocol(Protocol):
             queue.popleft()
             lines.append(line)
         if lines:
-            if self._draining:
-                self._outbox.extend(lines)
-            else:
-                self._out.writeSequence(lines)
+            self._outbox.write_lines(lines)
 
     # --- Flow control ---------------------------------------------------------
 
@@ -780,6 +765,7 @@ class NodeProtocol(Protocol):
         log.info("dropping {peer}: {why}", peer=self._out.getPeer(), why=why)
         self._closed = True
         self._cancel_stall_timer()
+        self._outbox.discard()
         self._out.abortConnection()
 
     def _write_error(self, error: CallError, tag: str | None) -> None:

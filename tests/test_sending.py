@@ -1,33 +1,36 @@
 """
-When node and client send what they wrote: during a long read every
-C{SEND_EVERY} lines and at its end, not on the reactor's next round, so the
-other side starts on them at once.
+When node and client send what they wrote (L{callnet.sending.Outbox}): during
+a long read every C{SEND_EVERY} lines and at its end; outside a read at the
+end of the reactor's turn; straight to an idle socket, else behind what the
+transport holds.
 """
 
 from __future__ import annotations
 
+import errno
 from typing import Any
 
 from twisted.internet.interfaces import IWriteDescriptor
+from twisted.internet.protocol import Protocol
 from twisted.internet.task import Clock
-from twisted.internet.testing import StringTransport
+from twisted.internet.tcp import Connection
+from twisted.internet.testing import MemoryReactorClock, StringTransport
 from twisted.trial.unittest import SynchronousTestCase
 from zope.interface import implementer
 
 from callnet.client import ClientProtocol, _tag_text
 from callnet.protocol import NodeProtocol
-from callnet.reactors import SEND_EVERY, sender
 from callnet.registry import procedure
+from callnet.sending import DIRECT_MAX_BYTES, SEND_EVERY, Outbox
 from callnet.testing import MemoryNode
 from callnet.wire import encode_success
 
+# --- Transports that are not sockets (TLS, tests): written to as usual -------------
+
 
 @implementer(IWriteDescriptor)
-class SocketTransport(StringTransport):
-    """
-    A L{StringTransport} that notes how many lines had been written each time
-    it is told to send them, as a socket's transport would send them.
-    """
+class WriteDescriptorTransport(StringTransport):
+    """A L{StringTransport} that notes how many lines were written each time it is told to send."""
 
     def __init__(self) -> None:
         super().__init__()
@@ -40,14 +43,14 @@ class SocketTransport(StringTransport):
     def fileno(self) -> int:
         return -1
 
-    def connectionLost(self, reason: Any) -> None:  # IWriteDescriptor
+    def connectionLost(self, reason: Any) -> None:
         pass
 
 
-def connect_node(node: MemoryNode) -> tuple[NodeProtocol, SocketTransport]:
+def connect_node(node: MemoryNode) -> tuple[NodeProtocol, WriteDescriptorTransport]:
     protocol = node.factory.buildProtocol(None)
     assert isinstance(protocol, NodeProtocol)
-    transport = SocketTransport()
+    transport = WriteDescriptorTransport()
     protocol.makeConnection(transport)
     return protocol, transport
 
@@ -61,23 +64,6 @@ def node_with_add() -> MemoryNode:
 
     node.registry.add(add)
     return node
-
-
-class SenderTests(SynchronousTestCase):
-    def test_only_for_write_descriptors(self) -> None:
-        """A transport the reactor does not write for itself (TLS, tests) gets no sender."""
-        self.assertIsNone(sender(StringTransport()))
-        self.assertIsNotNone(sender(SocketTransport()))
-
-    def test_not_while_closing(self) -> None:
-        """A closing transport is left to the reactor: its doWrite would finish the close."""
-        transport = SocketTransport()
-        send = sender(transport)
-        assert send is not None
-        send()
-        transport.loseConnection()
-        send()
-        self.assertEqual(transport.sends, [0])
 
 
 class NodeSendingTests(SynchronousTestCase):
@@ -104,16 +90,26 @@ class NodeSendingTests(SynchronousTestCase):
         self.assertEqual(transport.value(), b"")
         self.assertEqual(transport.sends, [])
 
+    def test_not_while_closing(self) -> None:
+        """A closing transport is left to the reactor: its doWrite would finish the close."""
+        transport = WriteDescriptorTransport()
+        outbox = Outbox(transport, Clock())
+        outbox.hold()
+        outbox.write(b"a\n")
+        transport.loseConnection()
+        outbox.release()
+        self.assertEqual((transport.value(), transport.sends), (b"a\n", []))
+
 
 class ClientSendingTests(SynchronousTestCase):
     def test_calls_made_by_replies_go_out_as_they_pile_up(self) -> None:
         """
         Calls made by the callbacks of 100 replies read at once are sent every
-        SEND_EVERY replies and at the end; calls made outside a read are left
-        to the reactor.
+        SEND_EVERY replies and at the end; calls made outside a read are
+        written as they are made.
         """
         protocol = ClientProtocol(Clock())
-        transport = SocketTransport()
+        transport = WriteDescriptorTransport()
         protocol.makeConnection(transport)
         answers: list[Any] = []
 
@@ -123,8 +119,129 @@ class ClientSendingTests(SynchronousTestCase):
 
         for _ in range(100):
             protocol.call("add", (1, 2), {}, 10.0).addCallback(again)
-        self.assertEqual(transport.sends, [])
+        self.assertEqual((transport.value().count(b"\n"), transport.sends), (100, []))
         protocol.dataReceived(b"".join(encode_success(3, _tag_text(tag)) for tag in range(1, 101)))
         self.assertEqual(answers, [3] * 100)
         every = [100 + n for n in range(SEND_EVERY, 100, SEND_EVERY)]
         self.assertEqual(transport.sends, [*every, 200])
+
+
+# --- Socket transports: straight to the socket when nothing is queued --------------
+
+
+class FakeSocket:
+    """A non-blocking socket that takes at most C{room} bytes per send, or fails."""
+
+    def __init__(self) -> None:
+        self.room = 1 << 30
+        self.error: int | None = None
+        #: The bytes of each send() it took.
+        self.sends: list[bytes] = []
+
+    def setblocking(self, flag: bool) -> None:
+        pass
+
+    def fileno(self) -> int:
+        return 99
+
+    def send(self, data: Any) -> int:
+        if self.error is not None:
+            raise OSError(self.error, "fake")
+        taken = bytes(data[: self.room])
+        if not taken:
+            raise BlockingIOError(errno.EAGAIN, "fake")
+        self.sends.append(taken)
+        return len(taken)
+
+    @property
+    def received(self) -> bytes:
+        return b"".join(self.sends)
+
+
+class SocketOutboxTests(SynchronousTestCase):
+    def setUp(self) -> None:
+        self.reactor = MemoryReactorClock()
+        self.socket = FakeSocket()
+        self.connection = Connection(self.socket, Protocol(), self.reactor)  # type: ignore[arg-type]
+        self.connection.connected = True
+        self.outbox = Outbox(self.connection, self.reactor)
+
+    def writing(self) -> bool:
+        """Whether the connection waits for the reactor to send what it holds."""
+        return self.connection in self.reactor.getWriters()
+
+    def reactor_sends(self) -> None:
+        """What the reactor does when the socket is writable."""
+        while self.writing():
+            self.connection.doWrite()
+
+    def test_end_of_turn(self) -> None:
+        """Lines written outside a read go out together, straight, when the reactor's turn ends."""
+        self.outbox.write(b"a\n")
+        self.outbox.write(b"b\n")
+        self.assertEqual(self.socket.sends, [])
+        self.reactor.advance(0)
+        self.assertEqual(self.socket.sends, [b"a\nb\n"])
+        self.assertFalse(self.writing())
+
+    def test_during_a_read(self) -> None:
+        """While a read is handled: every SEND_EVERY lines, then the rest when it is done."""
+        self.outbox.hold()
+        for n in range(70):
+            self.outbox.write(b"%d\n" % n)
+        self.outbox.release()
+        self.assertEqual(
+            [send.count(b"\n") for send in self.socket.sends], [SEND_EVERY, SEND_EVERY, 6]
+        )
+        self.assertEqual(self.reactor.getDelayedCalls(), [])
+        self.assertFalse(self.writing())
+
+    def test_a_full_socket(self) -> None:
+        """What the socket does not take waits in the transport, and later lines behind it."""
+        self.socket.room = 3
+        self.outbox.hold()
+        self.outbox.write(b"first\n")
+        self.outbox.release()
+        self.assertEqual(self.socket.sends, [b"fir"])
+        self.assertTrue(self.writing())
+        self.socket.room = 0
+        self.outbox.hold()
+        self.outbox.write(b"second\n")
+        self.outbox.release()
+        self.socket.room = 1 << 30
+        self.reactor_sends()
+        self.assertEqual(self.socket.received, b"first\nsecond\n")
+
+    def test_a_failed_socket(self) -> None:
+        """A send that fails leaves the lines to the transport, which reports the loss its way."""
+        self.socket.error = errno.ECONNRESET
+        self.outbox.write(b"a\n")
+        self.reactor.advance(0)
+        self.assertTrue(self.writing())
+        self.assertIsNotNone(self.connection.doWrite())
+
+    def test_large_writes_go_through_the_transport(self) -> None:
+        """Past DIRECT_MAX_BYTES the transport sends, piece by piece, without copying."""
+        value = b"x" * (DIRECT_MAX_BYTES * 3) + b"\n"
+        self.socket.room = DIRECT_MAX_BYTES
+        self.outbox.hold()
+        self.outbox.write(value)
+        self.outbox.release()
+        self.assertEqual(len(self.socket.sends), 1)
+        self.reactor_sends()
+        self.assertEqual(self.socket.received, value)
+
+    def test_closing(self) -> None:
+        """A closing connection's lines go through the transport, before it closes."""
+        self.outbox.write(b"a\n")
+        self.connection.disconnecting = True
+        self.reactor.advance(0)
+        self.assertEqual(self.socket.sends, [])
+        self.assertTrue(self.writing())
+
+    def test_discard(self) -> None:
+        """A lost connection's lines are dropped, and the send at the turn's end cancelled."""
+        self.outbox.write(b"a\n")
+        self.outbox.discard()
+        self.assertEqual(self.reactor.getDelayedCalls(), [])
+        self.assertEqual((self.socket.sends, self.writing()), ([], False))
