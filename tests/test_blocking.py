@@ -695,6 +695,18 @@ class HandleTests(SynchronousTestCase):
         self.assertEqual(handle.result(), 3)
         self.assertEqual(handle.result(0), 3)
 
+    def test_calls_cross_together(self) -> None:
+        """Calls made before the reactor thread runs cross in one wake-up, in order."""
+        handles = [self.client.call_async("add", n, 1) for n in range(5)]
+        self.assertEqual(len(self.world.reactor.queue), 1)
+        self.world.pump()
+        self.assertEqual([handle.result(0) for handle in handles], [1, 2, 3, 4, 5])
+        self.assertEqual(
+            [call.args for call in self.world.node.requests], [(n, 1) for n in range(5)]
+        )
+        self.client.call_async("add", 1, 1)
+        self.assertEqual(len(self.world.reactor.queue), 1)
+
     def test_error_raised_each_time(self) -> None:
         """A failed call's handle raises the same error from every result()."""
         handle = self.client.call_async("nosuch")
