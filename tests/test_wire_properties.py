@@ -317,3 +317,63 @@ class FastPathProperties(SynchronousTestCase):
         fast = _parse_simple_success(line)
         if fast is not None:
             self.assertEqual(comparable(fast), comparable(_parse_general(line)))
+
+
+#: Long strings: filler, then any text (lone surrogates and escapes included).
+long_texts = st.builds(lambda head, tail: "x" * 5000 + head + tail, texts, texts)
+
+
+class LongValueProperties(SynchronousTestCase):
+    """Long strings, read and written by orjson, come out as the standard json module has them."""
+
+    @EXAMPLES
+    @given(texts | long_texts)
+    def test_string_encoding(self, value: str) -> None:
+        """A string argument is written exactly as encode_json writes it."""
+        from callnet.wire import _encode_string, encode_json
+
+        self.assertEqual(_encode_string(value), encode_json(value))
+
+    @EXAMPLES
+    @given(texts | long_texts, tags)
+    def test_success_encoding(self, value: str, tag: str | None) -> None:
+        """An OK reply with a string is written as with encode_json."""
+        from callnet.wire import encode_json
+
+        prefix = "" if tag is None else f"#{tag} "
+        expected = f"{prefix}OK {encode_json(value)}\n".encode()
+        self.assertEqual(encode_success(value, tag), expected)
+
+    @EXAMPLES
+    @given(
+        st.sampled_from(
+            [
+                b"#t OK",
+                b"OK",
+                b"#t echo",
+                b"echo",
+                b"#a.b +timeout=5 +cast f 1 x true",
+                b"#t f a=1",
+                b"#t f {",
+                b"#t f [1,",
+                b"#t OK 5",
+                b"#t ERR INTERNAL ran @n message",
+                b"| text",
+                b"PING",
+                b"#t f\t",
+                b"#t help",
+            ]
+        ),
+        long_texts,
+        st.sampled_from([b"", b" ", b"\r", b" 1", b"]", b' "b"']),
+        st.booleans(),
+    )
+    def test_long_lines_read_alike(
+        self, before: bytes, value: str, after: bytes, as_view: bool
+    ) -> None:
+        """A long line ending in a JSON string is read as the general parser reads it."""
+        from callnet.wire import _parse_general, encode_json, parse_line
+
+        line = before + b" " + encode_json(value).encode() + after
+        given_line: bytes | memoryview = memoryview(line) if as_view else line
+        self.assertEqual(comparable(parse_line(given_line)), comparable(_parse_general(line)))
