@@ -142,11 +142,6 @@ class NodeConfig:
     #: A Twisted server endpoint string to serve Prometheus metrics on
     #: (C{GET /metrics}), which needs C{callnet[metrics]}; C{None}: no metrics.
     metrics_listen: str | None = None
-    #: Bytes of freed memory the process keeps for reuse rather than giving
-    #: back to the system (glibc only; 0: the C library's own policy).  Large
-    #: values then reuse the pages of the last, instead of faulting in fresh
-    #: ones: see L{callnet.malloc}.
-    keep_free_memory: int = 64 * 1024 * 1024
     #: Other nodes of the cluster, as (name, client endpoint string) pairs.
     peers: tuple[tuple[str, str], ...] = ()
     limits: Limits = field(default_factory=Limits)
@@ -299,7 +294,6 @@ _KEYS: dict[str, tuple[str, _Check]] = {
     "shutdown_grace": ("node", _seconds),
     "access_log": ("node", _flag),
     "metrics_listen": ("node", _text),
-    "keep_free_memory": ("node", _whole(0)),
     "max_line_bytes": ("limits", _whole(1)),
     "max_calls_in_flight": ("limits", _whole(1)),
     "max_connections": ("limits", _whole(1)),

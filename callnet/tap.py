@@ -36,7 +36,6 @@ from callnet.config import (
     merge,
 )
 from callnet.errors import ConfigError
-from callnet.malloc import keep_free_memory
 
 if TYPE_CHECKING:
     from callnet.node import NodeService
@@ -434,10 +433,9 @@ def makeService(options: Options) -> NodeService:
     from callnet.node import NodeService
 
     threads: Any = reactor
-    config = options["node_config"]
-    keep_free_memory(config.keep_free_memory)
+
     try:
-        node = NodeService(config, reactor)
+        node = NodeService(options["node_config"], reactor)
     except ConfigError as e:
         raise SystemExit(f"twistd callnet: {e}") from None
     if options["config"]:

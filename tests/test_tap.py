@@ -379,16 +379,6 @@ class MakeServiceTests(SynchronousTestCase):
         self.assertIs(service.config, options["node_config"])
         self.assertIs(service.reactor, reactor)
 
-    def test_keeps_free_memory(self) -> None:
-        """C{makeService} sets how much freed memory the process keeps, from the config."""
-        self.use_fake_node()
-        kept: list[int] = []
-        self.patch(tap, "keep_free_memory", kept.append)
-        options = tap.Options()
-        options.parseOptions([])
-        tap.makeService(options)
-        self.assertEqual(kept, [options["node_config"].keep_free_memory])
-
     def test_config_refused_by_node(self) -> None:
         """A config the node refuses exits with its message, not a traceback."""
         node_service = self.use_fake_node()
