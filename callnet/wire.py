@@ -181,21 +181,21 @@ class LineDecoder:
 
     def __init__(self, max_line: int = DEFAULT_MAX_LINE) -> None:
         self.max_line = max_line
-        self._buffer = b""
+        # Bytes to read lines from: a chunk as it came, or (after a line that
+        # spanned chunks) the bytes that completed it.
+        self._buffer: bytes | bytearray = b""
         # Where the unread part of the buffer starts: lines are sliced out
         # from here, so a chunk of many lines is not copied once per line.
         self._start = 0
-        # The pieces of a line still waiting for its end, kept apart and
-        # joined once when it comes, so a long line costs one copy, not one
-        # per chunk.
-        self._partial: list[bytes] = []
-        self._partial_size = 0
+        # A line still waiting for its end, grown in place as chunks come:
+        # a long line is held once, and read where it lies.
+        self._partial = bytearray()
         self._discarding = False
 
     @property
     def buffered(self) -> int:
         """How many bytes are held, waiting to be read as events."""
-        return len(self._buffer) - self._start + self._partial_size
+        return len(self._buffer) - self._start + len(self._partial)
 
     def feed(self, data: bytes) -> None:
         """Take more bytes from the peer."""
@@ -206,12 +206,18 @@ class LineDecoder:
             self._discarding = False
             data = data[end + 1 :]
         if self._partial:
-            self._partial.append(data)
-            self._partial_size += len(data)
-            if b"\n" not in data:
+            newline = data.find(b"\n")
+            self._partial += data
+            if newline < 0:
                 return
-            self._buffer = b"".join(self._partial)
-            self._partial, self._partial_size = [], 0
+            # A long line is read where it lies; short ones are sliced from
+            # bytes, which is quicker.
+            line_length = len(self._partial) - len(data) + newline
+            if line_length > _LONG_JSON:
+                self._buffer = self._partial
+            else:
+                self._buffer = bytes(self._partial)
+            self._partial = bytearray()
         elif self._start < len(self._buffer):
             self._buffer = self._buffer[self._start :] + data
         else:
@@ -228,29 +234,34 @@ class LineDecoder:
             end = buffer.find(b"\n", start)
             if end < 0:
                 if start < len(buffer):
-                    self._partial = [buffer[start:]]
-                    self._partial_size = len(buffer) - start
+                    self._partial = bytearray(memoryview(buffer)[start:])
                 self._buffer, self._start = b"", 0
                 return self._check_partial()
             self._start = end + 1
             if end - start > self.max_line:
-                return self._overflow(buffer[start:end], discard_rest=False)
+                return self._overflow(bytes(buffer[start:end]), discard_rest=False)
             if end - start > _LONG_JSON:
-                # Read in place, and let go of a buffer that is all read.
+                # Read in place; let go of a buffer that is all read, and
+                # keep the rest of one grown from chunks as bytes.
                 line: bytes | memoryview = memoryview(buffer)[start:end]
                 if self._start == len(buffer):
                     buffer = self._buffer = b""
                     self._start = 0
-            else:
+                elif type(buffer) is bytearray:
+                    buffer = self._buffer = bytes(memoryview(buffer)[self._start :])
+                    self._start = 0
+            elif type(buffer) is bytes:
                 line = buffer[start:end]
+            else:
+                line = bytes(buffer[start:end])
             event = parse_line(line)
             if event is not None:
                 return event
 
     def _check_partial(self) -> BadLine | None:
         """An unfinished line past the limit is refused now, and dropped."""
-        if self._partial_size > self.max_line:
-            return self._overflow(b"".join(self._partial), discard_rest=True)
+        if len(self._partial) > self.max_line:
+            return self._overflow(bytes(self._partial), discard_rest=True)
         return None
 
     def end_of_input(self) -> BadLine | None:
@@ -261,9 +272,9 @@ class LineDecoder:
         unterminated line is not acted on, since the peer may have been cut
         off in the middle of it.
         """
-        rest = self._buffer[self._start :] + b"".join(self._partial)
+        rest = bytes(self._buffer[self._start :]) + self._partial
         self._buffer, self._start = b"", 0
-        self._partial, self._partial_size = [], 0
+        self._partial = bytearray()
         if self._discarding or not rest.strip():
             return None
         return BadLine(
@@ -273,7 +284,7 @@ class LineDecoder:
     def _overflow(self, line: bytes, discard_rest: bool) -> BadLine:
         if discard_rest:
             self._buffer, self._start = b"", 0
-            self._partial, self._partial_size = [], 0
+            self._partial = bytearray()
             self._discarding = True
         # Read the tag only from what a byte-at-a-time feed would have held
         # when the limit was passed, so the answer does not depend on chunking.

@@ -377,3 +377,34 @@ class LongValueProperties(SynchronousTestCase):
         line = before + b" " + encode_json(value).encode() + after
         given_line: bytes | memoryview = memoryview(line) if as_view else line
         self.assertEqual(comparable(parse_line(given_line)), comparable(_parse_general(line)))
+
+    @EXAMPLES
+    @given(
+        st.lists(
+            st.one_of(
+                long_texts.map(lambda value: encode_success(value, "t")),
+                long_texts.map(lambda value: encode_call(Call("echo", (value,), tag="c"))),
+                st.sampled_from([b"#1 add 1 2\n", b"OK 3\n", b"PING\n", b"\n", b"#2 f {\n"]),
+            ),
+            min_size=1,
+            max_size=4,
+        ).map(b"".join),
+        st.lists(st.integers(1, 12000), min_size=1, max_size=8),
+        st.sampled_from([4500, 6000, DEFAULT_MAX_LINE]),
+        st.booleans(),
+    )
+    def test_long_lines_in_chunks(
+        self, data: bytes, sizes: list[int], max_line: int, unfinished: bool
+    ) -> None:
+        """Long lines among short ones, cut anywhere, read as when fed whole."""
+        if unfinished:
+            data += b'#9 echo "' + b"y" * 5000
+        chunks, at = [], 0
+        for size in itertools.cycle(sizes):
+            if at >= len(data):
+                break
+            chunks.append(data[at : at + size])
+            at += size
+        whole = decode_chunks([data], max_line, end=True)
+        split = decode_chunks(chunks, max_line, end=True)
+        self.assertEqual([comparable(e) for e in split], [comparable(e) for e in whole])
