@@ -91,13 +91,31 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / _CLOCK_TICKS
 
 
-def rss_bytes(pid: int) -> int:
-    """Resident set size of process C{pid}, from /proc."""
+def rss_bytes(pid: int, field: bytes = b"VmRSS:") -> int:
+    """Resident set size of process C{pid} (or its peak, C{VmHWM:}), from /proc."""
     with open(f"/proc/{pid}/status", "rb") as f:
         for line in f:
-            if line.startswith(b"VmRSS:"):
+            if line.startswith(field):
                 return int(line.split()[1]) * 1024
-    raise RuntimeError(f"no VmRSS for process {pid}")
+    raise RuntimeError(f"no {field.decode()} for process {pid}")
+
+
+def memory_mark(pid: int) -> int | None:
+    """
+    Reset process C{pid}'s peak RSS to its RSS now (proc(5): clear_refs 5);
+    return that RSS, or None where the peak cannot be reset.
+    """
+    try:
+        with open(f"/proc/{pid}/clear_refs", "w") as f:
+            f.write("5")
+    except OSError:
+        return None
+    return rss_bytes(pid)
+
+
+def peak_growth(pid: int, mark: int | None) -> int | None:
+    """How far process C{pid}'s RSS rose above C{mark} at its peak since then."""
+    return None if mark is None else rss_bytes(pid, b"VmHWM:") - mark
 
 
 def emit(result: dict[str, Any]) -> None:
@@ -175,15 +193,26 @@ def _micro(seconds: float | None) -> float | None:
     return None if seconds is None else seconds * 1e6
 
 
-def cpu_now(server_pid: int) -> tuple[float, float]:
-    """CPU seconds used so far by the server process and by this (client) process."""
-    return cpu_seconds(server_pid), cpu_seconds(os.getpid())
+class Meter:
+    """What a measured run used: CPU time of server and client, and their peak memory."""
+
+    def __init__(self, server_pid: int) -> None:
+        self.server_pid = server_pid
+        self.marks = memory_mark(server_pid), memory_mark(os.getpid())
+        self.cpu = cpu_seconds(server_pid), cpu_seconds(os.getpid())
+
+    def read(self) -> dict[str, Any]:
+        """CPU seconds and peak RSS growth (bytes) since this meter was made."""
+        return {
+            "server_cpu_s": cpu_seconds(self.server_pid) - self.cpu[0],
+            "client_cpu_s": cpu_seconds(os.getpid()) - self.cpu[1],
+            "server_peak_bytes": peak_growth(self.server_pid, self.marks[0]),
+            "client_peak_bytes": peak_growth(os.getpid(), self.marks[1]),
+        }
 
 
-def summarize(
-    tally: Tally, before: tuple[float, float], after: tuple[float, float]
-) -> dict[str, Any]:
-    """The figures a client reports for one measured run (CPU from L{cpu_now})."""
+def summarize(tally: Tally, used: dict[str, Any]) -> dict[str, Any]:
+    """The figures a client reports for one measured run (L{Meter.read} gives C{used})."""
     ordered = sorted(tally.latencies)
     calls = tally.calls
 
@@ -198,8 +227,10 @@ def summarize(
         "calls_per_s": calls / tally.elapsed if tally.elapsed > 0 else 0.0,
         "p50_us": _micro(percentile(ordered, 0.50)),
         "p99_us": _micro(percentile(ordered, 0.99)),
-        "server_cpu_us_per_call": per_call(after[0] - before[0]),
-        "client_cpu_us_per_call": per_call(after[1] - before[1]),
+        "server_cpu_us_per_call": per_call(used["server_cpu_s"]),
+        "client_cpu_us_per_call": per_call(used["client_cpu_s"]),
+        "server_peak_bytes": used["server_peak_bytes"],
+        "client_peak_bytes": used["client_peak_bytes"],
     }
 
 
@@ -359,12 +390,12 @@ def run_async(ops: AsyncOps, spec: Spec, port: int, server_pid: int) -> dict[str
 
         check_result(spec, await call(conns[0]))
         await twisted_window(reactor, conns, spec.inflight, call, spec.warmup, spec.seconds)
-        before = cpu_now(server_pid)
+        meter = Meter(server_pid)
         tally = await twisted_window(reactor, conns, spec.inflight, call, spec.count, spec.seconds)
-        after = cpu_now(server_pid)
+        used = meter.read()
         for conn in conns:
             ops.close(conn)
-        return summarize(tally, before, after)
+        return summarize(tally, used)
 
     def finish(result: Any) -> None:
         outcome.append(result)
@@ -464,14 +495,14 @@ def run_blocking(ops: BlockingOps, spec: Spec, port: int, server_pid: int) -> di
     for conn in distinct:
         check_result(spec, call(conn))
     blocking_threads(conns, call, spec.warmup, spec.seconds, ops.adopt)
-    before = cpu_now(server_pid)
+    meter = Meter(server_pid)
     tally = blocking_threads(conns, call, spec.count, spec.seconds, ops.adopt)
-    after = cpu_now(server_pid)
+    used = meter.read()
     for conn in distinct:
         if ops.adopt is not None:
             ops.adopt(conn)
         ops.close(conn)
-    return summarize(tally, before, after)
+    return summarize(tally, used)
 
 
 # --- The plain-socket driver --------------------------------------------------------
@@ -583,9 +614,9 @@ def run_raw(spec: Spec, port: int, server_pid: int) -> dict[str, Any]:
     if first.errors or first.calls != 1:
         raise RuntimeError(f"first call failed: {first.first_error}")
     raw_window(socks, spec.inflight, request, spec.warmup, spec.seconds, tags)
-    before = cpu_now(server_pid)
+    meter = Meter(server_pid)
     tally = raw_window(socks, spec.inflight, request, spec.count, spec.seconds, tags)
-    after = cpu_now(server_pid)
+    used = meter.read()
     for sock in socks:
         sock.close()
-    return summarize(tally, before, after)
+    return summarize(tally, used)

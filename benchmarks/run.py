@@ -55,6 +55,7 @@ WORKLOAD_TITLES = {
     "large-1m": "1 MiB string echoed, one call in flight",
     "idle-mem": "callnet node RSS per idle connection",
     "leak": "callnet node RSS as calls accumulate",
+    "large-mem": "callnet node peak RSS while echoing 1 MiB values",
 }
 THROUGHPUT = ("seq", "pipe", "conc", "sync1", "sync16", "large-1k", "large-1m")
 WORKLOADS = THROUGHPUT + MEMORY
@@ -87,6 +88,7 @@ def _specs(seconds: float, scale: float, warmup: int, idle: list[int], leak: lis
         ),
         "idle-mem": Spec("idle-mem", 0, 120.0, steps=idle, warmup=0),
         "leak": Spec("leak", 0, 300.0, inflight=100, warmup=warmup, steps=leak),
+        "large-mem": Spec("large-mem", max(5, n(200)), 60.0, size=MIB, warmup=0),
     }
 
 
@@ -319,6 +321,8 @@ def aggregate(runs: list[dict[str, Any]]) -> dict[str, Any]:
         "p99_us": median("p99_us"),
         "server_cpu_us_per_call": median("server_cpu_us_per_call"),
         "client_cpu_us_per_call": median("client_cpu_us_per_call"),
+        "server_peak_bytes": median("server_peak_bytes"),
+        "client_peak_bytes": median("client_peak_bytes"),
         "errors": sum(r.get("errors", 0) for r in good),
         "failed_runs": len(runs) - len(good),
     }
@@ -402,6 +406,17 @@ def report(data: dict[str, Any]) -> str:
                     s = pairs.get(f"{a}/{p}")
                     cells.append(f"{s['median']:>13.2f}" if s else f"{'-':>13}")
                 lines.append(f"{a:<17} " + " ".join(cells))
+        size = data["specs"].get(workload, {}).get("size", 0)
+        if size >= MIB:
+            lines.append(
+                "peak RSS above RSS at the start of the run, in payloads (server, client):"
+            )
+            for system, r in results.items():
+                server_peak, client_peak = r.get("server_peak_bytes"), r.get("client_peak_bytes")
+                if server_peak is not None and client_peak is not None:
+                    lines.append(
+                        f"{system:<17} {server_peak / size:>6.1f} {client_peak / size:>6.1f}"
+                    )
     memory = memory_lines(data)
     if memory:
         lines.append("")
@@ -416,7 +431,7 @@ def report(data: dict[str, Any]) -> str:
 
 
 def memory_lines(data: dict[str, Any]) -> list[str]:
-    """The idle-mem and leak figures, as text."""
+    """The idle-mem, leak and large-mem figures, as text."""
     lines: list[str] = []
     memory = data["memory"]
     if "idle-mem" in memory:
@@ -449,6 +464,19 @@ def memory_lines(data: dict[str, Any]) -> list[str]:
                 f" at {_n(run['calls_per_s'])} calls/s"
                 f"{'' if run.get('complete') else ' (time bound hit before the last step)'}"
                 f"{', ' + str(run['errors']) + ' call errors' if run.get('errors') else ''}"
+            )
+    if "large-mem" in memory:
+        large = memory["large-mem"]
+        lines.append("")
+        lines.append(f"== large-mem: {WORKLOAD_TITLES['large-mem']} (raw client, fresh node)")
+        lines.append("(peak RSS minus idle RSS, in payloads: copies, slack, memory kept to reuse)")
+        if large.get("error"):
+            lines.append(f"failed: {large['error']}")
+        else:
+            s, mib = large["payloads"], large["peak_growth_mib"]
+            lines.append(
+                f"peak {s['median']:.1f} payloads [{s['min']:.1f}..{s['max']:.1f}]"
+                f" = {mib['median']:.1f} MiB above idle"
             )
     return lines
 
@@ -661,6 +689,21 @@ def run_suite(args: argparse.Namespace, source: dict[str, Any]) -> int:
             leak_runs.append(result)
             log(f"[run {run + 1}] leak {result.get('error') or result['steps']}")
         memory["leak"] = {"runs": leak_runs}
+    if "callnet-raw" in systems and "large-mem" in workloads:
+        large_runs = []
+        for run in range(args.runs or preset.memory_runs):
+            with server(python, "callnet", logs) as srv:
+                result = run_client(python, callnet_raw, specs["large-mem"], srv)
+            large_runs.append(result)
+            shown = result.get("error") or f"{result['payloads']:.1f} payloads"
+            log(f"[run {run + 1}] large-mem {shown}")
+        good = [r for r in large_runs if "error" not in r]
+        memory["large-mem"] = {
+            "runs": large_runs,
+            "payloads": spread([r["payloads"] for r in good]),
+            "peak_growth_mib": spread([r["peak_growth_mib"] for r in good]),
+            "error": None if good else "every run failed",
+        }
 
     results = {w: {s: aggregate(rs) for s, rs in by.items()} for w, by in collected.items()}
     data = {

@@ -17,7 +17,7 @@ ASYNC = ("seq", "pipe", "conc", "large-1k", "large-1m")
 #: Workloads of a blocking client.
 BLOCKING = ("sync1", "sync16", "large-1k", "large-1m")
 #: Workloads measuring the callnet node alone: they get a fresh node each.
-MEMORY = ("idle-mem", "leak")
+MEMORY = ("idle-mem", "leak", "large-mem")
 
 
 @dataclass(frozen=True)
@@ -119,6 +119,15 @@ SYSTEMS: dict[str, System] = {
             note="blockingCallFromThread into a reactor thread, one connection (sync floor)",
         ),
         System(
+            "socket-copy",
+            "socketcopy_sys",
+            "socketcopy",
+            "raw",
+            ("large-1k", "large-1m"),
+            False,
+            note="the callnet-raw client against a plain-socket echo server: a raw socket copy",
+        ),
+        System(
             "rpyc",
             "rpyc_sys",
             "rpyc",
@@ -147,6 +156,7 @@ SERVERS: dict[str, str] = {
     "amp": "amp_sys",
     "pb": "pb_sys",
     "lineecho": "lineecho_sys",
+    "socketcopy": "socketcopy_sys",
     "rpyc": "rpyc_sys",
     "pyro5": "pyro_sys",
 }

@@ -23,6 +23,8 @@ from typing import Any
 from benchmarks.common import (
     HOST,
     Spec,
+    memory_mark,
+    peak_growth,
     raw_connect,
     raw_request,
     raw_window,
@@ -214,7 +216,33 @@ def leak(spec: Spec, port: int, server_pid: int) -> dict[str, Any]:
     }
 
 
+def large_memory(spec: Spec, port: int, server_pid: int) -> dict[str, Any]:
+    """
+    How far a fresh node's RSS rises at its peak above its idle RSS while it
+    echoes large values one at a time, in payloads: every copy of a value,
+    the allocator's slack and the freed memory kept for reuse included.
+    """
+    sock = raw_connect(port)
+    time.sleep(SETTLE)
+    mark = memory_mark(server_pid)
+    if mark is None:
+        raise RuntimeError("cannot reset the node's peak RSS (/proc/PID/clear_refs)")
+    tally = raw_window([sock], 1, raw_request(spec), spec.count, spec.seconds, itertools.count(1))
+    peak = peak_growth(server_pid, mark)
+    sock.close()
+    assert peak is not None
+    return {
+        "calls": tally.calls,
+        "errors": tally.errors,
+        "idle_rss_mib": mark / 2**20,
+        "peak_growth_mib": peak / 2**20,
+        "payloads": peak / spec.size,
+    }
+
+
 def raw(spec: Spec, port: int, server_pid: int) -> dict[str, Any]:
+    if spec.name == "large-mem":
+        return large_memory(spec, port, server_pid)
     if spec.name == "idle-mem":
         return idle_memory(spec, port, server_pid)
     if spec.name == "leak":
