@@ -123,7 +123,7 @@ SYSTEMS: dict[str, System] = {
             "socketcopy_sys",
             "socketcopy",
             "raw",
-            ("large-1k", "large-1m"),
+            ("seq", "pipe", "large-1k", "large-1m"),
             False,
             note="the callnet-raw client against a plain-socket echo server: a raw socket copy",
         ),
