@@ -122,8 +122,46 @@ def _start_daemon_thread(target: Callable[[], None], name: str) -> _Thread:
     return thread
 
 
-def _wait_event(event: threading.Event, timeout: float) -> bool:
+class _Waitable(Protocol):
+    def is_set(self) -> bool: ...
+    def wait(self, timeout: float | None = None) -> bool: ...
+
+
+def _wait_event(event: _Waitable, timeout: float) -> bool:
     return event.wait(timeout)
+
+
+class _Done:
+    """
+    A L{threading.Event} that is set once, made of one lock held until then:
+    a waiter takes the lock and hands it on, so setting it and waking a
+    caller cost a lock each, not a condition variable's several.
+    """
+
+    __slots__ = ("_lock", "_set")
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._lock.acquire()
+        self._set = False
+
+    def is_set(self) -> bool:
+        return self._set
+
+    def set(self) -> None:
+        """Set it (once; from one thread at a time)."""
+        if not self._set:
+            self._set = True
+            self._lock.release()
+
+    def wait(self, timeout: float | None = None) -> bool:
+        """Wait until it is set, C{timeout} seconds at most; whether it is."""
+        if self._set:
+            return True
+        if self._lock.acquire(True, -1 if timeout is None else timeout):
+            self._lock.release()  # for the next waiter
+            return True
+        return self._set
 
 
 def _twisted_io_thread() -> int | None:
@@ -187,7 +225,7 @@ class ReactorThread:
         get_ident: Callable[[], int] = threading.get_ident,
         io_thread: Callable[[], int | None] = _twisted_io_thread,
         monotonic: Callable[[], float] = time.monotonic,
-        wait: Callable[[threading.Event, float], bool] = _wait_event,
+        wait: Callable[[_Waitable, float], bool] = _wait_event,
     ) -> None:
         self.reactor = reactor
         self._start_thread = start_thread
@@ -386,14 +424,22 @@ class ReactorThread:
             self.reactor.callFromThread(self._start_calls)
 
     def _start_calls(self) -> None:
-        """Send the calls handed over (reactor thread)."""
-        while True:
-            with self._lock:
-                handles, self._to_start = self._to_start, []
-            if not handles:
-                return
-            for handle in handles:
-                handle._start()
+        """Send the calls handed over (reactor thread), each client's together."""
+        releases: dict[int, Callable[[], None]] = {}
+        try:
+            while True:
+                with self._lock:
+                    handles, self._to_start = self._to_start, []
+                if not handles:
+                    return
+                for handle in handles:
+                    client = handle._client._client
+                    if id(client) not in releases:
+                        releases[id(client)] = client.hold_sends()
+                    handle._start()
+        finally:
+            for release in releases.values():
+                release()
 
     def _forget(self, handle: CallHandle) -> None:
         with self._lock:
@@ -450,7 +496,7 @@ class CallHandle:
         self._deadline = self._thread.monotonic() + timeout
         #: Past this, waiters give up even if the reactor has not answered.
         self._give_up_at = self._deadline + client.grace
-        self._event = threading.Event()
+        self._event = _Done()
         self._lock = threading.Lock()
         self._done = False
         self._cancel_requested = False

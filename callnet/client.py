@@ -353,6 +353,10 @@ class ClientProtocol(TwistedProtocol):
             self._out.abortConnection()
 
 
+def _nothing() -> None:
+    pass
+
+
 def _tag_text(number: int) -> str:
     digits = "0123456789abcdefghijklmnopqrstuvwxyz"
     text = ""
@@ -484,6 +488,19 @@ class Client:
                         )
                     )
                 )
+
+    def hold_sends(self) -> Callable[[], None]:
+        """
+        Keep the calls made from now on (on the reactor thread) to send them
+        together when the returned function is called, rather than at the
+        end of the reactor's turn: for a caller that makes a batch of calls.
+        """
+        protocol = self._protocol
+        if protocol is None or not protocol.is_connected:
+            return _nothing
+        outbox = protocol._outbox
+        outbox.hold()
+        return outbox.release
 
     def _lost(self, protocol: ClientProtocol) -> None:
         if self._protocol is protocol:

@@ -810,3 +810,36 @@ class ForkTests(SynchronousTestCase):
         """Nothing watches for fork until the reactor thread starts, so a child forked earlier may call."""
         self.assertEqual(self.world.at_fork, [])
         self.assertEqual(self.client.call("add", 1, 2), 3)
+
+
+class DoneTests(SynchronousTestCase):
+    """
+    Tests for the event a L{CallHandle} is waited on with, over real threads.
+    """
+
+    def test_wakes_every_waiter(self) -> None:
+        """Every thread waiting on it wakes when it is set, however many wait."""
+        from callnet.blocking import _Done
+
+        done = _Done()
+        woken: list[bool] = []
+        waiters = [threading.Thread(target=lambda: woken.append(done.wait(30))) for _ in range(8)]
+        for waiter in waiters:
+            waiter.start()
+        self.assertFalse(done.is_set())
+        done.set()
+        for waiter in waiters:
+            waiter.join(30)
+        self.assertEqual(woken, [True] * 8)
+        self.assertTrue(done.wait(0))
+
+    def test_timeout(self) -> None:
+        """Waiting on one not set gives up after the timeout and says so."""
+        from callnet.blocking import _Done
+
+        done = _Done()
+        self.assertFalse(done.wait(0.01))
+        self.assertFalse(done.wait(0))
+        done.set()
+        done.set()
+        self.assertTrue(done.wait(0))

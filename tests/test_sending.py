@@ -245,3 +245,24 @@ class SocketOutboxTests(SynchronousTestCase):
         self.outbox.discard()
         self.assertEqual(self.reactor.getDelayedCalls(), [])
         self.assertEqual((self.socket.sends, self.writing()), ([], False))
+
+
+class HoldSendsTests(SynchronousTestCase):
+    def test_calls_held_then_sent_together(self) -> None:
+        """Calls made between hold_sends() and its release go out in one send, at the release."""
+        from callnet.client import Client
+
+        clock = Clock()
+        client = Client("tcp:127.0.0.1:1", clock)
+        release = client.hold_sends()
+        release()  # not connected yet: nothing to hold
+        protocol = ClientProtocol(clock)
+        transport = WriteDescriptorTransport()
+        protocol.makeConnection(transport)
+        client._protocol = protocol
+        release = client.hold_sends()
+        for n in range(3):
+            client.call("add", n, 1)
+        self.assertEqual(transport.value(), b"")
+        release()
+        self.assertEqual(transport.sends, [3])
