@@ -410,7 +410,7 @@ class ReactorThread:
 
     # --- Calls in flight ----------------------------------------------------
 
-    def _submit(self, handle: CallHandle) -> None:
+    def _submit(self, handle: CallHandle, on_reactor_thread: bool) -> None:
         """Hand a call to the reactor thread, unless no call can be made now."""
         with self._lock:
             self._check_usable()
@@ -418,7 +418,7 @@ class ReactorThread:
             self._to_start.append(handle)
             # The calls of many threads cross together: one wake-up for all.
             first = len(self._to_start) == 1
-        if self.is_reactor_thread():
+        if on_reactor_thread:
             self._start_calls()
         elif first:
             self.reactor.callFromThread(self._start_calls)
@@ -920,11 +920,15 @@ class BlockingClient:
         self, blocking: str | None, procedure: str, timeout: float | None, send: _Send
     ) -> CallHandle:
         """Hand a call to the reactor; C{blocking} names the method if it will wait."""
-        budget = self.timeout if timeout is None else timeout
-        _check_seconds("timeout", budget, positive=False)
+        if timeout is None:
+            budget = self.timeout  # checked when the client was made
+        else:
+            _check_seconds("timeout", timeout, positive=False)
+            budget = timeout
         thread = self._thread
         thread.ensure_running()
-        if blocking is not None:
+        on_reactor_thread = thread.is_reactor_thread()
+        if blocking is not None and on_reactor_thread:
             thread.refuse_reactor_thread(blocking)
         if self._closed:
             raise UnavailableError(
@@ -932,7 +936,7 @@ class BlockingClient:
                 Outcome.NOT_RUN,
             )
         handle = CallHandle(self, procedure, budget, send)
-        thread._submit(handle)
+        thread._submit(handle, on_reactor_thread)
         return handle
 
 
