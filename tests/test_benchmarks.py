@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 from twisted.trial.unittest import SynchronousTestCase
@@ -24,7 +25,9 @@ WORKLOADS = "seq,sync1,large-1m,large-mem"
 class SmokeTests(SynchronousTestCase):
     def test_smoke_run(self) -> None:
         """benchmarks/run.py --smoke runs, and reports a figure for every system and workload."""
-        output = Path(self.mktemp())
+        scratch = tempfile.TemporaryDirectory()
+        self.addCleanup(scratch.cleanup)
+        output = Path(scratch.name)
         done = subprocess.run(
             [
                 sys.executable,
