@@ -21,7 +21,6 @@ from twisted.internet.defer import CancelledError as TwistedCancelledError
 from twisted.internet.defer import Deferred, ensureDeferred, fail, succeed
 from twisted.logger import Logger
 from twisted.python.failure import Failure
-from twisted.python.threadpool import ThreadPool
 
 from callnet.config import Limits
 from callnet.context import CallContext
@@ -39,6 +38,7 @@ from callnet.reactors import DelayedCall, DispatchReactor
 from callnet.registry import Registry
 from callnet.tracing import TraceIds, with_trace
 from callnet.wire import Call
+from callnet.workers import ThreadRunner
 
 if TYPE_CHECKING:
     from callnet.cluster.routing import Router
@@ -211,7 +211,7 @@ class Dispatcher:
         self,
         registry: Registry,
         reactor: DispatchReactor,
-        threadpool: ThreadPool,
+        threadpool: ThreadRunner,
         limits: Limits,
         node_name: str,
         process_pool: Callable[[], Executor] | None = None,

@@ -17,7 +17,6 @@ from twisted.application.service import MultiService, Service
 from twisted.internet.defer import Deferred, ensureDeferred, gatherResults, maybeDeferred
 from twisted.internet.endpoints import serverFromString
 from twisted.logger import Logger
-from twisted.python.threadpool import ThreadPool
 
 from callnet.access import AccessPolicy
 from callnet.builtin import builtin_procedures
@@ -30,6 +29,7 @@ from callnet.metrics import Metrics, metrics_service
 from callnet.protocol import NodeFactory
 from callnet.registry import Registry
 from callnet.tls import is_tls_listen, peer_identity, server_endpoint
+from callnet.workers import WorkerThreads
 
 log = Logger()
 
@@ -63,9 +63,7 @@ class NodeService(MultiService):
         self.config = config
         self._reactor = reactor
         self.registry = self._registry(config, reload=False)
-        self.threadpool = ThreadPool(
-            minthreads=0, maxthreads=config.threads, name=f"callnet-{config.name}"
-        )
+        self.threadpool = WorkerThreads(config.threads, f"callnet-{config.name}")
         self._process_pool: ProcessPoolExecutor | None = None
         self.dispatcher = Dispatcher(
             self.registry,
