@@ -60,9 +60,6 @@ class Outbox:
         self._socket = isinstance(transport, Connection)
         self._can_write_now = IWriteDescriptor.providedBy(transport)
 
-    def __len__(self) -> int:
-        return len(self._lines)
-
     def write(self, line: bytes) -> None:
         """Write one line, to be sent as the class describes."""
         lines = self._lines

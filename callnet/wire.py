@@ -578,7 +578,8 @@ def _long_string(text: str, pos: int) -> str | None:
     """
     The JSON string at C{pos} if it ends the line, else None (and the
     standard decoder reads it, with its own errors: orjson refuses lone
-    surrogates, which the protocol takes).
+    surrogates, which the protocol takes).  For what L{_parse_long_string}
+    leaves: a keyword argument's value, words apart by tabs.
     """
     try:
         value = orjson.loads(text[pos:])
@@ -654,10 +655,6 @@ def _parse_success(text: str, pos: int, tag: str | None) -> Success:
     pos = _skip_space(text, pos)
     if pos == len(text):
         return Success(None, tag)
-    if len(text) - pos > _LONG_JSON and text[pos] == '"':
-        value = _long_string(text, pos)
-        if value is not None:
-            return Success(value, tag)
     try:
         # raw_decode reads in place: no copy of a long value to strip it.
         value, end = _DECODER.raw_decode(text, pos)

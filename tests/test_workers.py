@@ -5,6 +5,7 @@ L{callnet.workers.WorkerThreads}, with real threads and bounded waits.
 from __future__ import annotations
 
 import threading
+import time
 from typing import Any
 
 from twisted.python.failure import Failure
@@ -84,7 +85,8 @@ class WorkerThreadsTests(SynchronousTestCase):
             pool.callInThreadWithCallback(results, job, n)
         for _ in range(3):
             self.assertTrue(running.acquire(timeout=WAIT))
-        self.assertFalse(running.acquire(timeout=0.05))  # the fourth waits its turn
+        # Three run and hold their threads; the other six wait, unstarted.
+        self.assertEqual((pool.threads, now[0], len(results.reported)), (3, 3, 0))
         release.set()
         results.wait_for(9)
         self.assertEqual(sorted(value for _, value, _ in results.reported), list(range(9)))
@@ -104,16 +106,19 @@ class WorkerThreadsTests(SynchronousTestCase):
         """stop() waits for the job running, ends every thread, and drops later jobs."""
         pool = WorkerThreads(2, "test-pool")
         results = Results()
-        started, release = threading.Event(), threading.Event()
+        started = threading.Event()
+        pause = threading.Event()  # never set: a bounded pause between looks
 
-        def slow() -> str:
+        def finish_once_stopping() -> str:
+            # Ends only after stop() has begun: stop() must wait for it.
             started.set()
-            release.wait(WAIT)
-            return "done"
+            deadline = time.monotonic() + WAIT
+            while not pool._stopped and time.monotonic() < deadline:
+                pause.wait(0.001)
+            return "done" if pool._stopped else "stop() was not called"
 
-        pool.callInThreadWithCallback(results, slow)
+        pool.callInThreadWithCallback(results, finish_once_stopping)
         self.assertTrue(started.wait(WAIT))
-        threading.Timer(0.05, release.set).start()
         pool.stop()
         self.assertEqual([value for _, value, _ in results.reported], ["done"])
         pool.callInThreadWithCallback(results, lambda: "late")
