@@ -22,7 +22,8 @@ from twisted.internet.defer import Deferred, ensureDeferred, fail, succeed
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from callnet.config import Limits
+from callnet.access import NODE_CALLER, AccessPolicy, Caller
+from callnet.config import Limits, Security
 from callnet.context import CallContext
 from callnet.errors import (
     CallError,
@@ -216,8 +217,12 @@ class Dispatcher:
         node_name: str,
         process_pool: Callable[[], Executor] | None = None,
         send_tracebacks: bool = False,
+        access: AccessPolicy | None = None,
     ) -> None:
         self.registry = registry
+        #: Tokens and access rules: every call, however it arrives, is judged
+        #: here, against the policy in force when it starts.
+        self.access = access if access is not None else AccessPolicy(Security())
         self.stats = NodeStats()
         self.reactor = reactor
         self._threadpool = threadpool
@@ -239,7 +244,7 @@ class Dispatcher:
         """The reactor's clock, which every deadline is measured on."""
         return self.reactor
 
-    def dispatch(self, call: Call) -> Deferred[Any]:
+    def dispatch(self, call: Call, caller: Caller = NODE_CALLER) -> Deferred[Any]:
         """
         Run the procedure a call names, within its deadline.
 
@@ -249,28 +254,55 @@ class Dispatcher:
             C{CancelledError}; a thread's late result is dropped) and fails
             the call with L{CancelledError}.
         """
-        outcome = self.start(call)
+        outcome = self.start(call, caller)
         if isinstance(outcome, Deferred):
             return outcome
         if isinstance(outcome, Failure):
             return fail(outcome)
         return succeed(outcome)
 
-    def start(self, call: Call) -> Any:
+    def start(self, call: Call, caller: Caller = NODE_CALLER) -> Any:
         """
         Like L{dispatch}, but a call that ends at once is not wrapped.
 
         The per-call hot path: a procedure that runs in the reactor and
         returns a plain value costs no Deferred and no timer.
 
+        @param caller: who makes the call, as its connection authenticated
+            (the node itself by default).  A call a peer forwards for another
+            caller (C{+caller}) is judged as that caller's.
         @return: a L{Deferred} for work still running; a L{Failure} of a
             L{CallError} for a call that failed at once; otherwise the result.
         """
+        if call.caller is not None:
+            caller = self.access.on_behalf(caller, call.caller, caller.name)
+        refusal = self._refusal(call, caller)
+        if refusal is not None:
+            self.stats.refused(refusal.code)
+            refusal.node = self.node_name
+            return Failure(refusal)
         if call.key is not None:
-            return self.keys.run(call.procedure, call.key, lambda: self._start(call))
-        return self._start(call)
+            return self.keys.run(call.procedure, call.key, lambda: self._start(call, caller))
+        return self._start(call, caller)
 
-    def _start(self, call: Call) -> Any:
+    def _refusal(self, call: Call, caller: Caller) -> CallError | None:
+        """
+        Why C{caller} may not make this call, if it may not: the one access
+        decision for every way a procedure is reached.  A procedure that
+        calls another for its caller (C{multicall}) names it in its
+        metadata, and that procedure is judged too.
+        """
+        access = self.access
+        name = call.procedure.partition("@")[0]
+        refusal = access.check(caller, name)
+        if refusal is None and access.restricts(caller):
+            entry = self.registry.find(name)
+            target = entry.called_for_caller(call.args, call.kwargs) if entry else None
+            if target is not None:
+                refusal = access.check(caller, target.partition("@")[0])
+        return refusal
+
+    def _start(self, call: Call, caller: Caller) -> Any:
         name, target = call.procedure, None
         if "@" in name:
             name, _, target = name.partition("@")
@@ -295,13 +327,13 @@ class Dispatcher:
                 # Followed across nodes from here: give it the id to follow.
                 call = with_trace(call, self.trace_ids.new())
             stats = self.stats.started(name)
-            work = self.router.forward(call, name, timeout, target)
+            work = self.router.forward(call, name, timeout, target, caller)
             return _RunningCall(self, name, (), stats, work, timeout, began).result
         stats = self.stats.started(entry.name)
         kwargs = call.kwargs
         context = None
         if entry.context_param is not None:
-            context = CallContext(self, call, entry.name, self.reactor.seconds() + timeout)
+            context = CallContext(self, call, entry.name, self.reactor.seconds() + timeout, caller)
             kwargs = {**kwargs, entry.context_param: context}
         if entry.run == "reactor":
             try:

@@ -21,6 +21,7 @@ from typing import Any
 
 from twisted.internet.defer import Deferred, ensureDeferred
 
+from callnet.access import NODE_CALLER, Caller
 from callnet.cluster.peers import Peer, PeerState, is_link_failure
 from callnet.errors import (
     CallError,
@@ -83,18 +84,31 @@ class Router:
         return fewest[next(self._turn) % len(fewest)]
 
     def forward(
-        self, call: Call, procedure: str, timeout: float, target: str | None = None
+        self,
+        call: Call,
+        procedure: str,
+        timeout: float,
+        target: str | None = None,
+        caller: Caller = NODE_CALLER,
     ) -> Deferred[Any]:
         """
         Forward a call; the Deferred fires with its result or fails with the
         L{CallError} the caller should see.  Cancelling it cancels the call
-        downstream.
+        downstream.  The peer is told whom the call is for, unless that is a
+        node (which acts with its own rights), and judges that caller by its
+        own rules.
         """
         deadline = self._clock.seconds() + timeout
-        return ensureDeferred(self._forward(call, procedure, deadline, target))
+        for_caller = None if caller.peer else caller.name
+        return ensureDeferred(self._forward(call, procedure, deadline, target, for_caller))
 
     async def _forward(
-        self, call: Call, procedure: str, deadline: float, target: str | None
+        self,
+        call: Call,
+        procedure: str,
+        deadline: float,
+        target: str | None,
+        caller: str | None,
     ) -> Any:
         tried: set[str] = set()
         last_error: CallError | None = None
@@ -120,6 +134,7 @@ class Router:
                     call.key,
                     call.trace,
                     call.hops + 1,
+                    caller,
                 )
             except CallError as error:
                 if not is_link_failure(error) or target is not None:
