@@ -141,7 +141,9 @@ class TelnetFilter:
 
     def feed(self, data: bytes) -> TelnetResult:
         """Filter one chunk; the data, answers and events it came to."""
-        if self._state == _DATA and _IAC_BYTE not in data:
+        # The byte as an int: "in" finds an int at once, but tries a bytes
+        # needle as an int first, which costs an exception.
+        if self._state == _DATA and IAC not in data:
             return TelnetResult(data)
         pieces, reply = self._filter(data)
         return TelnetResult(
@@ -167,7 +169,7 @@ class TelnetFilter:
         after it are not interrupted.  C{take} is never given empty bytes.
         Other events (C{AO}, C{BRK}) are dropped.
         """
-        if self._state == _DATA and _IAC_BYTE not in data:
+        if self._state == _DATA and IAC not in data:
             if data:
                 take(data)
             return
