@@ -132,6 +132,12 @@ class TelnetFilter:
     """
 
     def __init__(self, max_subnegotiation: int = MAX_SUBNEGOTIATION) -> None:
+        """
+        @param max_subnegotiation: how many bytes of a subnegotiation to wait
+            out for its end; at least 1.
+        """
+        if max_subnegotiation < 1:
+            raise ValueError(f"max_subnegotiation must be at least 1, not {max_subnegotiation}")
         self.max_subnegotiation = max_subnegotiation
         self._state = _DATA
         # The verb (WILL, WONT, DO or DONT) awaiting its option byte.

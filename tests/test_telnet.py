@@ -186,6 +186,11 @@ class VectorTests(SynchronousTestCase):
         # The bound is exact: the P is the last byte waited out.
         self.assertFilters(b"\xff\xfa" + b"x" * (MAX_SUBNEGOTIATION - 1) + b"PING\n", b"ING\n")
 
+    def test_smallest_bound(self) -> None:
+        """A bound of one byte waits out only the option byte, and a bound below one is refused."""
+        self.assertFilters(b"\xff\xfa\x18ok", b"ok", max_subnegotiation=1)
+        self.assertRaises(ValueError, TelnetFilter, 0)
+
     def test_command_cut_at_every_point(self) -> None:
         """A command split between any two chunks gives what it gives whole."""
         data = b"ab" + CTRL_C + b"\xff\xfa\x18\x00vt\xff\xff\xff\xf0c\xff\xffd\xff\xfb\x1f\n"
@@ -326,11 +331,13 @@ class PropertyTests(SynchronousTestCase):
     @EXAMPLES
     @given(st.data())
     def test_any_split_same_result(self, data: st.DataObject) -> None:
-        """Any split of any input gives the same data, answers and events as the whole."""
+        """Any split of any input gives the same data, answers and events as the whole, whatever the bound."""
         stream = data.draw(inputs)
         chunks = data.draw(splits(stream))
-        self.assertEqual(feed_chunks(chunks), feed_chunks([stream]))
-        self.assertEqual(feed_chunks(bytewise(stream)), feed_chunks([stream]))
+        bound = data.draw(st.sampled_from([MAX_SUBNEGOTIATION, 1, 2, 5, 17]))
+        whole = feed_chunks([stream], bound)
+        self.assertEqual(feed_chunks(chunks, bound), whole)
+        self.assertEqual(feed_chunks(bytewise(stream), bound), whole)
 
     @EXAMPLES
     @given(st.data())
