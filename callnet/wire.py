@@ -69,8 +69,10 @@ _HOPS_RE = re.compile(r"[0-9]{1,3}\Z")
 #: An identity, as config names them (a token's name, a certificate's name).
 _IDENTITY_RE = re.compile(r"[A-Za-z0-9_.\-]{1,128}\Z")
 _SECONDS_RE = re.compile(r"[0-9]{1,9}(?:\.[0-9]{1,9})?\Z")
-_TRACE_TOKEN = re.compile(r"[\x21-\x5a\x5c\x5e-\x7e]{1,256}\Z")
-_TRACE_SUFFIX = re.compile(r" \[trace ([\x21-\x5a\x5c\x5e-\x7e]{1,256})\]\Z")
+#: An error's trace id ends its message as C{" [trace ID]"}.  ID is any
+#: C{+trace} value (no spaces), brackets included: the suffix is read from the
+#: last space of the line, so a C{]} inside the id cannot end it early.
+_TRACE_SUFFIX = re.compile(r" \[trace ([\x21-\x7e]{1,256})\]\Z")
 _CODE_RE = re.compile(r"[A-Z][A-Z_]{0,63}\Z")
 _WHITESPACE = " \t"
 _JSON_OPENERS = frozenset('"[{')
@@ -856,7 +858,7 @@ def encode_failure(error: CallError, tag: str | None = None) -> bytes:
     if message.startswith("@") and not error.node:
         message = "(at)" + message[1:]
     node = f"@{error.node} " if error.node else ""
-    if error.trace and _TRACE_TOKEN.match(error.trace):
+    if error.trace and _OPTION_VALUE_RE.match(error.trace):
         message += f" [trace {error.trace}]"
     line = f"{_prefix(tag)}ERR {error.code} {error.outcome.value} {node}{message}\n"
     return line.encode("utf-8", "backslashreplace")

@@ -14,6 +14,8 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from twisted.trial.unittest import SynchronousTestCase
 
 from callnet.errors import (
@@ -1218,3 +1220,131 @@ class EncodeReplyTests(WireTestCase):
                 for tag in [None, "9"]:
                     self.assertDecodes(encode_command(verb, args, tag), [Command(verb, args, tag)])
         self.assertDecodes(encode_command("help", ("add",)), [Command("HELP", ("add",))])
+
+
+# --- Trace ids on error replies -------------------------------------------
+
+#: A W3C traceparent, as nodes make and callers send them.
+TRACEPARENT = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
+#: Trace ids with the characters that once ended the suffix early, or began a false one.
+AWKWARD_TRACES = [
+    TRACEPARENT,
+    "]",
+    "[",
+    "[]",
+    "a]b",
+    "]]]",
+    "[trace",
+    "x]y[trace",
+    "!\"#$%&'()*+,-./:;<=>?@[\\]^_`{|}~",
+    "t" * 255 + "]",
+]
+
+
+def expected_message(error: CallError) -> str:
+    """The message as an ERR line carries it: on one line, never bare, never read as a node."""
+    message = " ".join(error.message.split()) or error.code.lower().replace("_", " ")
+    if message.startswith("@") and not error.node:
+        message = "(at)" + message[1:]
+    return message
+
+
+traces = st.text(
+    st.characters(min_codepoint=0x21, max_codepoint=0x7E), min_size=1, max_size=256
+) | st.from_regex(r"00-[0-9a-f]{32}-[0-9a-f]{16}-[0-9a-f]{2}", fullmatch=True)
+messages = st.text(st.characters(exclude_categories=("Cs",)), max_size=60) | st.sampled_from(
+    ["x [trace y]", "x [trace ]", "[trace a]", "@n [trace a]b] c", " [trace ]]"]
+)
+
+
+class TraceSuffixTests(WireTestCase):
+    """The C{[trace ID]} that ends an error reply of a traced call."""
+
+    def test_exact_bytes(self) -> None:
+        """The trace id ends the line as it is, brackets and all."""
+        error = NotFoundError("no item named 'gizmo'", Outcome.RAN, "beta")
+        error.trace = TRACEPARENT
+        self.assertEqual(
+            encode_failure(error),
+            f"ERR NOT_FOUND ran @beta no item named 'gizmo' [trace {TRACEPARENT}]\n".encode(),
+        )
+        error.trace = "a]b"
+        self.assertEqual(
+            encode_failure(error, "3"),
+            (b"#3 ERR NOT_FOUND ran @beta no item named 'gizmo' [trace a]b]\n"),
+        )
+
+    def test_decoding(self) -> None:
+        """The suffix is read off the message into the error's trace, whatever the id holds."""
+        for line, message, trace in [
+            (b"ERR INTERNAL ran boom [trace t1]\n", "boom", "t1"),
+            (b"ERR INTERNAL ran boom [trace a]b]\n", "boom", "a]b"),
+            (b"ERR INTERNAL ran boom [trace ]]\r\n", "boom", "]"),
+            (b"ERR INTERNAL ran boom [trace [x]]\n", "boom", "[x]"),
+            (b"ERR INTERNAL ran [trace a] [trace b]\n", "[trace a]", "b"),
+            (b"ERR INTERNAL ran boom [trace a] b\n", "boom [trace a] b", None),
+            (b"ERR INTERNAL ran boom [trace a b]\n", "boom [trace a b]", None),
+            (b"ERR INTERNAL ran boom [trace ]\n", "boom [trace ]", None),
+        ]:
+            (event,) = self.assertDecodes(line, [Failure(InternalError(message, Outcome.RAN))])
+            assert isinstance(event, Failure)
+            self.assertEqual(event.error.trace, trace, line)
+
+    def test_awkward_traces_round_trip(self) -> None:
+        """Every awkward trace id comes back whole, and the message without it."""
+        for trace in AWKWARD_TRACES:
+            for node in [None, "n1"]:
+                error = InternalError("it broke [really]", Outcome.RAN, node)
+                error.trace = trace
+                (event,) = self.assertDecodes(
+                    encode_failure(error, "7"),
+                    [Failure(InternalError("it broke [really]", Outcome.RAN, node), "7")],
+                )
+                assert isinstance(event, Failure)
+                self.assertEqual(event.error.trace, trace)
+
+    def test_trace_option(self) -> None:
+        """Calls carry any printable trace id, brackets included, and a traceparent unchanged."""
+        for trace in AWKWARD_TRACES:
+            self.assertDecodes(encode_call(Call("f", trace=trace)), [Call("f", trace=trace)])
+        self.assertEqual(
+            encode_call(Call("f", trace=TRACEPARENT)), f"+trace={TRACEPARENT} f\n".encode()
+        )
+
+    def test_no_suffix_without_a_valid_trace(self) -> None:
+        """An error whose trace could not travel as a +trace value gets no suffix at all."""
+        for trace in [None, "", "has space", "é", "x" * 257]:
+            error = InternalError("boom")
+            error.trace = trace
+            self.assertEqual(encode_failure(error), b"ERR INTERNAL ran boom\n", repr(trace))
+
+    @settings(max_examples=300, deadline=None)
+    @given(
+        st.sampled_from(sorted(ERRORS_BY_CODE.values(), key=lambda c: c.code)),
+        st.sampled_from(list(Outcome)),
+        messages,
+        st.none() | st.from_regex(r"[A-Za-z0-9_.\-]{1,20}", fullmatch=True),
+        st.none() | st.from_regex(r"[A-Za-z0-9_.:\-]{1,64}", fullmatch=True),
+        traces,
+    )
+    def test_round_trip_property(
+        self,
+        cls: type[CallError],
+        outcome: Outcome,
+        message: str,
+        node: str | None,
+        tag: str | None,
+        trace: str,
+    ) -> None:
+        """For every trace the encoder takes, the decoded error has that trace and the same message."""
+        error = cls(message, outcome, node)
+        error.trace = trace
+        data = encode_failure(error, tag)
+        self.assertIn(f" [trace {trace}]\n".encode(), data)
+        (event,) = decode_whole(data)
+        assert isinstance(event, Failure), event
+        self.assertEqual(event.tag, tag)
+        self.assertEqual(event.error.trace, trace)
+        self.assertEqual(event.error.message, expected_message(error))
+        self.assertEqual(event.error.node, node)
+        self.assertIs(event.error.outcome, outcome)
