@@ -262,9 +262,7 @@ class MemoryCluster:
         self.settings = settings or ClusterSettings()
         security = security or {}
         self.nodes = {
-            name: MemoryNode(
-                procedures, name=name, clock=self.clock, security=security.get(name)
-            )
+            name: MemoryNode(procedures, name=name, clock=self.clock, security=security.get(name))
             for name, procedures in nodes.items()
         }
         self.clusters: dict[str, Cluster] = {}
