@@ -8,7 +8,9 @@ Three uses, one set of files (see C{docs/security.md}):
     (L{server_endpoint}).  With C{[tls] ca} it asks each client for a
     certificate signed by that CA, and refuses one that is not; with
     C{require_client_certificate} it refuses a client that presents none.
-    L{peer_identity} gives the name in a client's verified certificate.
+    A client has C{[limits] tls_handshake_timeout} seconds to finish its
+    handshake (L{with_handshake_deadline}).  L{peer_identity} gives the
+    name in a client's verified certificate.
   - A node with C{[tls]} cert, key and ca dials its peers over TLS
     (L{peer_endpoint}): it presents its own certificate, trusts only the CA,
     and checks that the peer's certificate names the peer as configured
@@ -72,9 +74,9 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from callnet.config import TLSSettings
+from callnet.config import Limits, TLSSettings
 from callnet.errors import ConfigError
-from callnet.reactors import DelayedCall
+from callnet.reactors import Clock, DelayedCall
 
 __all__ = [
     "DEFAULT_HANDSHAKE_TIMEOUT",
@@ -94,6 +96,7 @@ __all__ = [
     "peer_endpoint",
     "peer_identity",
     "server_endpoint",
+    "with_handshake_deadline",
 ]
 
 log = Logger()
@@ -304,18 +307,12 @@ class _ServerCreator:
 def _server_verify_callback(tls: Any) -> Callable[..., bool]:
     def verify(connection: Any, cert: Any, error: int, depth: int, ok: int) -> bool:
         if not ok:
-            try:
-                transport = getattr(tls, "transport", None)
-                address = transport.getPeer() if transport is not None else None
-                host, port = getattr(address, "host", None), getattr(address, "port", None)
-                peer = f"{host}:{port}" if host is not None else str(address)
+            with contextlib.suppress(Exception):  # never raise into OpenSSL
                 log.warn(
                     "refusing a TLS client at {peer}: {why}",
-                    peer=peer,
+                    peer=_peer_text(getattr(tls, "transport", None)),
                     why=_verify_error_text(error, cert.to_cryptography(), depth),
                 )
-            except Exception:  # noqa: S110 (never raise into OpenSSL)
-                pass
         return bool(ok)
 
     return verify
@@ -347,7 +344,10 @@ def _server_creator(settings: TLSSettings, description: str) -> _ServerCreator:
 
 
 def server_endpoint(
-    reactor: Any, description: str, settings: TLSSettings
+    reactor: Any,
+    description: str,
+    settings: TLSSettings,
+    handshake_timeout: float = Limits.tls_handshake_timeout,
 ) -> IStreamServerEndpoint:
     """
     The endpoint of a node's C{tls:PORT[:interface=ADDR]} listener.
@@ -355,16 +355,137 @@ def server_endpoint(
     It presents C{[tls]} cert and key.  With C{[tls] ca}, it asks each
     client for a certificate and verifies one that is presented against
     the CA, refusing the handshake if it fails; with
-    C{require_client_certificate}, a client with none is refused too.
+    C{require_client_certificate}, a client with none is refused too.  A
+    client that has not finished its handshake C{handshake_timeout}
+    seconds after connecting is closed (L{with_handshake_deadline}).
 
     @raise ConfigError: see L{check_listen}.
     """
     spec = parse_listen(description)
     creator = _server_creator(settings, description)
-    return cast(
-        IStreamServerEndpoint,
-        SSL4ServerEndpoint(reactor, spec.port, creator, spec.backlog, spec.interface),
-    )
+    endpoint = SSL4ServerEndpoint(reactor, spec.port, creator, spec.backlog, spec.interface)
+    return with_handshake_deadline(endpoint, reactor, handshake_timeout)
+
+
+def with_handshake_deadline(
+    endpoint: IStreamServerEndpoint, clock: Clock, timeout: float
+) -> IStreamServerEndpoint:
+    """
+    A TLS server endpoint whose connections are closed if their handshake
+    has not finished C{timeout} seconds after TCP connected.
+
+    The node's protocol is connected at once, as on any listener, so such a
+    connection counts against the node's connection limits until then.
+
+    @param endpoint: an endpoint that wraps its connections in TLS (a
+        C{tls:} listener's, or C{ssl:}'s: L{SSL4ServerEndpoint}), whose
+        protocols are told when the handshake is done (L{IHandshakeListener}).
+    @param clock: the reactor, for the deadline.
+    """
+    return _DeadlineEndpoint(endpoint, clock, timeout)
+
+
+@implementer(IStreamServerEndpoint)
+class _DeadlineEndpoint:
+    def __init__(self, endpoint: IStreamServerEndpoint, clock: Clock, timeout: float) -> None:
+        self._endpoint = endpoint
+        self._clock = clock
+        self._timeout = timeout
+
+    def listen(self, protocolFactory: IProtocolFactory) -> Deferred[Any]:  # noqa: N803
+        return cast(
+            "Deferred[Any]",
+            self._endpoint.listen(_DeadlineFactory(protocolFactory, self._clock, self._timeout)),
+        )
+
+
+class _DeadlineFactory(Factory):
+    """Builds the node's protocols, each behind a handshake deadline."""
+
+    noisy = False
+
+    def __init__(self, factory: IProtocolFactory, clock: Clock, timeout: float) -> None:
+        self._factory = factory
+        self._clock = clock
+        self._timeout = timeout
+
+    def logPrefix(self) -> str:
+        return _log_prefix(self._factory)
+
+    def doStart(self) -> None:
+        self._factory.doStart()
+
+    def doStop(self) -> None:
+        self._factory.doStop()
+
+    def buildProtocol(self, addr: Any) -> Protocol | None:
+        real = self._factory.buildProtocol(addr)
+        if real is None:
+            return None
+        return _HandshakeDeadline(real, self._clock, self._timeout)
+
+
+@implementer(IHandshakeListener)
+class _HandshakeDeadline(Protocol):
+    """
+    Sits between TLS and the node's protocol, which it connects at once and
+    to which it passes everything; it closes the connection if the
+    handshake has not finished in time.
+
+    The node's protocol is given the TLS transport itself, so its writes,
+    producers and C{peer_identity} see no difference.
+    """
+
+    def __init__(self, real: IProtocol, clock: Clock, timeout: float) -> None:
+        self._real = real
+        self._clock = clock
+        self._timeout = timeout
+        self._timer: DelayedCall | None = None
+
+    def logPrefix(self) -> str:
+        return _log_prefix(self._real)
+
+    def connectionMade(self) -> None:
+        self._timer = self._clock.callLater(self._timeout, self._too_slow)
+        self._real.makeConnection(cast(Any, self.transport))
+
+    def _too_slow(self) -> None:
+        self._timer = None
+        log.info(
+            "closing a TLS client at {peer}: no handshake within {timeout:g}s",
+            peer=_peer_text(self.transport),
+            timeout=self._timeout,
+        )
+        self.transport.abortConnection()  # type: ignore[union-attr]
+
+    def handshakeCompleted(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        if IHandshakeListener.providedBy(self._real):
+            cast(IHandshakeListener, self._real).handshakeCompleted()
+
+    def dataReceived(self, data: bytes) -> None:
+        self._real.dataReceived(data)
+
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        self._real.connectionLost(reason)
+
+
+def _log_prefix(wrapped: object) -> str:
+    """What Twisted's logs call a factory or protocol: as if it were not wrapped."""
+    prefix = getattr(wrapped, "logPrefix", None)
+    return str(prefix()) if callable(prefix) else type(wrapped).__name__
+
+
+def _peer_text(transport: Any) -> str:
+    """A connection's peer address as C{host:port}, for logs."""
+    address = transport.getPeer() if transport is not None else None
+    host, port = getattr(address, "host", None), getattr(address, "port", None)
+    return f"{host}:{port}" if host is not None else str(address)
 
 
 def peer_identity(transport: object) -> str | None:
