@@ -9,8 +9,9 @@ Three uses, one set of files (see C{docs/security.md}):
     certificate signed by that CA, and refuses one that is not; with
     C{require_client_certificate} it refuses a client that presents none.
     A client has C{[limits] tls_handshake_timeout} seconds to finish its
-    handshake (L{with_handshake_deadline}).  L{peer_identity} gives the
-    name in a client's verified certificate.
+    handshake (L{with_handshake_deadline}); one that offers ALPN is served
+    all the same.  L{peer_identity} gives the name in a client's verified
+    certificate.
   - A node with C{[tls]} cert, key and ca dials its peers over TLS
     (L{peer_endpoint}): it presents its own certificate, trusts only the CA,
     and checks that the peer's certificate names the peer as configured
@@ -79,6 +80,7 @@ from callnet.errors import ConfigError
 from callnet.reactors import Clock, DelayedCall
 
 __all__ = [
+    "ALPN_PROTOCOL",
     "DEFAULT_HANDSHAKE_TIMEOUT",
     "LISTEN_PREFIX",
     "Credentials",
@@ -105,6 +107,10 @@ log = Logger()
 LISTEN_PREFIX = "tls:"
 #: Seconds a client waits for a TLS handshake to finish before giving up.
 DEFAULT_HANDSHAKE_TIMEOUT = 10.0
+#: The ALPN protocol name a node accepts for its line protocol.  A client
+#: that offers it gets it; one that offers only others (C{h2},
+#: C{http/1.1}) is served without ALPN, as if it had offered none.
+ALPN_PROTOCOL = b"callnet"
 #: How long certificates made by L{make_ca} and L{make_node_certificate} last.
 DEFAULT_DAYS = 365
 #: File names of the development CA in its directory.
@@ -289,13 +295,35 @@ def check_listen(description: str, settings: TLSSettings) -> None:
     _server_creator(settings, description)
 
 
+def _choose_protocol(
+    connection: SSL.Connection, offered: list[bytes]
+) -> bytes | SSL._NoOverlappingProtocols:
+    """
+    The ALPN answer to a client: C{callnet} if it offers it, else none at all.
+
+    (Twisted's own choice answers an empty name when nothing overlaps, which
+    OpenSSL takes as a fatal error: every client that offers ALPN, such as
+    curl or a browser, would be refused with alert 80.)
+    """
+    if ALPN_PROTOCOL in offered:
+        return ALPN_PROTOCOL
+    return SSL.NO_OVERLAPPING_PROTOCOLS
+
+
 @implementer(IOpenSSLServerConnectionCreator)
 class _ServerCreator:
-    """Server connections that verify client certificates, and log the ones refused."""
+    """
+    Server connections that verify client certificates, log the ones
+    refused, and accept clients that offer ALPN.
+    """
 
     def __init__(self, options: CertificateOptions, verify_mode: int) -> None:
         self._options = options
         self._verify_mode = verify_mode
+        # The one context Twisted makes for these options and every
+        # connection shares, with its own ALPN choice in: replace it before
+        # a connection is made from the context (pyOpenSSL refuses after).
+        options.getContext().set_alpn_select_callback(_choose_protocol)
 
     def serverConnectionForTLS(self, tls: Any) -> SSL.Connection:
         connection = self._options.serverConnectionForTLS(tls)

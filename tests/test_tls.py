@@ -699,6 +699,31 @@ def test_plain_client_on_the_tls_port(strict_node: TLSNode) -> None:
         sock.close()
 
 
+@pytest.mark.parametrize(
+    ("offered", "chosen"),
+    [(["h2", "http/1.1"], None), (["callnet"], "callnet"), (["h2", "callnet"], "callnet")],
+)
+def test_clients_that_offer_alpn_connect(
+    pki: PKI, strict_node: TLSNode, offered: list[str], chosen: str | None
+) -> None:
+    """A client that offers ALPN completes the handshake and calls; callnet is chosen if offered."""
+    client = tls_client(
+        "127.0.0.1",
+        strict_node.tls_port,
+        pki.certs / "ca.pem",
+        "alpha",
+        pki.certs / "ops.pem",
+        pki.certs / "ops.key",
+        configure=lambda context: context.set_alpn_protocols(offered),
+    )
+    try:
+        assert isinstance(client.sock, ssl.SSLSocket)
+        assert client.sock.selected_alpn_protocol() == chosen
+        assert client.request("add 1 2") == "OK 3"
+    finally:
+        client.close()
+
+
 ASYNC_CLIENTS = """
 import json
 import sys
