@@ -19,6 +19,9 @@ Three uses, one set of files (see C{docs/security.md}):
   - A program reaches a node with L{client_endpoint}, which checks the
     node's certificate against a CA and the name it was asked for.
 
+Every context made here speaks TLS 1.2 or 1.3 and, under TLS 1.2, offers
+only AEAD suites with forward secrecy (L{AEAD_CIPHERS}).
+
 A client connection made here counts as connected only once its TLS
 handshake has succeeded (L{HandshakeEndpoint}): a certificate that is
 refused fails the connection attempt, with the reason in words, rather than
@@ -70,7 +73,7 @@ from twisted.internet.interfaces import (
     IStreamServerEndpoint,
 )
 from twisted.internet.protocol import Factory, Protocol, connectionDone
-from twisted.internet.ssl import CertificateOptions
+from twisted.internet.ssl import AcceptableCiphers, CertificateOptions
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
@@ -80,6 +83,7 @@ from callnet.errors import ConfigError
 from callnet.reactors import Clock, DelayedCall
 
 __all__ = [
+    "AEAD_CIPHERS",
     "ALPN_PROTOCOL",
     "DEFAULT_HANDSHAKE_TIMEOUT",
     "LISTEN_PREFIX",
@@ -107,6 +111,12 @@ log = Logger()
 LISTEN_PREFIX = "tls:"
 #: Seconds a client waits for a TLS handshake to finish before giving up.
 DEFAULT_HANDSHAKE_TIMEOUT = 10.0
+#: The TLS 1.2 suites every context made here offers, as an OpenSSL cipher
+#: string: ECDHE key exchange (forward secrecy) with AES-GCM or
+#: ChaCha20-Poly1305 (authenticated encryption).  CBC suites, with their
+#: SHA-1 MACs and padding-oracle history, are left out; TLS 1.3 has only
+#: AEAD suites, and OpenSSL's own choice of them stands.
+AEAD_CIPHERS = "ECDHE+AESGCM:ECDHE+CHACHA20"
 #: The ALPN protocol name a node accepts for its line protocol.  A client
 #: that offers it gets it; one that offers only others (C{h2},
 #: C{http/1.1}) is served without ALPN, as if it had offered none.
@@ -143,7 +153,13 @@ class Credentials:
         # cryptography's objects, which pyOpenSSL takes as they are (its own
         # are deprecated there), though Twisted's annotations name only its own.
         certificate: Any = self.certificate
-        return CertificateOptions(privateKey=self.key, certificate=certificate, **options)
+        return _options(privateKey=self.key, certificate=certificate, **options)
+
+
+def _options(**options: Any) -> CertificateOptions:
+    """Twisted's options for a context, with callnet's choice of suites."""
+    ciphers = AcceptableCiphers.fromOpenSSLCipherString(AEAD_CIPHERS)
+    return CertificateOptions(acceptableCiphers=ciphers, **options)
 
 
 def _read(path: str, what: str) -> bytes:
@@ -845,7 +861,7 @@ def _client_creator(
 ) -> _ClientCreator:
     trust = [crypto.X509.from_cryptography(ca)]
     if credentials is None:
-        options = CertificateOptions(verify=True, caCerts=trust)
+        options = _options(verify=True, caCerts=trust)
     else:
         options = credentials.certificate_options(verify=True, caCerts=trust)
     return _ClientCreator(options, name)

@@ -724,6 +724,32 @@ def test_clients_that_offer_alpn_connect(
         client.close()
 
 
+def _tls12_only(suites: str) -> Callable[[ssl.SSLContext], None]:
+    def configure(context: ssl.SSLContext) -> None:
+        context.maximum_version = ssl.TLSVersion.TLSv1_2
+        context.set_ciphers(suites)
+
+    return configure
+
+
+def test_tls12_offers_only_aead_suites(pki: PKI, strict_node: TLSNode) -> None:
+    """Under TLS 1.2 a client offering only CBC suites is refused; one offering an AEAD suite calls."""
+    ops = (pki.certs / "ops.pem", pki.certs / "ops.key")
+    place = ("127.0.0.1", strict_node.tls_port, pki.certs / "ca.pem", "alpha", *ops)
+    for cbc in ("ECDHE-ECDSA-AES128-SHA:ECDHE-RSA-AES128-SHA", "ECDHE-ECDSA-AES256-SHA"):
+        with pytest.raises(ssl.SSLError, match="HANDSHAKE_FAILURE"):
+            tls_client(*place, configure=_tls12_only(cbc))
+    for aead in ("ECDHE-ECDSA-AES128-GCM-SHA256", "ECDHE-ECDSA-CHACHA20-POLY1305"):
+        client = tls_client(*place, configure=_tls12_only(aead))
+        try:
+            assert isinstance(client.sock, ssl.SSLSocket)
+            assert client.sock.version() == "TLSv1.2"
+            assert client.sock.cipher()[0] == aead  # type: ignore[index]
+            assert client.request("#1 add 1 2") == "#1 OK 3"
+        finally:
+            client.close()
+
+
 ASYNC_CLIENTS = """
 import json
 import sys
