@@ -57,6 +57,12 @@ class Limits:
     #: Bytes of replies a connection may leave unread (beyond what the
     #: transport buffers) before the node drops it at once.
     max_unsent_bytes: int = 16 * 1024 * 1024
+    #: Seconds a client of a TLS listener (C{tls:} or C{ssl:}) has to finish
+    #: its handshake, from the moment TCP connects; one that has not is
+    #: closed.  A real client needs one or two round trips (milliseconds);
+    #: one that sends part of a ClientHello and stalls would otherwise hold
+    #: a connection slot, and a file descriptor, for ever.
+    tls_handshake_timeout: float = 5.0
 
 
 @dataclass(frozen=True)
@@ -317,6 +323,7 @@ _KEYS: dict[str, tuple[str, _Check]] = {
     "line_timeout": ("limits", _seconds),
     "max_connections_per_address": ("limits", _whole(1)),
     "max_unsent_bytes": ("limits", _whole(1)),
+    "tls_handshake_timeout": ("limits", _seconds),
     # Set from the [peers] table, or --peer NAME=ENDPOINT.
     "peers": ("peers", _peers),
     "tokens": ("security", _tokens),

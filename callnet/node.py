@@ -15,7 +15,7 @@ from typing import Any
 from twisted.application.internet import StreamServerEndpointService
 from twisted.application.service import MultiService, Service
 from twisted.internet.defer import Deferred, ensureDeferred, gatherResults, maybeDeferred
-from twisted.internet.endpoints import serverFromString
+from twisted.internet.endpoints import SSL4ServerEndpoint, serverFromString
 from twisted.logger import Logger
 
 from callnet.access import AccessPolicy
@@ -28,7 +28,7 @@ from callnet.errors import ConfigError
 from callnet.metrics import Metrics, metrics_service
 from callnet.protocol import NodeFactory
 from callnet.registry import Registry
-from callnet.tls import is_tls_listen, peer_identity, server_endpoint
+from callnet.tls import is_tls_listen, peer_identity, server_endpoint, with_handshake_deadline
 from callnet.workers import WorkerThreads
 
 log = Logger()
@@ -88,12 +88,15 @@ class NodeService(MultiService):
             self.cluster = Cluster(config, self.dispatcher, reactor, self.factory.hello)
             self.factory.describe_cluster = self.cluster.describe
             self.cluster.setServiceParent(self)
+        handshake_timeout = config.limits.tls_handshake_timeout
         for description in config.listen:
             if is_tls_listen(description):
                 # tls:PORT[:interface=ADDR], with the node's [tls] certificate.
-                endpoint = server_endpoint(reactor, description, config.tls)
+                endpoint = server_endpoint(reactor, description, config.tls, handshake_timeout)
             else:
                 endpoint = serverFromString(reactor, description)
+                if isinstance(endpoint, SSL4ServerEndpoint):
+                    endpoint = with_handshake_deadline(endpoint, reactor, handshake_timeout)
             StreamServerEndpointService(endpoint, self.factory).setServiceParent(self)
         #: The node's Prometheus figures, if it serves them ([node] metrics_listen).
         self.metrics: Metrics | None = None

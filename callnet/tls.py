@@ -8,13 +8,19 @@ Three uses, one set of files (see C{docs/security.md}):
     (L{server_endpoint}).  With C{[tls] ca} it asks each client for a
     certificate signed by that CA, and refuses one that is not; with
     C{require_client_certificate} it refuses a client that presents none.
-    L{peer_identity} gives the name in a client's verified certificate.
+    A client has C{[limits] tls_handshake_timeout} seconds to finish its
+    handshake (L{with_handshake_deadline}); one that offers ALPN is served
+    all the same.  L{peer_identity} gives the name in a client's verified
+    certificate.
   - A node with C{[tls]} cert, key and ca dials its peers over TLS
     (L{peer_endpoint}): it presents its own certificate, trusts only the CA,
     and checks that the peer's certificate names the peer as configured
     (C{beta}), whatever address it dials.
   - A program reaches a node with L{client_endpoint}, which checks the
     node's certificate against a CA and the name it was asked for.
+
+Every context made here speaks TLS 1.2 or 1.3 and, under TLS 1.2, offers
+only AEAD suites with forward secrecy (L{AEAD_CIPHERS}).
 
 A client connection made here counts as connected only once its TLS
 handshake has succeeded (L{HandshakeEndpoint}): a certificate that is
@@ -67,16 +73,18 @@ from twisted.internet.interfaces import (
     IStreamServerEndpoint,
 )
 from twisted.internet.protocol import Factory, Protocol, connectionDone
-from twisted.internet.ssl import CertificateOptions
+from twisted.internet.ssl import AcceptableCiphers, CertificateOptions
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from callnet.config import TLSSettings
+from callnet.config import Limits, TLSSettings
 from callnet.errors import ConfigError
-from callnet.reactors import DelayedCall
+from callnet.reactors import Clock, DelayedCall
 
 __all__ = [
+    "AEAD_CIPHERS",
+    "ALPN_PROTOCOL",
     "DEFAULT_HANDSHAKE_TIMEOUT",
     "LISTEN_PREFIX",
     "Credentials",
@@ -94,6 +102,7 @@ __all__ = [
     "peer_endpoint",
     "peer_identity",
     "server_endpoint",
+    "with_handshake_deadline",
 ]
 
 log = Logger()
@@ -102,6 +111,16 @@ log = Logger()
 LISTEN_PREFIX = "tls:"
 #: Seconds a client waits for a TLS handshake to finish before giving up.
 DEFAULT_HANDSHAKE_TIMEOUT = 10.0
+#: The TLS 1.2 suites every context made here offers, as an OpenSSL cipher
+#: string: ECDHE key exchange (forward secrecy) with AES-GCM or
+#: ChaCha20-Poly1305 (authenticated encryption).  CBC suites, with their
+#: SHA-1 MACs and padding-oracle history, are left out; TLS 1.3 has only
+#: AEAD suites, and OpenSSL's own choice of them stands.
+AEAD_CIPHERS = "ECDHE+AESGCM:ECDHE+CHACHA20"
+#: The ALPN protocol name a node accepts for its line protocol.  A client
+#: that offers it gets it; one that offers only others (C{h2},
+#: C{http/1.1}) is served without ALPN, as if it had offered none.
+ALPN_PROTOCOL = b"callnet"
 #: How long certificates made by L{make_ca} and L{make_node_certificate} last.
 DEFAULT_DAYS = 365
 #: File names of the development CA in its directory.
@@ -134,7 +153,13 @@ class Credentials:
         # cryptography's objects, which pyOpenSSL takes as they are (its own
         # are deprecated there), though Twisted's annotations name only its own.
         certificate: Any = self.certificate
-        return CertificateOptions(privateKey=self.key, certificate=certificate, **options)
+        return _options(privateKey=self.key, certificate=certificate, **options)
+
+
+def _options(**options: Any) -> CertificateOptions:
+    """Twisted's options for a context, with callnet's choice of suites."""
+    ciphers = AcceptableCiphers.fromOpenSSLCipherString(AEAD_CIPHERS)
+    return CertificateOptions(acceptableCiphers=ciphers, **options)
 
 
 def _read(path: str, what: str) -> bytes:
@@ -286,13 +311,35 @@ def check_listen(description: str, settings: TLSSettings) -> None:
     _server_creator(settings, description)
 
 
+def _choose_protocol(
+    connection: SSL.Connection, offered: list[bytes]
+) -> bytes | SSL._NoOverlappingProtocols:
+    """
+    The ALPN answer to a client: C{callnet} if it offers it, else none at all.
+
+    (Twisted's own choice answers an empty name when nothing overlaps, which
+    OpenSSL takes as a fatal error: every client that offers ALPN, such as
+    curl or a browser, would be refused with alert 80.)
+    """
+    if ALPN_PROTOCOL in offered:
+        return ALPN_PROTOCOL
+    return SSL.NO_OVERLAPPING_PROTOCOLS
+
+
 @implementer(IOpenSSLServerConnectionCreator)
 class _ServerCreator:
-    """Server connections that verify client certificates, and log the ones refused."""
+    """
+    Server connections that verify client certificates, log the ones
+    refused, and accept clients that offer ALPN.
+    """
 
     def __init__(self, options: CertificateOptions, verify_mode: int) -> None:
         self._options = options
         self._verify_mode = verify_mode
+        # The one context Twisted makes for these options and every
+        # connection shares, with its own ALPN choice in: replace it before
+        # a connection is made from the context (pyOpenSSL refuses after).
+        options.getContext().set_alpn_select_callback(_choose_protocol)
 
     def serverConnectionForTLS(self, tls: Any) -> SSL.Connection:
         connection = self._options.serverConnectionForTLS(tls)
@@ -304,18 +351,12 @@ class _ServerCreator:
 def _server_verify_callback(tls: Any) -> Callable[..., bool]:
     def verify(connection: Any, cert: Any, error: int, depth: int, ok: int) -> bool:
         if not ok:
-            try:
-                transport = getattr(tls, "transport", None)
-                address = transport.getPeer() if transport is not None else None
-                host, port = getattr(address, "host", None), getattr(address, "port", None)
-                peer = f"{host}:{port}" if host is not None else str(address)
+            with contextlib.suppress(Exception):  # never raise into OpenSSL
                 log.warn(
                     "refusing a TLS client at {peer}: {why}",
-                    peer=peer,
+                    peer=_peer_text(getattr(tls, "transport", None)),
                     why=_verify_error_text(error, cert.to_cryptography(), depth),
                 )
-            except Exception:  # noqa: S110 (never raise into OpenSSL)
-                pass
         return bool(ok)
 
     return verify
@@ -347,7 +388,10 @@ def _server_creator(settings: TLSSettings, description: str) -> _ServerCreator:
 
 
 def server_endpoint(
-    reactor: Any, description: str, settings: TLSSettings
+    reactor: Any,
+    description: str,
+    settings: TLSSettings,
+    handshake_timeout: float = Limits.tls_handshake_timeout,
 ) -> IStreamServerEndpoint:
     """
     The endpoint of a node's C{tls:PORT[:interface=ADDR]} listener.
@@ -355,16 +399,137 @@ def server_endpoint(
     It presents C{[tls]} cert and key.  With C{[tls] ca}, it asks each
     client for a certificate and verifies one that is presented against
     the CA, refusing the handshake if it fails; with
-    C{require_client_certificate}, a client with none is refused too.
+    C{require_client_certificate}, a client with none is refused too.  A
+    client that has not finished its handshake C{handshake_timeout}
+    seconds after connecting is closed (L{with_handshake_deadline}).
 
     @raise ConfigError: see L{check_listen}.
     """
     spec = parse_listen(description)
     creator = _server_creator(settings, description)
-    return cast(
-        IStreamServerEndpoint,
-        SSL4ServerEndpoint(reactor, spec.port, creator, spec.backlog, spec.interface),
-    )
+    endpoint = SSL4ServerEndpoint(reactor, spec.port, creator, spec.backlog, spec.interface)
+    return with_handshake_deadline(endpoint, reactor, handshake_timeout)
+
+
+def with_handshake_deadline(
+    endpoint: IStreamServerEndpoint, clock: Clock, timeout: float
+) -> IStreamServerEndpoint:
+    """
+    A TLS server endpoint whose connections are closed if their handshake
+    has not finished C{timeout} seconds after TCP connected.
+
+    The node's protocol is connected at once, as on any listener, so such a
+    connection counts against the node's connection limits until then.
+
+    @param endpoint: an endpoint that wraps its connections in TLS (a
+        C{tls:} listener's, or C{ssl:}'s: L{SSL4ServerEndpoint}), whose
+        protocols are told when the handshake is done (L{IHandshakeListener}).
+    @param clock: the reactor, for the deadline.
+    """
+    return _DeadlineEndpoint(endpoint, clock, timeout)
+
+
+@implementer(IStreamServerEndpoint)
+class _DeadlineEndpoint:
+    def __init__(self, endpoint: IStreamServerEndpoint, clock: Clock, timeout: float) -> None:
+        self._endpoint = endpoint
+        self._clock = clock
+        self._timeout = timeout
+
+    def listen(self, protocolFactory: IProtocolFactory) -> Deferred[Any]:  # noqa: N803
+        return cast(
+            "Deferred[Any]",
+            self._endpoint.listen(_DeadlineFactory(protocolFactory, self._clock, self._timeout)),
+        )
+
+
+class _DeadlineFactory(Factory):
+    """Builds the node's protocols, each behind a handshake deadline."""
+
+    noisy = False
+
+    def __init__(self, factory: IProtocolFactory, clock: Clock, timeout: float) -> None:
+        self._factory = factory
+        self._clock = clock
+        self._timeout = timeout
+
+    def logPrefix(self) -> str:
+        return _log_prefix(self._factory)
+
+    def doStart(self) -> None:
+        self._factory.doStart()
+
+    def doStop(self) -> None:
+        self._factory.doStop()
+
+    def buildProtocol(self, addr: Any) -> Protocol | None:
+        real = self._factory.buildProtocol(addr)
+        if real is None:
+            return None
+        return _HandshakeDeadline(real, self._clock, self._timeout)
+
+
+@implementer(IHandshakeListener)
+class _HandshakeDeadline(Protocol):
+    """
+    Sits between TLS and the node's protocol, which it connects at once and
+    to which it passes everything; it closes the connection if the
+    handshake has not finished in time.
+
+    The node's protocol is given the TLS transport itself, so its writes,
+    producers and C{peer_identity} see no difference.
+    """
+
+    def __init__(self, real: IProtocol, clock: Clock, timeout: float) -> None:
+        self._real = real
+        self._clock = clock
+        self._timeout = timeout
+        self._timer: DelayedCall | None = None
+
+    def logPrefix(self) -> str:
+        return _log_prefix(self._real)
+
+    def connectionMade(self) -> None:
+        self._timer = self._clock.callLater(self._timeout, self._too_slow)
+        self._real.makeConnection(cast(Any, self.transport))
+
+    def _too_slow(self) -> None:
+        self._timer = None
+        log.info(
+            "closing a TLS client at {peer}: no handshake within {timeout:g}s",
+            peer=_peer_text(self.transport),
+            timeout=self._timeout,
+        )
+        self.transport.abortConnection()  # type: ignore[union-attr]
+
+    def handshakeCompleted(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        if IHandshakeListener.providedBy(self._real):
+            cast(IHandshakeListener, self._real).handshakeCompleted()
+
+    def dataReceived(self, data: bytes) -> None:
+        self._real.dataReceived(data)
+
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        self._real.connectionLost(reason)
+
+
+def _log_prefix(wrapped: object) -> str:
+    """What Twisted's logs call a factory or protocol: as if it were not wrapped."""
+    prefix = getattr(wrapped, "logPrefix", None)
+    return str(prefix()) if callable(prefix) else type(wrapped).__name__
+
+
+def _peer_text(transport: Any) -> str:
+    """A connection's peer address as C{host:port}, for logs."""
+    address = transport.getPeer() if transport is not None else None
+    host, port = getattr(address, "host", None), getattr(address, "port", None)
+    return f"{host}:{port}" if host is not None else str(address)
 
 
 def peer_identity(transport: object) -> str | None:
@@ -696,7 +861,7 @@ def _client_creator(
 ) -> _ClientCreator:
     trust = [crypto.X509.from_cryptography(ca)]
     if credentials is None:
-        options = CertificateOptions(verify=True, caCerts=trust)
+        options = _options(verify=True, caCerts=trust)
     else:
         options = credentials.certificate_options(verify=True, caCerts=trust)
     return _ClientCreator(options, name)

@@ -23,7 +23,7 @@ import stat
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,12 +33,16 @@ import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID
+from twisted.application.internet import StreamServerEndpointService
+from twisted.internet.address import IPv4Address
 from twisted.internet.defer import CancelledError, Deferred, succeed
 from twisted.internet.endpoints import wrapClientTLS
+from twisted.internet.error import ConnectionAborted
 from twisted.internet.interfaces import IHandshakeListener, IStreamClientEndpoint
 from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.task import Clock
-from twisted.internet.testing import StringTransport
+from twisted.internet.testing import MemoryReactorClock, StringTransport
+from twisted.logger import capturedLogs
 from twisted.protocols.tls import TLSMemoryBIOFactory
 from twisted.python.failure import Failure
 from twisted.test import iosim
@@ -46,8 +50,9 @@ from zope.interface import implementer
 
 from callnet import tls
 from callnet.cluster import Cluster, PeerState
-from callnet.config import ClusterSettings, NodeConfig, Security, TLSSettings
+from callnet.config import ClusterSettings, Limits, NodeConfig, Security, TLSSettings
 from callnet.errors import ConfigError
+from callnet.node import NodeService
 from callnet.testing import MemoryNode
 
 from .daemon import (
@@ -75,6 +80,9 @@ EXAMPLE_PORT = 7601
 #: Short cluster timings, so that a refused link shows within a second.
 FAST = {"heartbeat_interval": 0.25, "down_after": 1.0, "reconnect_max_delay": 0.5}
 REPLY_TIMEOUT = 10.0
+#: The strict node's [limits] tls_handshake_timeout: long enough for any real
+#: client on a loaded machine, short enough to wait for.
+HANDSHAKE_TIMEOUT = 2.0
 
 
 # --- Certificates -------------------------------------------------------------------
@@ -221,9 +229,13 @@ class _Server(Protocol):
 
     made: str | None = "unset"
     identity: str | None = "unset"
+    lost: Failure | None = None
 
     def connectionMade(self) -> None:
         self.made = tls.peer_identity(self.transport)
+
+    def connectionLost(self, reason: Failure) -> None:  # type: ignore[override]
+        self.lost = reason
 
     def handshakeCompleted(self) -> None:
         self.identity = tls.peer_identity(self.transport)
@@ -247,16 +259,35 @@ class _Client(Protocol):
         self.lost = reason
 
 
-class MemoryTLS:
-    """A server behind TLS, and a client endpoint that reaches it in memory."""
+class _Servers(Factory):
+    """Builds L{_Server}s and keeps them, for tests to look at."""
 
-    def __init__(self, settings: TLSSettings, clock: Clock) -> None:
-        self.servers: list[_Server] = []
+    def __init__(self) -> None:
+        self.built: list[_Server] = []
+
+    def buildProtocol(self, addr: Any) -> _Server:
+        server = _Server()
+        self.built.append(server)
+        return server
+
+
+class MemoryTLS:
+    """
+    A server behind TLS, as a tls: listener serves it (handshake deadline
+    included), and a client endpoint that reaches it in memory.
+    """
+
+    def __init__(self, settings: TLSSettings, clock: Clock, handshake_timeout: float = 5) -> None:
+        self._servers = _Servers()
         self.pumps: list[iosim.IOPump] = []
         self.clock = clock
         creator = tls._server_creator(settings, "tls:0")
-        server_factory = Factory.forProtocol(_Server)
-        self._factory = TLSMemoryBIOFactory(creator, False, server_factory, clock=clock)
+        deadline = tls._DeadlineFactory(self._servers, clock, handshake_timeout)
+        self.factory = TLSMemoryBIOFactory(creator, False, deadline, clock=clock)
+
+    @property
+    def servers(self) -> list[_Server]:
+        return self._servers.built
 
     def endpoint(self) -> IStreamClientEndpoint:
         memory = self
@@ -265,8 +296,7 @@ class MemoryTLS:
         class Endpoint:
             def connect(self, factory: Any) -> Deferred[Any]:
                 client = factory.buildProtocol(None)
-                server = memory._factory.buildProtocol(None)
-                memory.servers.append(server.wrappedProtocol)
+                server = memory.factory.buildProtocol(None)
                 pump = iosim.connect(
                     server,
                     iosim.makeFakeServer(server),
@@ -400,6 +430,99 @@ def test_handshake_timeout_and_cancel(pki: PKI) -> None:
     assert client.received == b"" and clock.getDelayedCalls() == []
 
 
+def client_hello(name: str = "alpha") -> bytes:
+    """The first flight of a real TLS client (Python's ssl module): its ClientHello."""
+    context = ssl.create_default_context()
+    client = context.wrap_bio(ssl.MemoryBIO(), outgoing := ssl.MemoryBIO(), server_hostname=name)
+    with pytest.raises(ssl.SSLWantReadError):
+        client.do_handshake()
+    hello = outgoing.read()
+    assert hello[:1] == b"\x16" and len(hello) > 100  # a handshake record
+    return hello
+
+
+def test_listener_closes_a_stalled_handshake(pki: PKI) -> None:
+    """
+    A client that sends half a ClientHello and stalls is aborted once the
+    handshake deadline passes, not before; the node's protocol hears of it
+    and no timer is left behind.
+    """
+    clock = Clock()
+    memory = MemoryTLS(pki.settings("alpha", require=True), clock, handshake_timeout=3)
+    server = memory.factory.buildProtocol(IPv4Address("TCP", "192.0.2.7", 40000))
+    transport = StringTransport(peerAddress=IPv4Address("TCP", "192.0.2.7", 40000))
+    with capturedLogs() as events:
+        server.makeConnection(transport)
+        hello = client_hello()
+        server.dataReceived(hello[: len(hello) // 2])
+        [node] = memory.servers
+        assert node.made is None  # the node's protocol is connected at once, as before
+        clock.advance(2.9)
+        assert not transport.disconnecting
+        clock.advance(0.1)
+    assert transport.disconnected  # aborted, not closed politely
+    assert [event["log_format"] for event in events] == [
+        "closing a TLS client at {peer}: no handshake within {timeout:g}s"
+    ]
+    assert (events[0]["peer"], events[0]["timeout"]) == ("192.0.2.7:40000", 3)
+    server.connectionLost(Failure(ConnectionAborted()))
+    assert node.lost is not None  # the node's protocol lets go of the connection
+    assert node.identity == "unset"  # no handshake was ever completed
+    assert clock.getDelayedCalls() == []
+
+
+def test_completed_handshake_has_no_deadline(pki: PKI) -> None:
+    """Once the handshake is done the deadline is gone: a quiet connection stays open past it."""
+    clock = Clock()
+    memory = MemoryTLS(pki.settings("alpha"), clock, handshake_timeout=3)
+    beta = tls.load_credentials(pki.settings("beta"))
+    results, client = memory.connect(memory.client_endpoint("alpha", pki.certs / "ca.pem", beta))
+    assert results == [client]
+    clock.advance(60)
+    memory.flush()
+    assert client.lost is None and client.received == b"echo hello"
+    [server] = memory.servers
+    assert server.identity == "beta" and server.lost is None
+    assert clock.getDelayedCalls() == []
+
+
+def test_node_listeners_have_a_handshake_deadline(pki: PKI, tmp_path: Path) -> None:
+    """
+    A node's tls: and ssl: listeners put [limits] tls_handshake_timeout on
+    each connection, on the node's reactor; a tcp: listener has none.
+    """
+    key, cert = _self_signed(tmp_path)
+    config = NodeConfig(
+        name="alpha",
+        listen=(
+            "tls:7601:interface=127.0.0.1",
+            f"ssl:7602:interface=127.0.0.1:privateKey={key}:certKey={cert}",
+            "tcp:7600:interface=127.0.0.1",
+        ),
+        limits=Limits(tls_handshake_timeout=2),
+        tls=pki.settings("alpha"),
+    )
+    reactor = MemoryReactorClock()
+    service = NodeService(config, reactor)
+    for listener in service:
+        if isinstance(listener, StreamServerEndpointService):
+            listener.endpoint.listen(service.factory)
+    assert [port for port, *_ in reactor.tcpServers] == [7600]
+    assert [port for port, *_ in reactor.sslServers] == [7601, 7602]
+    for _, factory, *_ in reactor.sslServers:
+        transport = StringTransport()
+        protocol = factory.buildProtocol(IPv4Address("TCP", "127.0.0.1", 40000))
+        protocol.makeConnection(transport)  # TCP is up; TLS has not begun
+        reactor.advance(1.9)
+        assert not transport.disconnecting
+        reactor.advance(0.1)
+        assert transport.disconnected
+        protocol.connectionLost(Failure(ConnectionAborted()))
+    assert reactor.getDelayedCalls() == []
+    [(_, plain, *_)] = reactor.tcpServers
+    assert plain is service.factory
+
+
 def _join(alpha: MemoryNode, beta: MemoryNode, token: str | None) -> Cluster:
     config = NodeConfig(
         name="alpha",
@@ -447,11 +570,16 @@ def tls_client(
     name: str,
     cert: Path | None = None,
     key: Path | None = None,
+    configure: Callable[[ssl.SSLContext], object] = lambda context: None,
 ) -> LineClient:
-    """A line client on a plain C{ssl} socket, checking the node's certificate names C{name}."""
+    """
+    A line client on a plain C{ssl} socket, checking the node's certificate
+    names C{name}; C{configure} may change the context first (ALPN, suites).
+    """
     context = ssl.create_default_context(cafile=str(ca))
     if cert is not None:
         context.load_cert_chain(str(cert), str(key))
+    configure(context)
     raw = socket.create_connection((host, port), timeout=REPLY_TIMEOUT)
     return LineClient(context.wrap_socket(raw, server_hostname=name))
 
@@ -479,7 +607,8 @@ def strict_node(pki: PKI, tmp_path_factory: pytest.TempPathFactory) -> Iterator[
     require_twistd()
     here = tmp_path_factory.mktemp("strict")
     settings = pki.settings("alpha", require=True)
-    (here / "alpha.toml").write_text(toml_text({"tls": settings.__dict__}))
+    limits = {"tls_handshake_timeout": HANDSHAKE_TIMEOUT}
+    (here / "alpha.toml").write_text(toml_text({"tls": settings.__dict__, "limits": limits}))
     key, cert = _self_signed(here)
     tls_port, self_signed_port = free_port(), free_port()
     with running_node(
@@ -510,6 +639,115 @@ def test_listener_requires_client_certificates(pki: PKI, strict_node: TLSNode) -
     with pytest.raises(ssl.SSLCertVerificationError, match="Hostname mismatch"):
         tls_client("127.0.0.1", port, ca, "beta", pki.certs / "ops.pem", pki.certs / "ops.key")
     assert "refusing a TLS client at" in strict_node.node.output()
+
+
+def closed_after(sock: socket.socket, started: float) -> float:
+    """Wait (bounded) for the node to close C{sock}; return seconds since C{started}."""
+    sock.settimeout(HANDSHAKE_TIMEOUT + REPLY_TIMEOUT)
+    try:
+        while sock.recv(4096):
+            pass  # a TLS alert, say: anything but the end is not the close
+    except ConnectionResetError:
+        pass  # aborted: the kernel answers with a reset
+    except TimeoutError:
+        raise AssertionError("the node did not close the connection") from None
+    return time.monotonic() - started
+
+
+def test_stalled_handshakes_are_closed(pki: PKI, strict_node: TLSNode) -> None:
+    """
+    Connections to a tls: listener that send half a ClientHello, or nothing,
+    are closed by the node once the handshake deadline passes.
+    """
+    hello = client_hello()
+    started = time.monotonic()
+    stalled = []
+    for index in range(8):
+        sock = socket.create_connection(("127.0.0.1", strict_node.tls_port), timeout=5)
+        if index % 2 == 0:
+            sock.sendall(hello[: len(hello) // 2])
+        stalled.append(sock)
+    try:
+        waited = [closed_after(sock, started) for sock in stalled]
+    finally:
+        for sock in stalled:
+            sock.close()
+    # Closed by the deadline: not at once, and well before the wait's bound.
+    assert min(waited) >= HANDSHAKE_TIMEOUT * 0.9, waited
+    assert max(waited) < HANDSHAKE_TIMEOUT + REPLY_TIMEOUT, waited
+    wait_until(
+        lambda: strict_node.node.output().count("no handshake within 2s") >= len(stalled),
+        REPLY_TIMEOUT,
+        "the node logs each connection it closes",
+    )
+
+
+def test_plain_client_on_the_tls_port(strict_node: TLSNode) -> None:
+    """A plain-TCP client that sends a line to the TLS port is closed at once, with no reply."""
+    sock = socket.create_connection(("127.0.0.1", strict_node.tls_port), timeout=5)
+    try:
+        started = time.monotonic()
+        sock.sendall(b"add 1 2\n")
+        received = b""
+        sock.settimeout(REPLY_TIMEOUT)
+        with suppress(ConnectionResetError):
+            while chunk := sock.recv(4096):
+                received += chunk
+        assert time.monotonic() - started < HANDSHAKE_TIMEOUT * 0.9
+        assert b"OK" not in received and b"ERR" not in received
+    finally:
+        sock.close()
+
+
+@pytest.mark.parametrize(
+    ("offered", "chosen"),
+    [(["h2", "http/1.1"], None), (["callnet"], "callnet"), (["h2", "callnet"], "callnet")],
+)
+def test_clients_that_offer_alpn_connect(
+    pki: PKI, strict_node: TLSNode, offered: list[str], chosen: str | None
+) -> None:
+    """A client that offers ALPN completes the handshake and calls; callnet is chosen if offered."""
+    client = tls_client(
+        "127.0.0.1",
+        strict_node.tls_port,
+        pki.certs / "ca.pem",
+        "alpha",
+        pki.certs / "ops.pem",
+        pki.certs / "ops.key",
+        configure=lambda context: context.set_alpn_protocols(offered),
+    )
+    try:
+        assert isinstance(client.sock, ssl.SSLSocket)
+        assert client.sock.selected_alpn_protocol() == chosen
+        assert client.request("add 1 2") == "OK 3"
+    finally:
+        client.close()
+
+
+def _tls12_only(suites: str) -> Callable[[ssl.SSLContext], None]:
+    def configure(context: ssl.SSLContext) -> None:
+        context.maximum_version = ssl.TLSVersion.TLSv1_2
+        context.set_ciphers(suites)
+
+    return configure
+
+
+def test_tls12_offers_only_aead_suites(pki: PKI, strict_node: TLSNode) -> None:
+    """Under TLS 1.2 a client offering only CBC suites is refused; one offering an AEAD suite calls."""
+    ops = (pki.certs / "ops.pem", pki.certs / "ops.key")
+    place = ("127.0.0.1", strict_node.tls_port, pki.certs / "ca.pem", "alpha", *ops)
+    for cbc in ("ECDHE-ECDSA-AES128-SHA:ECDHE-RSA-AES128-SHA", "ECDHE-ECDSA-AES256-SHA"):
+        with pytest.raises(ssl.SSLError, match="HANDSHAKE_FAILURE"):
+            tls_client(*place, configure=_tls12_only(cbc))
+    for aead in ("ECDHE-ECDSA-AES128-GCM-SHA256", "ECDHE-ECDSA-CHACHA20-POLY1305"):
+        client = tls_client(*place, configure=_tls12_only(aead))
+        try:
+            assert isinstance(client.sock, ssl.SSLSocket)
+            assert client.sock.version() == "TLSv1.2"
+            assert client.sock.cipher()[0] == aead  # type: ignore[index]
+            assert client.request("#1 add 1 2") == "#1 OK 3"
+        finally:
+            client.close()
 
 
 ASYNC_CLIENTS = """
