@@ -211,8 +211,18 @@ class Meter:
         }
 
 
+def callnet_folder() -> str | None:
+    """Where this process imported callnet from (None if it did not)."""
+    callnet = sys.modules.get("callnet")
+    return None if callnet is None else str(callnet.__path__[0])
+
+
 def summarize(tally: Tally, used: dict[str, Any]) -> dict[str, Any]:
-    """The figures a client reports for one measured run (L{Meter.read} gives C{used})."""
+    """
+    The figures a client reports for one measured run (L{Meter.read} gives
+    C{used}), and the folder it imported callnet from, if it did (the JSON
+    shows by it which snapshot a run measured).
+    """
     ordered = sorted(tally.latencies)
     calls = tally.calls
 
@@ -231,6 +241,7 @@ def summarize(tally: Tally, used: dict[str, Any]) -> dict[str, Any]:
         "client_cpu_us_per_call": per_call(used["client_cpu_s"]),
         "server_peak_bytes": used["server_peak_bytes"],
         "client_peak_bytes": used["client_peak_bytes"],
+        "callnet_from": callnet_folder(),
     }
 
 

@@ -3,6 +3,7 @@ Run the benchmark suite: start each system's server process, run a client
 process per system, workload and run, and report medians and ratios.
 
     python benchmarks/run.py [--quick | --smoke] [--systems a,b] [--workloads x,y]
+                             [--callnet REV] [--baseline REV]
 
 It prints a table, and writes benchmarks/results/latest.json and
 benchmarks/results/latest.png.  See benchmarks/README.md.
@@ -102,20 +103,33 @@ PRESETS = {
 # --- Processes -------------------------------------------------------------------
 
 
-#: Where the server and client processes import callnet from: a copy made at
-#: the start of the run (see L{snapshot_callnet}), so that edits made to the
-#: checkout while the suite runs do not mix versions within one run.
-CALLNET_PATH = ROOT
+#: The suffix of a callnet system measured as the baseline revision
+#: (C{--baseline}): C{callnet-async@base} is C{callnet-async} importing the
+#: baseline's callnet.
+BASELINE = "@base"
 
 
-def child_env() -> dict[str, str]:
+def variant(name: str) -> str:
+    """C{BASELINE} if a measured system's name is a baseline one, else C{""}."""
+    return BASELINE if name.endswith(BASELINE) else ""
+
+
+def system_of(name: str) -> System:
+    """The system a measured name stands for (C{callnet-async@base}: C{callnet-async})."""
+    return SYSTEMS[name.removesuffix(BASELINE)]
+
+
+def child_env(callnet_path: Path) -> dict[str, str]:
     """
-    The callnet snapshot, then the checkout (the benchmarks package) on the
-    path.  Children also run in the snapshot's folder: C{python -m} puts the
-    current folder first on the path, and the checkout's would win.
+    A callnet snapshot (the folder holding its C{callnet/}), then the checkout
+    (the benchmarks package) on the path.  The snapshot is a copy made at the
+    start of the run (see L{snapshot_callnet}), so that edits made to the
+    checkout while the suite runs do not mix versions within one run.
+    Children also run in the snapshot's folder: C{python -m} puts the current
+    folder first on the path, and the checkout's would win.
     """
     env = dict(os.environ)
-    paths = [str(CALLNET_PATH), str(ROOT), env.get("PYTHONPATH")]
+    paths = [str(callnet_path), str(ROOT), env.get("PYTHONPATH")]
     env["PYTHONPATH"] = os.pathsep.join(filter(None, paths))
     env["PYTHONUNBUFFERED"] = "1"
     return env
@@ -133,7 +147,10 @@ def _git(*args: str) -> str:
 def snapshot_callnet(source: str, into: Path) -> dict[str, Any]:
     """
     Copy the callnet package into C{into}: the working tree's as it is now
-    (C{source="worktree"}), or as committed at a git revision.
+    (C{source="worktree"}), or as committed at a git revision.  Say which
+    commit it is, which files of the working tree differ from it, and the
+    git tree id of the package (None for a working tree that differs), by
+    which two snapshots are seen to hold the same code.
     """
     if source == "worktree":
         shutil.copytree(
@@ -142,18 +159,31 @@ def snapshot_callnet(source: str, into: Path) -> dict[str, Any]:
         try:
             commit = _git("rev-parse", "--short", "HEAD")
             modified = _git("status", "--porcelain", "--", "callnet").splitlines()
+            tree = None if modified else _git("rev-parse", "HEAD:callnet")
         except (RuntimeError, OSError):
-            commit, modified = "unknown", []
-        return {"source": source, "commit": commit, "modified": modified}
+            commit, modified, tree = "unknown", [], None
+        return {
+            "source": source,
+            "commit": commit,
+            "modified": modified,
+            "tree": tree,
+            "path": str(into),
+        }
+    try:
+        commit = _git("rev-parse", "--short", "--verify", f"{source}^{{commit}}")
+        tree = _git("rev-parse", f"{commit}:callnet")
+    except (RuntimeError, OSError) as e:
+        raise RuntimeError(f"{source} is not a git revision with a callnet package: {e}") from e
     archive = subprocess.run(
-        ["git", "-C", str(ROOT), "archive", source, "callnet"],
+        ["git", "-C", str(ROOT), "archive", commit, "callnet"],
         capture_output=True,
         timeout=60,
         check=True,
     ).stdout
+    into.mkdir(parents=True, exist_ok=True)
     with tarfile.open(fileobj=io.BytesIO(archive)) as tar:
         tar.extractall(into, filter="data")
-    return {"source": source, "commit": _git("rev-parse", "--short", source), "modified": []}
+    return {"source": source, "commit": commit, "modified": [], "tree": tree, "path": str(into)}
 
 
 def free_port() -> int:
@@ -163,18 +193,32 @@ def free_port() -> int:
 
 
 class ServerProcess:
-    """A server process of one adapter, listening on a port of its own."""
+    """
+    A server process of one adapter, listening on a port of its own, and
+    importing callnet from the snapshot in C{callnet_path}, as the clients
+    run against it do.  C{label} names it in messages and its log file.
+    """
 
-    def __init__(self, python: str, kind: str, logs: Path, extra: list[str] | None = None):
+    def __init__(
+        self,
+        python: str,
+        kind: str,
+        logs: Path,
+        callnet_path: Path,
+        extra: list[str] | None = None,
+        label: str | None = None,
+    ):
         self.kind = kind
+        self.label = label or kind
+        self.callnet_path = callnet_path
         self.port = free_port()
-        self.log_path = logs / f"server-{kind}-{self.port}.log"
+        self.log_path = logs / f"server-{self.label}-{self.port}.log"
         self._log = open(self.log_path, "wb")  # noqa: SIM115 (closed in stop)
         command = [python, "-m", f"benchmarks.systems.{SERVERS[kind]}", "server", str(self.port)]
         self.process = subprocess.Popen(
             [*command, *(extra or [])],
-            cwd=CALLNET_PATH,
-            env=child_env(),
+            cwd=callnet_path,
+            env=child_env(callnet_path),
             stdin=subprocess.DEVNULL,
             stdout=self._log,
             stderr=subprocess.STDOUT,
@@ -186,14 +230,14 @@ class ServerProcess:
         deadline = time.monotonic() + SERVER_START_TIMEOUT
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
-                raise RuntimeError(f"{self.kind} server exited at start; see {self.log_path}")
+                raise RuntimeError(f"{self.label} server exited at start; see {self.log_path}")
             try:
                 with socket.create_connection((HOST, self.port), timeout=1):
                     return
             except OSError:
                 time.sleep(0.05)
         self.stop()
-        raise RuntimeError(f"{self.kind} server did not listen within {SERVER_START_TIMEOUT}s")
+        raise RuntimeError(f"{self.label} server did not listen within {SERVER_START_TIMEOUT}s")
 
     @property
     def alive(self) -> bool:
@@ -211,8 +255,10 @@ class ServerProcess:
 
 
 @contextlib.contextmanager
-def server(python: str, kind: str, logs: Path, extra: list[str] | None = None) -> Iterator[Any]:
-    started = ServerProcess(python, kind, logs, extra)
+def server(
+    python: str, kind: str, logs: Path, callnet_path: Path, extra: list[str] | None = None
+) -> Iterator[Any]:
+    started = ServerProcess(python, kind, logs, callnet_path, extra)
     try:
         yield started
     finally:
@@ -220,7 +266,10 @@ def server(python: str, kind: str, logs: Path, extra: list[str] | None = None) -
 
 
 def run_client(python: str, system: System, spec: Spec, srv: ServerProcess) -> dict[str, Any]:
-    """Run one client process; return its result, or one with an C{error}."""
+    """
+    Run one client process, importing callnet from the same snapshot as its
+    server; return its result, or one with an C{error}.
+    """
     command = [
         python,
         "-m",
@@ -237,8 +286,8 @@ def run_client(python: str, system: System, spec: Spec, srv: ServerProcess) -> d
     try:
         done = subprocess.run(
             command,
-            cwd=CALLNET_PATH,
-            env=child_env(),
+            cwd=srv.callnet_path,
+            env=child_env(srv.callnet_path),
             stdin=subprocess.DEVNULL,
             capture_output=True,
             timeout=limit,
@@ -253,7 +302,7 @@ def run_client(python: str, system: System, spec: Spec, srv: ServerProcess) -> d
     return {"error": f"client exited {done.returncode}: {' | '.join(tail)}"}
 
 
-def importable(python: str, modules: tuple[str, ...]) -> str | None:
+def importable(python: str, modules: tuple[str, ...], callnet_path: Path) -> str | None:
     """None if the modules import in the client interpreter, else why not."""
     for module in modules:
         statement = (
@@ -263,8 +312,8 @@ def importable(python: str, modules: tuple[str, ...]) -> str | None:
         )
         done = subprocess.run(
             [python, "-c", statement],
-            cwd=CALLNET_PATH,
-            env=child_env(),
+            cwd=callnet_path,
+            env=child_env(callnet_path),
             capture_output=True,
             timeout=60,
             check=False,
@@ -275,7 +324,7 @@ def importable(python: str, modules: tuple[str, ...]) -> str | None:
     return None
 
 
-def machine(python: str) -> dict[str, str]:
+def machine(python: str, callnet_path: Path) -> dict[str, str]:
     probe = (
         "import platform, twisted, json, callnet; v = {'python': platform.python_version(),"
         " 'twisted': twisted.__version__, 'callnet_path': callnet.__path__[0]}\n"
@@ -288,8 +337,8 @@ def machine(python: str) -> dict[str, str]:
     )
     done = subprocess.run(
         [python, "-c", probe],
-        cwd=CALLNET_PATH,
-        env=child_env(),
+        cwd=callnet_path,
+        env=child_env(callnet_path),
         capture_output=True,
         timeout=60,
         check=False,
@@ -328,19 +377,40 @@ def aggregate(runs: list[dict[str, Any]]) -> dict[str, Any]:
     }
 
 
+def paired_ratio(
+    mine: list[dict[str, Any]], other: list[dict[str, Any]]
+) -> dict[str, float] | None:
+    """
+    The spread of C{mine}'s calls/s over C{other}'s, run by run: run I of one
+    against run I of the other, which ran next to it (runs are interleaved),
+    so that what else the machine did at the time weighs on both.  A pair
+    where either run failed counts for nothing.
+    """
+    paired = [
+        a["calls_per_s"] / b["calls_per_s"]
+        for a, b in zip(mine, other, strict=False)
+        if "error" not in a and "error" not in b and a.get("calls") and b.get("calls")
+    ]
+    return spread(paired)
+
+
 def ratios(results: dict[str, dict[str, Any]]) -> dict[str, dict[str, float] | None]:
-    """callnet / peer throughput, run by run (runs are interleaved), per pair."""
+    """callnet / peer throughput, run by run, per pair (the baseline's callnet aside)."""
     out: dict[str, dict[str, float] | None] = {}
     names = list(results)
-    for mine in (n for n in names if SYSTEMS[n].callnet):
-        for peer in (n for n in names if not SYSTEMS[n].callnet):
-            paired = [
-                a["calls_per_s"] / b["calls_per_s"]
-                for a, b in zip(results[mine]["runs"], results[peer]["runs"], strict=False)
-                if "error" not in a and "error" not in b and a.get("calls") and b.get("calls")
-            ]
-            out[f"{mine}/{peer}"] = spread(paired)
+    for mine in (n for n in names if system_of(n).callnet and not variant(n)):
+        for peer in (n for n in names if not system_of(n).callnet):
+            out[f"{mine}/{peer}"] = paired_ratio(results[mine]["runs"], results[peer]["runs"])
     return out
+
+
+def baseline_ratios(results: dict[str, dict[str, Any]]) -> dict[str, dict[str, float] | None]:
+    """New / baseline throughput of each callnet system, run by run."""
+    return {
+        name: paired_ratio(results[name]["runs"], results[name + BASELINE]["runs"])
+        for name in results
+        if not variant(name) and name + BASELINE in results
+    }
 
 
 # --- Report -------------------------------------------------------------------------
@@ -358,17 +428,38 @@ def _rate(s: dict[str, float] | None) -> str:
     return f"{_n(s['median'])} [{_n(s['min'])}..{_n(s['max'])}]"
 
 
+def _revision(source: dict[str, Any]) -> str:
+    """What a callnet snapshot is: C{worktree at 1a2b3c4, 2 file(s) changed}, C{main at ...}."""
+    rev, commit = source["source"], source["commit"]
+    if source["modified"]:
+        changed = f", {len(source['modified'])} file(s) changed"
+    elif rev == "worktree" and source["tree"] is not None:
+        changed = ", unchanged"
+    else:
+        changed = ""
+    if commit.startswith(rev) or rev.startswith(commit):
+        return f"{commit}{changed}"
+    return f"{rev} at {commit}{changed}"
+
+
 def report(data: dict[str, Any]) -> str:
     lines = []
+    names = [name for results in data["results"].values() for name in results]
+    width = max([17, *map(len, names)])
     m = data["machine"]
     lines.append(
         f"machine: {m.get('machine')}, {m.get('nproc')} CPUs; python {m.get('python')},"
         f" twisted {m.get('twisted')}; crochet {m.get('crochet')}, rpyc {m.get('rpyc')},"
         f" Pyro5 {m.get('Pyro5')}"
     )
-    c = data["callnet"]
-    changed = f", {len(c['modified'])} file(s) changed" if c["modified"] else ""
-    lines.append(f"callnet: {c['source']} at {c['commit']}{changed}")
+    lines.append(f"callnet: {_revision(data['callnet'])}")
+    base = data.get("baseline")
+    if base:
+        same = base["tree"] is not None and base["tree"] == data["callnet"]["tree"]
+        lines.append(
+            f"baseline ({BASELINE}): {_revision(base)}"
+            + ("; the same callnet code as the one measured" if same else "")
+        )
     lines.append(
         f"preset {data['preset']}: each figure the median of {data['runs']} run(s),"
         " [min..max] across runs"
@@ -379,7 +470,7 @@ def report(data: dict[str, Any]) -> str:
         lines.append("")
         lines.append(f"== {workload}: {WORKLOAD_TITLES[workload]}")
         lines.append(
-            f"{'system':<17} {'calls/s median [min..max]':<32} {'p50 us':>9} {'p99 us':>9}"
+            f"{'system':<{width}} {'calls/s median [min..max]':<32} {'p50 us':>9} {'p99 us':>9}"
             f" {'CPU us/call: server':>19} {'client':>7}"
         )
         for system, r in results.items():
@@ -390,7 +481,7 @@ def report(data: dict[str, Any]) -> str:
                 errors = {x["error"] for x in r["runs"] if "error" in x}
                 flag += f"  ({r['failed_runs']} failed runs: {'; '.join(errors)[:200]})"
             lines.append(
-                f"{system:<17} {_rate(r['calls_per_s']):<32} {_n(r['p50_us']):>9}"
+                f"{system:<{width}} {_rate(r['calls_per_s']):<32} {_n(r['p50_us']):>9}"
                 f" {_n(r['p99_us']):>9} {_n(r['server_cpu_us_per_call'], 1):>19}"
                 f" {_n(r['client_cpu_us_per_call'], 1):>7}{flag}"
             )
@@ -399,13 +490,13 @@ def report(data: dict[str, Any]) -> str:
         peers = list(dict.fromkeys(k.split("/")[1] for k in pairs))
         if mine and peers:
             lines.append("ratio of calls/s, callnet / peer (median of paired runs):")
-            lines.append(f"{'':<17} " + " ".join(f"{p:>13}" for p in peers))
+            lines.append(f"{'':<{width}} " + " ".join(f"{p:>13}" for p in peers))
             for a in mine:
                 cells = []
                 for p in peers:
                     s = pairs.get(f"{a}/{p}")
                     cells.append(f"{s['median']:>13.2f}" if s else f"{'-':>13}")
-                lines.append(f"{a:<17} " + " ".join(cells))
+                lines.append(f"{a:<{width}} " + " ".join(cells))
         size = data["specs"].get(workload, {}).get("size", 0)
         if size >= MIB:
             lines.append(
@@ -415,8 +506,12 @@ def report(data: dict[str, Any]) -> str:
                 server_peak, client_peak = r.get("server_peak_bytes"), r.get("client_peak_bytes")
                 if server_peak is not None and client_peak is not None:
                     lines.append(
-                        f"{system:<17} {server_peak / size:>6.1f} {client_peak / size:>6.1f}"
+                        f"{system:<{width}} {server_peak / size:>6.1f} {client_peak / size:>6.1f}"
                     )
+    against = baseline_lines(data)
+    if against:
+        lines.append("")
+        lines.extend(against)
     memory = memory_lines(data)
     if memory:
         lines.append("")
@@ -428,6 +523,25 @@ def report(data: dict[str, Any]) -> str:
         f" {load['before'][0]:.2f} before, {load['after'][0]:.2f} after"
     )
     return "\n".join(lines)
+
+
+def baseline_lines(data: dict[str, Any]) -> list[str]:
+    """The section "against the baseline", as text (nothing without C{--baseline})."""
+    base = data.get("baseline")
+    if not base:
+        return []
+    lines = [
+        f"== against the baseline: calls/s of callnet {_revision(data['callnet'])}"
+        f" / of callnet {_revision(base)}",
+        f"(each callnet system against its {BASELINE} twin, run by run: median [min..max];"
+        " above 1, the new one did more calls/s)",
+        f"{'workload':<9} {'system':<17} {'ratio':>6}  [min..max]",
+    ]
+    for workload, by_system in data["against_baseline"].items():
+        for system, s in by_system.items():
+            shown = f"{s['median']:>6.2f}  [{s['min']:.2f}..{s['max']:.2f}]" if s else "failed"
+            lines.append(f"{workload:<9} {system:<17} {shown}")
+    return lines
 
 
 def memory_lines(data: dict[str, Any]) -> list[str]:
@@ -501,7 +615,12 @@ def chart(data: dict[str, Any], path: Path) -> None:
         medians = [results[n]["calls_per_s"]["median"] for n in names]
         low = [m - results[n]["calls_per_s"]["min"] for n, m in zip(names, medians, strict=True)]
         high = [results[n]["calls_per_s"]["max"] - m for n, m in zip(names, medians, strict=True)]
-        colors = ["tab:blue" if SYSTEMS[n].callnet else "tab:gray" for n in names]
+        colors = [
+            ("lightsteelblue" if variant(n) else "tab:blue")
+            if system_of(n).callnet
+            else "tab:gray"
+            for n in names
+        ]
         ax.barh(names, medians, xerr=[low, high], color=colors, capsize=3)
         ax.invert_yaxis()
         ax.set_title(f"{workload}: {WORKLOAD_TITLES[workload]}", fontsize=10)
@@ -520,7 +639,8 @@ def chart(data: dict[str, Any], path: Path) -> None:
     m = data["machine"]
     fig.suptitle(
         f"callnet benchmarks ({data['preset']}): {m.get('machine')}, {m.get('nproc')} CPUs,"
-        f" Python {m.get('python')}, Twisted {m.get('twisted')}; blue = callnet",
+        f" Python {m.get('python')}, Twisted {m.get('twisted')}; blue = callnet"
+        + (f" (light: {BASELINE}, the baseline)" if data.get("baseline") else ""),
         fontsize=11,
     )
     fig.tight_layout()
@@ -549,6 +669,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         metavar="REV",
         help="measure callnet as in the working tree (default) or as committed at git REV",
     )
+    parser.add_argument(
+        "--baseline",
+        metavar="REV",
+        help=f"also measure each callnet system as committed at git REV (as NAME{BASELINE}),"
+        " runs interleaved, and report the ratios new / baseline",
+    )
     parser.add_argument("--output", type=Path, default=ROOT / "benchmarks" / "results")
     parser.add_argument("--no-chart", action="store_true", help="skip the PNG")
     parser.add_argument(
@@ -573,18 +699,29 @@ def log(message: str) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    global CALLNET_PATH
     args = parse_args(argv)
     with tempfile.TemporaryDirectory(prefix="callnet-bench-") as snapshot:
-        source = snapshot_callnet(args.callnet, Path(snapshot))
-        CALLNET_PATH = Path(snapshot)
+        # Each callnet measured gets a folder of its own, put on the path of
+        # its servers and clients alone.
+        wanted = {"": (args.callnet, "new")}
+        if args.baseline:
+            wanted[BASELINE] = (args.baseline, "base")
         try:
-            return run_suite(args, source)
-        finally:
-            CALLNET_PATH = ROOT
+            sources = {
+                key: snapshot_callnet(rev, Path(snapshot) / folder)
+                for key, (rev, folder) in wanted.items()
+            }
+        except RuntimeError as e:
+            sys.exit(str(e))
+        return run_suite(args, sources)
 
 
-def run_suite(args: argparse.Namespace, source: dict[str, Any]) -> int:
+def run_suite(args: argparse.Namespace, sources: dict[str, dict[str, Any]]) -> int:
+    """
+    Measure, report and write the results.  C{sources} holds the callnet
+    snapshots by variant: C{""} is the one measured, L{BASELINE} the baseline.
+    """
+    folders = {key: Path(source["path"]) for key, source in sources.items()}
     preset = PRESETS["smoke" if args.smoke else "quick" if args.quick else "full"]
     runs = args.runs or preset.runs
     specs = dict(preset.specs)
@@ -609,16 +746,23 @@ def run_suite(args: argparse.Namespace, source: dict[str, Any]) -> int:
             " machine will show in the figures"
         )
 
+    # Each callnet system is followed by its baseline twin, so that in every
+    # run the two are measured one after the other.
+    measured = [
+        name + key for name in systems for key in sources if not key or SYSTEMS[name].callnet
+    ]
     skipped: dict[str, str] = {}
-    for name in systems:
-        why = importable(python, SYSTEMS[name].needs) if SYSTEMS[name].needs else None
+    for name in measured:
+        needs = system_of(name).needs
+        why = importable(python, needs, folders[variant(name)]) if needs else None
         if why:
             skipped[name] = why
             log(f"skipping {name}: {why}")
+    measured = [s for s in measured if s not in skipped]
     systems = [s for s in systems if s not in skipped]
 
     plan = [
-        (w, [s for s in systems if w in SYSTEMS[s].workloads])
+        (w, [s for s in measured if w in system_of(s).workloads])
         for w in workloads
         if w in THROUGHPUT
     ]
@@ -628,34 +772,42 @@ def run_suite(args: argparse.Namespace, source: dict[str, Any]) -> int:
     }
     memory: dict[str, Any] = {}
 
+    def server_of(name: str) -> str:
+        """The server a measured system talks to: the baseline's callnet has its own."""
+        return system_of(name).server + variant(name)
+
+    def start(label: str) -> ServerProcess:
+        kind = label.removesuffix(BASELINE)
+        return ServerProcess(python, kind, logs, folders[variant(label)], label=label)
+
     servers: dict[str, ServerProcess] = {}
     try:
-        for kind in dict.fromkeys(SYSTEMS[s].server for _, ss in plan for s in ss):
-            log(f"starting the {kind} server")
+        for label in dict.fromkeys(server_of(s) for _, ss in plan for s in ss):
+            log(f"starting the {label} server")
             try:
-                servers[kind] = ServerProcess(python, kind, logs)
+                servers[label] = start(label)
             except RuntimeError as e:
                 log(str(e))
                 for _, names in plan:
                     for name in names:
-                        if SYSTEMS[name].server == kind:
+                        if server_of(name) == label:
                             skipped[name] = str(e)
         for run in range(runs):
             for workload, names in plan:
                 for name in names:
-                    system = SYSTEMS[name]
-                    srv = servers.get(system.server)
+                    system = system_of(name)
+                    srv = servers.get(server_of(name))
                     if srv is None:
                         collected[workload][name].append({"error": skipped[name]})
                         continue
                     if not srv.alive:
-                        log(f"the {srv.kind} server died (see {srv.log_path}); restarting it")
+                        log(f"the {srv.label} server died (see {srv.log_path}); restarting it")
                         srv.stop()
-                        srv = servers[system.server] = ServerProcess(python, system.server, logs)
+                        srv = servers[srv.label] = start(srv.label)
                     result = run_client(python, system, specs[workload], srv)
                     collected[workload][name].append(result)
                     shown = result.get("error") or f"{result['calls_per_s']:,.0f} calls/s"
-                    log(f"[run {run + 1}/{runs}] {workload:<8} {name:<16} {shown}")
+                    log(f"[run {run + 1}/{runs}] {workload:<8} {name:<21} {shown}")
     finally:
         for srv in servers.values():
             srv.stop()
@@ -665,7 +817,11 @@ def run_suite(args: argparse.Namespace, source: dict[str, Any]) -> int:
         idle_runs = []
         for run in range(args.runs or preset.memory_runs):
             with server(
-                python, "callnet", logs, ["--max-connections", str(IDLE_MAX_CONNECTIONS)]
+                python,
+                "callnet",
+                logs,
+                folders[""],
+                ["--max-connections", str(IDLE_MAX_CONNECTIONS)],
             ) as srv:
                 result = run_client(python, callnet_raw, specs["idle-mem"], srv)
             idle_runs.append(result)
@@ -684,7 +840,7 @@ def run_suite(args: argparse.Namespace, source: dict[str, Any]) -> int:
     if "callnet-raw" in systems and "leak" in workloads:
         leak_runs = []
         for run in range(preset.leak_runs):
-            with server(python, "callnet", logs) as srv:
+            with server(python, "callnet", logs, folders[""]) as srv:
                 result = run_client(python, callnet_raw, specs["leak"], srv)
             leak_runs.append(result)
             log(f"[run {run + 1}] leak {result.get('error') or result['steps']}")
@@ -692,7 +848,7 @@ def run_suite(args: argparse.Namespace, source: dict[str, Any]) -> int:
     if "callnet-raw" in systems and "large-mem" in workloads:
         large_runs = []
         for run in range(args.runs or preset.memory_runs):
-            with server(python, "callnet", logs) as srv:
+            with server(python, "callnet", logs, folders[""]) as srv:
                 result = run_client(python, callnet_raw, specs["large-mem"], srv)
             large_runs.append(result)
             shown = result.get("error") or f"{result['payloads']:.1f} payloads"
@@ -706,16 +862,23 @@ def run_suite(args: argparse.Namespace, source: dict[str, Any]) -> int:
         }
 
     results = {w: {s: aggregate(rs) for s, rs in by.items()} for w, by in collected.items()}
+    base = sources.get(BASELINE)
     data = {
         "preset": preset.name,
         "runs": runs,
-        "machine": machine(python),
-        "callnet": source,
+        "machine": machine(python, folders[""]),
+        "callnet": sources[""],
+        "baseline": base,
         "specs": {name: asdict(spec) for name, spec in specs.items() if name in workloads},
-        "systems": {name: SYSTEMS[name].note for name in systems},
+        "systems": {
+            name: system_of(name).note
+            + (f" (callnet at {base['commit']}, the baseline)" if base and variant(name) else "")
+            for name in measured
+        },
         "skipped": skipped,
         "results": results,
         "ratios": {w: ratios(r) for w, r in results.items()},
+        "against_baseline": {w: baseline_ratios(r) for w, r in results.items()} if base else {},
         "memory": memory,
         "wall_seconds": time.monotonic() - started,
         "load_average": {"before": load_before, "after": os.getloadavg()},
