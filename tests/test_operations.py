@@ -14,6 +14,7 @@ import shlex
 import shutil
 import signal
 import subprocess
+import sys
 import threading
 import time
 import tomllib
@@ -398,7 +399,45 @@ def test_systemd_unit() -> None:
     assert service["ProtectHome"] == "yes"
     assert service["PrivateTmp"] == "yes"
     assert service["WorkingDirectory"] in service["ReadWritePaths"].split()
+    for key, value in {
+        "ProtectClock": "yes",
+        "ProtectKernelLogs": "yes",
+        "ProtectHostname": "yes",
+        "ProtectProc": "invisible",
+        "ProcSubset": "pid",
+        "PrivateMounts": "yes",
+        "RestrictRealtime": "yes",
+        "SystemCallArchitectures": "native",
+        "SystemCallFilter": "@system-service",
+        "UMask": "0027",
+    }.items():
+        assert service.get(key) == value, key
+    assert "MemoryDenyWriteExecute" not in service
     assert unit["Install"]["WantedBy"] == "multi-user.target"
+
+
+def test_memory_deny_write_execute_would_break_tls() -> None:
+    """
+    Why the unit leaves MemoryDenyWriteExecute off: under the same rule
+    (the kernel's PR_SET_MDWE, which systemd's setting amounts to), the
+    callbacks pyOpenSSL makes for certificate checks and ALPN cannot be made.
+    """
+    probe = (
+        "import ctypes, sys\n"
+        "libc = ctypes.CDLL(None, use_errno=True)\n"
+        "if libc.prctl(65, 1, 0, 0, 0) != 0:\n"
+        "    sys.exit(3)\n"
+        "from OpenSSL import SSL\n"
+        "context = SSL.Context(SSL.TLS_METHOD)\n"
+        "try:\n"
+        "    context.set_alpn_select_callback(lambda connection, offered: b'callnet')\n"
+        "except MemoryError:\n"
+        "    sys.exit(4)\n"
+    )
+    result = subprocess.run([sys.executable, "-c", probe], capture_output=True, timeout=60)
+    if result.returncode == 3:
+        pytest.skip("this kernel has no PR_SET_MDWE")
+    assert result.returncode == 4, result.stderr
 
 
 def test_systemd_unit_verifies(tmp_path: Path) -> None:
