@@ -18,13 +18,8 @@ from typing import Any
 
 from twisted.application.internet import StreamServerEndpointService
 from twisted.application.service import IService, MultiService, Service
-from twisted.internet.defer import (
-    Deferred,
-    TimeoutError,
-    ensureDeferred,
-    gatherResults,
-    maybeDeferred,
-)
+from twisted.internet import defer
+from twisted.internet.defer import Deferred, ensureDeferred, gatherResults, maybeDeferred
 from twisted.internet.endpoints import serverFromString
 from twisted.internet.error import CannotListenError
 from twisted.internet.task import deferLater
@@ -282,7 +277,7 @@ class NodeService(MultiService):
             allowed = max(0.0, deadline - PROCESS_STOP_TIMEOUT - clock.seconds())
             try:
                 await stopped.addTimeout(allowed, clock)
-            except TimeoutError:
+            except defer.TimeoutError:
                 log.warn(
                     "callnet node {name}: peer links did not close within {seconds:.1f}s;"
                     " going on",
