@@ -18,7 +18,6 @@ from typing import Any
 
 from twisted.application.internet import StreamServerEndpointService
 from twisted.application.service import IService, MultiService, Service
-from twisted.internet import defer
 from twisted.internet.defer import Deferred, ensureDeferred, gatherResults, maybeDeferred
 from twisted.internet.endpoints import serverFromString
 from twisted.internet.error import CannotListenError
@@ -275,12 +274,10 @@ class NodeService(MultiService):
             others = [s for s in reversed(list(self)) if s not in listeners]
             stopped = gatherResults([maybeDeferred(s.stopService) for s in others])
             allowed = max(0.0, deadline - PROCESS_STOP_TIMEOUT - clock.seconds())
-            try:
-                await stopped.addTimeout(allowed, clock)
-            except defer.TimeoutError:
+            if not await _within(stopped, allowed, clock):
                 log.warn(
-                    "callnet node {name}: peer links did not close within {seconds:.1f}s;"
-                    " going on",
+                    "callnet node {name}: peer links and metrics did not stop within"
+                    " {seconds:.1f}s; going on",
                     name=self.config.name,
                     seconds=allowed,
                 )
@@ -328,6 +325,34 @@ class NodeService(MultiService):
         stop_tracker = getattr(resource_tracker._resource_tracker, "_stop", None)
         if stop_tracker is not None:
             stop_tracker()
+
+
+async def _within(waiting: Deferred[Any], seconds: float, clock: Any) -> bool:
+    """
+    Wait for C{waiting} at most C{seconds}: whether it fired in time (its
+    failure is raised).  It is not cancelled: a stop left behind may still end.
+    """
+    race: Deferred[bool] = Deferred()
+
+    def expired() -> None:
+        if not race.called:
+            race.callback(False)
+
+    timer = clock.callLater(seconds, expired)
+
+    def fired(result: object) -> object:
+        if timer.active():
+            timer.cancel()
+        if not race.called:
+            race.callback(True)
+            return result
+        return None  # too late: nobody waits for it now
+
+    waiting.addBoth(fired)
+    if await race:
+        await waiting
+        return True
+    return False
 
 
 def _signal_all(processes: list[BaseProcess], kill: bool) -> None:

@@ -4,6 +4,7 @@ Tests for L{callnet.tap}: the options of C{twistd callnet} and the service they 
 
 from __future__ import annotations
 
+import errno
 import os
 import shutil
 import sys
@@ -12,12 +13,16 @@ import types
 from pathlib import Path
 from typing import Any
 
+from twisted.application.service import Service
+from twisted.internet.defer import Deferred
+from twisted.internet.error import CannotListenError
+from twisted.internet.testing import MemoryReactorClock
 from twisted.python import usage
 from twisted.trial.unittest import SynchronousTestCase
 
 from callnet import tap
 from callnet.config import DEFAULT_LISTEN, Limits, NodeConfig
-from callnet.errors import ConfigError
+from callnet.errors import ConfigError, StartError
 
 
 def temp_path(case: SynchronousTestCase) -> str:
@@ -475,3 +480,52 @@ class MakeServiceTests(SynchronousTestCase):
         self.assertIsInstance(service, NodeService)
         self.assertTrue(IService.providedBy(service))
         self.assertFalse(service.running)
+
+
+class TakenReactor(MemoryReactorClock):
+    """A reactor on which every TCP port is taken."""
+
+    def listenTCP(self, port: int, factory: Any, backlog: int = 50, interface: str = "") -> Any:
+        raise CannotListenError(
+            interface, port, OSError(errno.EADDRINUSE, "Address already in use")
+        )
+
+
+class NeverStops(Service):
+    """A child service whose stop never ends, as a hung peer link's might not."""
+
+    def stopService(self) -> Deferred[None]:
+        Service.stopService(self)
+        return Deferred()
+
+
+class NodeLifecycleTests(SynchronousTestCase):
+    """How a L{callnet.node.NodeService} starts and stops, on a fake reactor."""
+
+    def test_cannot_listen(self) -> None:
+        """A listener that cannot listen fails the start with status 1, naming the endpoint."""
+        from callnet.node import NodeService
+
+        node = NodeService(
+            NodeConfig(name="n", listen=("tcp:7600:interface=127.0.0.1",)), TakenReactor()
+        )
+        error = self.assertRaises(StartError, node.privilegedStartService)
+        self.assertEqual(error.code, 1)
+        self.assertEqual(
+            str(error), "cannot listen on tcp:7600:interface=127.0.0.1: Address already in use"
+        )
+        self.assertIsInstance(error, Exception)
+
+    def test_stop_is_bounded(self) -> None:
+        """A stop ends within shutdown_grace + STOP_MARGIN though a child service never stops."""
+        from callnet.node import STOP_MARGIN, NodeService
+
+        clock = MemoryReactorClock()
+        node = NodeService(NodeConfig(name="n", shutdown_grace=2.0), clock)
+        NeverStops().setServiceParent(node)
+        node.startService()
+        stopping = node.stopService()
+        clock.advance(1.0)
+        self.assertNoResult(stopping)
+        clock.pump([0.05] * round((1.0 + STOP_MARGIN) / 0.05))
+        self.assertIsNone(self.successResultOf(stopping))
