@@ -226,6 +226,13 @@ _NAME = re.compile(r"[A-Za-z0-9_.\-]{1,128}\Z")
 RESERVED_IDENTITIES = frozenset({"*", "anonymous", "peer", "node"})
 
 
+def _node_name(value: object) -> object:
+    """A node's name: it is one word on the wire (C{@name}), so no spaces."""
+    if not isinstance(value, str) or not _NAME.match(value):
+        raise _ExpectationError("a node name of letters, digits and _.- (at most 128)")
+    return value
+
+
 def _peers(value: object) -> object:
     """A mapping or pairs of peer name -> client endpoint string."""
     pairs = value.items() if isinstance(value, dict) else value
@@ -299,7 +306,7 @@ def _acl(value: object) -> object:
 
 #: Key -> (section, check), for every key a config may set.
 _KEYS: dict[str, tuple[str, _Check]] = {
-    "name": ("node", _text),
+    "name": ("node", _node_name),
     "listen": ("node", _strings("a list of at least one endpoint string", 1)),
     "services": ("node", _strings("a list of module names", 0)),
     "builtins": ("node", _flag),

@@ -395,6 +395,9 @@ class Dispatcher:
                 raise _NotStartedError()
             return function(*args, **kwargs)
 
+        # What the pool calls the job, should a stopping node abandon it.
+        work.__name__ = getattr(function, "__name__", work.__name__)
+
         def canceller(d: Deferred[Any]) -> None:
             if job.abandon():
                 d.errback(Failure(_NotStartedError()))

@@ -243,3 +243,21 @@ class ForkedProcessError(RuntimeError):
 
 class ConfigError(Exception):
     """A configuration file or option is invalid; the message names the key."""
+
+
+class StartError(SystemExit, Exception):
+    """
+    A node cannot start: say, a listener cannot bind its address.  The node
+    logs why once; the process then ends with status 1 and no traceback.
+
+    It is a L{SystemExit} so that C{twistd -n} ends without a traceback, and
+    an L{Exception} so that C{twistd} still removes its pid file and, when it
+    daemonizes, tells the starting process (which exits 1, quoting it).
+    """
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.code = 1
+
+    def __str__(self) -> str:
+        return str(self.args[0])

@@ -5,17 +5,23 @@ L{NodeConfig} and a reactor, and starts and stops them with twistd.
 
 from __future__ import annotations
 
+import gc
 import importlib
 import multiprocessing
+import signal
 import sys
 from collections.abc import Callable
 from concurrent.futures import Executor, ProcessPoolExecutor
+from multiprocessing import resource_tracker
+from multiprocessing.process import BaseProcess
 from typing import Any
 
 from twisted.application.internet import StreamServerEndpointService
-from twisted.application.service import MultiService, Service
+from twisted.application.service import IService, MultiService, Service
 from twisted.internet.defer import Deferred, ensureDeferred, gatherResults, maybeDeferred
 from twisted.internet.endpoints import SSL4ServerEndpoint, serverFromString
+from twisted.internet.error import CannotListenError
+from twisted.internet.task import deferLater
 from twisted.logger import Logger
 
 from callnet.access import AccessPolicy
@@ -24,14 +30,23 @@ from callnet.cluster import Cluster
 from callnet.cluster.multicall import make_multicall
 from callnet.config import NodeConfig
 from callnet.dispatch import Dispatcher
-from callnet.errors import ConfigError
+from callnet.errors import ConfigError, StartError
 from callnet.metrics import Metrics, metrics_service
-from callnet.protocol import NodeFactory
+from callnet.protocol import DRAIN_FLUSH_TIMEOUT, NodeFactory
 from callnet.registry import Registry
 from callnet.tls import is_tls_listen, peer_identity, server_endpoint, with_handshake_deadline
 from callnet.workers import WorkerThreads
 
 log = Logger()
+
+#: How long past C{[node] shutdown_grace} a stopping node may take to end:
+#: its last replies get DRAIN_FLUSH_TIMEOUT (2 s) to be written out, then its
+#: peer links and worker pools get 1 s to end.  A supervisor's stop timeout
+#: must be at least shutdown_grace plus this (see docs/operations.md).
+STOP_MARGIN = DRAIN_FLUSH_TIMEOUT + 1.0
+#: Seconds worker processes get to end on SIGTERM before they are killed:
+#: a worker that is idle ends at once, and a busy one is not waited for.
+PROCESS_STOP_TIMEOUT = 0.5
 
 
 def load_services(registry: Registry, modules: tuple[str, ...]) -> None:
@@ -83,6 +98,9 @@ class NodeService(MultiService):
         # The name in a TLS client's verified certificate (tls: listeners with [tls] ca).
         self.factory.identify = peer_identity
         self.factory.access_log = config.access_log
+        #: Each listening service -> the endpoint string it listens on.
+        self._listeners: dict[IService, str] = {}
+        self._listening = False
         self.cluster: Cluster | None = None
         if config.peers:
             self.cluster = Cluster(config, self.dispatcher, reactor, self.factory.hello)
@@ -97,12 +115,24 @@ class NodeService(MultiService):
                 endpoint = serverFromString(reactor, description)
                 if isinstance(endpoint, SSL4ServerEndpoint):
                     endpoint = with_handshake_deadline(endpoint, reactor, handshake_timeout)
-            StreamServerEndpointService(endpoint, self.factory).setServiceParent(self)
+            self._listen(StreamServerEndpointService(endpoint, self.factory), description)
         #: The node's Prometheus figures, if it serves them ([node] metrics_listen).
         self.metrics: Metrics | None = None
         if config.metrics_listen is not None:
             self.metrics = Metrics(self.dispatcher, self.factory, self.cluster)
-            metrics_service(reactor, config.metrics_listen, self.metrics).setServiceParent(self)
+            self._listen(
+                metrics_service(reactor, config.metrics_listen, self.metrics),
+                config.metrics_listen,
+            )
+
+    def _listen(self, service: IService, description: str) -> None:
+        """Add a listening service, whose failure to listen stops the node's start."""
+        if isinstance(service, StreamServerEndpointService):
+            # Raise from privilegedStartService rather than log and go on,
+            # as twisted.application.strports.service does.
+            service._raiseSynchronously = True
+        self._listeners[service] = description
+        service.setServiceParent(self)
 
     def _registry(self, config: NodeConfig, reload: bool) -> Registry:
         """The procedures a config says to serve (its modules imported again on reload)."""
@@ -177,14 +207,48 @@ class NodeService(MultiService):
         if self._process_pool is None:
             # spawn, not fork: a forked copy of a process running a reactor
             # and threads inherits locks held at the moment of the fork.
+            # Workers ignore SIGINT: a Ctrl-C reaches the whole process group,
+            # and the node, not the signal, ends its workers.
             self._process_pool = ProcessPoolExecutor(
                 max_workers=self.config.processes or None,
                 mp_context=multiprocessing.get_context("spawn"),
+                initializer=signal.signal,
+                initargs=(signal.SIGINT, signal.SIG_IGN),
             )
         return self._process_pool
 
+    def privilegedStartService(self) -> None:
+        """
+        Listen on every endpoint now: C{twistd} calls this before it sheds
+        privileges and runs the reactor, so a node that cannot listen never
+        runs.
+
+        @raise StartError: an endpoint cannot be listened on; the log says
+            which and why.
+        """
+        self._listening = True
+        Service.privilegedStartService(self)
+        for service in self:
+            try:
+                service.privilegedStartService()
+            except Exception as e:
+                description = self._listeners.get(service)
+                if description is None:
+                    raise
+                reason = str(e)
+                if isinstance(e, CannotListenError) and isinstance(e.socketError, OSError):
+                    reason = e.socketError.strerror or reason
+                log.critical(
+                    "callnet node {name} cannot listen on {endpoint}: {reason}; not starting",
+                    name=self.config.name,
+                    endpoint=description,
+                    reason=reason,
+                )
+                raise StartError(f"cannot listen on {description}: {reason}") from e
+
     def startService(self) -> None:
-        self.threadpool.start()
+        if not self._listening:
+            self.privilegedStartService()
         super().startService()
         log.info(
             "callnet node {name} serving {count} procedures on {listen}",
@@ -197,19 +261,110 @@ class NodeService(MultiService):
         """
         Stop gracefully: stop listening, refuse new calls, give the calls in
         flight C{shutdown_grace} seconds, cancel the rest, then stop the peer
-        links and the worker pools.
+        links and the worker pools; all within C{shutdown_grace} plus
+        L{STOP_MARGIN} seconds.
         """
         return ensureDeferred(self._stop())
 
     async def _stop(self) -> None:
         Service.stopService(self)
+        clock = self._reactor
+        deadline = clock.seconds() + self.config.shutdown_grace + STOP_MARGIN
         listeners = [s for s in self if isinstance(s, StreamServerEndpointService)]
-        await gatherResults([maybeDeferred(s.stopService) for s in listeners])
-        await self.factory.drain(self.config.shutdown_grace)
-        others = [s for s in reversed(list(self)) if s not in listeners]
-        await gatherResults([maybeDeferred(s.stopService) for s in others])
-        self.threadpool.stop()
-        if self._process_pool is not None:
-            self._process_pool.shutdown(wait=False, cancel_futures=True)
-            self._process_pool = None
+        try:
+            await gatherResults([maybeDeferred(s.stopService) for s in listeners])
+            await self.factory.drain(self.config.shutdown_grace)
+            others = [s for s in reversed(list(self)) if s not in listeners]
+            stopped = gatherResults([maybeDeferred(s.stopService) for s in others])
+            allowed = max(0.0, deadline - PROCESS_STOP_TIMEOUT - clock.seconds())
+            if not await _within(stopped, allowed, clock):
+                log.warn(
+                    "callnet node {name}: peer links and metrics did not stop within"
+                    " {seconds:.1f}s; going on",
+                    name=self.config.name,
+                    seconds=allowed,
+                )
+        finally:
+            # A thread cannot be stopped, and a procedure may ignore the
+            # cancellation of its call: its thread is left to end with the
+            # process (a daemon thread does not keep it alive).
+            abandoned = self.threadpool.stop(timeout=0)
+            if abandoned:
+                log.warn(
+                    "abandoning {count} thread procedure{s} still running: {procedures}",
+                    count=len(abandoned),
+                    s="" if len(abandoned) == 1 else "s",
+                    procedures=", ".join(abandoned),
+                )
+            await self._stop_processes()
         log.info("callnet node {name} stopped", name=self.config.name)
+
+    async def _stop_processes(self) -> None:
+        """
+        End the worker processes, busy or not, and multiprocessing's resource
+        tracker, so that no child outlives the node and nothing is left for
+        the tracker to warn about.
+        """
+        pool, self._process_pool = self._process_pool, None
+        if pool is None:
+            return
+        # Python 3.11's executor cannot end busy workers (3.14 adds
+        # terminate_workers()): end them by their Process objects.
+        workers: list[BaseProcess] = list((getattr(pool, "_processes", None) or {}).values())
+        pool.shutdown(wait=False, cancel_futures=True)
+        _signal_all(workers, kill=False)
+        until = self._reactor.seconds() + PROCESS_STOP_TIMEOUT
+        while any(w.is_alive() for w in workers) and self._reactor.seconds() < until:
+            await deferLater(self._reactor, 0.01)
+        _signal_all(workers, kill=True)
+        # With its workers gone the pool's manager thread ends at once.
+        pool.shutdown(wait=True)
+        # Release the pool's queues now, so that their semaphores are
+        # unlinked here, not reported leaked by the tracker: twistd ends by
+        # the signal it caught, so exit-time finalizers would never run.
+        del pool
+        workers.clear()
+        gc.collect()
+        stop_tracker = getattr(resource_tracker._resource_tracker, "_stop", None)
+        if stop_tracker is not None:
+            stop_tracker()
+
+
+async def _within(waiting: Deferred[Any], seconds: float, clock: Any) -> bool:
+    """
+    Wait for C{waiting} at most C{seconds}: whether it fired in time (its
+    failure is raised).  It is not cancelled: a stop left behind may still end.
+    """
+    race: Deferred[bool] = Deferred()
+
+    def expired() -> None:
+        if not race.called:
+            race.callback(False)
+
+    timer = clock.callLater(seconds, expired)
+
+    def fired(result: object) -> object:
+        if timer.active():
+            timer.cancel()
+        if not race.called:
+            race.callback(True)
+            return result
+        return None  # too late: nobody waits for it now
+
+    waiting.addBoth(fired)
+    if await race:
+        await waiting
+        return True
+    return False
+
+
+def _signal_all(processes: list[BaseProcess], kill: bool) -> None:
+    """SIGTERM every process; or SIGKILL those still running and reap them all."""
+    for process in processes:
+        if not kill:
+            process.terminate()
+        elif process.is_alive():
+            process.kill()
+    if kill:
+        for process in processes:
+            process.join()

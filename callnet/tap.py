@@ -2,11 +2,12 @@
 The C{twistd callnet} command: options, and the service they build.
 
 Everything that can be wrong with a configuration (the TOML file, an option,
-an endpoint string, a service module that does not import) is found in
-L{Options.postOptions} and reported as a L{usage.UsageError}, so C{twistd}
-prints one message and exits non-zero, with no traceback, before it
-daemonizes.  What only the node can judge (a service module that serves no
-procedure) stops L{makeService} the same way.
+an endpoint string, a peer, a service module that does not import) is found
+in L{Options.postOptions} and reported as a L{usage.UsageError}.  Parsed by
+C{twistd} as its C{callnet} command, that becomes one line on stderr,
+C{twistd callnet: <what is wrong>}, and exit status 1, before anything
+starts.  What only the node can judge (a service module that serves no
+procedure) stops L{makeService} with a line in the same form.
 
 This module must not import the global reactor when it is imported: C{twistd}
 imports it while choosing a reactor (C{--reactor}).  Only L{makeService} does.
@@ -21,7 +22,7 @@ import sys
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
-from twisted.internet.endpoints import serverFromString
+from twisted.internet.endpoints import clientFromString, serverFromString
 from twisted.internet.testing import MemoryReactor
 from twisted.python import usage
 
@@ -38,6 +39,9 @@ from callnet.exposure import plaintext_exposure
 
 if TYPE_CHECKING:
     from callnet.node import NodeService
+
+#: How every error of the command starts, whatever found it.
+COMMAND = "twistd callnet"
 
 #: Config key -> the option that overrides it, as error messages call it.
 _OPTION_NAMES = {
@@ -251,6 +255,24 @@ class Options(usage.Options):
 
     opt_s = opt_service
 
+    def parseOptions(self, options: Sequence[str] | None = None) -> None:
+        """
+        Parse the options, then check the configuration they make.
+
+        @raise usage.UsageError: for a bad option or configuration, when
+            parsed on their own.
+        @raise SystemExit: instead, when parsed by C{twistd} as its
+            C{callnet} command: one line, C{twistd callnet: <message>}, and
+            status 1, rather than C{twistd}'s whole usage text.
+            (C{--help} still prints the whole text.)
+        """
+        try:
+            super().parseOptions(options)
+        except usage.UsageError as e:
+            if self.parent is None:
+                raise
+            raise SystemExit(f"{COMMAND}: {e}") from None
+
     def postOptions(self) -> None:
         """
         Build the final L{NodeConfig} into C{self["node_config"]}.
@@ -286,6 +308,7 @@ class Options(usage.Options):
             _check_endpoints((config.metrics_listen,), metrics_where)
             _check_metrics(config, metrics_where)
         _check_exposure(config)
+        _check_peers(config, "--peer" if self["peers"] else f"{self['config']}: [peers]")
         _check_modules(config.services, "--service" if self["services"] else in_file + "services")
         self["node_config"] = config
 
@@ -308,6 +331,7 @@ class Options(usage.Options):
         try:
             _check_endpoints(config.listen, "listen")
             _check_exposure(config)
+            _check_peers(config, "[peers]")
         except usage.UsageError as e:
             raise ConfigError(str(e)) from None
         return config
@@ -325,6 +349,29 @@ def _check_endpoints(endpoints: Sequence[str], where: str) -> None:
         except Exception as e:  # any parser's error means the string is bad
             raise usage.UsageError(
                 f'{where}: bad endpoint "{endpoint}": {type(e).__name__}: {e}'
+            ) from None
+
+
+def _check_peers(config: NodeConfig, where: str) -> None:
+    """
+    Parse each peer's endpoint as the node would dial it, without dialling,
+    and refuse the node's own name among its peers.
+
+    @param where: how to name the peers in a message (C{--peer}, or the
+        file's C{[peers]}).
+    @raise usage.UsageError: naming the peer at fault.
+    """
+    for name, endpoint in config.peers:
+        if name == config.name:
+            raise usage.UsageError(
+                f"{where} {name}: a node cannot be its own peer (this node is named"
+                f' "{config.name}"); list only the other nodes'
+            )
+        try:
+            clientFromString(MemoryReactor(), endpoint)
+        except Exception as e:  # any parser's error means the string is bad
+            raise usage.UsageError(
+                f'{where} {name}: bad endpoint "{endpoint}": {type(e).__name__}: {e}'
             ) from None
 
 
@@ -415,6 +462,10 @@ def makeService(options: Options) -> NodeService:
     """
     Build the node that C{twistd callnet} runs, on the global reactor.
 
+    On SIGHUP the node reads its configuration again (the C{--config} file,
+    if any, with the command line's options over it) and applies what can
+    change while running; with no file, that is its service modules.
+
     @raise SystemExit: with the message, if the node refuses its
         configuration (say, a service module with no procedures): C{twistd}
         then prints it and exits non-zero, without a traceback, before it
@@ -429,13 +480,11 @@ def makeService(options: Options) -> NodeService:
     try:
         node = NodeService(options["node_config"], reactor)
     except ConfigError as e:
-        raise SystemExit(f"twistd callnet: {e}") from None
-    if options["config"]:
-        # SIGHUP: read the file again and apply what can change while running.
-        node.reload_from = options.reload_config
+        raise SystemExit(f"{COMMAND}: {e}") from None
+    node.reload_from = options.reload_config
 
-        def install() -> None:
-            signal.signal(signal.SIGHUP, lambda number, frame: threads.callFromThread(node.reload))
+    def install() -> None:
+        signal.signal(signal.SIGHUP, lambda number, frame: threads.callFromThread(node.reload))
 
-        reactor.callWhenRunning(install)
+    reactor.callWhenRunning(install)
     return node

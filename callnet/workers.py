@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import queue
 import threading
+import time
 from collections.abc import Callable
 from typing import Any, Protocol
 
@@ -52,6 +53,8 @@ class WorkerThreads:
         self._threads: list[threading.Thread] = []
         self._idle = 0
         self._stopped = False
+        #: Thread id -> the job it is running, to say what a stop abandons.
+        self._running: dict[int, Callable[..., Any]] = {}
 
     @property
     def threads(self) -> int:
@@ -85,7 +88,8 @@ class WorkerThreads:
             thread.start()
 
     def _work(self) -> None:
-        jobs, lock = self._jobs, self._lock
+        jobs, lock, running = self._jobs, self._lock, self._running
+        me = threading.get_ident()
         while True:
             with lock:
                 self._idle += 1
@@ -98,26 +102,40 @@ class WorkerThreads:
             if job is None:
                 return
             on_result, func, args = job
+            running[me] = func
             try:
                 value, ok = func(*args), True
             except BaseException:
                 value, ok = Failure(), False
+            del running[me]
             on_result(ok, value)
             # Hold nothing of this job while waiting for the next.
             job = on_result = func = args = value = None  # type: ignore[assignment]
 
-    def stop(self) -> None:
+    def stop(self, timeout: float | None = None) -> list[str]:
         """
         Stop every thread once the jobs queued before are done (they are
         cancelled calls, skipped at once, when the node has drained); wait
-        for them.
+        for them, at most C{timeout} seconds if given.
+
+        A job that outlasts the wait is left running: its thread is a daemon
+        thread, which does not keep the process from exiting.
+
+        @return: the names of the jobs still running when the wait ended.
         """
         with self._lock:
             if self._stopped:
-                return
+                return self.running()
             self._stopped = True
             threads = list(self._threads)
         for _ in threads:
             self._jobs.put(None)
+        deadline = None if timeout is None else time.monotonic() + timeout
         for thread in threads:
-            thread.join()
+            thread.join(None if deadline is None else max(0.0, deadline - time.monotonic()))
+        return self.running()
+
+    def running(self) -> list[str]:
+        """The names of the jobs running now, sorted (a function's C{__name__})."""
+        jobs = self._running.copy().values()  # one step, while threads change it
+        return sorted(getattr(func, "__name__", repr(func)) for func in jobs)

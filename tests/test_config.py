@@ -178,8 +178,9 @@ class LoadConfigTests(ConfigFileCase):
     def test_wrong_types(self) -> None:
         """Each key refuses a value of the wrong type, naming the key."""
         cases = {
-            "[node]\nname = 3\n": "[node] name must be a non-empty string",
-            '[node]\nname = ""\n': "[node] name must be a non-empty string",
+            "[node]\nname = 3\n": "[node] name must be a node name of letters, digits and _.-",
+            '[node]\nname = ""\n': "[node] name must be a node name of letters, digits and _.-",
+            '[node]\nname = "bad name"\n': '[node] name must be a node name of letters, digits and _.- (at most 128), not "bad name"',
             '[node]\nlisten = "tcp:7600"\n': "[node] listen must be a list",
             "[node]\nlisten = []\n": "[node] listen must be a list of at least one",
             "[node]\nlisten = [7600]\n": "[node] listen must be a list",

@@ -431,3 +431,64 @@ def test_reload_revokes_a_removed_token(tmp_path: Path) -> None:
         assert client.request("add 1 2").startswith("ERR UNAUTHENTICATED not-run")
         assert "removed by a reload" in node.output()
         assert client.request(f"AUTH {alice}").startswith("ERR UNAUTHENTICATED")
+
+
+def test_sighup_without_config_file_reloads(tmp_path: Path) -> None:
+    """SIGHUP to a node started without --config reloads its service modules; it is not fatal."""
+    import signal
+
+    (tmp_path / "menu.py").write_text(
+        "from callnet import procedure\n\n@procedure(run='reactor')\ndef soup() -> str:\n"
+        "    return 'tomato'\n"
+    )
+    with running_node(tmp_path, "--service", "menu") as node:
+        client = node.connect()
+        assert client.request("soup") == 'OK "tomato"'
+        (tmp_path / "menu.py").write_text(
+            "from callnet import procedure\n\n@procedure(run='reactor')\ndef soup() -> str:\n"
+            "    return 'leek'\n"
+        )
+        node.process.send_signal(signal.SIGHUP)
+        wait_until(lambda: "reloaded:" in node.output(), 10, "the node reloads")
+        assert node.process.poll() is None, "SIGHUP ended the node"
+        assert client.request("soup") == 'OK "leek"'
+        assert node.terminate() in (-signal.SIGTERM, 128 + signal.SIGTERM)
+        assert "Traceback" not in node.output()
+
+
+BLOCKING = """\
+import threading
+
+from callnet import procedure
+
+
+@procedure
+def sleep_blocking() -> str:
+    \"\"\"Block a worker thread for 30 s, deaf to cancellation.\"\"\"
+    threading.Event().wait(30)
+    return "woke"
+"""
+
+
+def test_sigterm_does_not_wait_for_a_blocked_thread(tmp_path: Path) -> None:
+    """SIGTERM ends the node within shutdown_grace + STOP_MARGIN though a thread procedure ignores cancellation, and the log names it."""
+    import signal
+
+    from callnet.node import STOP_MARGIN
+
+    grace = 1.0
+    (tmp_path / "blocking.py").write_text(BLOCKING)
+    with running_node(tmp_path, "--service", "blocking", "--shutdown-grace", str(grace)) as node:
+        client = node.connect()
+        client.send("#1 sleep_blocking")
+        wait_until(lambda: node.stats()["in_flight"] == 1, 5, "the call runs")
+        started = time.monotonic()
+        node.process.send_signal(signal.SIGTERM)
+        status = node.process.wait(timeout=grace + STOP_MARGIN + 10)
+        took = time.monotonic() - started
+        assert status in (-signal.SIGTERM, 128 + signal.SIGTERM)
+        assert took < grace + STOP_MARGIN, f"SIGTERM took {took:.1f}s"
+        assert client.read_line().startswith("#1 ERR UNAVAILABLE may-have-run")
+        output = node.output()
+        assert "abandoning 1 thread procedure still running: sleep_blocking" in output, output
+        assert "Traceback" not in output

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import configparser
 import json
+import os
 import re
 import shlex
 import shutil
@@ -24,6 +25,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+
+from callnet.node import STOP_MARGIN
 
 from .daemon import (
     TWISTD,
@@ -357,6 +360,110 @@ def test_json_log_lines_are_plain_json(json_log: list[str]) -> None:
         assert isinstance(event, dict), line
 
 
+# --- No child outlives the node -------------------------------------------------
+
+SQUARE = """\
+from callnet import procedure
+
+
+@procedure(run="process")
+def square(x: int) -> int:
+    \"\"\"x times x, in a worker process.\"\"\"
+    return x * x
+"""
+
+
+def children_of(pid: int) -> list[int]:
+    """The pids of the processes whose parent is C{pid} now, read from /proc."""
+    children = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue  # it ended while we looked
+        # pid (comm) state ppid ...: comm may hold spaces, so split after ")".
+        if int(stat.rpartition(")")[2].split()[1]) == pid:
+            children.append(int(entry.name))
+    return children
+
+
+def ended(pid: int) -> bool:
+    """Whether process C{pid} has ended (gone, or a zombie waiting to be reaped)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return True
+    return stat.rpartition(")")[2].split()[0] == "Z"
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="needs /proc")
+@pytest.mark.parametrize(
+    ("how", "status"),
+    [("SIGTERM", 128 + signal.SIGTERM), ("Ctrl-C", 128 + signal.SIGINT)],
+)
+def test_no_child_outlives_the_node(tmp_path: Path, how: str, status: int) -> None:
+    """
+    After a run="process" call, SIGTERM (or Ctrl-C, SIGINT to the whole
+    process group) ends the worker processes and multiprocessing's resource
+    tracker with the node, and every line of its JSON log stays JSON.
+    """
+    require_twistd()
+    (tmp_path / "square.py").write_text(SQUARE)
+    port = free_port()
+    log = tmp_path / "node.log"
+    command = [
+        str(TWISTD),
+        "-n",
+        "--pidfile=",
+        "--logger",
+        "callnet.logs.json_stdout",
+        "callnet",
+        "--listen",
+        f"tcp:{port}:interface=127.0.0.1",
+        "--service",
+        "square",
+        "--processes",
+        "1",
+    ]
+    environment = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    with log.open("wb") as out:
+        # A session of its own: Ctrl-C signals a terminal's whole foreground group.
+        process = subprocess.Popen(
+            command,
+            cwd=tmp_path,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            env=environment,
+            start_new_session=True,
+        )
+    node = Node(process, "127.0.0.1", port, log)
+    try:
+        wait_until_listening(node)
+        client = node.connect()
+        assert client.request("square 7") == "OK 49"
+        children = children_of(process.pid)
+        assert len(children) >= 2, "a worker process and the resource tracker"
+        if how == "SIGTERM":
+            process.send_signal(signal.SIGTERM)
+        else:
+            os.killpg(process.pid, signal.SIGINT)
+        assert process.wait(timeout=15) in (-(status - 128), status)
+    finally:
+        node.kill()
+    left = [pid for pid in children if not ended(pid)]
+    assert left == [], f"children still running after the node: {left}"
+    lines = log.read_bytes().decode().split("\n")
+    assert lines.pop() == ""
+    for line in lines:
+        try:
+            json.loads(line)
+        except ValueError:
+            pytest.fail(f"not a JSON line: {line[:160]!r}")
+    assert "Traceback" not in log.read_text()
+
+
 # --- The systemd unit -----------------------------------------------------------
 
 
@@ -371,8 +478,8 @@ def read_unit(path: Path) -> configparser.ConfigParser:
 def test_systemd_unit() -> None:
     """
     etc/systemd/callnet.service runs the node in the foreground from its
-    config with JSON logs, stops it with SIGTERM, waits longer than the
-    drain, takes 143 for a clean stop, restarts it on failure, and is hardened.
+    config with JSON logs, stops it with SIGTERM, waits as long as the
+    drain plus the stop margin, takes 143 for a clean stop, restarts it on failure, and is hardened.
     """
     unit = read_unit(UNIT)
     service = unit["Service"]
@@ -388,7 +495,7 @@ def test_systemd_unit() -> None:
     with EXAMPLE_CONFIG.open("rb") as f:
         grace = tomllib.load(f)["node"]["shutdown_grace"]
     assert service.get("KillSignal", "SIGTERM") == "SIGTERM"
-    assert float(service["TimeoutStopSec"]) > grace
+    assert float(service["TimeoutStopSec"]) >= grace + STOP_MARGIN
     success = service["SuccessExitStatus"].split()
     assert "143" in success or "SIGTERM" in success
     assert service["Restart"] == "on-failure"

@@ -124,12 +124,78 @@ def test_bad_config_is_a_usage_error(installed: Path, tmp_path: Path) -> None:
 
 
 def test_node_refusal_is_not_a_traceback(installed: Path, tmp_path: Path) -> None:
-    """A config the node itself refuses (a module serving nothing) fails with a message."""
+    """A config the node itself refuses (a module serving nothing) fails with one line."""
     result = run([str(TWISTD), "-n", "--pidfile=", "callnet", "--service", "json"], tmp_path)
-    output = result.stdout + result.stderr
-    assert result.returncode != 0
-    assert "twistd callnet: " in output and "json" in output, output
-    assert "Traceback" not in output, output
+    assert result.returncode == 1
+    assert result.stdout == ""
+    assert result.stderr.startswith("twistd callnet: "), result.stderr
+    assert result.stderr.count("\n") == 1 and "json" in result.stderr, result.stderr
+
+
+#: Bad command lines, each with what its one line of error must say.
+BAD_COMMANDS = [
+    (["--threads", "x"], '--threads must be a whole number >= 1, not "x"'),
+    (["--colour", "red"], "option --colour not recognized"),
+    (["--pidfile", "x.pid"], "option --pidfile not recognized"),
+    (["--peer", "beta=tcp:127.0.0.2"], '--peer beta: bad endpoint "tcp:127.0.0.2"'),
+    (["--peer", "beta"], "--peer takes NAME=ENDPOINT"),
+    (["--name", "bad name"], "--name must be a node name of letters, digits and _.-"),
+    (
+        ["--name", "alpha", "--peer", "alpha=tcp:127.0.0.1:7601"],
+        "--peer alpha: a node cannot be its own peer",
+    ),
+    (["--config", "CONFIG"], '[peers] beta: bad endpoint "garbage"'),
+    (["--listen", "bogus:xyz"], '--listen: bad endpoint "bogus:xyz"'),
+]
+
+
+@pytest.mark.parametrize(("argv", "message"), BAD_COMMANDS)
+def test_configuration_error_is_one_line(
+    installed: Path, tmp_path: Path, argv: list[str], message: str
+) -> None:
+    """Each configuration error is one line on stderr, naming the setting, with status 1 and nothing started."""
+    config = tmp_path / "node.toml"
+    config.write_text('[peers]\nbeta = "garbage"\n')
+    argv = [str(config) if arg == "CONFIG" else arg for arg in argv]
+    result = run([str(TWISTD), "-n", "--pidfile=node.pid", "callnet", *argv], tmp_path)
+    assert result.returncode == 1
+    assert result.stdout == "", "no usage text, no log"
+    assert result.stderr.startswith("twistd callnet: "), result.stderr
+    assert result.stderr.count("\n") == 1, result.stderr
+    assert message in result.stderr
+    assert list(tmp_path.iterdir()) == [config], "nothing was started"
+
+
+def test_help_stays_full(installed: Path, tmp_path: Path) -> None:
+    """C{twistd callnet --help} still prints every option, with status 0."""
+    result = run([str(TWISTD), "callnet", "--help"], tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert len(result.stdout.splitlines()) > 20
+    assert "--shutdown-grace" in result.stdout and "--peer" in result.stdout
+
+
+@pytest.mark.parametrize("daemon", [False, True], ids=["nodaemon", "daemon"])
+def test_port_in_use(installed: Path, tmp_path: Path, daemon: bool) -> None:
+    """A node whose port is taken exits with status 1 and one log line saying so, not a traceback."""
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        listen = f"tcp:{port}:interface=127.0.0.1"
+        twistd = ["--pidfile=node.pid", "--logfile=node.log"] if daemon else ["-n", "--pidfile="]
+        result = run([str(TWISTD), *twistd, "callnet", "--listen", listen], tmp_path)
+    log = (tmp_path / "node.log").read_text() if daemon else result.stdout
+    assert result.returncode == 1, result.stdout + result.stderr
+    said = f"cannot listen on {listen}: Address already in use"
+    lines = [line for line in log.splitlines() if "cannot listen" in line]
+    assert len(lines) == 1 and said in lines[0], log
+    assert "serving" not in log
+    assert "Traceback" not in log + result.stderr
+    if daemon:
+        assert said in result.stderr, "the starting process says why"
+        assert not (tmp_path / "node.pid").exists(), "no stale pid file"
+    else:
+        assert result.stderr == ""
 
 
 def test_no_reactor_on_import() -> None:

@@ -4,6 +4,7 @@ Tests for L{callnet.tap}: the options of C{twistd callnet} and the service they 
 
 from __future__ import annotations
 
+import errno
 import os
 import shutil
 import sys
@@ -13,12 +14,16 @@ from pathlib import Path
 from typing import Any
 from unittest import mock
 
+from twisted.application.service import Service
+from twisted.internet.defer import Deferred
+from twisted.internet.error import CannotListenError
+from twisted.internet.testing import MemoryReactorClock
 from twisted.python import usage
 from twisted.trial.unittest import SynchronousTestCase
 
 from callnet import tap
 from callnet.config import DEFAULT_LISTEN, Limits, NodeConfig
-from callnet.errors import ConfigError
+from callnet.errors import ConfigError, StartError
 from callnet.exposure import plaintext_exposure
 
 
@@ -368,6 +373,51 @@ class OptionsTests(SynchronousTestCase):
         message = self.assert_usage_error("--config", path)
         self.assertIn(f"{path}: [node] services: cannot import", message)
 
+    def test_bad_node_name(self) -> None:
+        """A --name that is not one word of letters, digits and _.- is refused, naming --name."""
+        message = self.assert_usage_error("--name", "bad name")
+        self.assertEqual(
+            message,
+            '--name must be a node name of letters, digits and _.- (at most 128), not "bad name"',
+        )
+
+    def test_peer_endpoint_that_does_not_parse(self) -> None:
+        """A --peer whose endpoint a client could not dial is refused, naming the peer."""
+        message = self.assert_usage_error("--peer", "beta=tcp:127.0.0.2")
+        self.assertIn('--peer beta: bad endpoint "tcp:127.0.0.2"', message)
+        self.assertIn("TypeError", message)
+
+    def test_peer_endpoint_in_file(self) -> None:
+        """A [peers] endpoint in the file that does not parse is refused, naming file and peer."""
+        path = self.write_config('[peers]\nbeta = "garbage"\n')
+        message = self.assert_usage_error("--config", path)
+        self.assertIn(f'{path}: [peers] beta: bad endpoint "garbage"', message)
+
+    def test_good_peers(self) -> None:
+        """Peer endpoints that parse are kept, in order, and nothing is dialled."""
+        config = parse(
+            "--name", "alpha", "--peer", "beta=tcp:127.0.0.2:7600", "--peer", "gamma=unix:/g"
+        )
+        self.assertEqual(config.peers, (("beta", "tcp:127.0.0.2:7600"), ("gamma", "unix:/g")))
+
+    def test_self_as_peer(self) -> None:
+        """A node listing its own name among its peers is refused."""
+        message = self.assert_usage_error("--name", "alpha", "--peer", "alpha=tcp:127.0.0.1:7601")
+        self.assertIn("--peer alpha: a node cannot be its own peer", message)
+        path = self.write_config('[node]\nname = "alpha"\n[peers]\nalpha = "tcp:127.0.0.1:1"\n')
+        self.assertIn(
+            f"{path}: [peers] alpha: a node cannot be", self.assert_usage_error("-c", path)
+        )
+
+    def test_reload_checks_peers(self) -> None:
+        """A reload refuses a file whose new peers do not parse, as a start would."""
+        path = self.write_config('[node]\nname = "alpha"\n')
+        options = tap.Options()
+        options.parseOptions(["--config", path])
+        Path(path).write_text('[node]\nname = "alpha"\n[peers]\nbeta = "garbage"\n')
+        error = self.assertRaises(ConfigError, options.reload_config)
+        self.assertIn('[peers] beta: bad endpoint "garbage"', str(error))
+
     def test_extra_arguments(self) -> None:
         """Arguments that are not options are refused."""
         self.assert_usage_error("extra")
@@ -393,6 +443,36 @@ class OptionsTests(SynchronousTestCase):
         ):
             self.assertIn(option, text)
         self.assertIn("[default: 1000]", text)
+
+
+class TwistdCommand(usage.Options):
+    """A stand-in for C{twistd}'s own options, with C{callnet} as its command."""
+
+    subCommands = [["callnet", None, tap.Options, "Run a callnet node."]]
+
+
+class CommandLineTests(SynchronousTestCase):
+    """Parsed as C{twistd}'s command, a bad option ends the command with one line."""
+
+    def test_bad_value_is_one_line(self) -> None:
+        """A bad value exits with one line, C{twistd callnet: <message>}, not a usage error."""
+        error = self.assertRaises(
+            SystemExit, TwistdCommand().parseOptions, ["callnet", "--threads", "x"]
+        )
+        self.assertEqual(
+            error.code, 'twistd callnet: --threads must be a whole number >= 1, not "x"'
+        )
+
+    def test_unknown_option_is_one_line(self) -> None:
+        """An unknown option exits with one line naming it."""
+        error = self.assertRaises(
+            SystemExit, TwistdCommand().parseOptions, ["callnet", "--colour", "red"]
+        )
+        self.assertEqual(error.code, "twistd callnet: option --colour not recognized")
+
+    def test_on_its_own_a_usage_error(self) -> None:
+        """Parsed on its own (no parent command), a bad option is a L{usage.UsageError}."""
+        self.assertRaises(usage.UsageError, tap.Options().parseOptions, ["--threads", "x"])
 
 
 class FakeNodeService:
@@ -463,3 +543,52 @@ class MakeServiceTests(SynchronousTestCase):
         self.assertIsInstance(service, NodeService)
         self.assertTrue(IService.providedBy(service))
         self.assertFalse(service.running)
+
+
+class TakenReactor(MemoryReactorClock):
+    """A reactor on which every TCP port is taken."""
+
+    def listenTCP(self, port: int, factory: Any, backlog: int = 50, interface: str = "") -> Any:
+        raise CannotListenError(
+            interface, port, OSError(errno.EADDRINUSE, "Address already in use")
+        )
+
+
+class NeverStops(Service):
+    """A child service whose stop never ends, as a hung peer link's might not."""
+
+    def stopService(self) -> Deferred[None]:
+        Service.stopService(self)
+        return Deferred()
+
+
+class NodeLifecycleTests(SynchronousTestCase):
+    """How a L{callnet.node.NodeService} starts and stops, on a fake reactor."""
+
+    def test_cannot_listen(self) -> None:
+        """A listener that cannot listen fails the start with status 1, naming the endpoint."""
+        from callnet.node import NodeService
+
+        node = NodeService(
+            NodeConfig(name="n", listen=("tcp:7600:interface=127.0.0.1",)), TakenReactor()
+        )
+        error = self.assertRaises(StartError, node.privilegedStartService)
+        self.assertEqual(error.code, 1)
+        self.assertEqual(
+            str(error), "cannot listen on tcp:7600:interface=127.0.0.1: Address already in use"
+        )
+        self.assertIsInstance(error, Exception)
+
+    def test_stop_is_bounded(self) -> None:
+        """A stop ends within shutdown_grace + STOP_MARGIN though a child service never stops."""
+        from callnet.node import STOP_MARGIN, NodeService
+
+        clock = MemoryReactorClock()
+        node = NodeService(NodeConfig(name="n", shutdown_grace=2.0), clock)
+        NeverStops().setServiceParent(node)
+        node.startService()
+        stopping = node.stopService()
+        clock.advance(1.0)
+        self.assertNoResult(stopping)
+        clock.pump([0.05] * round((1.0 + STOP_MARGIN) / 0.05))
+        self.assertIsNone(self.successResultOf(stopping))

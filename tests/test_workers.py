@@ -125,6 +125,28 @@ class WorkerThreadsTests(SynchronousTestCase):
         self.assertEqual(len(results.reported), 1)
         self.assertFalse(any(t.name.startswith("test-pool-") for t in threading.enumerate()))
 
+    def test_stop_with_timeout_leaves_a_stuck_job(self) -> None:
+        """stop(timeout) returns after the timeout, naming the job still running, in a daemon thread."""
+        pool = WorkerThreads(2, "test-pool")
+        release = threading.Event()
+        self.addCleanup(release.set)
+        started = threading.Event()
+
+        def sleep_blocking() -> None:
+            started.set()
+            release.wait(WAIT)
+
+        pool.callInThreadWithCallback(Results(), sleep_blocking)
+        self.assertTrue(started.wait(WAIT))
+        self.assertEqual(pool.running(), ["sleep_blocking"])
+        self.assertEqual(pool.stop(timeout=0.01), ["sleep_blocking"])
+        busy = [t for t in threading.enumerate() if t.name.startswith("test-pool-")]
+        self.assertEqual(len(busy), 1)
+        self.assertTrue(busy[0].daemon, "a stuck job must not keep the process alive")
+        release.set()
+        busy[0].join(WAIT)
+        self.assertEqual(pool.running(), [])
+
     def test_size(self) -> None:
         """A pool has at least one thread."""
         self.assertRaises(ValueError, WorkerThreads, 0, "none")
