@@ -29,12 +29,14 @@ from callnet import (
     NotFoundError,
     Outcome,
     ResourceExhaustedError,
+    procedure,
 )
+from callnet.cluster.routing import rendezvous_order
 from callnet.config import Limits
 from callnet.errors import CancelledError
 from callnet.errors import DeadlineExceededError as Deadline
 from callnet.idempotency import KeyStore, fingerprint
-from callnet.testing import MemoryNode
+from callnet.testing import MemoryCluster, MemoryNode
 from callnet.wire import Failure as FailureEvent
 from callnet.wire import Success
 
@@ -412,6 +414,146 @@ class KeyStoreTests(SynchronousTestCase):
         self.assertNotEqual(fingerprint("p", ("1",), {}), fingerprint("p", (1,), {}))
         self.assertNotEqual(fingerprint("p", (), {"a": 1}), fingerprint("p", (1,), {}))
         self.assertEqual(len(fingerprint("p", ("x" * 100_000,), {})), 16)
+
+
+class Ledger:
+    """A non-idempotent procedure on one node, which records each run."""
+
+    def __init__(self, node: str) -> None:
+        self.node = node
+        self.runs: list[str] = []
+        self.held: list[Deferred[Any]] = []
+
+    def procedures(self) -> list[Any]:
+        @procedure(run="reactor", name="record")
+        def record(order: str) -> str:
+            self.runs.append(order)
+            return f"{order} on {self.node}"
+
+        @procedure(run="reactor", name="record_later")
+        def record_later(order: str) -> Deferred[Any]:
+            self.runs.append(order)
+            d: Deferred[Any] = Deferred()
+            self.held.append(d)
+            return d
+
+        return [record, record_later]
+
+
+def ledger_cluster(entry_serves: bool = True) -> tuple[MemoryCluster, dict[str, Ledger]]:
+    """alpha, beta and gamma; each serves the ledger (alpha only if C{entry_serves})."""
+    ledgers = {name: Ledger(name) for name in ("alpha", "beta", "gamma")}
+    cluster = MemoryCluster(
+        {
+            name: ledger.procedures() if entry_serves or name != "alpha" else []
+            for name, ledger in ledgers.items()
+        }
+    )
+    cluster.start()
+    return cluster, ledgers
+
+
+class KeysAcrossTheClusterTests(SynchronousTestCase):
+    """A key lives on one owner node, whichever node its calls enter by."""
+
+    def runs(self, ledgers: dict[str, Ledger]) -> list[str]:
+        return sorted(order for ledger in ledgers.values() for order in ledger.runs)
+
+    def test_retry_through_another_node_runs_once(self) -> None:
+        """A keyed call through alpha and its retries through beta and gamma run the procedure once."""
+        cluster, ledgers = ledger_cluster()
+        orders = [f"order-{i}" for i in range(40)]
+        answers = {}
+        for entry in ("alpha", "beta", "gamma"):
+            client = cluster[entry].client()
+            calls = {order: client.call("record", order, key=order) for order in orders}
+            cluster.flush()
+            answers[entry] = {order: self.successResultOf(d) for order, d in calls.items()}
+        self.assertEqual(answers["alpha"], answers["beta"])
+        self.assertEqual(answers["alpha"], answers["gamma"])
+        self.assertEqual(self.runs(ledgers), sorted(orders))
+        # The owners are spread over the nodes, not all on one.
+        self.assertTrue(all(ledger.runs for ledger in ledgers.values()))
+        cluster.stop()
+
+    def test_retry_through_another_node_waits(self) -> None:
+        """A retry through beta while the first call (through alpha) runs waits for it at the owner."""
+        cluster, ledgers = ledger_cluster()
+        first = cluster["alpha"].client().call("record_later", "o", key="k")
+        cluster.flush()
+        retry = cluster["beta"].client().call("record_later", "o", key="k")
+        cluster.flush()
+        self.assertNoResult(retry)
+        [owner] = [ledger for ledger in ledgers.values() if ledger.held]
+        owner.held[0].callback("done")
+        cluster.flush()
+        self.assertEqual((self.successResultOf(first), self.successResultOf(retry)), ("done",) * 2)
+        self.assertEqual(self.runs(ledgers), ["o"])
+        cluster.stop()
+
+    def test_reuse_through_another_node_refused(self) -> None:
+        """The same key with other arguments through another node is refused by the owner."""
+        cluster, ledgers = ledger_cluster()
+        first = cluster["alpha"].client().call("record", "mine", key="k")
+        cluster.flush()
+        other = cluster["gamma"].client().call("record", "theirs", key="k")
+        cluster.flush()
+        self.successResultOf(first)
+        error = self.failureResultOf(other, FailedPreconditionError).value
+        self.assertEqual(error.outcome, Outcome.NOT_RUN)
+        self.assertEqual(self.runs(ledgers), ["mine"])
+        cluster.stop()
+
+    def test_entry_node_that_does_not_serve(self) -> None:
+        """Through a node that does not serve the procedure, keyed calls still reach their owner."""
+        cluster, ledgers = ledger_cluster(entry_serves=False)
+        orders = [f"order-{i}" for i in range(20)]
+        for entry in ("alpha", "beta", "gamma", "alpha"):
+            client = cluster[entry].client()
+            calls = [client.call("record", order, key=order) for order in orders]
+            cluster.flush()
+            for d in calls:
+                self.successResultOf(d)
+        self.assertEqual(self.runs(ledgers), sorted(orders))
+        self.assertEqual(ledgers["alpha"].runs, [])
+        cluster.stop()
+
+    def test_named_node_keeps_the_key(self) -> None:
+        """A keyed call for name@node is kept by that node, whichever node it enters by."""
+        cluster, ledgers = ledger_cluster()
+        for entry in ("alpha", "beta", "gamma"):
+            d = cluster[entry].client().call("record@gamma", "o", key="k")
+            cluster.flush()
+            self.assertEqual(self.successResultOf(d), "o on gamma")
+        self.assertEqual(ledgers["gamma"].runs, ["o"])
+        self.assertEqual(self.runs(ledgers), ["o"])
+        cluster.stop()
+
+    def test_owner_down(self) -> None:
+        """With the owner down, a keyed call goes to the next node in the key's order, and then stays there."""
+        cluster, ledgers = ledger_cluster()
+        order = rendezvous_order("", "k", ["alpha", "beta", "gamma"])
+        first = cluster["alpha"].client().call("record", "o", key="k")
+        cluster.flush()
+        self.assertEqual(self.successResultOf(first), f"o on {order[0]}")
+        cluster.kill(order[0])
+        entry = order[2]
+        retries = [cluster[entry].client().call("record", "o", key="k") for _ in range(2)]
+        cluster.flush()
+        self.assertEqual([self.successResultOf(d) for d in retries], [f"o on {order[1]}"] * 2)
+        self.assertEqual(ledgers[order[1]].runs, ["o"])
+        cluster.stop()
+
+    def test_rendezvous_order(self) -> None:
+        """The order depends on the caller, the key and the node names only, and a node leaving keeps the others' order."""
+        nodes = ["alpha", "beta", "gamma", "delta"]
+        order = rendezvous_order("alice", "k", nodes)
+        self.assertEqual(sorted(order), sorted(nodes))
+        self.assertEqual(rendezvous_order("alice", "k", reversed(nodes)), order)
+        without = rendezvous_order("alice", "k", [n for n in nodes if n != order[0]])
+        self.assertEqual(without, order[1:])
+        owners = {rendezvous_order(scope, "k", nodes)[0] for scope in map(str, range(50))}
+        self.assertEqual(owners, set(nodes))
 
 
 LIMITS = Limits(
