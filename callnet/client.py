@@ -196,8 +196,14 @@ class ClientProtocol(TwistedProtocol):
         key: str | None = None,
         trace: str | None = None,
         hops: int = 0,
+        caller: str | None = None,
     ) -> Deferred[Any]:
-        """Send a call; the Deferred fires with its result or fails with a L{CallError}."""
+        """
+        Send a call; the Deferred fires with its result or fails with a L{CallError}.
+
+        @param caller: the identity a node forwards this call for (C{+caller}),
+            which the receiving node believes only from a peer.
+        """
         if not self._connected:
             return fail(UnavailableError("not connected", Outcome.NOT_RUN, self.node_name))
         if timeout <= 0:
@@ -208,9 +214,9 @@ class ClientProtocol(TwistedProtocol):
             )
         tag = next(self._tags)
         try:
-            if kwargs or key is not None or trace is not None or hops:
+            if kwargs or key is not None or trace is not None or hops or caller is not None:
                 line = encode_call(
-                    Call(procedure, args, kwargs, tag, timeout, False, key, trace, hops)
+                    Call(procedure, args, kwargs, tag, timeout, False, key, trace, hops, caller)
                 )
             else:
                 line = encode_simple_call(tag, timeout, procedure, args)

@@ -237,6 +237,11 @@ def _strings(expectation: str, minimum: int) -> _Check:
 
 _NAME = re.compile(r"[A-Za-z0-9_.\-]{1,128}\Z")
 
+#: Identities no token may be named: each already means something to access
+#: rules (anyone, no authentication, a node of the cluster, the node itself),
+#: and a token named so would read as that.
+RESERVED_IDENTITIES = frozenset({"*", "anonymous", "peer", "node"})
+
 
 def _peers(value: object) -> object:
     """A mapping or pairs of peer name -> client endpoint string."""
@@ -281,6 +286,11 @@ def _tokens(value: object) -> object:
     for identity, token in value.items():
         if not _NAME.match(identity):
             raise _ExpectationError("identities made of letters, digits and _.-")
+        if identity in RESERVED_IDENTITIES:
+            raise _ExpectationError(
+                f"identities other than {', '.join(sorted(RESERVED_IDENTITIES))}"
+                f" ({identity!r} already means something to access rules)"
+            )
         checked.append((identity, _secret(token)))
     tokens = [token for _, token in checked]
     if len(set(tokens)) != len(tokens):
@@ -424,6 +434,14 @@ def _build(
         security=replace(base.security, **security),
         tls=replace(base.tls, **tls),
     )
+    peer_names = {name for name, _ in config.peers}
+    for identity, _ in config.security.tokens:
+        if identity in peer_names:
+            raise ConfigError(
+                f"{_prefix(source)}[security] tokens: {identity!r} is also a peer's name; a"
+                " token names a caller, never a node of the cluster (peers authenticate with"
+                " the cluster token or a certificate)"
+            )
     given = [name for name in ("cert", "key") if getattr(config.tls, name)]
     if len(given) == 1:
         raise ConfigError(f"{_prefix(source)}[tls] cert and key go together: set both or neither")

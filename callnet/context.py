@@ -10,9 +10,11 @@ the parameter is not part of the call's arguments::
         total = await context.call("price", cart)          # within our deadline
         return await context.call("charge@billing", total)
 
-Nested calls inherit the time left of the call's deadline and its trace id,
-go wherever the node would send them (here, or a peer), and are cancelled
-when the call is: by its caller, its deadline, or its caller's departure.
+Nested calls inherit the time left of the call's deadline, its trace id and
+its caller: a nested call is made for the same caller, and is allowed only
+if that caller may make it (see L{callnet.access}).  They go wherever the
+node would send them (here, or a peer), and are cancelled when the call is:
+by its caller, its deadline, or its caller's departure.
 A plain (thread-pool) procedure uses L{CallContext.call_blocking} instead,
 and can poll L{CallContext.cancelled} to stop early.
 """
@@ -25,6 +27,7 @@ from typing import TYPE_CHECKING, Any
 from twisted.internet.defer import Deferred, fail, succeed
 from twisted.python.failure import Failure
 
+from callnet.access import NODE_CALLER, Caller
 from callnet.errors import DeadlineExceededError, Outcome, WrongThreadError
 from callnet.wire import Call
 
@@ -40,10 +43,17 @@ class CallContext:
     """A running call, as its procedure sees it."""
 
     def __init__(
-        self, dispatcher: Dispatcher, call: Call, procedure: str, deadline: float
+        self,
+        dispatcher: Dispatcher,
+        call: Call,
+        procedure: str,
+        deadline: float,
+        caller: Caller = NODE_CALLER,
     ) -> None:
         self._dispatcher = dispatcher
         self._call = call
+        #: Who made the call; nested calls are made, and judged, for them.
+        self.caller = caller
         #: The procedure's name.
         self.procedure = procedure
         #: The node it runs on.
@@ -99,7 +109,7 @@ class CallContext:
             trace=self.trace,
             hops=self._call.hops,
         )
-        outcome = self._dispatcher.start(nested)
+        outcome = self._dispatcher.start(nested, self.caller)
         if isinstance(outcome, Deferred):
             self._children.add(outcome)
             outcome.addBoth(self._child_done, outcome)

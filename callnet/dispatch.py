@@ -22,7 +22,8 @@ from twisted.internet.defer import Deferred, ensureDeferred, fail, succeed
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from callnet.config import Limits
+from callnet.access import NODE_CALLER, AccessPolicy, Caller
+from callnet.config import Limits, Security
 from callnet.context import CallContext
 from callnet.errors import (
     CallError,
@@ -217,8 +218,12 @@ class Dispatcher:
         node_name: str,
         process_pool: Callable[[], Executor] | None = None,
         send_tracebacks: bool = False,
+        access: AccessPolicy | None = None,
     ) -> None:
         self.registry = registry
+        #: Tokens and access rules: every call, however it arrives, is judged
+        #: here, against the policy in force when it starts.
+        self.access = access if access is not None else AccessPolicy(Security())
         self.stats = NodeStats()
         self.reactor = reactor
         self._threadpool = threadpool
@@ -240,7 +245,7 @@ class Dispatcher:
         """The reactor's clock, which every deadline is measured on."""
         return self.reactor
 
-    def dispatch(self, call: Call) -> Deferred[Any]:
+    def dispatch(self, call: Call, caller: Caller = NODE_CALLER) -> Deferred[Any]:
         """
         Run the procedure a call names, within its deadline.
 
@@ -250,47 +255,76 @@ class Dispatcher:
             C{CancelledError}; a thread's late result is dropped) and fails
             the call with L{CancelledError}.
         """
-        outcome = self.start(call)
+        outcome = self.start(call, caller)
         if isinstance(outcome, Deferred):
             return outcome
         if isinstance(outcome, Failure):
             return fail(outcome)
         return succeed(outcome)
 
-    def start(self, call: Call) -> Any:
+    def start(self, call: Call, caller: Caller = NODE_CALLER) -> Any:
         """
         Like L{dispatch}, but a call that ends at once is not wrapped.
 
         The per-call hot path: a procedure that runs in the reactor and
         returns a plain value costs no Deferred and no timer.
 
+        @param caller: who makes the call, as its connection authenticated
+            (the node itself by default).  A call a peer forwards for another
+            caller (C{+caller}) is judged as that caller's.
         @return: a L{Deferred} for work still running; a L{Failure} of a
             L{CallError} for a call that failed at once; otherwise the result.
         """
+        if call.caller is not None:
+            caller = self.access.on_behalf(caller, call.caller, caller.name)
+        refusal = self._refusal(call, caller)
+        if refusal is not None:
+            self.stats.refused(refusal.code)
+            refusal.node = self.node_name
+            return Failure(refusal)
         if call.key is not None:
-            return self._start_keyed(call, "")
-        return self._start(call)
+            return self._start_keyed(call, caller)
+        return self._start(call, caller)
 
-    def _start_keyed(self, call: Call, scope: str) -> Any:
+    def _refusal(self, call: Call, caller: Caller) -> CallError | None:
         """
-        Start a call that carries an idempotency key, for the caller C{scope}.
+        Why C{caller} may not make this call, if it may not: the one access
+        decision for every way a procedure is reached.  A procedure that
+        calls another for its caller (C{multicall}) names it in its
+        metadata, and that procedure is judged too.
+        """
+        access = self.access
+        name = call.procedure.partition("@")[0]
+        refusal = access.check(caller, name)
+        if refusal is None and access.restricts(caller):
+            entry = self.registry.find(name)
+            target = entry.called_for_caller(call.args, call.kwargs) if entry else None
+            if target is not None:
+                refusal = access.check(caller, target.partition("@")[0])
+        return refusal
+
+    def _start_keyed(self, call: Call, caller: Caller) -> Any:
+        """
+        Start a call that carries an idempotency key.
 
         The key lives on one node, its owner: chosen from the caller and the
         key among the nodes serving the procedure (this one too, if it does),
         so that a retry through any node reaches the same outcome.  A keyed
         call a peer forwarded was sent to its owner, and runs here; one named
-        for another node (C{name@node}) is kept by that node.
+        for another node (C{name@node}) is kept by that node.  Keys belong to
+        the caller's identity: one caller never sees another's.
         """
         assert call.key is not None
+        scope = caller.name
         name, _, target = call.procedure.partition("@")
         served = self.registry.find(name) is not None
         router = self.router
         if not target and call.hops == 0 and router is not None:
             owner = router.key_order(name, scope, call.key, served)
             if owner and owner[0] != self.node_name:
-                return self._start(call, scope)
+                return self._start(call, caller, scope)
         if not served or (target and target != self.node_name):
-            return self._start(call)
+            return self._start(call, caller)
         try:
             timeout = self._budget(call)
             try:
@@ -301,9 +335,9 @@ class Dispatcher:
             self.stats.refused(e.code)
             e.node = self.node_name
             return Failure(e)
-        return self.keys.run(scope, call.key, called, timeout, lambda: self._start(call))
+        return self.keys.run(scope, call.key, called, timeout, lambda: self._start(call, caller))
 
-    def _start(self, call: Call, owner_scope: str | None = None) -> Any:
+    def _start(self, call: Call, caller: Caller, owner_scope: str | None = None) -> Any:
         """
         Start a call here, or forward it.
 
@@ -335,13 +369,13 @@ class Dispatcher:
                 call = with_trace(call, self.trace_ids.new())
             stats = self.stats.started(name)
             here = owner_scope is not None and self.registry.find(name) is not None
-            work = self.router.forward(call, name, timeout, target, owner_scope, here)
+            work = self.router.forward(call, name, timeout, target, caller, owner_scope, here)
             return _RunningCall(self, name, (), stats, work, timeout, began).result
         stats = self.stats.started(entry.name)
         kwargs = call.kwargs
         context = None
         if entry.context_param is not None:
-            context = CallContext(self, call, entry.name, self.reactor.seconds() + timeout)
+            context = CallContext(self, call, entry.name, self.reactor.seconds() + timeout, caller)
             kwargs = {**kwargs, entry.context_param: context}
         if entry.run == "reactor":
             try:

@@ -73,13 +73,13 @@ class NodeService(MultiService):
             config.name,
             process_pool=self._processes,
             send_tracebacks=config.send_tracebacks,
+            access=AccessPolicy(config.security, (name for name, _ in config.peers)),
         )
         self.registry.add(make_multicall(self.dispatcher))
         #: Where reload() reads the config again, and the command-line values
         #: that win over the file: set by the twistd entry point.
         self.reload_from: Callable[[], NodeConfig] | None = None
         self.factory = NodeFactory(self.dispatcher, config.limits, config.name, reactor)
-        self.factory.access = AccessPolicy(config.security, (name for name, _ in config.peers))
         # The name in a TLS client's verified certificate (tls: listeners with [tls] ca).
         self.factory.identify = peer_identity
         self.factory.access_log = config.access_log

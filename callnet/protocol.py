@@ -15,6 +15,7 @@ from __future__ import annotations
 import re
 from collections import deque
 from collections.abc import Callable, Iterable
+from dataclasses import replace
 from typing import Any, cast
 from typing import Protocol as TypingProtocol
 
@@ -25,9 +26,8 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from callnet.access import ANONYMOUS, AccessPolicy
-from callnet.cluster.multicall import MULTICALL
-from callnet.config import Limits, Security
+from callnet.access import AccessPolicy, Caller
+from callnet.config import Limits
 from callnet.dispatch import Dispatcher
 from callnet.errors import (
     CallError,
@@ -122,7 +122,7 @@ class NodeProtocol(Protocol):
         #: The node name a peer gave in its handshake, if this is a peer.
         self.peer_name: str | None = None
         #: Who is calling: from AUTH or a client certificate; None until known.
-        self.identity: str | None = None
+        self.caller: Caller | None = None
         #: The name in the connection's verified client certificate, if any.
         self.certified: str | None = None
         self._host: str | None = None
@@ -180,9 +180,11 @@ class NodeProtocol(Protocol):
         factory.by_address[host] = factory.by_address.get(host, 0) + 1
         self._host = host
         self._counted = True
-        self.identity = factory.identify(self.transport)
-        if self.identity is None and not factory.access.requires_authentication:
-            self.identity = ANONYMOUS
+        certified = factory.identify(self.transport)
+        if certified is not None:
+            self.caller = factory.access.certified(certified)
+        else:
+            self.caller = factory.access.connected()
         self._out.registerProducer(self, True)
 
     def handshakeCompleted(self) -> None:
@@ -191,7 +193,8 @@ class NodeProtocol(Protocol):
             return
         identity = self.factory.identify(self.transport)
         if identity is not None:
-            self.certified = self.identity = identity
+            self.certified = identity
+            self.caller = self.factory.access.certified(identity)
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
         self._closed = True
@@ -299,22 +302,16 @@ class NodeProtocol(Protocol):
             if _looks_like_http(event):
                 self._refuse_http()
                 return
+        caller = self.caller
+        if caller is not None and caller.credential is not None:
+            caller = self._still_authenticated(caller)
         if type(event) is Call:
-            if self.identity is None:
+            if caller is None:
                 self._reply_now(Failure(_unauthenticated()), event.tag)
-            elif not self._allowed(event):
-                self._reply_now(
-                    Failure(
-                        PermissionDeniedError(
-                            f"{self.identity} may not call {event.procedure[:80]}"
-                        )
-                    ),
-                    event.tag,
-                )
             else:
-                self._handle_call(event)
+                self._handle_call(event, caller)
         elif type(event) is Command:
-            if self.identity is None and event.verb not in _BEFORE_AUTH:
+            if caller is None and event.verb not in _BEFORE_AUTH:
                 self._reply_now(Failure(_unauthenticated()), event.tag)
             else:
                 self._handle_command(event)
@@ -325,14 +322,21 @@ class NodeProtocol(Protocol):
                 Failure(InvalidArgumentError("a node takes requests here, not replies")), None
             )
 
-    def _allowed(self, call: Call) -> bool:
-        access = self.factory.access
-        if not access.allows(self.identity, call.procedure):
-            return False
-        # A multicall is as allowed as the call it makes on every node.
-        if call.procedure.partition("@")[0] == MULTICALL and call.args:
-            return access.allows(self.identity, str(call.args[0]))
-        return True
+    def _still_authenticated(self, caller: Caller) -> Caller | None:
+        """
+        The caller, unless a reload has since removed the token it
+        authenticated with: then the connection must AUTH again.
+        """
+        if self.factory.access.revoked(caller):
+            log.info(
+                "{peer}: the token {identity} authenticated with was removed by a reload;"
+                " its calls are refused until it authenticates again",
+                peer=self._out.getPeer(),
+                identity=caller.name,
+            )
+            self.caller = None
+            return None
+        return caller
 
     def _refusal(self, call: Call) -> CallError | None:
         """Why this connection cannot take the call now, if it cannot."""
@@ -348,7 +352,7 @@ class NodeProtocol(Protocol):
             )
         return None
 
-    def _handle_call(self, call: Call) -> None:
+    def _handle_call(self, call: Call, caller: Caller) -> None:
         tag = call.tag
         refusal = self._refusal(call)
         if refusal is not None:
@@ -357,7 +361,7 @@ class NodeProtocol(Protocol):
         factory = self.factory
         if call.trace is None and factory.access_log:
             call = with_trace(call, factory.dispatcher.trace_ids.new())
-        outcome = factory.dispatcher.start(call)
+        outcome = factory.dispatcher.start(call, caller)
         if factory.access_log:
             outcome = self._log_access(call, outcome)
         if not isinstance(outcome, Deferred):
@@ -425,7 +429,7 @@ class NodeProtocol(Protocol):
                 "{procedure} by {caller} from {address}: {outcome} in {duration_ms:.2f} ms"
                 " (trace {trace})",
                 procedure=call.procedure,
-                caller=self.identity,
+                caller=str(self.caller),
                 address=self._host,
                 outcome=code,
                 duration_ms=(self.factory.clock.seconds() - started) * 1000,
@@ -493,13 +497,13 @@ class NodeProtocol(Protocol):
         after a few the connection is closed: guessing is slow.
         """
         access = self.factory.access
-        identity = None
+        caller = None
         if len(args) == 1 and isinstance(args[0], str) and access.requires_authentication:
-            identity = access.authenticate(args[0])
-        if identity is not None:
-            self.identity = identity
+            caller = access.authenticate(args[0])
+        if caller is not None:
+            self.caller = caller
             self._auth_failures = 0
-            self._reply_now(identity, tag)
+            self._reply_now(caller.name, tag)
             return
         if not access.requires_authentication:
             self._reply_now(
@@ -539,7 +543,8 @@ class NodeProtocol(Protocol):
     def _hello(self, args: tuple[Any, ...]) -> Any:
         """A peer's handshake: note who it says it is, and say who we are."""
         access = self.factory.access
-        if access.requires_authentication and not access.is_peer(self.identity):
+        caller = self.caller
+        if access.requires_authentication and not (caller is not None and caller.peer):
             return Failure(PermissionDeniedError("only a node of this cluster may say HELLO"))
         if len(args) != 1 or not isinstance(args[0], dict):
             return Failure(InvalidArgumentError("usage: HELLO {node info as JSON}"))
@@ -551,6 +556,10 @@ class NodeProtocol(Protocol):
                 )
             )
         self.peer_name = name
+        if caller is not None and caller.peer and name is not None:
+            # Named for the logs and for the calls it forwards; its rights
+            # come from how it authenticated, not from this name.
+            self.caller = replace(caller, name=name)
         return self.factory.hello()
 
     def _cancel(self, args: tuple[Any, ...]) -> bool | Failure:
@@ -837,13 +846,20 @@ class NodeFactory(Factory):
         self.access_log = False
         #: Connections open now, by the address they come from.
         self.by_address: dict[str | None, int] = {}
-        #: Tokens and access rules.
-        self.access = AccessPolicy(Security())
         #: Who a connection is, from its transport (a TLS client
         #: certificate), before any AUTH; None if the transport cannot say.
         self.identify: Callable[[object], str | None] = lambda transport: None
         #: Set by a node with peers: how it sees them, for C{STATS}.
         self.describe_cluster: Callable[[], dict[str, Any]] | None = None
+
+    @property
+    def access(self) -> AccessPolicy:
+        """Tokens and access rules: the dispatcher's, the one policy in force."""
+        return self.dispatcher.access
+
+    @access.setter
+    def access(self, policy: AccessPolicy) -> None:
+        self.dispatcher.access = policy
 
     def drain(self, grace: float) -> Deferred[None]:
         """

@@ -55,6 +55,10 @@ class Procedure:
     #: The parameter that receives the call's L{CallContext}, if any; it is
     #: not part of the signature callers see.
     context_param: str | None = None
+    #: The parameter naming a procedure this one calls for its caller (as
+    #: C{multicall}'s C{procedure} does), so that access rules judge that
+    #: procedure too, however the argument is passed.
+    calls: str | None = None
     # How many positional arguments a call may pass with no keywords, when
     # that alone decides whether they fit (see check_arguments).
     _positional: range | None = field(init=False, repr=False, compare=False)
@@ -105,6 +109,17 @@ class Procedure:
         except TypeError as e:
             raise InvalidArgumentError(f"{e}; usage: {self.usage}") from None
 
+    def called_for_caller(self, args: tuple[Any, ...], kwargs: Mapping[str, Any]) -> str | None:
+        """The procedure a call of this one would call for its caller, if it names one."""
+        if self.calls is None:
+            return None
+        try:
+            bound = self.signature.bind_partial(*args, **kwargs)
+        except TypeError:
+            return None  # check_arguments refuses the call
+        target = bound.arguments.get(self.calls)
+        return target if isinstance(target, str) else None
+
     def describe(self) -> dict[str, Any]:
         """A JSON description, for C{HELP} asked by a program."""
         return {
@@ -122,6 +137,7 @@ class _Declaration:
     run: Run | None
     errors: ErrorMap
     idempotent: bool
+    calls: str | None = None
 
 
 @overload
@@ -133,6 +149,7 @@ def procedure(
     run: Run | None = None,
     errors: ErrorMap | None = None,
     idempotent: bool = False,
+    calls: str | None = None,
 ) -> Callable[[_F], _F]: ...
 def procedure(
     function: Callable[..., Any] | None = None,
@@ -142,6 +159,7 @@ def procedure(
     run: Run | None = None,
     errors: ErrorMap | None = None,
     idempotent: bool = False,
+    calls: str | None = None,
 ) -> Any:
     """
     Mark a function as a procedure a node may serve.
@@ -157,8 +175,11 @@ def procedure(
         declared become C{INTERNAL}, and the node logs them.
     @param idempotent: running it twice is harmless, so a call lost in
         transit may be retried on another node.
+    @param calls: the parameter that names a procedure this one calls for
+        its caller; access rules then require the caller to be allowed that
+        procedure too.
     """
-    declaration = _Declaration(name, run, dict(errors or {}), idempotent)
+    declaration = _Declaration(name, run, dict(errors or {}), idempotent, calls)
 
     def mark(function: _F) -> _F:
         setattr(function, _MARK, declaration)
@@ -262,6 +283,8 @@ class Registry:
             )
         if run not in ("thread", "reactor", "process"):
             raise ValueError(f"procedure {name}: run must be thread, reactor or process")
+        if declared.calls is not None and declared.calls not in signature.parameters:
+            raise ValueError(f"procedure {name}: calls={declared.calls!r} names no parameter")
         entry = Procedure(
             name=name,
             function=function,
@@ -270,6 +293,7 @@ class Registry:
             idempotent=declared.idempotent if idempotent is None else idempotent,
             signature=signature,
             context_param=context_param,
+            calls=declared.calls,
         )
         self._procedures[name] = entry
         return entry

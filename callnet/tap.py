@@ -15,9 +15,7 @@ imports it while choosing a reactor (C{--reactor}).  Only L{makeService} does.
 from __future__ import annotations
 
 import importlib
-import ipaddress
 import os
-import re
 import signal
 import sys
 from collections.abc import Sequence
@@ -36,6 +34,7 @@ from callnet.config import (
     merge,
 )
 from callnet.errors import ConfigError
+from callnet.exposure import plaintext_exposure
 
 if TYPE_CHECKING:
     from callnet.node import NodeService
@@ -339,24 +338,14 @@ def _importable_from_current_directory() -> None:
         sys.path.insert(0, cwd)
 
 
-def exposed_plaintext(description: str) -> bool:
-    """
-    Whether a listen string is plain TCP on an address other machines can
-    reach (no C{interface}, or one that is not loopback).
-    """
-    kind, _, rest = description.partition(":")
-    if kind not in ("tcp", "tcp6"):
-        return False  # unix sockets, ssl: and tls: listeners
-    interface = ""
-    for part in re.split(r"(?<!\\):", rest):
-        if part.startswith("interface="):
-            interface = part.removeprefix("interface=").replace("\\:", ":")
-    if interface in ("localhost",):
-        return False
+def _exposure(description: str, where: str) -> str | None:
+    """Where a listen string takes plain text from other machines (see L{plaintext_exposure})."""
+    from callnet.tls import is_tls_listen
+
     try:
-        return not ipaddress.ip_address(interface).is_loopback
-    except ValueError:
-        return True  # every interface, or a name that may not be local
+        return plaintext_exposure(description, own_tls=is_tls_listen(description))
+    except ConfigError as e:
+        raise usage.UsageError(f"{where}: {e}") from None
 
 
 def _check_exposure(config: NodeConfig) -> None:
@@ -370,10 +359,11 @@ def _check_exposure(config: NodeConfig) -> None:
     if security.tokens or security.cluster_token or security.allow_insecure:
         return
     for description in config.listen:
-        if exposed_plaintext(description):
+        exposed = _exposure(description, "listen")
+        if exposed is not None:
             raise usage.UsageError(
                 f'refusing to listen on "{description}": plain text with no authentication,'
-                " on an address other machines can reach.  Listen on 127.0.0.1, use a tls:"
+                f" on {exposed}, which other machines can reach.  Listen on 127.0.0.1, use a tls:"
                 " listener, set [security] tokens, or, if the network is trusted, pass"
                 " --allow-insecure (or set [security] allow_insecure = true)"
             )
@@ -393,7 +383,9 @@ def _check_metrics(config: NodeConfig, where: str) -> None:
         require_prometheus()
     except ConfigError as e:
         raise usage.UsageError(f"{where}: {e}") from None
-    if exposed_plaintext(config.metrics_listen or "") and not config.security.allow_insecure:
+    if config.metrics_listen is None or config.security.allow_insecure:
+        return
+    if _exposure(config.metrics_listen, where) is not None:
         raise usage.UsageError(
             f'{where}: refusing to serve metrics on "{config.metrics_listen}", an address'
             " other machines can reach, with no authentication.  Serve them on 127.0.0.1"

@@ -248,17 +248,21 @@ class MemoryCluster:
 
     @param nodes: node name -> the procedures it serves.
     @param settings: the cluster settings every node uses.
+    @param security: node name -> its tokens and access rules (a node not
+        named has none); peers authenticate with each one's cluster token.
     """
 
     def __init__(
         self,
         nodes: Mapping[str, Iterable[Callable[..., Any]]],
         settings: ClusterSettings | None = None,
+        security: Mapping[str, Security] | None = None,
     ) -> None:
         self.clock = MemoryReactor()
         self.settings = settings or ClusterSettings()
+        security = security or {}
         self.nodes = {
-            name: MemoryNode(procedures, name=name, clock=self.clock)
+            name: MemoryNode(procedures, name=name, clock=self.clock, security=security.get(name))
             for name, procedures in nodes.items()
         }
         self.clusters: dict[str, Cluster] = {}
@@ -270,6 +274,7 @@ class MemoryCluster:
                 name=name,
                 peers=tuple((other, f"memory:{other}") for other in others),
                 cluster=self.settings,
+                security=security.get(name, Security()),
             )
             cluster = Cluster(
                 config,

@@ -57,7 +57,7 @@ COMMANDS = frozenset({"HELP", "LIST", "PING", "CANCEL", "STATS", "QUIT", "HELLO"
 RESERVED_NAMES = frozenset(word.lower() for word in COMMANDS | {"OK", "ERR"})
 
 #: Options a request may carry before its procedure name.
-OPTIONS = frozenset({"timeout", "cast", "key", "trace", "hops"})
+OPTIONS = frozenset({"timeout", "cast", "key", "trace", "hops", "caller"})
 
 _TAG_RE = re.compile(r"[A-Za-z0-9_.:\-]{1,64}\Z")
 _PROCEDURE_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_.\-]{0,127}(@[A-Za-z0-9_.\-]{1,128})?\Z")
@@ -66,6 +66,8 @@ _IDENTIFIER_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
 _NUMBER_RE = re.compile(r"-?(?:0|[1-9][0-9]*)(?:\.[0-9]+)?(?:[eE][+-]?[0-9]+)?\Z")
 _OPTION_VALUE_RE = re.compile(r"[\x21-\x7e]{1,256}\Z")
 _HOPS_RE = re.compile(r"[0-9]{1,3}\Z")
+#: An identity, as config names them (a token's name, a certificate's name).
+_IDENTITY_RE = re.compile(r"[A-Za-z0-9_.\-]{1,128}\Z")
 _SECONDS_RE = re.compile(r"[0-9]{1,9}(?:\.[0-9]{1,9})?\Z")
 _TRACE_TOKEN = re.compile(r"[\x21-\x5a\x5c\x5e-\x7e]{1,256}\Z")
 _TRACE_SUFFIX = re.compile(r" \[trace ([\x21-\x5a\x5c\x5e-\x7e]{1,256})\]\Z")
@@ -117,6 +119,8 @@ class Call:
     trace: str | None = None
     #: How many nodes have forwarded this call already.
     hops: int = 0
+    #: The identity a peer forwards this call for (believed only from a peer).
+    caller: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -536,6 +540,12 @@ def _parse_option(word: str, options: dict[str, Any], tag: str | None) -> None:
         if not _HOPS_RE.match(value):
             raise _MalformedError("+hops takes a small whole number", tag)
         options["hops"] = int(value)
+    elif name == "caller":
+        if not _IDENTITY_RE.match(value):
+            raise _MalformedError(
+                "+caller takes an identity: 1 to 128 letters, digits or _.-", tag
+            )
+        options["caller"] = value
     else:
         if not _OPTION_VALUE_RE.match(value):
             raise _MalformedError(f"+{name} takes 1 to 256 printable ASCII characters", tag)
@@ -790,6 +800,10 @@ def encode_call(call: Call) -> bytes:
         if not 0 <= call.hops <= 999:
             raise ValueError("+hops must be from 0 to 999")
         words.append(f"+hops={call.hops}")
+    if call.caller is not None:
+        if not _IDENTITY_RE.match(call.caller):
+            raise ValueError(f"not an identity: {call.caller[:80]!r}")
+        words.append(f"+caller={call.caller}")
     words.append(call.procedure)
     words.extend(map(_encode_argument, call.args))
     for name, value in call.kwargs.items():

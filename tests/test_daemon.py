@@ -412,3 +412,22 @@ def test_reload_on_sighup(tmp_path: Path) -> None:
         assert "threads" in node.output().split("reload refused", 1)[1]
         assert client.request("bread") == 'OK "rye"'
         assert "Traceback" not in node.output()
+
+
+def test_reload_revokes_a_removed_token(tmp_path: Path) -> None:
+    """SIGHUP that removes a token refuses the next call of a connection authenticated with it, and logs why."""
+    import signal
+
+    alice, ops = "alice-token-0123456789", "ops-token-9876543210ab"
+    config = tmp_path / "node.toml"
+    config.write_text(f'[security]\ntokens = {{ alice = "{alice}", ops = "{ops}" }}\n')
+    with running_node(tmp_path, "--config", str(config)) as node:
+        client = node.connect()
+        assert client.request(f"AUTH {alice}") == 'OK "alice"'
+        assert client.request("add 1 2") == "OK 3"
+        config.write_text(f'[security]\ntokens = {{ ops = "{ops}" }}\n')
+        node.process.send_signal(signal.SIGHUP)
+        wait_until(lambda: "reloaded:" in node.output(), 10, "the node reloads")
+        assert client.request("add 1 2").startswith("ERR UNAUTHENTICATED not-run")
+        assert "removed by a reload" in node.output()
+        assert client.request(f"AUTH {alice}").startswith("ERR UNAUTHENTICATED")

@@ -32,7 +32,7 @@ from callnet import (
     procedure,
 )
 from callnet.cluster.routing import rendezvous_order
-from callnet.config import Limits
+from callnet.config import Limits, Security
 from callnet.errors import CancelledError
 from callnet.errors import DeadlineExceededError as Deadline
 from callnet.idempotency import KeyStore, fingerprint
@@ -59,6 +59,10 @@ class Counter:
         self.pending.append(d)
         return d
 
+    def echo_count(self, value: Any) -> list[Any]:
+        self.runs += 1
+        return [value, self.runs]
+
     def big(self, size: int) -> str:
         self.runs += 1
         return "x" * size
@@ -67,13 +71,21 @@ class Counter:
         self.cancelled += 1
 
 
-def counting_node(**limits: Any) -> tuple[MemoryNode, Counter]:
-    node = MemoryNode(limits=Limits(**limits))
+def counting_node(security: Security | None = None, **limits: Any) -> tuple[MemoryNode, Counter]:
+    node = MemoryNode(limits=Limits(**limits), security=security)
     counter = Counter()
     node.registry.add(counter.now, name="bump", run="reactor")
     node.registry.add(counter.later, name="bump_later", run="reactor")
     node.registry.add(counter.big, name="big", run="reactor")
+    node.registry.add(counter.echo_count, name="echo_count", run="reactor")
     return node, counter
+
+
+ALICE = "alice-token-0123456789"
+BOB = "bob-token-0123456789ab"
+CALLERS = Security(
+    tokens=(("alice", ALICE), ("bob", BOB)), cluster_token="cluster-token-0123456789"
+)
 
 
 def P(text: str) -> bytes:
@@ -133,6 +145,22 @@ class KeyedCallTests(SynchronousTestCase):
             self.failureResultOf(missing, NotFoundError).value.outcome, Outcome.NOT_RUN
         )
         self.assertEqual(len(node.dispatcher.keys), 0)
+
+    def test_keys_are_per_caller(self) -> None:
+        """Two identities using one key name two calls: neither is answered with the other's result."""
+        node, counter = counting_node(CALLERS)
+        alice, bob = node.client(token=ALICE), node.client(token=BOB)
+        first = alice.call("echo_count", "alice-private-data", key="order-17")
+        node.flush()
+        theirs = bob.call("echo_count", "x", key="order-17")
+        copied = bob.call("echo_count", "alice-private-data", key="order-17")
+        again = alice.call("echo_count", "alice-private-data", key="order-17")
+        node.flush()
+        self.assertEqual(self.successResultOf(first), ["alice-private-data", 1])
+        self.assertEqual(self.successResultOf(theirs), ["x", 2])
+        self.failureResultOf(copied, FailedPreconditionError)
+        self.assertEqual(self.successResultOf(again), ["alice-private-data", 1])
+        self.assertEqual(counter.runs, 2)
 
     def test_other_arguments_refused(self) -> None:
         """The same key with other arguments is refused, not run, and not answered with the first result."""
@@ -440,14 +468,17 @@ class Ledger:
         return [record, record_later]
 
 
-def ledger_cluster(entry_serves: bool = True) -> tuple[MemoryCluster, dict[str, Ledger]]:
+def ledger_cluster(
+    entry_serves: bool = True, security: Security | None = None
+) -> tuple[MemoryCluster, dict[str, Ledger]]:
     """alpha, beta and gamma; each serves the ledger (alpha only if C{entry_serves})."""
     ledgers = {name: Ledger(name) for name in ("alpha", "beta", "gamma")}
     cluster = MemoryCluster(
         {
             name: ledger.procedures() if entry_serves or name != "alpha" else []
             for name, ledger in ledgers.items()
-        }
+        },
+        security=dict.fromkeys(ledgers, security) if security else None,
     )
     cluster.start()
     return cluster, ledgers
@@ -474,6 +505,23 @@ class KeysAcrossTheClusterTests(SynchronousTestCase):
         self.assertEqual(self.runs(ledgers), sorted(orders))
         # The owners are spread over the nodes, not all on one.
         self.assertTrue(all(ledger.runs for ledger in ledgers.values()))
+        cluster.stop()
+
+    def test_keys_are_per_caller_across_the_cluster(self) -> None:
+        """The original caller's identity scopes a key on its owner, whichever node forwards the call."""
+        cluster, ledgers = ledger_cluster(security=CALLERS)
+        answers = []
+        for entry, token, order in [
+            ("alpha", ALICE, "alice-private-data"),
+            ("beta", BOB, "x"),
+            ("gamma", ALICE, "alice-private-data"),
+            ("alpha", BOB, "x"),
+        ]:
+            d = cluster[entry].client(token=token).call("record", order, key="order-17")
+            cluster.flush()
+            answers.append(self.successResultOf(d).split(" on ")[0])
+        self.assertEqual(answers, ["alice-private-data", "x", "alice-private-data", "x"])
+        self.assertEqual(self.runs(ledgers), ["alice-private-data", "x"])
         cluster.stop()
 
     def test_retry_through_another_node_waits(self) -> None:
@@ -532,7 +580,7 @@ class KeysAcrossTheClusterTests(SynchronousTestCase):
     def test_owner_down(self) -> None:
         """With the owner down, a keyed call goes to the next node in the key's order, and then stays there."""
         cluster, ledgers = ledger_cluster()
-        order = rendezvous_order("", "k", ["alpha", "beta", "gamma"])
+        order = rendezvous_order("anonymous", "k", ["alpha", "beta", "gamma"])
         first = cluster["alpha"].client().call("record", "o", key="k")
         cluster.flush()
         self.assertEqual(self.successResultOf(first), f"o on {order[0]}")

@@ -104,7 +104,7 @@ class AuthenticationTests(SynchronousTestCase):
         with mock.patch(
             "callnet.access.hmac.compare_digest", wraps=hmac.compare_digest
         ) as compare:
-            self.assertEqual(node.factory.access.authenticate(ALICE), "alice")
+            self.assertEqual(node.factory.access.authenticate(ALICE).name, "alice")
         self.assertEqual(compare.call_count, 2)
 
 

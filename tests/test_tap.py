@@ -11,6 +11,7 @@ import tempfile
 import types
 from pathlib import Path
 from typing import Any
+from unittest import mock
 
 from twisted.python import usage
 from twisted.trial.unittest import SynchronousTestCase
@@ -18,6 +19,7 @@ from twisted.trial.unittest import SynchronousTestCase
 from callnet import tap
 from callnet.config import DEFAULT_LISTEN, Limits, NodeConfig
 from callnet.errors import ConfigError
+from callnet.exposure import plaintext_exposure
 
 
 def temp_path(case: SynchronousTestCase) -> str:
@@ -63,13 +65,74 @@ class ProtectedModeTests(SynchronousTestCase):
         parse("--config", path)
 
     def test_exposure_rules(self) -> None:
-        """Which listen strings count as plain text reachable from other machines."""
-        self.assertTrue(tap.exposed_plaintext("tcp:7600"))
-        self.assertTrue(tap.exposed_plaintext("tcp:7600:interface=0.0.0.0"))
-        self.assertTrue(tap.exposed_plaintext("tcp6:7600:interface=\\:\\:"))
-        self.assertFalse(tap.exposed_plaintext("tcp6:7600:interface=\\:\\:1"))
-        self.assertFalse(tap.exposed_plaintext("tcp:port=7600:interface=127.0.0.2"))
-        self.assertFalse(tap.exposed_plaintext("ssl:7600:privateKey=k.pem"))
+        """Listeners are judged by the endpoint Twisted builds, whatever the spelling."""
+        exposed = {
+            "tcp:7600": "every interface",
+            "tcp:7600:interface=0.0.0.0": "every interface",
+            "tcp:port=7600": "every interface",
+            "TCP6:7600": "every interface",
+            "Tcp6:7600": "every interface",
+            "tcp6:7600:interface=\\:\\:": "every interface",
+            "haproxy:tcp:7600": "every interface",
+            "HAProxy:TCP6:7600": "every interface",
+            "tcp:7600:interface=192.0.2.7": "192.0.2.7",
+        }
+        for description, where in exposed.items():
+            self.assertEqual(plaintext_exposure(description), where, description)
+        for description in (
+            "tcp6:7600:interface=\\:\\:1",
+            "tcp:port=7600:interface=127.0.0.2",
+            "tcp:7600:interface=localhost",
+            "tcp6:7600:interface=\\:\\:ffff\\:127.0.0.1",
+            "haproxy:tcp:7600:interface=127.0.0.1",
+            "unix:/tmp/callnet-test.sock",
+        ):
+            self.assertIsNone(plaintext_exposure(description), description)
+        # The node's own tls: form is TLS whatever it says.
+        self.assertIsNone(plaintext_exposure("tls:7600", own_tls=True))
+
+    def test_encrypted_endpoints_are_not_plain_text(self) -> None:
+        """ssl: and Twisted's own TLS listeners are not plain text, wherever they listen."""
+        from callnet.tls import make_ca, make_node_certificate
+
+        folder = Path(temp_path(self))
+        folder.mkdir()
+        make_ca(folder)
+        cert, key = make_node_certificate(folder, "alpha")
+        self.assertIsNone(plaintext_exposure(f"ssl:7600:privateKey={key}:certKey={cert}"))
+        self.assertIsNone(plaintext_exposure(f"TLS:{folder}:7600"))
+
+    def test_endpoint_kinds_that_cannot_be_judged_count_as_exposed(self) -> None:
+        """A listener whose address cannot be told (systemd's) needs tokens or --allow-insecure."""
+        from twisted.internet import endpoints
+        from twisted.python.systemd import ListenFDs
+
+        with mock.patch.object(endpoints._SystemdParser, "_sddaemon", ListenFDs([3], ["web"])):
+            self.assertEqual(
+                plaintext_exposure("systemd:domain=INET:index=0"), "an address it cannot tell"
+            )
+
+    def test_every_spelling_is_refused_without_tokens(self) -> None:
+        """--listen and --metrics-listen refuse exposed plain text in any capitalisation or wrapper."""
+        for description in ("TCP6:7600", "tcp6:7600", "haproxy:tcp:7600", "tcp:port=7600"):
+            with self.assertRaises(usage.UsageError) as raised:
+                parse("--listen", description)
+            self.assertIn(f'refusing to listen on "{description}"', str(raised.exception))
+        with self.assertRaises(usage.UsageError) as raised:
+            parse("--metrics-listen", "TCP6:9464")
+        self.assertIn("refusing to serve metrics", str(raised.exception))
+        parse("--listen", "TCP6:7600", "--allow-insecure")
+
+    def test_reload_refuses_exposure_too(self) -> None:
+        """A config read again on reload is held to the same rule as at start."""
+        path = temp_path(self)
+        Path(path).write_text('[node]\nlisten = ["tcp:7600:interface=127.0.0.1"]\n')
+        options = tap.Options()
+        options.parseOptions(["--config", path])
+        Path(path).write_text('[node]\nlisten = ["haproxy:TCP6:7600"]\n')
+        with self.assertRaises(ConfigError) as raised:
+            options.reload_config()
+        self.assertIn("refusing to listen", str(raised.exception))
 
 
 class OptionsTests(SynchronousTestCase):

@@ -43,7 +43,7 @@ def serving_nodes(dispatcher: Dispatcher, name: str) -> list[str]:
 def make_multicall(dispatcher: Dispatcher) -> Callable[..., Any]:
     """The C{multicall} procedure of a node."""
 
-    @procedure(name=MULTICALL, run="reactor")
+    @procedure(name=MULTICALL, run="reactor", calls="procedure")
     async def multicall(
         procedure: str,
         args: list[Any] | None = None,

@@ -163,8 +163,9 @@ class Peer:
         key: str | None,
         trace: str | None,
         hops: int,
+        caller: str | None = None,
     ) -> Deferred[Any]:
-        """Forward a call to this peer."""
+        """Forward a call to this peer, for C{caller} if given (see L{callnet.access})."""
         protocol = self._protocol
         if protocol is None or self.state is not PeerState.UP or not protocol.is_connected:
             d: Deferred[Any] = Deferred()
@@ -172,7 +173,7 @@ class Peer:
                 Failure(UnavailableError(f"peer {self.name} is down", Outcome.NOT_RUN, self.name))
             )
             return d
-        return protocol.call(procedure, args, kwargs, timeout, key, trace, hops)
+        return protocol.call(procedure, args, kwargs, timeout, key, trace, hops, caller)
 
     # --- Handshake --------------------------------------------------------------
 

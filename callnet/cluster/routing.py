@@ -28,6 +28,7 @@ from typing import Any
 
 from twisted.internet.defer import Deferred, ensureDeferred
 
+from callnet.access import NODE_CALLER, Caller
 from callnet.cluster.peers import Peer, PeerState, is_link_failure
 from callnet.errors import (
     CallError,
@@ -134,13 +135,16 @@ class Router:
         procedure: str,
         timeout: float,
         target: str | None = None,
+        caller: Caller = NODE_CALLER,
         owner_scope: str | None = None,
         here: bool = False,
     ) -> Deferred[Any]:
         """
         Forward a call; the Deferred fires with its result or fails with the
         L{CallError} the caller should see.  Cancelling it cancels the call
-        downstream.
+        downstream.  The peer is told whom the call is for, unless that is a
+        node (which acts with its own rights), and judges that caller by its
+        own rules.
 
         @param owner_scope: send this keyed call to the owner of its key for
             this caller (see L{key_order}), not to the least busy peer.
@@ -148,7 +152,10 @@ class Router:
             procedure, and so has its place in the key's order.
         """
         deadline = self._clock.seconds() + timeout
-        return ensureDeferred(self._forward(call, procedure, deadline, target, owner_scope, here))
+        for_caller = None if caller.peer else caller.name
+        return ensureDeferred(
+            self._forward(call, procedure, deadline, target, for_caller, owner_scope, here)
+        )
 
     async def _forward(
         self,
@@ -156,6 +163,7 @@ class Router:
         procedure: str,
         deadline: float,
         target: str | None,
+        caller: str | None,
         owner_scope: str | None,
         here: bool,
     ) -> Any:
@@ -186,6 +194,7 @@ class Router:
                     call.key,
                     call.trace,
                     call.hops + 1,
+                    caller,
                 )
             except CallError as error:
                 if not is_link_failure(error) or target is not None:
