@@ -63,6 +63,29 @@ class Limits:
     #: one that sends part of a ClientHello and stalls would otherwise hold
     #: a connection slot, and a file descriptor, for ever.
     tls_handshake_timeout: float = 5.0
+    #: Seconds a keyed call's outcome is kept after it ends: long enough to
+    #: cover a caller's retries across a failover, short enough not to grow.
+    key_window: float = 300.0
+    #: Idempotency keys kept at once, in progress or ended.  Ended outcomes
+    #: are evicted to make room (the oldest of the caller keeping the most);
+    #: keys in progress never are.  About 0.5 KiB each besides its result, so
+    #: at most some 50 MiB, and 330 keyed calls a second for the whole window.
+    max_keys: int = 100_000
+    #: Bytes of ended keyed calls' outcomes kept at once (results as JSON,
+    #: error messages): what a node spends on answering retries (64 MiB).
+    max_key_bytes: int = 64 * 1024 * 1024
+    #: The largest outcome kept for a key (1 MiB, the largest argument a line
+    #: carries).  A bigger result is not kept; the key remembers that its call
+    #: ran, and a retry is told so rather than run again.
+    max_key_result_bytes: int = 1024 * 1024
+    #: Keyed calls in progress at once on the node: running (also those whose
+    #: caller has gone, which run on to their deadline so that a retry finds
+    #: their outcome) or waiting on a running key.  Each holds its work and
+    #: some KiB; past the bound a new keyed call is refused, not run.
+    max_running_keys: int = 10_000
+    #: One caller's share of C{max_running_keys}, so that one identity cannot
+    #: take every slot: as many calls as one connection may have in flight.
+    max_running_keys_per_caller: int = 1000
 
 
 @dataclass(frozen=True)
@@ -331,6 +354,12 @@ _KEYS: dict[str, tuple[str, _Check]] = {
     "max_connections_per_address": ("limits", _whole(1)),
     "max_unsent_bytes": ("limits", _whole(1)),
     "tls_handshake_timeout": ("limits", _seconds),
+    "key_window": ("limits", _seconds),
+    "max_keys": ("limits", _whole(1)),
+    "max_key_bytes": ("limits", _whole(1)),
+    "max_key_result_bytes": ("limits", _whole(1)),
+    "max_running_keys": ("limits", _whole(1)),
+    "max_running_keys_per_caller": ("limits", _whole(1)),
     # Set from the [peers] table, or --peer NAME=ENDPOINT.
     "peers": ("peers", _peers),
     "tokens": ("security", _tokens),

@@ -31,10 +31,11 @@ from callnet.errors import (
     DeadlineExceededError,
     FailedPreconditionError,
     InternalError,
+    InvalidArgumentError,
     NotFoundError,
     Outcome,
 )
-from callnet.idempotency import KeyStore
+from callnet.idempotency import KeyStore, fingerprint
 from callnet.reactors import DelayedCall, DispatchReactor
 from callnet.registry import Registry
 from callnet.tracing import TraceIds, with_trace
@@ -233,8 +234,8 @@ class Dispatcher:
         #: Forwards calls for procedures this node does not serve (a cluster
         #: sets it); without one, such calls fail NOT_FOUND.
         self.router: Router | None = None
-        #: Outcomes of calls that carried an idempotency key.
-        self.keys = KeyStore(reactor)
+        #: Outcomes of the keyed calls this node runs, per caller and key.
+        self.keys = KeyStore(reactor, limits, node_name)
         #: Trace ids for calls that arrive without one.
         self.trace_ids = TraceIds()
         self._thread_results = _ThreadResults(reactor)
@@ -282,7 +283,7 @@ class Dispatcher:
             refusal.node = self.node_name
             return Failure(refusal)
         if call.key is not None:
-            return self.keys.run(call.procedure, call.key, lambda: self._start(call, caller))
+            return self._start_keyed(call, caller)
         return self._start(call, caller)
 
     def _refusal(self, call: Call, caller: Caller) -> CallError | None:
@@ -302,11 +303,51 @@ class Dispatcher:
                 refusal = access.check(caller, target.partition("@")[0])
         return refusal
 
-    def _start(self, call: Call, caller: Caller) -> Any:
+    def _start_keyed(self, call: Call, caller: Caller) -> Any:
+        """
+        Start a call that carries an idempotency key.
+
+        The key lives on one node, its owner: chosen from the caller and the
+        key among the nodes serving the procedure (this one too, if it does),
+        so that a retry through any node reaches the same outcome.  A keyed
+        call a peer forwarded was sent to its owner, and runs here; one named
+        for another node (C{name@node}) is kept by that node.  Keys belong to
+        the caller's identity: one caller never sees another's.
+        """
+        assert call.key is not None
+        scope = caller.name
+        name, _, target = call.procedure.partition("@")
+        served = self.registry.find(name) is not None
+        router = self.router
+        if not target and call.hops == 0 and router is not None:
+            owner = router.key_order(name, scope, call.key, served)
+            if owner and owner[0] != self.node_name:
+                return self._start(call, caller, scope)
+        if not served or (target and target != self.node_name):
+            return self._start(call, caller)
+        try:
+            timeout = self._budget(call)
+            try:
+                called = fingerprint(name, call.args, call.kwargs)
+            except (TypeError, ValueError) as e:
+                raise InvalidArgumentError(f"the arguments are not JSON: {e}") from None
+        except CallError as e:
+            self.stats.refused(e.code)
+            e.node = self.node_name
+            return Failure(e)
+        return self.keys.run(scope, call.key, called, timeout, lambda: self._start(call, caller))
+
+    def _start(self, call: Call, caller: Caller, owner_scope: str | None = None) -> Any:
+        """
+        Start a call here, or forward it.
+
+        @param owner_scope: forward this keyed call to the owner of its key
+            for this caller, a peer, even if this node serves the procedure.
+        """
         name, target = call.procedure, None
         if "@" in name:
             name, _, target = name.partition("@")
-        local = target is None or target == self.node_name
+        local = (target is None or target == self.node_name) and owner_scope is None
         entry = self.registry.find(name) if local else None
         try:
             if entry is not None:
@@ -327,7 +368,8 @@ class Dispatcher:
                 # Followed across nodes from here: give it the id to follow.
                 call = with_trace(call, self.trace_ids.new())
             stats = self.stats.started(name)
-            work = self.router.forward(call, name, timeout, target, caller)
+            here = owner_scope is not None and self.registry.find(name) is not None
+            work = self.router.forward(call, name, timeout, target, caller, owner_scope, here)
             return _RunningCall(self, name, (), stats, work, timeout, began).result
         stats = self.stats.started(entry.name)
         kwargs = call.kwargs

@@ -4,18 +4,25 @@ what deadline, and what happens when that peer fails.
 
 Policy: among the peers that are up and serve the procedure, the one with
 the fewest calls in flight from this node (ties go round the peers in turn).
-C{name@node} names the peer.  The call is forwarded with the time left of
-its deadline and its hop count raised by one.
+C{name@node} names the peer.  A call with an idempotency key goes to the
+owner of its key instead (L{key_order}), so that its retries, through
+whichever node, reach the node that keeps its outcome.  The call is forwarded
+with the time left of its deadline and its hop count raised by one.
 
 Failover: a call that could not be sent (the peer refused it, or was down
 before it left) goes to the next peer.  A call that was sent and then lost
 goes to the next peer only if the procedure is idempotent or the call has a
-key; otherwise the caller hears that it may have run.
+key; otherwise the caller hears that it may have run.  A keyed call's next
+peer is the next in its key's order, where its retry would go now that the
+owner is gone; if this node comes first, the caller hears instead, and its
+retry runs here.
 """
 
 from __future__ import annotations
 
+import hashlib
 import itertools
+import json
 from collections.abc import Iterable
 from typing import Any
 
@@ -32,6 +39,22 @@ from callnet.errors import (
 )
 from callnet.reactors import Clock
 from callnet.wire import Call
+
+
+def rendezvous_order(scope: str, key: str, nodes: Iterable[str]) -> list[str]:
+    """
+    Nodes in a key's order of preference, its owner first: each node's
+    weight is a hash of the caller, the key and the node's name (highest
+    random weight, or rendezvous hashing).  Every node computes the same
+    order from the same names, and a node joining or leaving moves only the
+    keys it wins or held.
+    """
+
+    def weight(node: str) -> bytes:
+        text = json.dumps([scope, key, node], ensure_ascii=True)
+        return hashlib.blake2b(text.encode("ascii"), digest_size=8).digest()
+
+    return sorted(nodes, key=weight, reverse=True)
 
 
 class Router:
@@ -83,6 +106,29 @@ class Router:
         fewest = [peer for peer in candidates if peer.in_flight == least]
         return fewest[next(self._turn) % len(fewest)]
 
+    def key_order(self, procedure: str, scope: str, key: str, here: bool) -> list[str]:
+        """
+        The nodes that serve a procedure and are up, in the order of
+        preference of C{scope}'s C{key}: its owner first.
+
+        @param here: whether this node serves the procedure too.
+        """
+        nodes = [peer.name for peer in self._peers.values() if peer.serves(procedure)]
+        if here:
+            nodes.append(self._node_name)
+        return rendezvous_order(scope, key, nodes)
+
+    def _next_owner(
+        self, procedure: str, scope: str, key: str, here: bool, exclude: set[str]
+    ) -> Peer | None:
+        """The peer a keyed call goes to next, or None if this node comes first."""
+        for name in self.key_order(procedure, scope, key, here):
+            if name == self._node_name:
+                return None
+            if name not in exclude:
+                return self._peers[name]
+        return None
+
     def forward(
         self,
         call: Call,
@@ -90,6 +136,8 @@ class Router:
         timeout: float,
         target: str | None = None,
         caller: Caller = NODE_CALLER,
+        owner_scope: str | None = None,
+        here: bool = False,
     ) -> Deferred[Any]:
         """
         Forward a call; the Deferred fires with its result or fails with the
@@ -97,10 +145,17 @@ class Router:
         downstream.  The peer is told whom the call is for, unless that is a
         node (which acts with its own rights), and judges that caller by its
         own rules.
+
+        @param owner_scope: send this keyed call to the owner of its key for
+            this caller (see L{key_order}), not to the least busy peer.
+        @param here: with C{owner_scope}: whether this node serves the
+            procedure, and so has its place in the key's order.
         """
         deadline = self._clock.seconds() + timeout
         for_caller = None if caller.peer else caller.name
-        return ensureDeferred(self._forward(call, procedure, deadline, target, for_caller))
+        return ensureDeferred(
+            self._forward(call, procedure, deadline, target, for_caller, owner_scope, here)
+        )
 
     async def _forward(
         self,
@@ -109,6 +164,8 @@ class Router:
         deadline: float,
         target: str | None,
         caller: str | None,
+        owner_scope: str | None,
+        here: bool,
     ) -> Any:
         tried: set[str] = set()
         last_error: CallError | None = None
@@ -121,7 +178,10 @@ class Router:
                     Outcome.MAY_HAVE_RUN if sent else Outcome.NOT_RUN,
                     self._node_name,
                 )
-            peer = self.choose(procedure, tried, target)
+            if owner_scope is not None and call.key is not None:
+                peer = self._next_owner(procedure, owner_scope, call.key, here, tried)
+            else:
+                peer = self.choose(procedure, tried, target)
             if peer is None:
                 raise last_error or self.nowhere(procedure, target)
             tried.add(peer.name)
