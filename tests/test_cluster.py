@@ -21,7 +21,7 @@ from callnet import (
 )
 from callnet.cluster import PeerState
 from callnet.config import ClusterSettings
-from callnet.testing import MemoryCluster
+from callnet.testing import MemoryCluster, MemoryReactor
 from callnet.wire import Call
 
 
@@ -56,6 +56,20 @@ class Work:
 
     def _cancelled(self) -> None:
         self.cancelled += 1
+
+
+def reactor_turn(clock: MemoryReactor, seconds: float) -> None:
+    """
+    Move the clock on and run the calls then due, as one turn of a real
+    reactor does: a call scheduled meanwhile, even for 0 s, waits for the
+    next turn, and so for the reactor to read its sockets in between.
+    """
+    clock.rightNow += seconds
+    for call in [call for call in clock.calls if call.getTime() <= clock.rightNow]:
+        if call in clock.calls:  # not cancelled by an earlier one
+            clock.calls.remove(call)
+            call.called = 1
+            call.func(*call.args, **call.kw)
 
 
 def three_nodes(**settings: Any) -> tuple[MemoryCluster, dict[str, Work]]:
@@ -274,7 +288,7 @@ class FailureDetectionTests(SynchronousTestCase):
         cluster.freeze("beta")
         cluster.advance(2.5)
         self.assertNoResult(d)
-        cluster.advance(1.6)
+        cluster.advance(1.7)
         self.assertIn(("beta", PeerState.DOWN), events)
         error = self.failureResultOf(d, UnavailableError).value
         self.assertEqual(error.outcome, Outcome.MAY_HAVE_RUN)
@@ -283,6 +297,38 @@ class FailureDetectionTests(SynchronousTestCase):
         calls = [client.call("where") for _ in range(3)]
         cluster.flush()
         self.assertEqual([self.successResultOf(c) for c in calls], ["gamma"] * 3)
+        cluster.stop()
+
+    def _busy_turn(self, silent: bool) -> tuple[MemoryCluster, list[tuple[str, PeerState]]]:
+        """
+        alpha sends beta a heartbeat, then spends 4 s in one turn of its
+        reactor without reading; beta falls silent too if C{silent}.
+        """
+        cluster, _work = three_nodes(heartbeat_interval=1.0, down_after=3.0)
+        events: list[tuple[str, PeerState]] = []
+        cluster.clusters["alpha"].subscribe(lambda name, state: events.append((name, state)))
+        cluster.advance(2.5)
+        reactor_turn(cluster.clock, 1.0)  # a heartbeat: alpha asks, nothing is read yet
+        if silent:
+            cluster.freeze("beta")
+        reactor_turn(cluster.clock, 4.0)  # busy: the next heartbeat finds 4 s of silence
+        self.assertEqual(events, [], "judged before reading")
+        cluster.flush()  # the reactor reads its sockets
+        reactor_turn(cluster.clock, 0.0)  # the next turn: the second look
+        return cluster, events
+
+    def test_busy_node_reads_before_it_judges(self) -> None:
+        """A peer whose answer waited unread while this node was busy is not marked down."""
+        cluster, events = self._busy_turn(silent=False)
+        self.assertEqual(events, [])
+        peers = {peer.name: peer.state for peer in cluster.clusters["alpha"].peers}
+        self.assertEqual(peers, {"beta": PeerState.UP, "gamma": PeerState.UP})
+        cluster.stop()
+
+    def test_silent_after_reading_is_marked_down(self) -> None:
+        """A peer still silent once this node has read its sockets is marked down then."""
+        cluster, events = self._busy_turn(silent=True)
+        self.assertEqual(events, [("beta", PeerState.DOWN)])
         cluster.stop()
 
     def test_thawed_peer_comes_back_and_late_replies_go_nowhere(self) -> None:
