@@ -57,6 +57,10 @@ class Limits:
     #: Bytes of replies a connection may leave unread (beyond what the
     #: transport buffers) before the node drops it at once.
     max_unsent_bytes: int = 16 * 1024 * 1024
+    #: Nodes one multicall may name.  Each node keeps a link to every other,
+    #: a full mesh meant for tens of nodes: 64 names any such cluster, while
+    #: one line naming 100,000 made-up nodes is refused before any work.
+    max_multicall_nodes: int = 64
 
 
 @dataclass(frozen=True)
@@ -307,6 +311,7 @@ _KEYS: dict[str, tuple[str, _Check]] = {
     "line_timeout": ("limits", _seconds),
     "max_connections_per_address": ("limits", _whole(1)),
     "max_unsent_bytes": ("limits", _whole(1)),
+    "max_multicall_nodes": ("limits", _whole(1)),
     # Set from the [peers] table, or --peer NAME=ENDPOINT.
     "peers": ("peers", _peers),
     "tokens": ("security", _tokens),

@@ -5,6 +5,9 @@ routing, deadlines, failover and failure detection are checked step by step.
 
 from __future__ import annotations
 
+import json
+import time
+import tracemalloc
 from typing import Any
 
 from twisted.internet.defer import Deferred
@@ -16,12 +19,13 @@ from callnet import (
     FailedPreconditionError,
     NotFoundError,
     Outcome,
+    ResourceExhaustedError,
     UnavailableError,
     procedure,
 )
 from callnet.cluster import PeerState
-from callnet.config import ClusterSettings
-from callnet.testing import MemoryCluster, MemoryReactor
+from callnet.config import ClusterSettings, Limits
+from callnet.testing import MemoryCluster, MemoryNode, MemoryReactor
 from callnet.wire import Call
 
 
@@ -463,6 +467,132 @@ class MulticallTests(SynchronousTestCase):
         answer = self.successResultOf(d)
         self.assertEqual(answer["gamma"], "gamma")
         self.assertIsInstance(answer["zeta"], NotFoundError)
+        cluster.stop()
+
+
+#: What a multicall naming many made-up nodes may take of the reactor and
+#: of memory: generous for a loaded machine, far below what it cost
+#: unbounded (seconds, and over 300 MiB).
+REFUSAL_SECONDS = 0.05
+REFUSAL_BYTES = 32 * 1024 * 1024
+#: The same through a node's protocol, where reading the 1.3 MB line (as any
+#: line that long) takes most of the time.
+LINE_SECONDS = 0.25
+
+
+class MulticallLimitTests(SynchronousTestCase):
+    """What one multicall line may cost the node that receives it."""
+
+    def _names(self) -> list[str]:
+        return [f"made-up-{i}" for i in range(100_000)]
+
+    def test_many_names_refused_fast(self) -> None:
+        """A multicall naming 100,000 nodes is refused, not-run, within 50 ms and 32 MiB."""
+        node = MemoryNode(name="alpha")
+        call = Call("multicall", ("add", [1, 2]), {"nodes": self._names()}, "1")
+        started = time.perf_counter()
+        d = node.dispatcher.dispatch(call)
+        elapsed = time.perf_counter() - started
+        error = self.failureResultOf(d, ResourceExhaustedError).value
+        self.assertEqual(error.outcome, Outcome.NOT_RUN)
+        self.assertIn("at most 64 nodes", error.message)
+        self.assertLess(elapsed, REFUSAL_SECONDS)
+        tracemalloc.start()
+        try:
+            self.failureResultOf(node.dispatcher.dispatch(call), ResourceExhaustedError)
+            peak = tracemalloc.get_traced_memory()[1]
+        finally:
+            tracemalloc.stop()
+        self.assertLess(peak, REFUSAL_BYTES)
+
+    def test_many_names_on_the_wire(self) -> None:
+        """The same line read by a node's protocol is answered at once with one short error."""
+        node = MemoryNode(name="alpha")
+        connection = node.connect_raw()
+        names = json.dumps(self._names(), separators=(",", ":"))
+        line = f"multicall add [1,2] nodes={names}\n".encode()
+        started = time.perf_counter()
+        connection.send(line)
+        elapsed = time.perf_counter() - started
+        [reply] = connection.lines()
+        self.assertTrue(reply.startswith(b"ERR RESOURCE_EXHAUSTED not-run @alpha "), reply)
+        self.assertLess(len(reply), 200)
+        self.assertLess(elapsed, LINE_SECONDS)
+
+    def test_limit_is_configurable(self) -> None:
+        """max_multicall_nodes names can be called; one more is refused."""
+
+        @procedure(run="reactor")
+        def add(a: int, b: int) -> int:
+            return a + b
+
+        node = MemoryNode([add], name="alpha", limits=Limits(max_multicall_nodes=3))
+        client = node.client()
+        d = client.multicall("add", 1, 2, nodes=["alpha", "x", "y"])
+        node.flush()
+        answer = self.successResultOf(d)
+        self.assertEqual(answer["alpha"], 3)
+        d = client.multicall("add", 1, 2, nodes=["alpha", "x", "y", "z"])
+        node.flush()
+        error = self.failureResultOf(d, ResourceExhaustedError).value
+        self.assertEqual(error.outcome, Outcome.NOT_RUN)
+
+    def test_unknown_names_make_no_call(self) -> None:
+        """Names that are no node get NOT_FOUND from the node asked, and no call goes anywhere."""
+        cluster, work = three_nodes()
+        client = cluster["alpha"].client()
+        d = client.multicall("where", nodes=["beta", "nobody", "nothing"])
+        cluster.flush()
+        answer = self.successResultOf(d)
+        self.assertEqual(answer["beta"], "beta")
+        for name in ("nobody", "nothing"):
+            self.assertIsInstance(answer[name], NotFoundError)
+            self.assertEqual(answer[name].outcome, Outcome.NOT_RUN)
+            self.assertEqual(answer[name].node, "alpha")
+        self.assertEqual((work["beta"].runs, work["gamma"].runs), (1, 0))
+        cluster.stop()
+
+    def test_answer_too_big(self) -> None:
+        """An answer longer than max_line_bytes is a RESOURCE_EXHAUSTED error, not a huge line."""
+
+        @procedure(run="reactor")
+        def big() -> str:
+            return "x" * 5000
+
+        node = MemoryNode([big], name="alpha", limits=Limits(max_line_bytes=4096))
+        connection = node.connect_raw()
+        connection.send("#1 multicall big\n")
+        [reply] = connection.lines()
+        self.assertTrue(reply.startswith(b"#1 ERR RESOURCE_EXHAUSTED may-have-run @alpha "), reply)
+        self.assertIn(b"max_line_bytes", reply)
+        connection.send("#2 multicall big [] {} []\n")  # no node: a small answer
+        self.assertEqual(connection.lines()[-1], b"#2 OK {}")
+
+    def test_answer_too_big_cancels_the_calls_still_running(self) -> None:
+        """Once the answer passes the limit, the calls still running are cancelled."""
+        held: list[Deferred[Any]] = []
+        cancelled: list[str] = []
+
+        def big(node: str) -> Any:
+            @procedure(run="reactor", name="big")
+            def answer() -> str:
+                return node * (1024 * 1024)  # 1 MiB: two pass the 2 MiB limit
+
+            return answer
+
+        @procedure(run="reactor", name="big")
+        def slow() -> Deferred[Any]:
+            d: Deferred[Any] = Deferred(lambda _: cancelled.append("gamma"))
+            held.append(d)
+            return d
+
+        cluster = MemoryCluster({"alpha": [big("a")], "beta": [big("b")], "gamma": [slow]})
+        cluster.start()
+        d = cluster["alpha"].client().multicall("big", timeout=10)
+        cluster.flush()
+        error = self.failureResultOf(d, ResourceExhaustedError).value
+        self.assertEqual(error.outcome, Outcome.MAY_HAVE_RUN)
+        self.assertEqual((len(held), cancelled), (1, ["gamma"]))
         cluster.stop()
 
 
