@@ -10,6 +10,9 @@ import time
 import tracemalloc
 from typing import Any
 
+from hypothesis import settings
+from hypothesis import strategies as st
+from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
 from twisted.internet.defer import Deferred
 from twisted.trial.unittest import SynchronousTestCase
 
@@ -292,7 +295,7 @@ class FailureDetectionTests(SynchronousTestCase):
         cluster.freeze("beta")
         cluster.advance(2.5)
         self.assertNoResult(d)
-        cluster.advance(1.7)
+        cluster.advance(1.6)
         self.assertIn(("beta", PeerState.DOWN), events)
         error = self.failureResultOf(d, UnavailableError).value
         self.assertEqual(error.outcome, Outcome.MAY_HAVE_RUN)
@@ -365,6 +368,64 @@ class FailureDetectionTests(SynchronousTestCase):
         cluster.flush()
         self.assertEqual(self.successResultOf(d), "beta")
         cluster.stop()
+
+
+class LivenessMachine(RuleBasedStateMachine):
+    """
+    alpha's view of beta and gamma under any mix of quiet time, long busy
+    turns of the shared reactor, and beta frozen and thawed: a peer is marked
+    down only while it is silent (frozen), however busy the nodes were.
+    """
+
+    DOWN_AFTER = 3.0
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.cluster, _work = three_nodes(heartbeat_interval=1.0, down_after=self.DOWN_AFTER)
+        self.frozen_at: float | None = None
+        self.unjust: list[str] = []
+        self.cluster.clusters["alpha"].subscribe(self._changed)
+
+    def _changed(self, name: str, state: PeerState) -> None:
+        if state is PeerState.DOWN and (name != "beta" or self.frozen_at is None):
+            now = self.cluster.clock.seconds()
+            self.unjust.append(f"{name} marked down at {now:.2f} while it answered")
+
+    @rule(seconds=st.floats(0.05, 2.0))
+    def quiet(self, seconds: float) -> None:
+        """Time passes with the nodes reading as bytes come."""
+        self.cluster.advance(seconds)
+
+    @rule(seconds=st.floats(0.0, 10.0))
+    def busy_turn(self, seconds: float) -> None:
+        """One turn of local work holds the reactor; it reads after."""
+        reactor_turn(self.cluster.clock, seconds)
+        self.cluster.flush()
+
+    @rule()
+    def freeze_beta(self) -> None:
+        if self.frozen_at is None:
+            self.frozen_at = self.cluster.clock.seconds()
+            self.cluster.freeze("beta")
+
+    @rule()
+    def thaw_beta(self) -> None:
+        if self.frozen_at is not None:
+            self.frozen_at = None
+            self.cluster.thaw("beta")
+
+    @invariant()
+    def only_the_silent_are_marked_down(self) -> None:
+        assert not self.unjust, self.unjust
+
+    def teardown(self) -> None:
+        self.cluster.stop()
+
+
+LivenessMachine.TestCase.settings = settings(
+    max_examples=30, stateful_step_count=20, deadline=None
+)
+TestLiveness = LivenessMachine.TestCase
 
 
 class NestedCallTests(SynchronousTestCase):

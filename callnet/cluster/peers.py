@@ -5,8 +5,8 @@ Each configured peer gets a L{Peer}: a L{ClientService} that keeps one
 connection to it (reconnecting with jittered exponential back-off), a
 handshake that learns its name and the procedures it serves, and a heartbeat
 that marks it down when it falls silent: when nothing at all has come from it
-for C{down_after} since a heartbeat asked it to speak, and still nothing once
-this node's reactor has read its sockets.  A peer is in one of three states:
+for C{down_after} (not counting time this node was too busy to ask it), and
+still nothing once this node's reactor has read its sockets.  A peer is in one of three states:
 
     connecting --handshake--> up --silence / lost--> down --handshake--> up
 
@@ -116,9 +116,8 @@ class Peer:
         #: A second look at a peer the heartbeat found silent, due once the
         #: reactor has read its sockets.
         self._second_look: DelayedCall | None = None
-        #: The heartbeat the peer owes an answer to: its link, when it was
-        #: sent, and the link's count of reads then.  Silence is counted from
-        #: it, so time this node spent busy before asking is not the peer's.
+        #: The heartbeat the peer owes an answer to: its link, when the
+        #: peer's silence counts from, and the link's count of reads then.
         self._asked: tuple[ClientProtocol, float, int] | None = None
         self._service = ClientService(
             connector,
@@ -278,8 +277,12 @@ class Peer:
         asked = self._asked
         if asked is None or asked[0] is not protocol or protocol.reads != asked[2]:
             # Heard from since last asked (or a new link): this beat's PING
-            # is the question the peer now owes an answer to.
-            asked = self._asked = (protocol, now, protocol.reads)
+            # is the question the peer now owes an answer to.  Its silence
+            # counts from its last byte, but from no more than one interval
+            # before this question: if this node was too busy to ask for
+            # longer, that time is its own, not the peer's.
+            since = max(protocol.last_heard, now - self._settings.heartbeat_interval)
+            asked = self._asked = (protocol, since, protocol.reads)
         silent_for = now - asked[1]
         if silent_for >= self._settings.down_after - _TICK and self._second_look is None:
             # Timers run before the reactor reads: after a long turn of local
@@ -307,7 +310,7 @@ class Peer:
             return
         silent_for = self._clock.seconds() - (self._asked[1] if self._asked else 0.0)
         log.warn(
-            "peer {peer} silent for {seconds:.1f}s since it was asked: marking it down",
+            "peer {peer} silent for {seconds:.1f}s: marking it down",
             peer=self.name,
             seconds=silent_for,
         )
