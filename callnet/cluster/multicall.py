@@ -113,6 +113,8 @@ def make_multicall(dispatcher: Dispatcher) -> Callable[..., Any]:
         budget = remaining - min(GATHER_MARGIN, remaining / 10)
         calls = []
         for node in known:
+            if answer.over:
+                break  # an answer already too big: start no more calls
             call = context.call(
                 f"{procedure}@{node}", *(args or ()), timeout=budget, **(kwargs or {})
             )
