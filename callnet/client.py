@@ -167,6 +167,10 @@ class ClientProtocol(TwistedProtocol):
         self.on_made: Callable[[ClientProtocol], object] | None = None
         #: When a byte last came from the node, on the clock: its heartbeat.
         self.last_heard = clock.seconds()
+        #: How many reads have brought bytes from the node.  A heartbeat that
+        #: finds the node silent compares it again after the reactor has read
+        #: its sockets: a busy reactor's clock moves on while bytes wait unread.
+        self.reads = 0
 
     @property
     def in_flight(self) -> int:
@@ -247,12 +251,23 @@ class ClientProtocol(TwistedProtocol):
             raise InvalidArgumentError(f"arguments are not JSON: {e}", Outcome.NOT_RUN) from None
         self._outbox.write(line)
 
-    def command(self, verb: str, args: tuple[Any, ...], timeout: float) -> Deferred[Any]:
-        """Send a command such as C{STATS} with a tag and wait for its reply."""
+    def command(
+        self, verb: str, args: tuple[Any, ...], timeout: float, at_once: bool = False
+    ) -> Deferred[Any]:
+        """
+        Send a command such as C{STATS} with a tag and wait for its reply.
+
+        @param at_once: send it now, with whatever was written before it,
+            rather than at the end of the reactor's turn (see L{Outbox}): a
+            heartbeat must not wait out a turn that local work makes long.
+        """
         if not self._connected:
             return fail(UnavailableError("not connected", Outcome.NOT_RUN, self.node_name))
         tag = next(self._tags)
-        return self._send(tag, encode_command(verb, args, tag), verb, timeout)
+        d = self._send(tag, encode_command(verb, args, tag), verb, timeout)
+        if at_once:
+            self._outbox.send()
+        return d
 
     def _expired(self, tag: str) -> None:
         self._abandon(tag, "deadline")
@@ -278,6 +293,7 @@ class ClientProtocol(TwistedProtocol):
 
     def dataReceived(self, data: bytes) -> None:
         self.last_heard = self._clock.seconds()
+        self.reads += 1
         decoder = self._decoder
         decoder.feed(data)
         # Calls made by the callbacks of these replies are sent as they pile

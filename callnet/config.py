@@ -86,6 +86,10 @@ class Limits:
     #: One caller's share of C{max_running_keys}, so that one identity cannot
     #: take every slot: as many calls as one connection may have in flight.
     max_running_keys_per_caller: int = 1000
+    #: Nodes one multicall may name.  Each node keeps a link to every other,
+    #: a full mesh meant for tens of nodes: 64 names any such cluster, while
+    #: one line naming 100,000 made-up nodes is refused before any work.
+    max_multicall_nodes: int = 64
 
 
 @dataclass(frozen=True)
@@ -360,6 +364,7 @@ _KEYS: dict[str, tuple[str, _Check]] = {
     "max_key_result_bytes": ("limits", _whole(1)),
     "max_running_keys": ("limits", _whole(1)),
     "max_running_keys_per_caller": ("limits", _whole(1)),
+    "max_multicall_nodes": ("limits", _whole(1)),
     # Set from the [peers] table, or --peer NAME=ENDPOINT.
     "peers": ("peers", _peers),
     "tokens": ("security", _tokens),

@@ -241,6 +241,11 @@ class Dispatcher:
         self._thread_results = _ThreadResults(reactor)
 
     @property
+    def limits(self) -> Limits:
+        """The node's limits, which procedures such as multicall apply too."""
+        return self._limits
+
+    @property
     def clock(self) -> DispatchReactor:
         """The reactor's clock, which every deadline is measured on."""
         return self.reactor

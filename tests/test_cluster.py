@@ -5,8 +5,14 @@ routing, deadlines, failover and failure detection are checked step by step.
 
 from __future__ import annotations
 
+import json
+import time
+import tracemalloc
 from typing import Any
 
+from hypothesis import settings
+from hypothesis import strategies as st
+from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
 from twisted.internet.defer import Deferred
 from twisted.trial.unittest import SynchronousTestCase
 
@@ -16,12 +22,13 @@ from callnet import (
     FailedPreconditionError,
     NotFoundError,
     Outcome,
+    ResourceExhaustedError,
     UnavailableError,
     procedure,
 )
 from callnet.cluster import PeerState
-from callnet.config import ClusterSettings
-from callnet.testing import MemoryCluster
+from callnet.config import ClusterSettings, Limits
+from callnet.testing import MemoryCluster, MemoryNode, MemoryReactor
 from callnet.wire import Call
 
 
@@ -56,6 +63,20 @@ class Work:
 
     def _cancelled(self) -> None:
         self.cancelled += 1
+
+
+def reactor_turn(clock: MemoryReactor, seconds: float) -> None:
+    """
+    Move the clock on and run the calls then due, as one turn of a real
+    reactor does: a call scheduled meanwhile, even for 0 s, waits for the
+    next turn, and so for the reactor to read its sockets in between.
+    """
+    clock.rightNow += seconds
+    for call in [call for call in clock.calls if call.getTime() <= clock.rightNow]:
+        if call in clock.calls:  # not cancelled by an earlier one
+            clock.calls.remove(call)
+            call.called = 1
+            call.func(*call.args, **call.kw)
 
 
 def three_nodes(**settings: Any) -> tuple[MemoryCluster, dict[str, Work]]:
@@ -285,6 +306,38 @@ class FailureDetectionTests(SynchronousTestCase):
         self.assertEqual([self.successResultOf(c) for c in calls], ["gamma"] * 3)
         cluster.stop()
 
+    def _busy_turn(self, silent: bool) -> tuple[MemoryCluster, list[tuple[str, PeerState]]]:
+        """
+        alpha sends beta a heartbeat, then spends 4 s in one turn of its
+        reactor without reading; beta falls silent too if C{silent}.
+        """
+        cluster, _work = three_nodes(heartbeat_interval=1.0, down_after=3.0)
+        events: list[tuple[str, PeerState]] = []
+        cluster.clusters["alpha"].subscribe(lambda name, state: events.append((name, state)))
+        cluster.advance(2.5)
+        reactor_turn(cluster.clock, 1.0)  # a heartbeat: alpha asks, nothing is read yet
+        if silent:
+            cluster.freeze("beta")
+        reactor_turn(cluster.clock, 4.0)  # busy: the next heartbeat finds 4 s of silence
+        self.assertEqual(events, [], "judged before reading")
+        cluster.flush()  # the reactor reads its sockets
+        reactor_turn(cluster.clock, 0.0)  # the next turn: the second look
+        return cluster, events
+
+    def test_busy_node_reads_before_it_judges(self) -> None:
+        """A peer whose answer waited unread while this node was busy is not marked down."""
+        cluster, events = self._busy_turn(silent=False)
+        self.assertEqual(events, [])
+        peers = {peer.name: peer.state for peer in cluster.clusters["alpha"].peers}
+        self.assertEqual(peers, {"beta": PeerState.UP, "gamma": PeerState.UP})
+        cluster.stop()
+
+    def test_silent_after_reading_is_marked_down(self) -> None:
+        """A peer still silent once this node has read its sockets is marked down then."""
+        cluster, events = self._busy_turn(silent=True)
+        self.assertEqual(events, [("beta", PeerState.DOWN)])
+        cluster.stop()
+
     def test_thawed_peer_comes_back_and_late_replies_go_nowhere(self) -> None:
         """After it answers again the peer is up; its late reply to an abandoned call reaches no one."""
         cluster, work = three_nodes(heartbeat_interval=1.0, down_after=3.0)
@@ -315,6 +368,64 @@ class FailureDetectionTests(SynchronousTestCase):
         cluster.flush()
         self.assertEqual(self.successResultOf(d), "beta")
         cluster.stop()
+
+
+class LivenessMachine(RuleBasedStateMachine):
+    """
+    alpha's view of beta and gamma under any mix of quiet time, long busy
+    turns of the shared reactor, and beta frozen and thawed: a peer is marked
+    down only while it is silent (frozen), however busy the nodes were.
+    """
+
+    DOWN_AFTER = 3.0
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.cluster, _work = three_nodes(heartbeat_interval=1.0, down_after=self.DOWN_AFTER)
+        self.frozen_at: float | None = None
+        self.unjust: list[str] = []
+        self.cluster.clusters["alpha"].subscribe(self._changed)
+
+    def _changed(self, name: str, state: PeerState) -> None:
+        if state is PeerState.DOWN and (name != "beta" or self.frozen_at is None):
+            now = self.cluster.clock.seconds()
+            self.unjust.append(f"{name} marked down at {now:.2f} while it answered")
+
+    @rule(seconds=st.floats(0.05, 2.0))
+    def quiet(self, seconds: float) -> None:
+        """Time passes with the nodes reading as bytes come."""
+        self.cluster.advance(seconds)
+
+    @rule(seconds=st.floats(0.0, 10.0))
+    def busy_turn(self, seconds: float) -> None:
+        """One turn of local work holds the reactor; it reads after."""
+        reactor_turn(self.cluster.clock, seconds)
+        self.cluster.flush()
+
+    @rule()
+    def freeze_beta(self) -> None:
+        if self.frozen_at is None:
+            self.frozen_at = self.cluster.clock.seconds()
+            self.cluster.freeze("beta")
+
+    @rule()
+    def thaw_beta(self) -> None:
+        if self.frozen_at is not None:
+            self.frozen_at = None
+            self.cluster.thaw("beta")
+
+    @invariant()
+    def only_the_silent_are_marked_down(self) -> None:
+        assert not self.unjust, self.unjust
+
+    def teardown(self) -> None:
+        self.cluster.stop()
+
+
+LivenessMachine.TestCase.settings = settings(
+    max_examples=30, stateful_step_count=20, deadline=None
+)
+TestLiveness = LivenessMachine.TestCase
 
 
 class NestedCallTests(SynchronousTestCase):
@@ -417,6 +528,132 @@ class MulticallTests(SynchronousTestCase):
         answer = self.successResultOf(d)
         self.assertEqual(answer["gamma"], "gamma")
         self.assertIsInstance(answer["zeta"], NotFoundError)
+        cluster.stop()
+
+
+#: What a multicall naming many made-up nodes may take of the reactor and
+#: of memory: generous for a loaded machine, far below what it cost
+#: unbounded (seconds, and over 300 MiB).
+REFUSAL_SECONDS = 0.05
+REFUSAL_BYTES = 32 * 1024 * 1024
+#: The same through a node's protocol, where reading the 1.3 MB line (as any
+#: line that long) takes most of the time.
+LINE_SECONDS = 0.25
+
+
+class MulticallLimitTests(SynchronousTestCase):
+    """What one multicall line may cost the node that receives it."""
+
+    def _names(self) -> list[str]:
+        return [f"made-up-{i}" for i in range(100_000)]
+
+    def test_many_names_refused_fast(self) -> None:
+        """A multicall naming 100,000 nodes is refused, not-run, within 50 ms and 32 MiB."""
+        node = MemoryNode(name="alpha")
+        call = Call("multicall", ("add", [1, 2]), {"nodes": self._names()}, "1")
+        started = time.perf_counter()
+        d = node.dispatcher.dispatch(call)
+        elapsed = time.perf_counter() - started
+        error = self.failureResultOf(d, ResourceExhaustedError).value
+        self.assertEqual(error.outcome, Outcome.NOT_RUN)
+        self.assertIn("at most 64 nodes", error.message)
+        self.assertLess(elapsed, REFUSAL_SECONDS)
+        tracemalloc.start()
+        try:
+            self.failureResultOf(node.dispatcher.dispatch(call), ResourceExhaustedError)
+            peak = tracemalloc.get_traced_memory()[1]
+        finally:
+            tracemalloc.stop()
+        self.assertLess(peak, REFUSAL_BYTES)
+
+    def test_many_names_on_the_wire(self) -> None:
+        """The same line read by a node's protocol is answered at once with one short error."""
+        node = MemoryNode(name="alpha")
+        connection = node.connect_raw()
+        names = json.dumps(self._names(), separators=(",", ":"))
+        line = f"multicall add [1,2] nodes={names}\n".encode()
+        started = time.perf_counter()
+        connection.send(line)
+        elapsed = time.perf_counter() - started
+        [reply] = connection.lines()
+        self.assertTrue(reply.startswith(b"ERR RESOURCE_EXHAUSTED not-run @alpha "), reply)
+        self.assertLess(len(reply), 200)
+        self.assertLess(elapsed, LINE_SECONDS)
+
+    def test_limit_is_configurable(self) -> None:
+        """max_multicall_nodes names can be called; one more is refused."""
+
+        @procedure(run="reactor")
+        def add(a: int, b: int) -> int:
+            return a + b
+
+        node = MemoryNode([add], name="alpha", limits=Limits(max_multicall_nodes=3))
+        client = node.client()
+        d = client.multicall("add", 1, 2, nodes=["alpha", "x", "y"])
+        node.flush()
+        answer = self.successResultOf(d)
+        self.assertEqual(answer["alpha"], 3)
+        d = client.multicall("add", 1, 2, nodes=["alpha", "x", "y", "z"])
+        node.flush()
+        error = self.failureResultOf(d, ResourceExhaustedError).value
+        self.assertEqual(error.outcome, Outcome.NOT_RUN)
+
+    def test_unknown_names_make_no_call(self) -> None:
+        """Names that are no node get NOT_FOUND from the node asked, and no call goes anywhere."""
+        cluster, work = three_nodes()
+        client = cluster["alpha"].client()
+        d = client.multicall("where", nodes=["beta", "nobody", "nothing"])
+        cluster.flush()
+        answer = self.successResultOf(d)
+        self.assertEqual(answer["beta"], "beta")
+        for name in ("nobody", "nothing"):
+            self.assertIsInstance(answer[name], NotFoundError)
+            self.assertEqual(answer[name].outcome, Outcome.NOT_RUN)
+            self.assertEqual(answer[name].node, "alpha")
+        self.assertEqual((work["beta"].runs, work["gamma"].runs), (1, 0))
+        cluster.stop()
+
+    def test_answer_too_big(self) -> None:
+        """An answer longer than max_line_bytes is a RESOURCE_EXHAUSTED error, not a huge line."""
+
+        @procedure(run="reactor")
+        def big() -> str:
+            return "x" * 5000
+
+        node = MemoryNode([big], name="alpha", limits=Limits(max_line_bytes=4096))
+        connection = node.connect_raw()
+        connection.send("#1 multicall big\n")
+        [reply] = connection.lines()
+        self.assertTrue(reply.startswith(b"#1 ERR RESOURCE_EXHAUSTED may-have-run @alpha "), reply)
+        self.assertIn(b"max_line_bytes", reply)
+        connection.send("#2 multicall big [] {} []\n")  # no node: a small answer
+        self.assertEqual(connection.lines()[-1], b"#2 OK {}")
+
+    def test_answer_too_big_cancels_the_calls_still_running(self) -> None:
+        """Once the answer passes the limit, the calls still running are cancelled."""
+        held: list[Deferred[Any]] = []
+        cancelled: list[str] = []
+
+        def big(node: str) -> Any:
+            @procedure(run="reactor", name="big")
+            def answer() -> str:
+                return node * (1024 * 1024)  # 1 MiB: two pass the 2 MiB limit
+
+            return answer
+
+        @procedure(run="reactor", name="big")
+        def slow() -> Deferred[Any]:
+            d: Deferred[Any] = Deferred(lambda _: cancelled.append("gamma"))
+            held.append(d)
+            return d
+
+        cluster = MemoryCluster({"alpha": [big("a")], "beta": [big("b")], "gamma": [slow]})
+        cluster.start()
+        d = cluster["alpha"].client().multicall("big", timeout=10)
+        cluster.flush()
+        error = self.failureResultOf(d, ResourceExhaustedError).value
+        self.assertEqual(error.outcome, Outcome.MAY_HAVE_RUN)
+        self.assertEqual((len(held), cancelled), (1, ["gamma"]))
         cluster.stop()
 
 

@@ -524,6 +524,46 @@ def test_busy_link_is_not_taken_for_a_dead_one(tmp_path: Path) -> None:
         assert peer_states(watcher)["beta"] == "up"
 
 
+#: Connections that flood alpha, and the calls each pipelines in one write:
+#: enough that one turn of alpha's reactor (a read of each) takes seconds,
+#: several times down_after.
+FLOOD_CONNECTIONS = 20
+FLOOD_CALLS = 4000
+
+
+def test_local_flood_does_not_take_peers_for_dead(tmp_path: Path) -> None:
+    """
+    20 connections each pipeline 4,000 add 1 2 at alpha while calls
+    forwarded to beta and gamma run: alpha, too busy to read for longer than
+    down_after, marks neither peer down, and every call succeeds.
+    """
+    with running_cluster(tmp_path) as cluster:
+        alpha = cluster["alpha"]
+        watcher, caller = alpha.connect(), alpha.connect()
+        forwarded = [
+            f"#s{k} +timeout=60 sleep@{('beta', 'gamma')[k % 2]} 1.5" for k in range(10)
+        ] + [f"#w{k} +timeout=60 stock widget" for k in range(10)]
+        floods = [alpha.connect() for _ in range(FLOOD_CONNECTIONS)]
+        # Some forwarded calls are running when the flood comes, more follow it.
+        caller.send("".join(line + "\n" for line in forwarded[:10]).encode())
+        for flood in floods:
+            flood.send(b"add 1 2\n" * FLOOD_CALLS)
+        caller.send("".join(line + "\n" for line in forwarded[10:]).encode())
+
+        for flood in floods:
+            replies = [flood.read_line(timeout=60) for _ in range(FLOOD_CALLS)]
+            assert set(replies) == {"OK 3"}, sorted(set(replies))[:3]
+        answers = dict(caller.read_line(timeout=60).split(" ", 1) for _ in forwarded)
+        assert answers == {
+            **{f"#s{k}": "OK 1.5" for k in range(10)},
+            **{f"#w{k}": "OK 12" for k in range(10)},
+        }
+        assert peer_states(watcher) == {"beta": "up", "gamma": "up"}
+        log = alpha.output()
+        assert "marking it down" not in log, log[-3000:]
+        assert "up -> down" not in log, log[-3000:]
+
+
 # --- 11. A node frozen (SIGSTOP), then thawed -----------------------------------------
 
 

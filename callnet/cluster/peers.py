@@ -4,7 +4,9 @@ Links to the other nodes of a cluster: connection, handshake, heartbeats.
 Each configured peer gets a L{Peer}: a L{ClientService} that keeps one
 connection to it (reconnecting with jittered exponential back-off), a
 handshake that learns its name and the procedures it serves, and a heartbeat
-that marks it down when it falls silent.  A peer is in one of three states:
+that marks it down when it falls silent: when nothing at all has come from it
+for C{down_after} (not counting time this node was too busy to ask it), and
+still nothing once this node's reactor has read its sockets.  A peer is in one of three states:
 
     connecting --handshake--> up --silence / lost--> down --handshake--> up
 
@@ -35,6 +37,11 @@ from callnet.tls import HandshakeEndpoint
 from callnet.wire import PROTOCOL_VERSION
 
 log = Logger()
+
+#: Clock times are floats, and heartbeats come one interval after another:
+#: three of 1 s may add up to 2.9999999999999996 s.  Silence this close to
+#: C{down_after} counts as reaching it.
+_TICK = 1e-6
 
 
 class PeerState(enum.Enum):
@@ -106,6 +113,12 @@ class Peer:
         self._token = token
         self._protocol: ClientProtocol | None = None
         self._heartbeat: DelayedCall | None = None
+        #: A second look at a peer the heartbeat found silent, due once the
+        #: reactor has read its sockets.
+        self._second_look: DelayedCall | None = None
+        #: The heartbeat the peer owes an answer to: its link, when the
+        #: peer's silence counts from, and the link's count of reads then.
+        self._asked: tuple[ClientProtocol, float, int] | None = None
         self._service = ClientService(
             connector,
             _PeerFactory(self),
@@ -149,6 +162,9 @@ class Peer:
         if self._heartbeat is not None:
             self._heartbeat.cancel()
             self._heartbeat = None
+        if self._second_look is not None:
+            self._second_look.cancel()
+            self._second_look = None
         d: Deferred[None] = self._service.stopService()
         return d
 
@@ -250,24 +266,58 @@ class Peer:
         self._heartbeat = self._clock.callLater(self._settings.heartbeat_interval, self._beat)
 
     def _beat(self) -> None:
-        """Mark a silent peer down; otherwise ask it to say something."""
+        """
+        Ask the peer to say something; if it has said nothing since it was
+        asked C{down_after} ago, look again once the reactor has read.
+        """
         self._schedule_heartbeat()
         protocol = self._protocol
         if protocol is None or self.state is not PeerState.UP:
             return
-        silent_for = self._clock.seconds() - protocol.last_heard
-        if silent_for >= self._settings.down_after:
-            log.warn(
-                "peer {peer} silent for {seconds:.1f}s: marking it down",
-                peer=self.name,
-                seconds=silent_for,
+        now = self._clock.seconds()
+        asked = self._asked
+        if asked is None or asked[0] is not protocol or protocol.reads != asked[2]:
+            # Heard from since last asked (or a new link): this beat's PING
+            # is the question the peer now owes an answer to.  Its silence
+            # counts from its last byte, but from no more than one interval
+            # before this question: if this node was too busy to ask for
+            # longer, that time is its own, not the peer's.
+            since = max(protocol.last_heard, now - self._settings.heartbeat_interval)
+            asked = self._asked = (protocol, since, protocol.reads)
+        silent_for = now - asked[1]
+        if silent_for >= self._settings.down_after - _TICK and self._second_look is None:
+            # Timers run before the reactor reads: after a long turn of local
+            # work the peer's answer may be waiting unread in the socket.  A
+            # call at 0 runs in the next turn, after the reactor has read.
+            self._second_look = self._clock.callLater(
+                0, self._judge, protocol, protocol.reads, silent_for
             )
-            self._protocol = None
-            self._set_state(PeerState.DOWN)
-            protocol.abort(f"peer {self.name} stopped answering ({silent_for:.1f}s of silence)")
-            return
-        ping = protocol.command("PING", (), self._settings.down_after)
+        # Sent now, not at the end of this turn, which local work can make long.
+        ping = protocol.command("PING", (), self._settings.down_after, at_once=True)
         ping.addErrback(lambda reason: None)  # silence is judged above, not here
+
+    def _judge(self, protocol: ClientProtocol, reads: int, found_silent: float) -> None:
+        """Mark the peer down if nothing came from it since it was found silent."""
+        self._second_look = None
+        if protocol is not self._protocol or self.state is not PeerState.UP:
+            return
+        if protocol.reads != reads:
+            log.info(
+                "peer {peer} seemed silent for {seconds:.1f}s, but its bytes were"
+                " waiting to be read: this node was busy, the peer is up",
+                peer=self.name,
+                seconds=found_silent,
+            )
+            return
+        silent_for = self._clock.seconds() - (self._asked[1] if self._asked else 0.0)
+        log.warn(
+            "peer {peer} silent for {seconds:.1f}s: marking it down",
+            peer=self.name,
+            seconds=silent_for,
+        )
+        self._protocol = None
+        self._set_state(PeerState.DOWN)
+        protocol.abort(f"peer {self.name} stopped answering ({silent_for:.1f}s of silence)")
 
 
 def _read_hello(info: Any) -> tuple[str, dict[str, dict[str, Any]]]:
