@@ -26,8 +26,8 @@ from callnet.config import NodeConfig
 from callnet.dispatch import Dispatcher
 from callnet.errors import ConfigError
 from callnet.metrics import Metrics, metrics_service
-from callnet.protocol import NodeFactory
 from callnet.registry import Registry
+from callnet.server import NodeFactory
 from callnet.tls import is_tls_listen, peer_identity, server_endpoint
 from callnet.workers import WorkerThreads
 

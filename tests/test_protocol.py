@@ -22,8 +22,8 @@ from callnet.errors import (
     ResourceExhaustedError,
     UnavailableError,
 )
-from callnet.protocol import DRAIN_CHECK_INTERVAL, DRAIN_FLUSH_TIMEOUT
 from callnet.registry import procedure
+from callnet.server import DRAIN_CHECK_INTERVAL, DRAIN_FLUSH_TIMEOUT
 from callnet.testing import MemoryNode
 from callnet.wire import Failure, Success, Text
 
@@ -125,7 +125,7 @@ class InlineFormTests(SynchronousTestCase):
         conn.send(b"#7 echo " + b"x" * 60)
         conn.send(b"x" * 1000)
         conn.send(b"x" * 1000 + b"\n#8 add 1 2\n")
-        self.assertLessEqual(conn.protocol._decoder.buffered, 100)
+        self.assertLessEqual(conn.protocol.session.held_input, 100)
         [too_long, ok] = conn.events()
         assert isinstance(too_long, Failure)
         self.assertIsInstance(too_long.error, ResourceExhaustedError)
