@@ -357,7 +357,10 @@ class Session:
             return  # QUIT already said so: what it owes is answered
         self._cancel_tagged()
         self._after_call()
-        self._pump()
+        if not self._reading and not self._decoder.buffered and self.state is OPEN:
+            self._input_done()  # nothing left to read: no need to wait for reading
+        else:
+            self._pump()
 
     def connection_lost(self) -> None:
         """The connection is gone: cancel what runs for it, detach the rest."""
@@ -636,7 +639,7 @@ class Session:
             return
         self._auth_wait = False
         self._update_reading()
-        self._maybe_finish()
+        self._after_call()
 
     # --- Replies ----------------------------------------------------------------------
 
@@ -645,6 +648,7 @@ class Session:
         if tag is None and self._untagged:
             self._untagged.append(Slot(None, line))
             self._flush_untagged()
+            self._check_load()
         else:
             self._write(line)
 
