@@ -22,9 +22,7 @@ from zope.interface import implementer
 from callnet.access import ANONYMOUS
 from callnet.cluster.multicall import MULTICALL
 from callnet.errors import (
-    CallError,
     FailedPreconditionError,
-    InternalError,
     InvalidArgumentError,
     Outcome,
     PermissionDeniedError,
@@ -32,10 +30,11 @@ from callnet.errors import (
     UnavailableError,
 )
 from callnet.reactors import DelayedCall, set_no_delay
+from callnet.replies import encode_result, log_access, trace_failure
 from callnet.sending import Outbox
 from callnet.session import AUTH_DELAY, MAX_AUTH_FAILURES, ORDINARY_ENDS, Session, Slot
 from callnet.tracing import with_trace
-from callnet.wire import Call, Command, encode_failure, encode_success
+from callnet.wire import Call, Command
 
 if TYPE_CHECKING:
     from callnet.server import NodeFactory
@@ -43,9 +42,6 @@ if TYPE_CHECKING:
 __all__ = ["AUTH_DELAY", "MAX_AUTH_FAILURES", "NodeProtocol"]
 
 log = Logger()
-#: One event per call when the access log is on, in its own namespace so it
-#: can be routed apart from the node's other logs.
-access_log = Logger(namespace="callnet.access")
 
 
 @implementer(IPushProducer, IHalfCloseableProtocol, IHandshakeListener)
@@ -79,21 +75,13 @@ class NodeProtocol(Protocol):
             factory.limits, factory.node_name, self, self.identity is not None
         )
         session.draining = factory.draining
-        limits, host = factory.limits, getattr(transport.getPeer(), "host", None)
-        if factory.connections >= limits.max_connections:
-            why = f"too many connections ({limits.max_connections}); try again later"
-        elif host is not None and factory.by_address.get(host, 0) >= (
-            limits.max_connections_per_address
-        ):
-            why = f"too many connections from {host} ({limits.max_connections_per_address})"
-        else:
-            factory.connections += 1
-            factory.open.add(self)
-            factory.by_address[host] = factory.by_address.get(host, 0) + 1
-            self._host, self._counted = host, True
+        self._host = getattr(transport.getPeer(), "host", None)
+        refusal = factory.admit(self, self._host)
+        if refusal is None:
+            self._counted = True
             transport.registerProducer(self, True)
-            return
-        session.refuse(ResourceExhaustedError(why, node=factory.node_name), why)
+        else:
+            session.refuse(ResourceExhaustedError(refusal, node=factory.node_name), refusal)
 
     def handshakeCompleted(self) -> None:
         """A TLS handshake finished: a verified client certificate names the caller."""
@@ -124,14 +112,8 @@ class NodeProtocol(Protocol):
     def connectionLost(self, reason: Failure = connectionDone) -> None:
         self._outbox.discard()
         if self._counted:
-            factory, self._counted = self.factory, False
-            factory.connections -= 1
-            factory.open.discard(self)
-            left = factory.by_address.get(self._host, 1) - 1
-            if left:
-                factory.by_address[self._host] = left
-            else:
-                factory.by_address.pop(self._host, None)
+            self._counted = False
+            self.factory.release(self, self._host)
         self.session.connection_lost()
         for timer in self._timers.values():
             timer.cancel()
@@ -174,22 +156,22 @@ class NodeProtocol(Protocol):
         factory = self.factory
         if not _allowed(factory.access, self.identity, call):
             denied = PermissionDeniedError(f"{self.identity} may not call {call.procedure[:80]}")
-            return self._encode(Failure(denied), call.tag)
+            return self._reply(Failure(denied), call.tag)
         if call.trace is None and factory.access_log:
             call = with_trace(call, factory.dispatcher.trace_ids.new())
         outcome = factory.dispatcher.start(call)
         if factory.access_log:
-            outcome = self._log_access(call, outcome)
+            outcome = log_access(call, outcome, factory.clock, self.identity, self._host)
         if isinstance(outcome, Deferred):
             if call.trace is not None or call.tag is not None:
-                outcome.addErrback(self._trace_failure, call)
+                outcome.addErrback(trace_failure, call, factory.dispatcher.trace_ids)
             return outcome
         if call.cast:
             self._cast_done(outcome, call, None)
             return b""
         if isinstance(outcome, Failure):
-            self._trace_failure(outcome, call)
-        return self._encode(outcome, call.tag)
+            trace_failure(outcome, call, factory.dispatcher.trace_ids)
+        return self._reply(outcome, call.tag)
 
     def follow(self, work: Deferred[Any], call: Call, slot: Slot | None) -> None:
         if call.cast:
@@ -201,10 +183,10 @@ class NodeProtocol(Protocol):
             work.addBoth(self._tagged_done, tag, work)
 
     def _untagged_done(self, result: Any, slot: Slot) -> None:
-        self.session.untagged_finished(slot, self._encode(result))
+        self.session.untagged_finished(slot, self._reply(result))
 
     def _tagged_done(self, result: Any, tag: str, work: Deferred[Any]) -> None:
-        self.session.tagged_finished(tag, work, self._encode(result, tag))
+        self.session.tagged_finished(tag, work, self._reply(result, tag))
 
     def cancel_call(self, work: Deferred[Any]) -> None:
         work.cancel()
@@ -214,7 +196,7 @@ class NodeProtocol(Protocol):
 
     def run_command(self, command: Command) -> bytes:
         if command.verb == "HELLO":
-            return self._encode(self._hello(command.args), command.tag)
+            return self._reply(self._hello(command.args), command.tag)
         return self.factory.answer(command)
 
     def authenticate(self, args: tuple[Any, ...]) -> Any:
@@ -255,21 +237,8 @@ class NodeProtocol(Protocol):
 
     # --- Helpers ------------------------------------------------------------------
 
-    def _encode(self, result: Any, tag: str | None = None) -> bytes:
-        if isinstance(result, Failure):
-            error = result.value
-            if not isinstance(error, CallError):
-                error = InternalError("the node failed to handle this request")
-            if error.node is None:
-                error.node = self.factory.node_name
-            return encode_failure(error, tag)
-        try:
-            return encode_success(result, tag)
-        except (TypeError, ValueError) as e:
-            error = InternalError(
-                f"the result is not JSON ({e})", Outcome.RAN, self.factory.node_name
-            )
-            return encode_failure(error, tag)
+    def _reply(self, result: Any, tag: str | None = None) -> bytes:
+        return encode_result(result, tag, self.factory.node_name)
 
     def _hello(self, args: tuple[Any, ...]) -> Any:
         """A peer's handshake: note who it says it is, and say who we are."""
@@ -293,52 +262,6 @@ class NodeProtocol(Protocol):
             )
         if work is not None:
             self.session.cast_finished(work)
-
-    def _trace_failure(self, failure: Failure, call: Call) -> Failure:
-        """
-        Give a failed call's error its trace id, to show in the reply: the
-        call's own, or for a program's (tagged) call a new one, so that every
-        failure a program sees can be found in the nodes' logs.  A person's
-        untagged line is answered without one unless it carried one.
-        """
-        error = failure.value
-        if isinstance(error, CallError) and error.trace is None:
-            error.trace = call.trace
-            if error.trace is None and call.tag is not None:
-                error.trace = self.factory.dispatcher.trace_ids.new()
-            # Refusals (not run) are not logged: anyone can cause them cheaply.
-            if error.trace is not None and error.outcome is not Outcome.NOT_RUN:
-                log.info(
-                    "{procedure} failed {code} (trace {trace}): {message}",
-                    procedure=call.procedure,
-                    code=error.code,
-                    trace=error.trace,
-                    message=error.message,
-                )
-        return failure
-
-    def _log_access(self, call: Call, outcome: Any) -> Any:
-        """Log the call once it ends (the access log), passing its outcome on."""
-        started = self.factory.clock.seconds()
-
-        def record(result: Any) -> Any:
-            error = result.value if isinstance(result, Failure) else None
-            access_log.info(
-                "{procedure} by {caller} from {address}: {outcome} in {duration_ms:.2f} ms"
-                " (trace {trace})",
-                procedure=call.procedure,
-                caller=self.identity,
-                address=self._host,
-                outcome="OK" if error is None else getattr(error, "code", "INTERNAL"),
-                duration_ms=(self.factory.clock.seconds() - started) * 1000,
-                trace=call.trace,
-                tag=call.tag,
-            )
-            return result
-
-        if isinstance(outcome, Deferred):
-            return outcome.addBoth(record)
-        return record(outcome)
 
 
 def _allowed(access: Any, identity: str | None, call: Call) -> bool:

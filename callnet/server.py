@@ -88,6 +88,29 @@ class NodeFactory(Factory):
         #: Casts still running whose connection has closed.
         self.detached_casts = 0
 
+    def admit(self, protocol: NodeProtocol, host: str | None) -> str | None:
+        """Count a new connection, or say why it cannot be taken."""
+        limits = self.limits
+        if self.connections >= limits.max_connections:
+            return f"too many connections ({limits.max_connections}); try again later"
+        per_address = limits.max_connections_per_address
+        if host is not None and self.by_address.get(host, 0) >= per_address:
+            return f"too many connections from {host} ({per_address})"
+        self.connections += 1
+        self.open.add(protocol)
+        self.by_address[host] = self.by_address.get(host, 0) + 1
+        return None
+
+    def release(self, protocol: NodeProtocol, host: str | None) -> None:
+        """A connection counted by L{admit} has closed."""
+        self.connections -= 1
+        self.open.discard(protocol)
+        left = self.by_address.get(host, 1) - 1
+        if left:
+            self.by_address[host] = left
+        else:
+            self.by_address.pop(host, None)
+
     def detach_cast(self, work: Deferred[Any]) -> None:
         """
         A cast outlived its connection: let it run on to its deadline, within

@@ -259,13 +259,13 @@ class SessionMachine(RuleBasedStateMachine):
         self.session.connection_lost()
         for number, (_, call, _) in running.items():
             if call.cast:
-                self.assertTrue(number in self.node.detached, "a cast is detached, not cancelled")
+                self.check(number in self.node.detached, "a cast is detached, not cancelled")
             elif call.key is not None and call.tag is not None:
-                self.assertTrue(number not in self.node.cancelled, "a keyed call runs on")
+                self.check(number not in self.node.cancelled, "a keyed call runs on")
             else:
-                self.assertTrue(number in self.node.cancelled, "an unkeyed call is cancelled")
+                self.check(number in self.node.cancelled, "an unkeyed call is cancelled")
 
-    def assert_(self, condition: bool, message: str) -> None:
+    def check(self, condition: bool, message: str) -> None:
         assert condition, message
 
     # --- Invariants -----------------------------------------------------------------
