@@ -688,7 +688,9 @@ class Session:
             return
         # A peer's link is never paused for its calls (they are refused past
         # the limit instead); only untagged answers piling up stop it.
-        load = len(self._untagged) if self.peer else self.load
+        load = len(self._untagged)
+        if not self.peer:
+            load += len(self._tagged) + len(self._casts)
         if load >= self._max_in_flight:
             self._over_limit = True
             self._update_reading()

@@ -599,6 +599,46 @@ class HalfCloseTests(SynchronousTestCase):
         self.assertEqual(len(conn.events()), 5)
         self.assertTrue(conn.transport.disconnecting)
 
+    def test_quit_then_end_of_input(self) -> None:
+        """After QUIT, end of input changes nothing: the tagged call is answered, then bye, then close."""
+        node, pending = node_with_pending()
+        conn = node.connect_raw()
+        conn.send("#1 wait a\nQUIT\nPING\n")
+        conn.protocol.readConnectionLost()
+        self.assertEqual(pending.cancelled, [])
+        self.assertFalse(conn.transport.disconnecting)
+        pending.calls["a"].callback("A")
+        self.assertEqual(conn.lines(), [b'#1 OK "A"', b'OK "bye"'])
+        self.assertTrue(conn.transport.disconnecting)
+
+    def test_slow_untagged_call_and_a_flood_of_help(self) -> None:
+        """Answers queued behind a slow untagged call stop reading at the limit, not memory."""
+        node, pending = node_with_pending(Limits(max_calls_in_flight=50))
+        conn = node.connect_raw()
+        conn.send("wait a\n" + "HELP\n" * 2000)
+        self.assertEqual(conn.transport.producerState, "paused")
+        self.assertEqual(conn.protocol.session.queued, 50)
+        self.assertEqual(conn.lines(), [])
+        pending.calls["a"].callback("A")
+        lines = conn.lines()
+        self.assertEqual(lines[0], b'OK "A"')
+        self.assertEqual(sum(line == b"OK" for line in lines), 2000)
+
+    def test_casts_outliving_their_connection_are_bounded(self) -> None:
+        """Casts run on after their connection closes, up to max_detached_casts node-wide."""
+        node, pending = node_with_pending(Limits(max_detached_casts=1))
+        for key in ("a", "b"):
+            conn = node.connect_raw()
+            conn.send(f"+cast wait {key}\n")
+            conn.protocol.readConnectionLost()
+            self.assertTrue(conn.transport.disconnecting, "a cast does not hold the connection")
+            conn.protocol.connectionLost()
+        self.assertEqual(node.factory.connections, 0)
+        self.assertEqual(pending.cancelled, ["b"])
+        self.assertEqual(node.factory.detached_casts, 1)
+        pending.calls["a"].callback(None)
+        self.assertEqual(node.factory.detached_casts, 0)
+
 
 class PeerLinkTests(SynchronousTestCase):
     """A connection from a peer node (it said HELLO) is shed, never paused."""
