@@ -179,14 +179,14 @@ class NodeProtocol(Protocol):
         elif slot is not None:
             work.addBoth(self._untagged_done, slot)
         else:
-            tag = cast(str, call.tag)
-            work.addBoth(self._tagged_done, tag, work)
+            work.addBoth(self._tagged_done, call.tag, work)
 
     def _untagged_done(self, result: Any, slot: Slot) -> None:
-        self.session.untagged_finished(slot, self._reply(result))
+        self.session.untagged_finished(slot, encode_result(result, None, self.factory.node_name))
 
-    def _tagged_done(self, result: Any, tag: str, work: Deferred[Any]) -> None:
-        self.session.tagged_finished(tag, work, self._reply(result, tag))
+    def _tagged_done(self, result: Any, tag: str | None, work: Deferred[Any]) -> None:
+        line = encode_result(result, tag, self.factory.node_name)
+        self.session.tagged_finished(tag, work, line)
 
     def cancel_call(self, work: Deferred[Any]) -> None:
         work.cancel()

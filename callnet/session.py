@@ -314,10 +314,6 @@ class Session:
         """The timers running now."""
         return frozenset(self._timers)
 
-    def owes(self) -> bool:
-        """Whether any reply is still owed (a tagged or untagged call, or a goodbye)."""
-        return bool(self._tagged or self._untagged or self._quit_tag is not None)
-
     # --- Events -----------------------------------------------------------------------
 
     def receive_data(self, data: bytes) -> None:
@@ -381,9 +377,9 @@ class Session:
         for work in casts:
             self._actions.detach_cast(work)
 
-    def tagged_finished(self, tag: str, work: Any, line: bytes) -> None:
+    def tagged_finished(self, tag: str | None, work: Any, line: bytes) -> None:
         """A tagged call ended; C{line} is its reply."""
-        if self._tagged.get(tag) is not work:
+        if tag is None or self._tagged.get(tag) is not work:
             return  # cancelled without a reply, or the connection is gone
         del self._tagged[tag]
         self._keyed.discard(tag)
@@ -540,7 +536,9 @@ class Session:
             if call.key is not None:
                 self._keyed.add(tag)
             self._actions.follow(work, call, None)
-        self._check_load()
+        # Checked here without a call, as this runs once per call.
+        if len(self._untagged) + len(self._tagged) + len(self._casts) >= self._max_in_flight:
+            self._check_load()
 
     def _handle_command(self, command: Command) -> None:
         verb = COMMANDS.get(command.verb)
