@@ -90,6 +90,18 @@ class Limits:
     #: a full mesh meant for tens of nodes: 64 names any such cluster, while
     #: one line naming 100,000 made-up nodes is refused before any work.
     max_multicall_nodes: int = 64
+    #: Bytes a connection may have sent that the node holds unread while it
+    #: is not reading from it (calls in flight at the limit, replies backed
+    #: up, an AUTH delay).  A transport that honours the pause delivers at
+    #: most one more read (64 KiB for TCP) after it, on top of an unfinished
+    #: line (C{max_line_bytes}); past this bound the transport is not
+    #: pausing and the connection is closed with an error.
+    max_held_input_bytes: int = 4 * 1024 * 1024
+    #: Casts the node lets run on, node-wide, after the connection that sent
+    #: them has closed (a cast is fire-and-forget, so its client may go at
+    #: once).  Past it such casts are cancelled, so clients that cast and
+    #: leave cannot pile up work without end.
+    max_detached_casts: int = 10_000
 
 
 @dataclass(frozen=True)
@@ -365,6 +377,8 @@ _KEYS: dict[str, tuple[str, _Check]] = {
     "max_running_keys": ("limits", _whole(1)),
     "max_running_keys_per_caller": ("limits", _whole(1)),
     "max_multicall_nodes": ("limits", _whole(1)),
+    "max_held_input_bytes": ("limits", _whole(1)),
+    "max_detached_casts": ("limits", _whole(0)),
     # Set from the [peers] table, or --peer NAME=ENDPOINT.
     "peers": ("peers", _peers),
     "tokens": ("security", _tokens),

@@ -34,7 +34,7 @@ from twisted.web.server import Request, Site
 from callnet.cluster.peers import PeerState
 from callnet.dispatch import DURATION_BUCKETS, Dispatcher
 from callnet.errors import ConfigError
-from callnet.protocol import NodeFactory
+from callnet.server import NodeFactory
 
 if TYPE_CHECKING:
     from prometheus_client.registry import CollectorRegistry

@@ -32,8 +32,8 @@ from callnet.config import NodeConfig
 from callnet.dispatch import Dispatcher
 from callnet.errors import ConfigError, StartError
 from callnet.metrics import Metrics, metrics_service
-from callnet.protocol import DRAIN_FLUSH_TIMEOUT, NodeFactory
 from callnet.registry import Registry
+from callnet.server import DRAIN_FLUSH_TIMEOUT, NodeFactory
 from callnet.tls import is_tls_listen, peer_identity, server_endpoint, with_handshake_deadline
 from callnet.workers import WorkerThreads
 

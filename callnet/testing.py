@@ -42,8 +42,9 @@ from callnet.cluster import Cluster
 from callnet.cluster.multicall import make_multicall
 from callnet.config import ClusterSettings, Limits, NodeConfig, Security
 from callnet.dispatch import Dispatcher
-from callnet.protocol import NodeFactory, NodeProtocol
+from callnet.protocol import NodeProtocol
 from callnet.registry import Registry
+from callnet.server import NodeFactory
 from callnet.wire import Event, LineDecoder
 
 __all__ = [

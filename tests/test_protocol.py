@@ -22,8 +22,8 @@ from callnet.errors import (
     ResourceExhaustedError,
     UnavailableError,
 )
-from callnet.protocol import DRAIN_CHECK_INTERVAL, DRAIN_FLUSH_TIMEOUT
 from callnet.registry import procedure
+from callnet.server import DRAIN_CHECK_INTERVAL, DRAIN_FLUSH_TIMEOUT
 from callnet.testing import MemoryNode
 from callnet.wire import Failure, Success, Text
 
@@ -109,7 +109,7 @@ class InlineFormTests(SynchronousTestCase):
         """Malformed lines, invalid UTF-8 and invalid JSON each get an error; the next call works."""
         node, _ = node_with_pending()
         conn = node.connect_raw()
-        conn.send(b"#bad! add\n\xff\xfe\nadd [1,\n+bogus add 1 2\nadd 1 2\n")
+        conn.send(b"#bad! add\n\xfe\xfe\nadd [1,\n+bogus add 1 2\nadd 1 2\n")
         events = conn.events()
         self.assertEqual(len(events), 5)
         for event in events[:4]:
@@ -125,7 +125,7 @@ class InlineFormTests(SynchronousTestCase):
         conn.send(b"#7 echo " + b"x" * 60)
         conn.send(b"x" * 1000)
         conn.send(b"x" * 1000 + b"\n#8 add 1 2\n")
-        self.assertLessEqual(conn.protocol._decoder.buffered, 100)
+        self.assertLessEqual(conn.protocol.session.held_input, 100)
         [too_long, ok] = conn.events()
         assert isinstance(too_long, Failure)
         self.assertIsInstance(too_long.error, ResourceExhaustedError)
@@ -598,6 +598,46 @@ class HalfCloseTests(SynchronousTestCase):
         self.assertEqual(len(pending.calls), 5)
         self.assertEqual(len(conn.events()), 5)
         self.assertTrue(conn.transport.disconnecting)
+
+    def test_quit_then_end_of_input(self) -> None:
+        """After QUIT, end of input changes nothing: the tagged call is answered, then bye, then close."""
+        node, pending = node_with_pending()
+        conn = node.connect_raw()
+        conn.send("#1 wait a\nQUIT\nPING\n")
+        conn.protocol.readConnectionLost()
+        self.assertEqual(pending.cancelled, [])
+        self.assertFalse(conn.transport.disconnecting)
+        pending.calls["a"].callback("A")
+        self.assertEqual(conn.lines(), [b'#1 OK "A"', b'OK "bye"'])
+        self.assertTrue(conn.transport.disconnecting)
+
+    def test_slow_untagged_call_and_a_flood_of_help(self) -> None:
+        """Answers queued behind a slow untagged call stop reading at the limit, not memory."""
+        node, pending = node_with_pending(Limits(max_calls_in_flight=50))
+        conn = node.connect_raw()
+        conn.send("wait a\n" + "HELP\n" * 2000)
+        self.assertEqual(conn.transport.producerState, "paused")
+        self.assertEqual(conn.protocol.session.queued, 50)
+        self.assertEqual(conn.lines(), [])
+        pending.calls["a"].callback("A")
+        lines = conn.lines()
+        self.assertEqual(lines[0], b'OK "A"')
+        self.assertEqual(sum(line == b"OK" for line in lines), 2000)
+
+    def test_casts_outliving_their_connection_are_bounded(self) -> None:
+        """Casts run on after their connection closes, up to max_detached_casts node-wide."""
+        node, pending = node_with_pending(Limits(max_detached_casts=1))
+        for key in ("a", "b"):
+            conn = node.connect_raw()
+            conn.send(f"+cast wait {key}\n")
+            conn.protocol.readConnectionLost()
+            self.assertTrue(conn.transport.disconnecting, "a cast does not hold the connection")
+            conn.protocol.connectionLost()
+        self.assertEqual(node.factory.connections, 0)
+        self.assertEqual(pending.cancelled, ["b"])
+        self.assertEqual(node.factory.detached_casts, 1)
+        pending.calls["a"].callback(None)
+        self.assertEqual(node.factory.detached_casts, 0)
 
 
 class PeerLinkTests(SynchronousTestCase):

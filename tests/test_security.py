@@ -243,7 +243,7 @@ class LiveProtocolFuzzTests(SynchronousTestCase):
             if conn.transport.disconnecting:
                 break
             conn.send(chunk)
-            self.assertLessEqual(conn.protocol._decoder.buffered, 256 + len(chunk))
+            self.assertLessEqual(conn.protocol.session.held_input, 256 + len(chunk))
         conn.events()
         conn.protocol.connectionLost()
         self.assertEqual(node.factory.connections, 0)

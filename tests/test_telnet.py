@@ -12,9 +12,11 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Sequence
+from typing import Any
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from twisted.internet.defer import Deferred
 from twisted.trial.unittest import SynchronousTestCase
 
 from callnet.telnet import (
@@ -376,3 +378,52 @@ class PropertyTests(SynchronousTestCase):
         self.assertEqual(b"".join(p for p in log if type(p) is bytes), result.data)
         self.assertEqual(sent, result.reply)
         self.assertEqual(log.count(INTERRUPT), result.events.count(INTERRUPT))
+
+
+class NodeTests(SynchronousTestCase):
+    """A node driven with the bytes a real telnet client sends."""
+
+    def node(self) -> tuple[Any, list[Deferred[Any]]]:
+        from callnet.registry import procedure
+        from callnet.testing import MemoryNode
+
+        held: list[Deferred[Any]] = []
+
+        @procedure(run="reactor")
+        def wait() -> Deferred[Any]:
+            d: Deferred[Any] = Deferred()
+            held.append(d)
+            return d
+
+        @procedure(run="reactor")
+        def add(a: int, b: int) -> int:
+            return a + b
+
+        return MemoryNode([wait, add], name="t"), held
+
+    def test_negotiation_at_connect_is_refused_and_lines_still_work(self) -> None:
+        """Telnet's opening offers (WILL TTYPE, WILL NAWS, DO SGA) are refused; the next line works."""
+        node, _ = self.node()
+        conn = node.connect_raw()
+        conn.send(bytes.fromhex("fffb18fffb1ffffd03") + b"add 2 3\r\n")
+        data = conn.transport.value()
+        self.assertTrue(data.startswith(bytes.fromhex("fffe18fffe1ffffc03")), data)
+        self.assertTrue(data.endswith(b"OK 5\n"), data)
+
+    def test_ctrl_c_cancels_untagged_calls_and_answers_the_timing_mark(self) -> None:
+        """IAC IP IAC DO TIMING-MARK cancels the running untagged call, is answered, and the next line works."""
+        node, held = self.node()
+        conn = node.connect_raw()
+        conn.send(b"#1 wait\r\nwait\r\n")
+        self.assertEqual(len(held), 2)
+        conn.transport.clear()
+        conn.send(bytes.fromhex("fff4fffd06"))
+        data = conn.transport.value()
+        self.assertTrue(data.startswith(bytes.fromhex("fffb06")), data)
+        self.assertIn(b"ERR CANCELLED", data)
+        self.assertNotIn(b"#1 ERR", data)  # the program's tagged call runs on
+        conn.transport.clear()
+        conn.send(b"add 2 3\r\n")
+        self.assertEqual(conn.transport.value(), b"OK 5\n")
+        held[0].callback("done")
+        self.assertEqual(conn.transport.value(), b'OK 5\n#1 OK "done"\n')

@@ -1,0 +1,237 @@
+"""
+The node's listening side: L{NodeFactory} makes a L{NodeProtocol} per
+connection, counts connections (in all and per address), keeps casts that
+outlive their connection within a node-wide bound, and drains the node
+gracefully when it stops.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from twisted.internet.defer import Deferred
+from twisted.internet.protocol import Factory
+from twisted.logger import Logger
+
+from callnet.access import AccessPolicy
+from callnet.config import Limits
+from callnet.dispatch import Dispatcher
+from callnet.errors import NotFoundError
+from callnet.protocol import NodeProtocol
+from callnet.reactors import DispatchReactor
+from callnet.wire import PROTOCOL_VERSION, Command, encode_failure, encode_success, encode_text
+
+log = Logger()
+
+#: How often a draining node looks whether its calls have ended, in seconds.
+DRAIN_CHECK_INTERVAL = 0.05
+#: How long a stopping node waits for its last replies to be written before
+#: it cuts the connections that have not taken them.
+DRAIN_FLUSH_TIMEOUT = 2.0
+
+
+def format_stats(stats: dict[str, Any]) -> str:
+    lines = [
+        f"node {stats['node']}: {stats['connections']} connections,"
+        f" {stats['calls']} calls, {stats['errors']} errors, {stats['in_flight']} in flight",
+    ]
+    peers = stats.get("peers")
+    procedures = stats["procedures"]
+    if procedures:
+        width = max(len(name) for name in procedures)
+        lines.append(f"{'procedure':<{width}}  {'calls':>8}  {'errors':>8}  {'in flight':>9}")
+        for name, entry in procedures.items():
+            lines.append(
+                f"{name:<{width}}  {entry['calls']:>8}  {entry['errors']:>8}"
+                f"  {entry['in_flight']:>9}"
+            )
+    if peers:
+        width = max(len(name) for name in peers)
+        lines.append(f"{'peer':<{width}}  {'state':<10}  {'in flight':>9}  endpoint")
+        for name, peer in sorted(peers.items()):
+            lines.append(
+                f"{name:<{width}}  {peer['state']:<10}  {peer['in_flight']:>9}  {peer['endpoint']}"
+            )
+    return "\n".join(lines)
+
+
+class NodeFactory(Factory):
+    """Makes a L{NodeProtocol} for each connection, sharing one dispatcher."""
+
+    protocol = NodeProtocol  # type: ignore[assignment]
+    noisy = False
+
+    def __init__(
+        self, dispatcher: Dispatcher, limits: Limits, node_name: str, clock: DispatchReactor
+    ) -> None:
+        self.dispatcher = dispatcher
+        self.limits = limits
+        self.node_name = node_name
+        self.clock = clock
+        self.connections = 0
+        #: The connections open now.
+        self.open: set[NodeProtocol] = set()
+        #: Set once the node has begun to shut down: new calls are refused.
+        self.draining = False
+        #: Log every call: procedure, caller, duration, outcome, trace id.
+        self.access_log = False
+        #: Connections open now, by the address they come from.
+        self.by_address: dict[str | None, int] = {}
+        #: Who a connection is, from its transport (a TLS client
+        #: certificate), before any AUTH; None if the transport cannot say.
+        self.identify: Callable[[object], str | None] = lambda transport: None
+        #: Set by a node with peers: how it sees them, for C{STATS}.
+        self.describe_cluster: Callable[[], dict[str, Any]] | None = None
+        #: Casts still running whose connection has closed.
+        self.detached_casts = 0
+
+    @property
+    def access(self) -> AccessPolicy:
+        """Tokens and access rules: the dispatcher's, the one policy in force."""
+        return self.dispatcher.access
+
+    @access.setter
+    def access(self, policy: AccessPolicy) -> None:
+        self.dispatcher.access = policy
+
+    def admit(self, protocol: NodeProtocol, host: str | None) -> str | None:
+        """Count a new connection, or say why it cannot be taken."""
+        limits = self.limits
+        if self.connections >= limits.max_connections:
+            return f"too many connections ({limits.max_connections}); try again later"
+        per_address = limits.max_connections_per_address
+        if host is not None and self.by_address.get(host, 0) >= per_address:
+            return f"too many connections from {host} ({per_address})"
+        self.connections += 1
+        self.open.add(protocol)
+        self.by_address[host] = self.by_address.get(host, 0) + 1
+        return None
+
+    def release(self, protocol: NodeProtocol, host: str | None) -> None:
+        """A connection counted by L{admit} has closed."""
+        self.connections -= 1
+        self.open.discard(protocol)
+        left = self.by_address.get(host, 1) - 1
+        if left:
+            self.by_address[host] = left
+        else:
+            self.by_address.pop(host, None)
+
+    def detach_cast(self, work: Deferred[Any]) -> None:
+        """
+        A cast outlived its connection: let it run on to its deadline, within
+        C{max_detached_casts} node-wide; past that it is cancelled, so that
+        clients that cast and leave cannot pile up work without end.
+        """
+        if self.detached_casts >= self.limits.max_detached_casts:
+            log.warn(
+                "cancelling a cast whose connection closed: {count} such casts already run",
+                count=self.detached_casts,
+            )
+            work.cancel()
+            return
+        self.detached_casts += 1
+        work.addBoth(self._detached_cast_done)
+
+    def _detached_cast_done(self, result: object) -> object:
+        self.detached_casts -= 1
+        return result
+
+    def drain(self, grace: float) -> Deferred[None]:
+        """
+        Shut down gracefully: refuse new calls (C{UNAVAILABLE}, not run, so
+        callers and peers send them elsewhere), let the calls in flight end
+        within C{grace} seconds, then cancel the rest and close every
+        connection.
+
+        @return: a Deferred that fires once every connection is closing.
+        """
+        self.draining = True
+        for protocol in self.open:
+            protocol.session.draining = True
+        log.info(
+            "node {node} draining: {count} calls in flight, up to {grace}s to end",
+            node=self.node_name,
+            count=self.dispatcher.stats.in_flight,
+            grace=grace,
+        )
+        done: Deferred[None] = Deferred()
+        deadline = self.clock.seconds() + grace
+
+        def check() -> None:
+            if self.dispatcher.stats.in_flight and self.clock.seconds() < deadline:
+                self.clock.callLater(DRAIN_CHECK_INTERVAL, check)
+                return
+            left = self.dispatcher.stats.in_flight
+            if left:
+                log.warn(
+                    "node {node}: cancelling {count} calls still running after {grace}s",
+                    node=self.node_name,
+                    count=left,
+                    grace=grace,
+                )
+            for protocol in list(self.open):
+                protocol.shut_down()
+            closed(self.clock.seconds() + DRAIN_FLUSH_TIMEOUT)
+
+        def closed(flush_deadline: float) -> None:
+            # Wait for the last replies to be written out; a client that
+            # will not read them is cut off after a moment.
+            if self.open and self.clock.seconds() < flush_deadline:
+                self.clock.callLater(DRAIN_CHECK_INTERVAL, closed, flush_deadline)
+                return
+            for protocol in list(self.open):
+                protocol.abort()
+            done.callback(None)
+
+        check()
+        return done
+
+    def answer(self, command: Command) -> bytes:
+        """The reply to C{PING}, C{LIST}, C{HELP} or C{STATS}: the node's own commands."""
+        verb, args, tag = command.verb, command.args, command.tag
+        registry = self.dispatcher.registry
+        result: Any
+        if verb == "PING":
+            result = "pong"
+        elif verb == "LIST":
+            result = registry.names()
+        elif verb == "STATS":
+            result = self.stats()
+            if tag is None:
+                return encode_text(format_stats(result)) + encode_success(None)
+        else:  # HELP
+            name = str(args[0]) if args else None
+            if name is not None and name not in registry:
+                why = f"no procedure named {name[:80]!r}; try HELP"
+                return encode_failure(NotFoundError(why, node=self.node_name), tag)
+            if tag is None:
+                return encode_text(registry.help_text(name)) + encode_success(None)
+            if name is None:
+                result = [p.describe() for p in registry.procedures()]
+            else:
+                result = registry.get(name).describe()
+        return encode_success(result, tag)
+
+    def hello(self) -> dict[str, Any]:
+        """What this node says of itself in the handshake: name, procedures."""
+        return {
+            "node": self.node_name,
+            "version": PROTOCOL_VERSION,
+            "procedures": [
+                {"name": entry.name, "idempotent": entry.idempotent}
+                for entry in self.dispatcher.registry.procedures()
+            ],
+        }
+
+    def stats(self) -> dict[str, Any]:
+        """The node's counters, as C{STATS} reports them."""
+        stats = {
+            "node": self.node_name,
+            "connections": self.connections,
+            **self.dispatcher.stats.as_dict(),
+        }
+        if self.describe_cluster is not None:
+            stats["peers"] = self.describe_cluster()
+        return stats

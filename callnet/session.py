@@ -1,0 +1,791 @@
+"""
+One connection's rules, as a state machine without I/O.
+
+L{Session} owns everything a node keeps per connection: the tagged calls in
+flight, the queue of untagged replies (answered in request order), C{QUIT},
+end of input, authentication and its back-off, admission of each call, and
+every reason to stop reading.  It is fed events by its adapter (bytes read,
+a call finished, output paused or drained, a timer fired, input ended, the
+connection lost) and answers each with actions, which it performs by calling
+the adapter's L{Actions}: write bytes, pause or resume reading, start, follow,
+cancel or detach a call, start or stop a timer, close with a reason.
+
+It imports nothing from Twisted, so it is driven in tests by plain objects,
+and its rules hold whatever the transport (TCP, TLS, memory) does.
+
+The connection's life, in the manner of h11's state table::
+
+    OPEN ──QUIT──► QUITTING ──owed answers written, bye──► CLOSED
+      │                                                      ▲
+      └──input ended, all of it read──► ENDING ──untagged────┘
+                                                  answered
+
+    any state ──close (a stated reason) or connection lost──► CLOSED
+
+  - C{OPEN}: lines are read and served.
+  - C{QUITTING}: C{QUIT} was read.  Every call read before it, tagged or
+    not, is answered, then C{OK "bye"}, then the node closes.  Input after
+    C{QUIT} is read and thrown away (so that the end of the connection is
+    seen), never held; end of input changes nothing.
+  - C{ENDING}: the client half-closed and every line it sent has been read.
+    Untagged calls are answered (C{printf 'add 1 2\\n' | nc}); tagged ones
+    were cancelled without a reply when input ended (a program that stops
+    sending has gone), except keyed ones, which run on so a retry finds their
+    outcome.  Then the node closes.
+  - C{CLOSED}: the node asked for the connection to close, saying why, or it
+    was lost.  Nothing more is written.  When it is lost, calls still running
+    are cancelled, except keyed calls and casts, which are handed to the
+    adapter to run on (L{Actions.detach_cast}).
+
+Casts never hold a connection open: they are counted against the calls in
+flight while it is open, and left to run on once it closes.
+"""
+
+from __future__ import annotations
+
+import re
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Final, Protocol
+
+from callnet.config import Limits
+from callnet.errors import (
+    CallError,
+    InvalidArgumentError,
+    Outcome,
+    ResourceExhaustedError,
+    UnauthenticatedError,
+    UnavailableError,
+    UnimplementedError,
+)
+from callnet.wire import (
+    BadLine,
+    Call,
+    Command,
+    Event,
+    LineDecoder,
+    encode_failure,
+    encode_success,
+)
+
+# --- States and timers --------------------------------------------------------
+
+OPEN: Final = "OPEN"
+QUITTING: Final = "QUITTING"
+ENDING: Final = "ENDING"
+CLOSED: Final = "CLOSED"
+
+#: What moves a session from one state to another.  Any pair not here is a
+#: bug in the session, and raises.
+_TRANSITIONS: Final = {
+    (OPEN, "quit"): QUITTING,
+    (OPEN, "input done"): ENDING,
+    (OPEN, "close"): CLOSED,
+    (QUITTING, "close"): CLOSED,
+    (ENDING, "close"): CLOSED,
+    (OPEN, "lost"): CLOSED,
+    (QUITTING, "lost"): CLOSED,
+    (ENDING, "lost"): CLOSED,
+    (CLOSED, "lost"): CLOSED,
+}
+
+#: A line begun and not finished within C{line_timeout} (slowloris).
+LINE_TIMER: Final = "line"
+#: Output backed up for C{write_stall_timeout} (a client that does not read).
+STALL_TIMER: Final = "stall"
+#: The delay before a wrong token is answered.
+AUTH_TIMER: Final = "auth"
+
+#: The delay before a wrong token is answered; it doubles with each failure
+#: on a connection, up to AUTH_DELAY_MAX, so guessing is slow.
+AUTH_DELAY = 0.5
+AUTH_DELAY_MAX = 8.0
+#: Wrong tokens after which a connection is closed.
+MAX_AUTH_FAILURES = 5
+
+#: Why a connection closes when nothing went wrong.
+SAID_QUIT: Final = "it said QUIT"
+INPUT_ENDED: Final = "its input ended"
+SHUTTING_DOWN: Final = "the node is shutting down"
+ORDINARY_ENDS: Final = frozenset({SAID_QUIT, INPUT_ENDED, SHUTTING_DOWN})
+
+_HTTP_REQUEST = re.compile(rb"[A-Z]{3,7} \S+ HTTP/\d")
+_HTTP_METHODS = frozenset(
+    {"GET", "HEAD", "POST", "PUT", "DELETE", "OPTIONS", "PATCH", "CONNECT", "TRACE"}
+)
+_NOT_HTTP = (
+    "this is a callnet node, not an HTTP server; type HELP in a line-based"
+    " client such as nc, or see docs/protocol.md"
+)
+
+
+class Actions(Protocol):
+    """What a session asks of its adapter: the only way it acts on the world."""
+
+    def write(self, line: bytes) -> None:
+        """Send bytes (one or more whole lines) to the client."""
+
+    def pause_reading(self) -> None:
+        """Stop reading from the connection."""
+
+    def resume_reading(self) -> None:
+        """Read from the connection again."""
+
+    def start_call(self, call: Call) -> Any:
+        """
+        Start a call.  Return its reply line if it was answered at once
+        (C{bytes}; anything for a cast), else the running work, which the
+        session gives back to L{follow}, L{cancel_call} and L{detach_cast}.
+        """
+
+    def follow(self, work: Any, call: Call, slot: Slot | None) -> None:
+        """
+        Report the running C{work}'s end to the session: by
+        L{Session.tagged_finished}, L{Session.untagged_finished} (with
+        C{slot}) or L{Session.cast_finished}, as C{call} is tagged, untagged
+        or a cast.
+        """
+
+    def cancel_call(self, work: Any) -> None:
+        """Cancel running work (its end may be reported at once)."""
+
+    def detach_cast(self, work: Any) -> None:
+        """The connection is gone; this cast runs on without it."""
+
+    def run_command(self, command: Command) -> bytes:
+        """Answer a node command (C{PING}, C{HELP}, ...): its reply line(s)."""
+
+    def authenticate(self, args: tuple[Any, ...]) -> Any:
+        """
+        Check C{AUTH}'s arguments: the reply value if they name a caller,
+        C{None} for a wrong token, or a L{CallError} if no token can help.
+        """
+
+    def start_timer(self, timer: str, delay: float) -> None:
+        """Call L{Session.timer_fired} with C{timer} after C{delay} seconds."""
+
+    def stop_timer(self, timer: str) -> None:
+        """Forget a timer started with L{start_timer}."""
+
+    def close(self, reason: str, abort: bool) -> None:
+        """Close the connection after what was written (or at once, if C{abort})."""
+
+
+class Slot:
+    """A place in the queue of untagged replies, filled when its call ends."""
+
+    __slots__ = ("line", "work")
+
+    def __init__(self, work: Any = None, line: bytes | None = None) -> None:
+        self.work = work
+        self.line = line
+
+
+# --- Commands -------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Verb:
+    """A wire command: who answers it, whether it is allowed before AUTH, its help."""
+
+    handler: Callable[[Session, Command], None]
+    before_auth: bool
+    help: str
+
+
+def _node_command(session: Session, command: Command) -> None:
+    session._reply_line(session._actions.run_command(command), command.tag)
+
+
+def _quit(session: Session, command: Command) -> None:
+    session._quit(command.tag)
+
+
+def _cancel(session: Session, command: Command) -> None:
+    session._cancel(command)
+
+
+def _auth(session: Session, command: Command) -> None:
+    session._auth(command)
+
+
+#: Every command a node answers.  A verb the decoder knows and this table
+#: does not is answered C{UNIMPLEMENTED}.
+COMMANDS: Final[dict[str, Verb]] = {
+    "PING": Verb(_node_command, True, "PING: answers pong"),
+    "HELP": Verb(_node_command, True, "HELP [name]: the procedures, or one in full"),
+    "LIST": Verb(_node_command, False, "LIST: the procedures' names"),
+    "STATS": Verb(_node_command, False, "STATS: the node's counters"),
+    "HELLO": Verb(_node_command, False, "HELLO {info}: a peer node's handshake"),
+    "CANCEL": Verb(_cancel, False, "CANCEL tag: cancel a tagged call in flight"),
+    "QUIT": Verb(_quit, True, "QUIT: answer what is owed, say bye, close"),
+    "AUTH": Verb(_auth, True, "AUTH token: say who is calling"),
+}
+
+
+# --- The session ------------------------------------------------------------------
+
+
+class Session:
+    """
+    The state of one connection and its rules.
+
+    @param limits: the node's bounds.
+    @param node_name: names the node in the errors the session writes.
+    @param actions: the adapter that performs the session's actions.
+    @param authenticated: whether calls are served before any C{AUTH}.
+    @param byte_filter: applied to every chunk of bytes before it is
+        decoded (for example to remove telnet negotiation); C{None}: none.
+    """
+
+    def __init__(
+        self,
+        limits: Limits,
+        node_name: str,
+        actions: Actions,
+        authenticated: bool = True,
+        byte_filter: Callable[[bytes], bytes] | None = None,
+    ) -> None:
+        self._limits = limits
+        self._max_in_flight = limits.max_calls_in_flight
+        self._node_name = node_name
+        self._actions = actions
+        self._filter = byte_filter
+        self._decoder = LineDecoder(limits.max_line_bytes)
+        self.state: str = OPEN
+        #: Why the connection was closed, once it is.
+        self.close_reason: str | None = None
+        #: Whether calls are served; before C{AUTH} only some commands are.
+        self.authenticated = authenticated
+        #: Whether the client is a peer node (it said C{HELLO}): never paused,
+        #: refused past the limit instead, so its heartbeats are still read.
+        self.peer = False
+        #: Set while the node shuts down: new calls are refused.
+        self.draining = False
+        #: Tagged calls in flight, by tag.
+        self._tagged: dict[str, Any] = {}
+        self._keyed: set[str] = set()
+        #: Untagged replies in request order: calls running, and answers
+        #: waiting for an earlier one.
+        self._untagged: deque[Slot] = deque()
+        self._casts: set[Any] = set()
+        self._quit_slot: Slot | None = None
+        self._quit_tag: str | None = None
+        self.input_ended = False
+        self._first = True
+        self._auth_failures = 0
+        self._auth_slot: Slot | None = None
+        self._auth_tag: str | None = None
+        # Reasons to stop reading.
+        self._over_limit = False
+        self._output_paused = False
+        self._auth_wait = False
+        self._reading = True
+        self._pumping = False
+        #: Bytes written since output backed up.
+        self.unsent = 0
+        self._timers: set[str] = set()
+
+    # --- What a test or an adapter may look at ----------------------------------
+
+    @property
+    def reading(self) -> bool:
+        """Whether the session wants the connection read."""
+        return self._reading
+
+    @property
+    def held_input(self) -> int:
+        """Bytes read and not yet handled."""
+        return self._decoder.buffered
+
+    @property
+    def load(self) -> int:
+        """Calls in flight plus untagged answers waiting: what C{max_calls_in_flight} bounds."""
+        return len(self._tagged) + len(self._casts) + len(self._untagged)
+
+    @property
+    def queued(self) -> int:
+        """Entries in the queue of untagged replies."""
+        return len(self._untagged)
+
+    @property
+    def timers(self) -> frozenset[str]:
+        """The timers running now."""
+        return frozenset(self._timers)
+
+    # --- Events -----------------------------------------------------------------------
+
+    def receive_data(self, data: bytes) -> None:
+        """Bytes arrived from the client."""
+        if self.state is not OPEN or self.input_ended:
+            return  # after QUIT, or closing: read and thrown away
+        if self._filter is not None:
+            data = self._filter(data)
+        if self._first and _HTTP_REQUEST.match(data):
+            self._refuse_http()
+            return
+        decoder = self._decoder
+        if not self._reading:
+            # A transport that honours a pause delivers at most one more read.
+            bound = self._limits.max_held_input_bytes
+            if decoder.buffered + len(data) > bound:
+                self._error_and_close(
+                    ResourceExhaustedError(
+                        f"more than {bound} bytes sent while the node was not reading"
+                    ),
+                    "it sent too much while not being read",
+                )
+                return
+        decoder.feed(data)
+        self._pump()
+
+    def refuse(self, error: CallError, reason: str) -> None:
+        """The connection is not admitted: say why, and close."""
+        self._error_and_close(error, reason)
+
+    def end_input(self) -> None:
+        """The client half-closed: it will send nothing more."""
+        if self.input_ended or self.state is CLOSED:
+            return
+        self.input_ended = True
+        if self.state is QUITTING:
+            return  # QUIT already said so: what it owes is answered
+        self._cancel_tagged()
+        self._after_call()
+        if not self._reading and not self._decoder.buffered and self.state is OPEN:
+            self._input_done()  # nothing left to read: no need to wait for reading
+        else:
+            self._pump()
+
+    def connection_lost(self) -> None:
+        """The connection is gone: cancel what runs for it, detach the rest."""
+        self._move("lost")
+        self._stop_timers()
+        tagged, self._tagged = self._tagged, {}
+        keyed, self._keyed = self._keyed, set()
+        for tag, work in tagged.items():
+            if tag not in keyed:
+                self._actions.cancel_call(work)
+            # A keyed call runs on to its deadline, so that the caller's
+            # retry with the same key finds its outcome instead of a cancel.
+        slots, self._untagged = self._untagged, deque()
+        for slot in slots:
+            if slot.work is not None and slot.line is None:
+                self._actions.cancel_call(slot.work)
+        casts, self._casts = self._casts, set()
+        for work in casts:
+            self._actions.detach_cast(work)
+
+    def tagged_finished(self, tag: str | None, work: Any, line: bytes) -> None:
+        """A tagged call ended; C{line} is its reply."""
+        if tag is None or self._tagged.get(tag) is not work:
+            return  # cancelled without a reply, or the connection is gone
+        del self._tagged[tag]
+        self._keyed.discard(tag)
+        self._write(line)
+        self._after_call()
+
+    def untagged_finished(self, slot: Slot, line: bytes) -> None:
+        """An untagged call ended; C{line} is its reply."""
+        if self.state is CLOSED or slot.line is not None:
+            return
+        slot.line = line
+        self._flush_untagged()
+        self._after_call()
+
+    def cast_finished(self, work: Any) -> None:
+        """A cast ended."""
+        if work in self._casts:
+            self._casts.discard(work)
+            self._after_call()
+
+    def output_paused(self) -> None:
+        """The transport's output is full: stop reading until it drains."""
+        if self.state is CLOSED:
+            return
+        self._output_paused = True
+        self._update_reading()
+        self._start_timer(STALL_TIMER, self._limits.write_stall_timeout)
+
+    def output_resumed(self) -> None:
+        """The transport's output drained."""
+        self._stop_timer(STALL_TIMER)
+        self._output_paused = False
+        self.unsent = 0
+        self._update_reading()
+
+    def timer_fired(self, timer: str) -> None:
+        """A timer started by the session ran out."""
+        if timer not in self._timers:
+            return
+        self._timers.discard(timer)
+        if timer == LINE_TIMER:
+            self._error_and_close(
+                ResourceExhaustedError(
+                    f"a line was begun and not finished within {self._limits.line_timeout:g}s"
+                ),
+                "a line was begun and not finished in time",
+            )
+        elif timer == STALL_TIMER:
+            self._close(
+                f"it left its replies unread for {self._limits.write_stall_timeout:g}s", True
+            )
+        elif timer == AUTH_TIMER:
+            self._refuse_auth()
+
+    def interrupt(self) -> None:
+        """
+        The person at the other end pressed Ctrl-C (telnet's C{IAC IP}):
+        cancel the untagged calls running now, which then answer
+        C{CANCELLED} in their turn.  Tagged calls are a program's, and run on.
+        """
+        for slot in list(self._untagged):
+            if slot.line is None and slot.work is not None:
+                self._actions.cancel_call(slot.work)
+
+    def shut_down(self, error: CallError) -> None:
+        """The node is stopping: answer what runs with C{error}, cancel it, close."""
+        if self.state is CLOSED:
+            return
+        tagged, self._tagged = self._tagged, {}
+        self._keyed.clear()
+        for tag, work in tagged.items():
+            self._actions.cancel_call(work)
+            self._write(self._encode_error(error, tag))
+        for slot in self._untagged:
+            if slot.line is None:
+                slot.line = self._encode_error(error, None)
+                if slot.work is not None:
+                    self._actions.cancel_call(slot.work)
+        self._flush_untagged()
+        self._close(SHUTTING_DOWN, False)
+
+    # --- Reading ----------------------------------------------------------------------
+
+    def _pump(self) -> None:
+        """Handle held events until none is left or reading stops."""
+        if self._pumping:
+            return
+        self._pumping = True
+        decoder = self._decoder
+        handled = False
+        try:
+            while self._reading and self.state is OPEN:
+                event = decoder.next_event()
+                if event is None:
+                    if self.input_ended:
+                        self._input_done()
+                    break
+                handled = True
+                self._handle(event)
+        finally:
+            self._pumping = False
+        if self.state is OPEN and decoder.buffered and self._reading and not self.input_ended:
+            if handled:
+                self._stop_timer(LINE_TIMER)
+            self._start_timer(LINE_TIMER, self._limits.line_timeout)
+        elif LINE_TIMER in self._timers:
+            self._stop_timer(LINE_TIMER)
+
+    def _handle(self, event: Event) -> None:
+        if self._first:
+            self._first = False
+            if _looks_like_http(event):
+                self._refuse_http()
+                return
+        kind = type(event)
+        if kind is Call:
+            self._handle_call(event)  # type: ignore[arg-type]
+        elif kind is Command:
+            self._handle_command(event)  # type: ignore[arg-type]
+        elif kind is BadLine:
+            self._reply_error(event.error, event.tag)  # type: ignore[union-attr]
+        else:
+            self._reply_error(
+                InvalidArgumentError("a node takes requests here, not replies"), None
+            )
+
+    def _refusal(self, call: Call) -> CallError | None:
+        """Why this connection cannot take the call now, if it cannot."""
+        if not self.authenticated:
+            return _unauthenticated()
+        if self.draining:
+            return UnavailableError(f"{self._node_name} is shutting down", Outcome.NOT_RUN)
+        tag = call.tag
+        if tag is not None and tag in self._tagged:
+            return InvalidArgumentError(f"tag #{tag} is already in use by a call in flight")
+        if self.peer and self.load >= self._max_in_flight:
+            return UnavailableError(
+                f"{self._node_name} is busy: {self.load} calls in flight from this peer",
+                Outcome.NOT_RUN,
+            )
+        return None
+
+    def _handle_call(self, call: Call) -> None:
+        tag = call.tag
+        if not self.authenticated or self.draining or self.peer or tag in self._tagged:
+            refusal = self._refusal(call)
+            if refusal is not None:
+                self._reply_error(refusal, tag)
+                return
+        work = self._actions.start_call(call)
+        if type(work) is bytes:
+            if not call.cast:
+                self._reply_line(work, tag)
+            return
+        if call.cast:
+            self._casts.add(work)
+            self._actions.follow(work, call, None)
+        elif tag is None:
+            slot = Slot(work)
+            self._untagged.append(slot)
+            self._actions.follow(work, call, slot)
+        else:
+            self._tagged[tag] = work
+            if call.key is not None:
+                self._keyed.add(tag)
+            self._actions.follow(work, call, None)
+        # Checked here without a call, as this runs once per call.
+        if len(self._untagged) + len(self._tagged) + len(self._casts) >= self._max_in_flight:
+            self._check_load()
+
+    def _handle_command(self, command: Command) -> None:
+        verb = COMMANDS.get(command.verb)
+        if verb is None:
+            self._reply_error(
+                UnimplementedError(f"{command.verb} is not available on this node"), command.tag
+            )
+        elif not self.authenticated and not verb.before_auth:
+            self._reply_error(_unauthenticated(), command.tag)
+        else:
+            verb.handler(self, command)
+        self._check_load()
+
+    def _refuse_http(self) -> None:
+        self._error_and_close(InvalidArgumentError(_NOT_HTTP), "it spoke HTTP")
+
+    def _input_done(self) -> None:
+        """Input ended and every line of it was read."""
+        unfinished = self._decoder.end_of_input()
+        if unfinished is not None:
+            self._reply_error(unfinished.error, unfinished.tag)
+        # Tagged calls read after the end of input was seen go as the others did.
+        self._cancel_tagged()
+        self._move("input done")
+        self._maybe_finish()
+
+    def _cancel_tagged(self) -> None:
+        """Cancel tagged calls without a reply; keyed ones run on, detached."""
+        tagged, self._tagged = self._tagged, {}
+        keyed, self._keyed = self._keyed, set()
+        for tag, work in tagged.items():
+            if tag not in keyed:
+                self._actions.cancel_call(work)
+
+    # --- Commands the session answers itself -------------------------------------------
+
+    def _quit(self, tag: str | None) -> None:
+        """Answer C{QUIT} once every earlier call is answered, then close."""
+        self._move("quit")
+        if tag is None:
+            self._quit_slot = Slot()
+            self._untagged.append(self._quit_slot)
+        else:
+            self._quit_tag = tag
+        # What follows QUIT is never acted on: let go of it now.
+        self._decoder.end_of_input()
+        self._stop_timer(LINE_TIMER)
+        self._maybe_finish()
+
+    def _cancel(self, command: Command) -> None:
+        if len(command.args) != 1:
+            self._reply_error(InvalidArgumentError("usage: CANCEL tag"), command.tag)
+            return
+        work = self._tagged.get(str(command.args[0]).removeprefix("#"))
+        if work is not None:
+            self._actions.cancel_call(work)
+        self._reply_line(encode_success(work is not None, command.tag), command.tag)
+
+    def _auth(self, command: Command) -> None:
+        """
+        Check a token.  A wrong one is answered only after a delay that
+        doubles with each failure, while the connection is not read, and
+        after a few the connection is closed: guessing is slow.
+        """
+        tag = command.tag
+        outcome = self._actions.authenticate(command.args)
+        if isinstance(outcome, CallError):
+            self._reply_error(outcome, tag)
+            return
+        if outcome is not None:
+            self.authenticated = True
+            self._auth_failures = 0
+            self._reply_line(encode_success(outcome, tag), tag)
+            return
+        self._auth_failures += 1
+        delay = min(AUTH_DELAY * 2 ** (self._auth_failures - 1), AUTH_DELAY_MAX)
+        # The answer keeps its place among the untagged replies.
+        self._auth_slot = Slot() if tag is None else None
+        self._auth_tag = tag
+        if self._auth_slot is not None:
+            self._untagged.append(self._auth_slot)
+        self._auth_wait = True
+        self._update_reading()
+        self._start_timer(AUTH_TIMER, delay)
+
+    def _refuse_auth(self) -> None:
+        line = self._encode_error(UnauthenticatedError("that token is not valid"), self._auth_tag)
+        slot, self._auth_slot = self._auth_slot, None
+        if slot is not None:
+            slot.line = line
+            self._flush_untagged()
+        else:
+            self._write(line)
+        if self._auth_failures >= MAX_AUTH_FAILURES:
+            self._close(f"{self._auth_failures} failed AUTH attempts", False)
+            return
+        self._auth_wait = False
+        self._update_reading()
+        self._after_call()
+
+    # --- Replies ----------------------------------------------------------------------
+
+    def _reply_line(self, line: bytes, tag: str | None) -> None:
+        """Reply to a request handled without waiting: in order if untagged."""
+        if tag is None and self._untagged:
+            self._untagged.append(Slot(None, line))
+            self._flush_untagged()
+            self._check_load()
+        else:
+            self._write(line)
+
+    def _reply_error(self, error: CallError, tag: str | None) -> None:
+        self._reply_line(self._encode_error(error, tag), tag)
+
+    def _encode_error(self, error: CallError, tag: str | None) -> bytes:
+        if error.node is None:
+            error.node = self._node_name
+        return encode_failure(error, tag)
+
+    def _write(self, line: bytes) -> None:
+        if self.state is CLOSED:
+            return
+        if self._output_paused:
+            self.unsent += len(line)
+            if self.unsent > self._limits.max_unsent_bytes:
+                self._close("its unread replies passed the limit", True)
+                return
+        self._actions.write(line)
+
+    def _flush_untagged(self) -> None:
+        queue = self._untagged
+        while queue and (line := queue[0].line) is not None:
+            queue.popleft()
+            self._write(line)
+
+    def _error_and_close(self, error: CallError, reason: str) -> None:
+        self._write(self._encode_error(error, None))
+        self._close(reason, False)
+
+    # --- Flow control and the end -----------------------------------------------------
+
+    def _check_load(self) -> None:
+        """Stop reading once the calls in flight and answers waiting reach the limit."""
+        if self._over_limit:
+            return
+        # A peer's link is never paused for its calls (they are refused past
+        # the limit instead); only untagged answers piling up stop it.
+        load = len(self._untagged)
+        if not self.peer:
+            load += len(self._tagged) + len(self._casts)
+        if load >= self._max_in_flight:
+            self._over_limit = True
+            self._update_reading()
+
+    def _after_call(self) -> None:
+        if self._over_limit:
+            load = len(self._untagged) if self.peer else self.load
+            if load <= self._max_in_flight // 2:
+                self._over_limit = False
+                self._update_reading()
+        if self.state is not OPEN:
+            self._maybe_finish()
+
+    def _update_reading(self) -> None:
+        reading = not (self._over_limit or self._output_paused or self._auth_wait)
+        if reading == self._reading or self.state is CLOSED:
+            return
+        self._reading = reading
+        if reading:
+            self._actions.resume_reading()
+            self._pump()
+        else:
+            self._actions.pause_reading()
+
+    def _maybe_finish(self) -> None:
+        """After QUIT or the end of input: close once nothing more is owed."""
+        state = self.state
+        if state is QUITTING:
+            if self._tagged or self._auth_wait:
+                return
+            quit_slot = self._quit_slot
+            if quit_slot is not None:
+                if self._untagged[0] is not quit_slot:
+                    return
+                quit_slot.line = encode_success("bye")
+                self._flush_untagged()
+            else:
+                if self._untagged:
+                    return
+                self._write(encode_success("bye", self._quit_tag))
+                self._quit_tag = None
+            self._close(SAID_QUIT, False)
+        elif state is ENDING:
+            if self._tagged or self._untagged or self._auth_wait:
+                return
+            self._close(INPUT_ENDED, False)
+
+    def _close(self, reason: str, abort: bool) -> None:
+        if self.state is CLOSED:
+            return
+        self._move("close")
+        self.close_reason = reason
+        self._stop_timers()
+        self._actions.close(reason, abort)
+
+    def _move(self, event: str) -> None:
+        try:
+            self.state = _TRANSITIONS[self.state, event]
+        except KeyError:
+            raise RuntimeError(f"session: {event} in state {self.state}") from None
+
+    # --- Timers -----------------------------------------------------------------------
+
+    def _start_timer(self, timer: str, delay: float) -> None:
+        if timer not in self._timers:
+            self._timers.add(timer)
+            self._actions.start_timer(timer, delay)
+
+    def _stop_timer(self, timer: str) -> None:
+        if timer in self._timers:
+            self._timers.discard(timer)
+            self._actions.stop_timer(timer)
+
+    def _stop_timers(self) -> None:
+        for timer in list(self._timers):
+            self._stop_timer(timer)
+
+
+def _looks_like_http(event: Event) -> bool:
+    """Whether a first request is an HTTP request line that came in pieces."""
+    return (
+        type(event) is Call
+        and event.procedure in _HTTP_METHODS
+        and bool(event.args)
+        and str(event.args[-1]).startswith("HTTP/")
+    )
+
+
+def _unauthenticated() -> CallError:
+    return UnauthenticatedError("authenticate first: AUTH <token>")
