@@ -43,6 +43,7 @@ from twisted.logger import Logger
 from twisted.python import threadable
 from twisted.python.failure import Failure
 
+from callnet.answers import MULTICALL, unpack
 from callnet.client import DEFAULT_TIMEOUT, Client
 from callnet.errors import (
     CallError,
@@ -885,7 +886,6 @@ class BlockingClient:
         under one deadline; return node name -> result, or node name -> the
         L{CallError} that node's call failed with.
         """
-        from callnet.cluster.multicall import MULTICALL, unpack
 
         answer = self.call(MULTICALL, procedure, list(args), kwargs, nodes, timeout=timeout)
         return unpack(answer)

@@ -27,6 +27,7 @@ from twisted.internet.protocol import Protocol as TwistedProtocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from callnet.answers import MULTICALL, unpack
 from callnet.errors import (
     CallError,
     CancelledError,
@@ -574,7 +575,6 @@ class Client:
         @return: a Deferred firing with a dict of node name -> the result,
             or node name -> the L{CallError} that node's call failed with.
         """
-        from callnet.cluster.multicall import MULTICALL, unpack
 
         d = self.call(MULTICALL, procedure, list(args), kwargs, nodes, timeout=timeout)
         return d.addCallback(unpack)

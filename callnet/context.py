@@ -22,17 +22,32 @@ and can poll L{CallContext.cancelled} to stop early.
 from __future__ import annotations
 
 import threading
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from twisted.internet.defer import Deferred, fail, succeed
 from twisted.python.failure import Failure
 
 from callnet.access import NODE_CALLER, Caller
 from callnet.errors import DeadlineExceededError, Outcome, WrongThreadError
+from callnet.reactors import Clock, DispatchReactor
+from callnet.tracing import TraceIds
 from callnet.wire import Call
 
-if TYPE_CHECKING:
-    from callnet.dispatch import Dispatcher
+
+class Dispatcher(Protocol):
+    """What a call context needs of the dispatcher that runs its call."""
+
+    node_name: str
+    trace_ids: TraceIds
+
+    @property
+    def clock(self) -> Clock: ...
+
+    @property
+    def reactor(self) -> DispatchReactor: ...
+
+    def start(self, call: Call, caller: Caller = ...) -> Any: ...
+
 
 #: How much longer than the time left a thread waits for a nested call's
 #: answer: the node's own deadline normally answers first.

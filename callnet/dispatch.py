@@ -15,7 +15,7 @@ from collections import deque
 from collections.abc import Callable, Mapping
 from concurrent.futures import Executor, Future
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from twisted.internet.defer import CancelledError as TwistedCancelledError
 from twisted.internet.defer import Deferred, ensureDeferred, fail, succeed
@@ -35,15 +35,13 @@ from callnet.errors import (
     NotFoundError,
     Outcome,
 )
+from callnet.forwarding import Forwarder
 from callnet.idempotency import KeyStore, fingerprint
 from callnet.reactors import DelayedCall, DispatchReactor
 from callnet.registry import Registry
 from callnet.tracing import TraceIds, with_trace
 from callnet.wire import Call
 from callnet.workers import ThreadRunner
-
-if TYPE_CHECKING:
-    from callnet.cluster.routing import Router
 
 log = Logger()
 
@@ -233,7 +231,7 @@ class Dispatcher:
         self._send_tracebacks = send_tracebacks
         #: Forwards calls for procedures this node does not serve (a cluster
         #: sets it); without one, such calls fail NOT_FOUND.
-        self.router: Router | None = None
+        self.router: Forwarder | None = None
         #: Outcomes of the keyed calls this node runs, per caller and key.
         self.keys = KeyStore(reactor, limits, node_name)
         #: Trace ids for calls that arrive without one.

@@ -10,8 +10,10 @@ runs the session's timers on the reactor clock, and closes.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import replace
-from typing import TYPE_CHECKING, Any, cast
+from typing import Any, cast
+from typing import Protocol as Interface
 
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IHalfCloseableProtocol, IHandshakeListener, IPushProducer
@@ -20,7 +22,9 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from callnet.access import Caller
+from callnet.access import AccessPolicy, Caller
+from callnet.config import Limits
+from callnet.dispatch import Dispatcher
 from callnet.errors import (
     FailedPreconditionError,
     InvalidArgumentError,
@@ -29,7 +33,7 @@ from callnet.errors import (
     ResourceExhaustedError,
     UnavailableError,
 )
-from callnet.reactors import DelayedCall, set_no_delay
+from callnet.reactors import DelayedCall, DispatchReactor, set_no_delay
 from callnet.replies import encode_result, log_access, trace_failure
 from callnet.sending import Outbox
 from callnet.session import AUTH_DELAY, MAX_AUTH_FAILURES, ORDINARY_ENDS, Session, Slot
@@ -37,8 +41,34 @@ from callnet.telnet import TelnetFilter
 from callnet.tracing import with_trace
 from callnet.wire import Call, Command
 
-if TYPE_CHECKING:
-    from callnet.server import NodeFactory
+
+class Listener(Interface):
+    """
+    What a connection needs of the listener that made it (L{NodeFactory} in
+    L{callnet.server}): the node's shared pieces, and its counts.
+    """
+
+    dispatcher: Dispatcher
+    limits: Limits
+    node_name: str
+    clock: DispatchReactor
+    draining: bool
+    access_log: bool
+    identify: Callable[[object], str | None]
+
+    @property
+    def access(self) -> AccessPolicy: ...
+
+    def admit(self, protocol: NodeProtocol, host: str | None) -> str | None: ...
+
+    def release(self, protocol: NodeProtocol, host: str | None) -> None: ...
+
+    def detach_cast(self, work: Deferred[Any]) -> None: ...
+
+    def answer(self, command: Command) -> bytes: ...
+
+    def hello(self) -> dict[str, Any]: ...
+
 
 __all__ = ["AUTH_DELAY", "MAX_AUTH_FAILURES", "NodeProtocol"]
 
@@ -49,7 +79,7 @@ log = Logger()
 class NodeProtocol(Protocol):
     """Serves calls arriving on one connection: the adapter of its L{Session}."""
 
-    factory: NodeFactory
+    factory: Listener  # type: ignore[assignment]
     session: Session
 
     def __init__(self) -> None:

@@ -231,6 +231,7 @@ class NodeFactory(Factory):
             "node": self.node_name,
             "connections": self.connections,
             **self.dispatcher.stats.as_dict(),
+            "keys": self.dispatcher.keys.describe(),
         }
         if self.describe_cluster is not None:
             stats["peers"] = self.describe_cluster()

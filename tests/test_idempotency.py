@@ -120,6 +120,21 @@ class KeyedCallTests(SynchronousTestCase):
         node.flush()
         self.assertEqual((self.successResultOf(first), self.successResultOf(second)), (7, 7))
 
+    def test_stats_show_the_key_store(self) -> None:
+        """STATS says how many keys the node keeps, how many are in progress, and their bytes."""
+        node, counter = counting_node()
+        client = node.client()
+        client.call("bump_later", key="a")
+        client.call("bump", key="b")
+        node.flush()
+        keys = node.factory.stats()["keys"]
+        self.assertEqual((keys["keys"], keys["in_progress"]), (2, 1))
+        counter.pending[0].callback(3)
+        node.flush()
+        keys = node.factory.stats()["keys"]
+        self.assertEqual(keys["in_progress"], 0)
+        self.assertGreater(keys["bytes"], 0)
+
     def test_keyed_call_survives_lost_caller(self) -> None:
         """A keyed call is not cancelled when its caller's connection drops; a retry gets its result."""
         node, counter = counting_node()

@@ -278,3 +278,28 @@ def test_node_runs_and_stops(installed: Path, tmp_path: Path) -> None:
         if process.poll() is None:
             process.kill()
             process.communicate()
+
+
+def test_clients_load_no_server_code() -> None:
+    """Importing the clients loads no dispatcher, session, cluster, worker pool, key store or TLS code."""
+    probe = (
+        "import sys, callnet.client, callnet.blocking\n"
+        "print(' '.join(sorted(m for m in sys.modules if m.startswith('callnet'))))\n"
+    )
+    loaded = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, timeout=60, check=True
+    ).stdout.split()
+    assert "callnet.client" in loaded and "callnet.blocking" in loaded
+    server_side = {
+        "callnet.dispatch",
+        "callnet.server",
+        "callnet.protocol",
+        "callnet.session",
+        "callnet.cluster",
+        "callnet.workers",
+        "callnet.idempotency",
+        "callnet.tls",
+        "callnet.node",
+        "callnet.context",
+    }
+    assert not server_side & set(loaded), loaded

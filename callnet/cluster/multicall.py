@@ -24,14 +24,13 @@ from typing import TYPE_CHECKING, Any, cast
 from twisted.internet.defer import Deferred, DeferredList
 from twisted.python.failure import Failure
 
+from callnet.answers import MULTICALL, error_entry
 from callnet.context import CallContext
 from callnet.errors import (
-    CallError,
     InvalidArgumentError,
     NotFoundError,
     Outcome,
     ResourceExhaustedError,
-    error_from_wire,
 )
 from callnet.registry import procedure
 from callnet.wire import encode_success
@@ -39,8 +38,6 @@ from callnet.wire import encode_success
 if TYPE_CHECKING:
     from callnet.dispatch import Dispatcher
 
-#: The name every node serves multicall under.
-MULTICALL = "multicall"
 #: How long before a multicall's deadline its per-node calls end (at most a
 #: tenth of the budget), to leave time to gather and send the answer.
 GATHER_MARGIN = 0.25
@@ -50,7 +47,7 @@ def serving_nodes(dispatcher: Dispatcher, name: str) -> list[str]:
     """Every node this one knows to serve C{name}, itself included, up or not."""
     nodes = [dispatcher.node_name] if dispatcher.registry.find(name) is not None else []
     if dispatcher.router is not None:
-        nodes += [peer.name for peer in dispatcher.router.peers() if name in peer.procedures]
+        nodes += dispatcher.router.serving(name)
     return sorted(nodes)
 
 
@@ -97,7 +94,7 @@ def make_multicall(dispatcher: Dispatcher) -> Callable[..., Any]:
                 # Answered here: a name that is no node costs no call.
                 answer.add(
                     node,
-                    _error_entry(
+                    error_entry(
                         NotFoundError(
                             f"no node named {node[:80]!r} in this node's cluster",
                             Outcome.NOT_RUN,
@@ -134,19 +131,6 @@ def _is_node(dispatcher: Dispatcher, name: str) -> bool:
     return dispatcher.router is not None and dispatcher.router.has_peer(name)
 
 
-def _error_entry(error: BaseException, node: str) -> dict[str, Any]:
-    if not isinstance(error, CallError):
-        error = CallError(str(error), Outcome.MAY_HAVE_RUN, node)
-    return {
-        "error": {
-            "code": error.code,
-            "outcome": error.outcome.value,
-            "message": error.message,
-            "node": error.node or node,
-        }
-    }
-
-
 class _Answer:
     """
     A multicall's answer as it fills, node by node, with its size in bytes
@@ -172,7 +156,7 @@ class _Answer:
     def arrived(self, outcome: Any, node: str, calls: list[Deferred[Any]]) -> None:
         """A node's call ended: note its outcome; stop the rest if the answer is too big."""
         if isinstance(outcome, Failure):
-            self.add(node, _error_entry(cast(BaseException, outcome.value), node))
+            self.add(node, error_entry(cast(BaseException, outcome.value), node))
         else:
             self.add(node, {"ok": outcome})
         if self.over:
@@ -187,17 +171,3 @@ class _Answer:
                 f" {self.max_bytes} bytes (max_line_bytes); call fewer nodes or ask for less",
                 Outcome.MAY_HAVE_RUN if sent else Outcome.NOT_RUN,
             )
-
-
-def unpack(answer: dict[str, Any]) -> dict[str, Any]:
-    """Turn a multicall's answer into node -> result, or node -> L{CallError}."""
-    unpacked: dict[str, Any] = {}
-    for node, outcome in answer.items():
-        if "ok" in outcome:
-            unpacked[node] = outcome["ok"]
-        else:
-            error = outcome["error"]
-            unpacked[node] = error_from_wire(
-                error["code"], Outcome(error["outcome"]), error["message"], error.get("node")
-            )
-    return unpacked

@@ -232,5 +232,9 @@ class Router:
             self._node_name,
         )
 
+    def serving(self, procedure: str) -> list[str]:
+        """The peers that have said they serve C{procedure}, up or not."""
+        return [peer.name for peer in self._peers.values() if procedure in peer.procedures]
+
     def peers(self) -> list[Peer]:
         return list(self._peers.values())
