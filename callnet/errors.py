@@ -212,19 +212,6 @@ def error_from_wire(
     return error
 
 
-class ProtocolError(Exception):
-    """
-    Bytes on the wire could not be understood.
-
-    Raised only inside the codec (L{callnet.wire}); the protocol turns it into
-    an error reply for the offending line, never into a dropped connection.
-    """
-
-    def __init__(self, error: CallError) -> None:
-        super().__init__(error.message)
-        self.error = error
-
-
 class WrongThreadError(RuntimeError):
     """
     A blocking call was made on the reactor thread, where waiting would

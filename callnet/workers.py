@@ -61,9 +61,6 @@ class WorkerThreads:
         """How many threads have been started."""
         return len(self._threads)
 
-    def start(self) -> None:
-        """Nothing to do: threads start as jobs come."""
-
     def callInThreadWithCallback(
         self, on_result: Callable[[bool, Any], object], func: Callable[..., Any], *args: Any
     ) -> None:

@@ -39,7 +39,6 @@ class Results:
 class WorkerThreadsTests(SynchronousTestCase):
     def pool(self, size: int) -> WorkerThreads:
         pool = WorkerThreads(size, "test-pool")
-        pool.start()
         self.addCleanup(pool.stop)
         return pool
 
