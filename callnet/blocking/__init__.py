@@ -25,7 +25,8 @@ C{callFromThread}, and its caller waits on an event.  The rules:
     L{ForkedProcessError} instead of hanging.
 """
 
-from callnet.blocking._client import BlockingClient
+from callnet.blocking._client import BlockingClient, Transport, reactor_in_use
+from callnet.blocking._direct import ASYNC_THREADS, MAX_IDLE_CONNECTIONS, TLSAddress
 from callnet.blocking._handle import CallHandle
 from callnet.blocking._reactor_thread import (
     EXIT_JOIN_TIMEOUT,
@@ -38,16 +39,21 @@ from callnet.blocking._wait import GRACE, INTERRUPT_CHECK_INTERVAL, _Done
 from callnet.errors import ForkedProcessError, WrongThreadError
 
 __all__ = [
+    "ASYNC_THREADS",
     "EXIT_JOIN_TIMEOUT",
     "GRACE",
     "INTERRUPT_CHECK_INTERVAL",
+    "MAX_IDLE_CONNECTIONS",
     "THREAD_NAME",
     "BlockingClient",
     "BridgeReactor",
     "CallHandle",
     "ForkedProcessError",
     "ReactorThread",
+    "TLSAddress",
+    "Transport",
     "WrongThreadError",
     "_Done",
     "default_reactor_thread",
+    "reactor_in_use",
 ]

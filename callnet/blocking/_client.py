@@ -1,22 +1,57 @@
 """
-L{BlockingClient}: one class for synchronous callers, which does its I/O
-in the calling thread or crosses to the reactor thread, whichever the
-program needs.
+L{BlockingClient}: one class for synchronous callers, which does its I/O in
+the calling thread (L{DirectPath}) in a program that runs no reactor, and
+crosses to the reactor thread (L{ReactorThread}) in one that does.
 """
 
 from __future__ import annotations
 
 import math
+import sys
 import threading
-from typing import Any
+from typing import Any, Literal
 
 from twisted.internet.interfaces import IStreamClientEndpoint
+from twisted.python import threadable
 
+from callnet.blocking import _reactor_thread
+from callnet.blocking._direct import (
+    DirectCallHandle,
+    DirectPath,
+    TLSAddress,
+    parse_address,
+    refuse_reactor_thread,
+)
 from callnet.blocking._handle import CallHandle, _Send
 from callnet.blocking._reactor_thread import ReactorThread, default_reactor_thread
 from callnet.blocking._wait import GRACE
 from callnet.client import DEFAULT_TIMEOUT, Client
 from callnet.errors import Outcome, UnavailableError
+
+#: The ways a client may be told to reach its node (C{None}: it chooses).
+Transport = Literal["direct", "reactor"]
+
+
+def reactor_in_use() -> bool:
+    """
+    Whether this process runs a Twisted reactor that blocking calls should
+    cross into: callnet's own reactor thread, one the application adopted,
+    or a reactor running in some thread of this process.
+    """
+    thread = _reactor_thread._default
+    if thread is not None:
+        state = thread.state
+        if state == "started" or state == "adopted":
+            return True
+        if state == "forked" or state == "stopped":
+            return False
+    reactor = sys.modules.get("twisted.internet.reactor")
+    if reactor is None or not getattr(reactor, "running", False):
+        return False
+    # A reactor that ran in a parent process still says it runs in a forked
+    # child; it runs only if its thread is alive here.
+    io_thread = threadable.ioThread
+    return any(thread.ident == io_thread for thread in threading.enumerate())
 
 
 class BlockingClient:
@@ -25,37 +60,104 @@ class BlockingClient:
     within a timeout, and raise L{CallError} subclasses as the async client's
     Deferreds fail.  One client may be used from many threads at once.
 
-    It is a context manager that closes itself.  It starts the reactor thread
-    on its first call, not before.
+    It is a context manager that closes itself.  It connects on its first
+    call, not before.
+
+    How it reaches the node (see docs/clients.md): in a program that runs
+    no reactor, each calling thread does its own socket I/O on a connection
+    of its own (the plain-socket path); in a program that runs one, or with
+    an endpoint object only Twisted can use, its calls cross into the
+    reactor's thread (the reactor path).  The choice is made per call, so a
+    program that starts a reactor later is served by it from then on.
 
     @param endpoint: a Twisted client endpoint string such as
-        C{"tcp:127.0.0.1:7600"}, or an L{IStreamClientEndpoint}.
+        C{"tcp:127.0.0.1:7600"} or C{"unix:/run/callnet.sock"}, a
+        L{TLSAddress}, or an L{IStreamClientEndpoint}.
     @param timeout: the deadline of a call that names none, in seconds.
     @param grace: how much longer than a deadline a caller waits for the
-        reactor's answer before giving up on its own.
+        other thread's answer before giving up on its own.
     @param reactor_thread: the reactor to call into; the global reactor's
-        L{default_reactor_thread} when not given.
+        L{default_reactor_thread} when not given.  Given, it means the
+        reactor path.
     @param token: a token to authenticate with, for a node that requires one.
+    @param transport: C{"direct"} or C{"reactor"} to force a path; C{None}
+        to let the client choose.
+    @raise ValueError: C{transport="direct"} with an endpoint that the
+        plain-socket path cannot reach.
     """
 
     def __init__(
         self,
-        endpoint: str | IStreamClientEndpoint,
+        endpoint: str | IStreamClientEndpoint | TLSAddress,
         timeout: float = DEFAULT_TIMEOUT,
         *,
         grace: float = GRACE,
         reactor_thread: ReactorThread | None = None,
         token: str | None = None,
+        transport: Transport | None = None,
     ) -> None:
         _check_seconds("timeout", timeout, positive=True)
         _check_seconds("grace", grace, positive=False)
-        self._thread = reactor_thread if reactor_thread is not None else default_reactor_thread()
+        if transport not in (None, "direct", "reactor"):
+            raise ValueError(f"transport must be 'direct', 'reactor' or None, not {transport!r}")
         self.timeout = timeout
         self.grace = grace
-        self._client = Client(endpoint, self._thread.reactor, timeout=timeout, token=token)
-        self.address = self._client.address
+        self._endpoint = endpoint
+        self._token = token
+        self._reactor_thread = reactor_thread
+        self._async_client: Client | None = None
         self._lock = threading.Lock()
         self._closed = False
+        address = parse_address(endpoint)
+        if transport == "direct" and address is None:
+            raise ValueError(
+                f"the plain-socket path reaches tcp:HOST:PORT, unix:PATH and TLSAddress"
+                f" endpoints, not {endpoint!r}: use transport='reactor' or None"
+            )
+        if transport is None and reactor_thread is not None:
+            transport = "reactor"
+        self.transport = transport
+        self._direct: DirectPath | None = None
+        if address is not None and transport != "reactor":
+            self._direct = DirectPath(address, token=token, connect_timeout=timeout)
+        if address is not None:
+            self.address = address.text
+        elif isinstance(endpoint, str):
+            self.address = endpoint
+        else:
+            self.address = repr(endpoint)
+
+    @property
+    def _thread(self) -> ReactorThread:
+        """The reactor thread of the reactor path, found on first use."""
+        thread = self._reactor_thread
+        if thread is None:
+            thread = self._reactor_thread = default_reactor_thread()
+        return thread
+
+    @property
+    def _client(self) -> Client:
+        """The async client of the reactor path, made on first use."""
+        client = self._async_client
+        if client is None:
+            with self._lock:
+                client = self._async_client
+                if client is None:
+                    reactor = self._thread.reactor
+                    endpoint: Any = self._endpoint
+                    if isinstance(endpoint, TLSAddress):
+                        endpoint = endpoint.reactor_endpoint(reactor)
+                    client = self._async_client = Client(
+                        endpoint, reactor, timeout=self.timeout, token=self._token
+                    )
+        return client
+
+    def _direct_path(self) -> DirectPath | None:
+        """The plain-socket path, if this call should take it."""
+        direct = self._direct
+        if direct is None or self.transport == "direct" or not reactor_in_use():
+            return direct
+        return None
 
     def __repr__(self) -> str:
         return f"<BlockingClient {self.address}{' closed' if self._closed else ''}>"
@@ -88,6 +190,12 @@ class BlockingClient:
             reactor shut down meanwhile.
         @raise WrongThreadError: called on the reactor thread.
         """
+        direct = self._direct_path()
+        if direct is not None:
+            budget = self._budget(timeout)
+            refuse_reactor_thread("BlockingClient.call()")
+            self._check_open(procedure)
+            return direct.call(procedure, args, kwargs, budget, key, trace)
         return self._submit(
             "BlockingClient.call()",
             procedure,
@@ -109,8 +217,22 @@ class BlockingClient:
     ) -> CallHandle:
         """
         Start a call and return at once with its L{CallHandle}.  Works on any
-        thread, the reactor's included.
+        thread, the reactor's included.  On the plain-socket path the call
+        runs in one of the client's C{callnet-call} threads.
         """
+        direct = self._direct_path()
+        if direct is not None:
+            budget = self._budget(timeout)
+            self._check_open(procedure)
+            handle = DirectCallHandle(
+                direct,
+                procedure,
+                budget,
+                self.grace,
+                lambda h: direct.call(procedure, args, kwargs, h.timeout, key, trace, h),
+            )
+            direct.call_async(handle)
+            return handle
         return self._submit(
             None,
             procedure,
@@ -125,6 +247,12 @@ class BlockingClient:
         Send a call that wants no reply; return once it is handed to the
         connection (within the client's timeout).
         """
+        direct = self._direct_path()
+        if direct is not None:
+            refuse_reactor_thread("BlockingClient.cast()")
+            self._check_open(procedure)
+            direct.cast(procedure, args, kwargs, self.timeout)
+            return
         self._submit(
             "BlockingClient.cast()",
             procedure,
@@ -134,6 +262,12 @@ class BlockingClient:
 
     def command(self, verb: str, *args: Any, timeout: float | None = None) -> Any:
         """Send a protocol command (C{PING}, C{LIST}, C{STATS}, C{HELP}); return its answer."""
+        direct = self._direct_path()
+        if direct is not None:
+            budget = self._budget(timeout)
+            refuse_reactor_thread("BlockingClient.command()")
+            self._check_open(verb)
+            return direct.command(verb, args, budget)
         return self._submit(
             "BlockingClient.command()",
             verb,
@@ -174,6 +308,10 @@ class BlockingClient:
             if self._closed:
                 return
             self._closed = True
+        if self._direct is not None:
+            self._direct.close()
+        if self._async_client is None:
+            return  # the reactor path was never used
         thread = self._thread
         if thread.state not in ("started", "adopted"):
             return  # never used, or the reactor is gone: nothing is in flight
@@ -189,6 +327,19 @@ class BlockingClient:
             )
         self._client.close()
         closed.set()
+
+    def _budget(self, timeout: float | None) -> float:
+        if timeout is None:
+            return self.timeout  # checked when the client was made
+        _check_seconds("timeout", timeout, positive=False)
+        return timeout
+
+    def _check_open(self, what: str) -> None:
+        if self._closed:
+            raise UnavailableError(
+                f"the client of {self.address} is closed: {what} was not sent",
+                Outcome.NOT_RUN,
+            )
 
     def _submit(
         self, blocking: str | None, procedure: str, timeout: float | None, send: _Send
