@@ -537,7 +537,7 @@ def test_cast_multicall_and_trace(node: str, tmp_path: Path, transport: str) -> 
 
 
 def test_exit_releases_blocked_caller(node: str, tmp_path: Path, transport: str) -> None:
-    """At interpreter exit a caller blocked in another thread is released with UnavailableError, and the node stops its call."""
+    """At interpreter exit a caller blocked in another thread and a handle in flight are released with UnavailableError, the node stops both calls, and the exit does not wait for their deadlines."""
     out = run_script(
         node,
         """
@@ -547,8 +547,13 @@ def test_exit_releases_blocked_caller(node: str, tmp_path: Path, transport: str)
 
         def last_words():
             # Registered before the client's own hook, so it runs after it.
-            released.wait(5)
-            report(error=seen.get("error"), in_flight=until(lambda: sleeps_in_flight() == 0))
+            seen["released"] = released.wait(10)
+            try:
+                handle.result(timeout=10)
+            except UnavailableError as e:
+                seen["handle"] = e.outcome.value
+            report(error=seen.get("error"), released=seen["released"], handle=seen.get("handle"),
+                   in_flight=until(lambda: sleeps_in_flight() == 0))
 
         atexit.register(last_words)
         client = BlockingClient(ADDRESS, timeout=60)
@@ -556,20 +561,22 @@ def test_exit_releases_blocked_caller(node: str, tmp_path: Path, transport: str)
 
         def worker():
             try:
-                client.call("sleep", 30)
+                client.call("sleep", 50)
             except UnavailableError as e:
                 seen["error"] = [e.outcome.value, str(e)]
             released.set()
 
         threading.Thread(target=worker, daemon=True).start()
-        report(sent=until(lambda: sleeps_in_flight() == 1))
+        handle = client.call_async("sleep", 50)
+        report(sent=until(lambda: sleeps_in_flight() == 2), started=time.monotonic())
         """,
         tmp_path,
         transport,
     )
     assert out["sent"] is True
-    assert out["error"] is not None
+    assert out["released"] is True
     assert out["error"][0] == "may-have-run"
+    assert out["handle"] == "may-have-run"
     assert out["in_flight"] is True
 
 

@@ -22,6 +22,7 @@ import atexit
 import contextlib
 import itertools
 import os
+import queue
 import re
 import select
 import socket
@@ -31,7 +32,6 @@ import threading
 import time
 import weakref
 from collections.abc import Callable, Generator
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
@@ -359,6 +359,51 @@ class Connection:
             self.sock.close()
 
 
+class _AsyncThreads:
+    """
+    Daemon threads, started as calls come (at most C{size}), that run the
+    calls of C{call_async()}.  Not C{concurrent.futures}: its threads are
+    joined at interpreter exit before any C{atexit} hook could release
+    their calls, so a call in flight would hold the exit until its deadline.
+    """
+
+    def __init__(self, size: int, name: str) -> None:
+        self._size = size
+        self._name = name
+        self._jobs: queue.SimpleQueue[Callable[[], None] | None] = queue.SimpleQueue()
+        self._lock = threading.Lock()
+        self._threads = 0
+        self._idle = 0
+
+    def submit(self, job: Callable[[], None]) -> None:
+        self._jobs.put(job)
+        with self._lock:
+            if self._jobs.qsize() > self._idle and self._threads < self._size:
+                self._threads += 1
+                threading.Thread(
+                    target=self._work, name=f"{self._name}-{self._threads}", daemon=True
+                ).start()
+
+    def _work(self) -> None:
+        while True:
+            with self._lock:
+                self._idle += 1
+            job = self._jobs.get()
+            with self._lock:
+                self._idle -= 1
+            if job is None:
+                return
+            job()
+            job = None
+
+    def stop(self) -> None:
+        """Let every thread end once the jobs before are done (each ends at once)."""
+        with self._lock:
+            threads = self._threads
+        for _ in range(threads):
+            self._jobs.put(None)
+
+
 _paths: weakref.WeakSet[DirectPath] = weakref.WeakSet()
 _exit_hook_registered = False
 _exit_lock = threading.Lock()
@@ -406,7 +451,7 @@ class DirectPath:
         self._lock = threading.Lock()
         self._idle: list[Connection] = []
         self._busy: set[Connection] = set()
-        self._executor: ThreadPoolExecutor | None = None
+        self._executor: _AsyncThreads | None = None
         self._handles: set[DirectCallHandle] = set()
         self.closed = False
         _paths.add(self)
@@ -685,9 +730,7 @@ class DirectPath:
                 raise self._closed_error(handle.procedure, Outcome.NOT_RUN)
             executor = self._executor
             if executor is None:
-                executor = self._executor = ThreadPoolExecutor(
-                    self._async_threads, thread_name_prefix=ASYNC_THREAD_NAME
-                )
+                executor = self._executor = _AsyncThreads(self._async_threads, ASYNC_THREAD_NAME)
             self._handles.add(handle)
         executor.submit(handle._run)
 
@@ -719,7 +762,7 @@ class DirectPath:
         for handle in handles:
             handle._closed()
         if executor is not None:
-            executor.shutdown(wait=False, cancel_futures=True)
+            executor.stop()
 
 
 class DirectCallHandle(CallHandle):
