@@ -343,7 +343,12 @@ class Connection:
         connection, which wakes its reader at once.
         """
         tag = self.tag
-        if tag is not None and not self._tls and self.write_lock.acquire(False):
+        # The caller may be in the middle of its own write: wait for it, briefly.
+        if (
+            tag is not None
+            and not self._tls
+            and self.write_lock.acquire(timeout=CANCEL_WRITE_TIMEOUT)
+        ):
             try:
                 self.sock.send(encode_command("CANCEL", (tag,)), _DONTWAIT)
             except OSError:
