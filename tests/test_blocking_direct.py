@@ -398,3 +398,12 @@ def test_direct_path_limits(server: LineServer) -> None:
     assert len(direct._idle) == 1
     assert server.ended.get(timeout=WAIT) == 1  # the one beyond the limit
     direct.close()
+
+
+def test_client_limits_are_checked() -> None:
+    """The pool's limits are the client's to set, and nonsense is refused."""
+    client = BlockingClient("tcp:127.0.0.1:1", max_idle_connections=0, async_threads=2)
+    assert client._direct is not None
+    assert (client._direct._max_idle, client._direct._async_threads) == (0, 2)
+    with pytest.raises(ValueError, match="async_threads"):
+        BlockingClient("tcp:127.0.0.1:1", async_threads=0)

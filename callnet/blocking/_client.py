@@ -16,6 +16,8 @@ from twisted.python import threadable
 
 from callnet.blocking import _reactor_thread
 from callnet.blocking._direct import (
+    ASYNC_THREADS,
+    MAX_IDLE_CONNECTIONS,
     DirectCallHandle,
     DirectPath,
     TLSAddress,
@@ -82,6 +84,10 @@ class BlockingClient:
     @param token: a token to authenticate with, for a node that requires one.
     @param transport: C{"direct"} or C{"reactor"} to force a path; C{None}
         to let the client choose.
+    @param max_idle_connections: on the plain-socket path, how many idle
+        connections to keep for reuse (L{MAX_IDLE_CONNECTIONS}).
+    @param async_threads: on the plain-socket path, how many threads run
+        the calls of L{call_async} (L{ASYNC_THREADS}).
     @raise ValueError: C{transport="direct"} with an endpoint that the
         plain-socket path cannot reach.
     """
@@ -95,11 +101,15 @@ class BlockingClient:
         reactor_thread: ReactorThread | None = None,
         token: str | None = None,
         transport: Transport | None = None,
+        max_idle_connections: int = MAX_IDLE_CONNECTIONS,
+        async_threads: int = ASYNC_THREADS,
     ) -> None:
         _check_seconds("timeout", timeout, positive=True)
         _check_seconds("grace", grace, positive=False)
         if transport not in (None, "direct", "reactor"):
             raise ValueError(f"transport must be 'direct', 'reactor' or None, not {transport!r}")
+        if max_idle_connections < 0 or async_threads < 1:
+            raise ValueError("max_idle_connections must be 0 or more, async_threads 1 or more")
         self.timeout = timeout
         self.grace = grace
         self._endpoint = endpoint
@@ -119,7 +129,13 @@ class BlockingClient:
         self.transport = transport
         self._direct: DirectPath | None = None
         if address is not None and transport != "reactor":
-            self._direct = DirectPath(address, token=token, connect_timeout=timeout)
+            self._direct = DirectPath(
+                address,
+                token=token,
+                connect_timeout=timeout,
+                max_idle=max_idle_connections,
+                async_threads=async_threads,
+            )
         if address is not None:
             self.address = address.text
         elif isinstance(endpoint, str):
