@@ -2,7 +2,9 @@
 Integration tests of L{callnet.blocking} against a real node, with real threads.
 
 The node is a C{twistd callnet} daemon (the installed copy, as C{.ci/run}
-installs it).  Each test runs its client in a fresh Python process, because
+installs it).  Each test runs on both paths of the client: C{direct} is a
+plain program's client, as it chooses for itself (its own socket I/O in the
+calling thread), and C{reactor} one forced through the reactor thread.  Each test runs its client in a fresh Python process, because
 the global reactor runs only once per process and the test process's own
 reactor must stay untouched (trial checks it).  The child prints JSON lines
 that the test reads; every child, and every wait in it, is bounded.
@@ -38,7 +40,7 @@ pytestmark = pytest.mark.skipif(
 #: Run before each test's script; C{sys.argv[1]} is the node's endpoint string.
 PRELUDE = """
 import _thread, json, os, signal, socket, sys, threading, time
-from callnet import BlockingClient, ForkedProcessError, WrongThreadError
+from callnet import BlockingClient as _BlockingClient, ForkedProcessError, WrongThreadError
 from callnet.errors import (
     CancelledError, DeadlineExceededError, NotFoundError, PermissionDeniedError,
     UnavailableError,
@@ -46,6 +48,14 @@ from callnet.errors import (
 
 ADDRESS = sys.argv[1]
 PORT = int(ADDRESS.split(":")[2])
+#: "direct": the client chooses (a plain program: the plain-socket path);
+#: "reactor": the reactor path, forced.
+TRANSPORT = sys.argv[2]
+
+def BlockingClient(*args, **kwargs):
+    if TRANSPORT == "reactor":
+        kwargs.setdefault("transport", "reactor")
+    return _BlockingClient(*args, **kwargs)
 
 def report(**fields):
     print(json.dumps(fields), flush=True)
@@ -125,11 +135,18 @@ def wait_for_listener(process: subprocess.Popen[bytes], port: int, log: Path) ->
     pytest.fail(f"the node did not listen on port {port} within {START_TIMEOUT}s")
 
 
-def run_script(node: str, body: str, tmp_path: Path) -> dict[str, Any]:
+@pytest.fixture(params=["direct", "reactor"])
+def transport(request: pytest.FixtureRequest) -> str:
+    """The path the clients of a test take (see the module's docstring)."""
+    value: str = request.param
+    return value
+
+
+def run_script(node: str, body: str, tmp_path: Path, transport: str) -> dict[str, Any]:
     """Run C{body} (after L{PRELUDE}) in a new Python; the JSON it reported, merged."""
     env = dict(os.environ, PYTHONPATH=str(CHECKOUT))
     result = subprocess.run(
-        [sys.executable, "-c", PRELUDE + textwrap.dedent(body), node],
+        [sys.executable, "-c", PRELUDE + textwrap.dedent(body), node, transport],
         cwd=tmp_path,
         env=env,
         capture_output=True,
@@ -144,8 +161,8 @@ def run_script(node: str, body: str, tmp_path: Path) -> dict[str, Any]:
     return reported
 
 
-def test_call_and_typed_errors(node: str, tmp_path: Path) -> None:
-    """A call returns its result, a remote error is raised as its own class, and the reactor runs in callnet-reactor."""
+def test_call_and_typed_errors(node: str, tmp_path: Path, transport: str) -> None:
+    """A call returns its result and a remote error is raised as its own class; only the reactor path starts callnet-reactor."""
     out = run_script(
         node,
         """
@@ -164,9 +181,13 @@ def test_call_and_typed_errors(node: str, tmp_path: Path) -> None:
                    ping=client.ping(), echo=client.call("echo", value={"a": [1, None]}))
         """,
         tmp_path,
+        transport,
     )
     assert out["result"] == 3
-    assert out["threads"]["callnet-reactor"] is True
+    if transport == "reactor":
+        assert out["threads"]["callnet-reactor"] is True
+    else:
+        assert "callnet-reactor" not in out["threads"]
     assert out["not_found"][:2] == ["NotFoundError", "not-run"]
     assert "nosuch" in out["not_found"][2]
     assert out["denied"] == "ran"
@@ -174,7 +195,7 @@ def test_call_and_typed_errors(node: str, tmp_path: Path) -> None:
     assert out["echo"] == {"a": [1, None]}
 
 
-def test_timeout_cancels_call_on_node(node: str, tmp_path: Path) -> None:
+def test_timeout_cancels_call_on_node(node: str, tmp_path: Path, transport: str) -> None:
     """A call past its timeout raises DeadlineExceededError promptly and the node stops running it."""
     out = run_script(
         node,
@@ -190,13 +211,14 @@ def test_timeout_cancels_call_on_node(node: str, tmp_path: Path) -> None:
         report(error=error, elapsed=elapsed, in_flight=sleeps_in_flight())
         """,
         tmp_path,
+        transport,
     )
     assert out["error"][0] == "may-have-run"
     assert 0.5 <= out["elapsed"] < 2
     assert out["in_flight"] == 0
 
 
-def test_keyboard_interrupt_cancels_call(node: str, tmp_path: Path) -> None:
+def test_keyboard_interrupt_cancels_call(node: str, tmp_path: Path, transport: str) -> None:
     """Ctrl-C during a blocking call on the main thread raises at once and cancels the call on the node."""
     out = run_script(
         node,
@@ -216,13 +238,14 @@ def test_keyboard_interrupt_cancels_call(node: str, tmp_path: Path) -> None:
         report(what=what, elapsed=elapsed, in_flight=until(lambda: sleeps_in_flight() == 0))
         """,
         tmp_path,
+        transport,
     )
     assert out["what"] == "interrupted"
     assert out["elapsed"] < 2
     assert out["in_flight"] is True
 
 
-def test_many_threads_share_one_client(node: str, tmp_path: Path) -> None:
+def test_many_threads_share_one_client(node: str, tmp_path: Path, transport: str) -> None:
     """32 threads making 500 calls each through one client all get their own correct results."""
     out = run_script(
         node,
@@ -248,14 +271,15 @@ def test_many_threads_share_one_client(node: str, tmp_path: Path) -> None:
                elapsed=time.monotonic() - start)
         """,
         tmp_path,
+        transport,
     )
     assert out["alive"] == 0
     assert out["wrong"] == []
     assert out["counts"] == [500] * 32
 
 
-def test_call_async_handle(node: str, tmp_path: Path) -> None:
-    """A handle is polled from plain code, calls back on the reactor thread, and outlives a short result() timeout."""
+def test_call_async_handle(node: str, tmp_path: Path, transport: str) -> None:
+    """A handle is polled from plain code, calls back on the thread that finished it, and outlives a short result() timeout."""
     out = run_script(
         node,
         """
@@ -290,17 +314,21 @@ def test_call_async_handle(node: str, tmp_path: Path) -> None:
                in_flight=until(lambda: sleeps_in_flight() == 0))
         """,
         tmp_path,
+        transport,
     )
     assert out["done_at_first"] is False
     assert out["timeouts"] >= 1
     assert out["result"] == 0.3
-    assert out["seen"] == ["callnet-reactor"]
+    if transport == "reactor":
+        assert out["seen"] == ["callnet-reactor"]
+    else:
+        assert len(out["seen"]) == 1 and out["seen"][0].startswith("callnet-call")
     assert out["late"] == ["MainThread"]
     assert out["cancel_outcome"] in ("may-have-run", "not-run")
     assert out["in_flight"] is True
 
 
-def test_blocking_on_reactor_thread_refused(node: str, tmp_path: Path) -> None:
+def test_blocking_on_reactor_thread_refused(node: str, tmp_path: Path, transport: str) -> None:
     """A blocking call made on the reactor thread raises WrongThreadError at once; a handle is awaited there instead."""
     out = run_script(
         node,
@@ -310,6 +338,14 @@ def test_blocking_on_reactor_thread_refused(node: str, tmp_path: Path) -> None:
 
         client = BlockingClient(ADDRESS, timeout=10)
         client.ping()
+        if TRANSPORT == "direct":
+            # The application runs its own reactor: the client crosses into it.
+            threading.Thread(
+                target=reactor.run, kwargs={"installSignalHandlers": False}, daemon=True
+            ).start()
+            forced = _BlockingClient(ADDRESS, timeout=10, transport="direct")
+        else:
+            forced = client
         seen = {}
         finished = threading.Event()
 
@@ -324,6 +360,11 @@ def test_blocking_on_reactor_thread_refused(node: str, tmp_path: Path) -> None:
             except WrongThreadError as e:
                 seen["call"] = str(e)
             seen["elapsed"] = time.monotonic() - start
+            try:
+                forced.call("add", 1, 2)
+                seen["forced"] = "returned"
+            except WrongThreadError as e:
+                seen["forced"] = str(e)
             result = Deferred.fromCoroutine(use_handle())
             result.addCallback(lambda value: seen.update(awaited=value))
             result.addBoth(lambda _: finished.set())
@@ -332,15 +373,17 @@ def test_blocking_on_reactor_thread_refused(node: str, tmp_path: Path) -> None:
         report(finished=finished.wait(10), **seen)
         """,
         tmp_path,
+        transport,
     )
     assert out["finished"] is True
     assert "reactor thread" in out["call"]
     assert "call_async" in out["call"]
     assert out["elapsed"] < 0.5
+    assert "reactor thread" in out["forced"]
     assert out["awaited"] == 5
 
 
-def test_close_releases_blocked_caller(node: str, tmp_path: Path) -> None:
+def test_close_releases_blocked_caller(node: str, tmp_path: Path, transport: str) -> None:
     """close() from one thread releases a caller blocked in another at once, and the node stops the call."""
     out = run_script(
         node,
@@ -370,6 +413,7 @@ def test_close_releases_blocked_caller(node: str, tmp_path: Path) -> None:
                in_flight=until(lambda: sleeps_in_flight() == 0))
         """,
         tmp_path,
+        transport,
     )
     assert out["sent"] is True
     assert out["released_in"] < 1
@@ -379,8 +423,14 @@ def test_close_releases_blocked_caller(node: str, tmp_path: Path) -> None:
     assert out["in_flight"] is True
 
 
-def test_reactor_shutdown_releases_blocked_caller(node: str, tmp_path: Path) -> None:
+def test_reactor_shutdown_releases_blocked_caller(
+    node: str, tmp_path: Path, transport: str
+) -> None:
     """Stopping the reactor releases a blocked caller with UnavailableError, and later calls fail at once."""
+    if transport == "direct":
+        pytest.skip(
+            "only the reactor path has a reactor to stop; see test_exit_releases_blocked_caller"
+        )
     out = run_script(
         node,
         """
@@ -412,6 +462,7 @@ def test_reactor_shutdown_releases_blocked_caller(node: str, tmp_path: Path) -> 
                in_flight=until(lambda: sleeps_in_flight() == 0))
         """,
         tmp_path,
+        transport,
     )
     assert out["sent"] is True
     assert out["released_in"] < 1
@@ -424,8 +475,10 @@ def test_reactor_shutdown_releases_blocked_caller(node: str, tmp_path: Path) -> 
 
 
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="no os.fork on this platform")
-def test_forked_child_gets_clear_error(node: str, tmp_path: Path) -> None:
-    """A child forked after the client was used gets ForkedProcessError at once; the parent goes on."""
+def test_forked_child_gets_clear_error(node: str, tmp_path: Path, transport: str) -> None:
+    """On the reactor path a child forked after the client was used gets ForkedProcessError at once; the parent goes on."""
+    if transport == "direct":
+        pytest.skip("the plain-socket path serves forked children: see test_forked_children_*")
     out = run_script(
         node,
         """
@@ -451,6 +504,183 @@ def test_forked_child_gets_clear_error(node: str, tmp_path: Path) -> None:
         report(child=os.waitstatus_to_exitcode(status), parent=client.call("add", 2, 2))
         """,
         tmp_path,
+        transport,
     )
     assert out["child"] == 0
     assert out["parent"] == 4
+
+
+def test_cast_multicall_and_trace(node: str, tmp_path: Path, transport: str) -> None:
+    """A cast reaches the node, a multicall answers per node, and a trace id comes back on an error."""
+    out = run_script(
+        node,
+        """
+        client = BlockingClient(ADDRESS, timeout=10)
+        client.cast("sleep", 0.5)
+        cast_ran = until(lambda: sleeps_in_flight() == 1)
+        answers = client.multicall("add", 1, 2)
+        try:
+            client.call("fail", "NOT_FOUND", "gone", trace="req-42")
+        except NotFoundError as e:
+            traced = [e.trace, e.message]
+        # Leave no sleep running for the next test to count.
+        report(cast_ran=cast_ran, answers=answers, traced=traced,
+               cast_ended=until(lambda: sleeps_in_flight() == 0))
+        """,
+        tmp_path,
+        transport,
+    )
+    assert out["cast_ran"] is True
+    assert out["cast_ended"] is True
+    assert list(out["answers"].values()) == [3]
+    assert out["traced"][0] == "req-42"
+
+
+def test_exit_releases_blocked_caller(node: str, tmp_path: Path, transport: str) -> None:
+    """At interpreter exit a caller blocked in another thread and a handle in flight are released with UnavailableError, the node stops both calls, and the exit does not wait for their deadlines."""
+    out = run_script(
+        node,
+        """
+        import atexit
+        released = threading.Event()
+        seen = {}
+
+        def last_words():
+            # Registered before the client's own hook, so it runs after it.
+            seen["released"] = released.wait(10)
+            try:
+                handle.result(timeout=10)
+            except UnavailableError as e:
+                seen["handle"] = e.outcome.value
+            report(error=seen.get("error"), released=seen["released"], handle=seen.get("handle"),
+                   in_flight=until(lambda: sleeps_in_flight() == 0))
+
+        atexit.register(last_words)
+        client = BlockingClient(ADDRESS, timeout=60)
+        client.ping()
+
+        def worker():
+            try:
+                client.call("sleep", 50)
+            except UnavailableError as e:
+                seen["error"] = [e.outcome.value, str(e)]
+            released.set()
+
+        threading.Thread(target=worker, daemon=True).start()
+        handle = client.call_async("sleep", 50)
+        report(sent=until(lambda: sleeps_in_flight() == 2), started=time.monotonic())
+        """,
+        tmp_path,
+        transport,
+    )
+    assert out["sent"] is True
+    assert out["released"] is True
+    assert out["error"][0] == "may-have-run"
+    assert out["handle"] == "may-have-run"
+    assert out["in_flight"] is True
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="no os.fork on this platform")
+def test_forked_children_get_fresh_connections(node: str, tmp_path: Path) -> None:
+    """Worker processes forked from a parent whose client is in use each call on connections of their own, as under a pre-forking WSGI server."""
+    out = run_script(
+        node,
+        """
+        client = BlockingClient(ADDRESS, timeout=10)
+        assert client.call("add", 1, 2) == 3   # the parent's connection is open
+        parent_ports = {c.sock.getsockname()[1] for c in client._direct._idle}
+        workers = []
+        for k in range(4):
+            pid = os.fork()
+            if pid == 0:
+                signal.alarm(20)  # a hang would be the bug: die rather than wait
+                code = 0
+                try:
+                    for i in range(300):
+                        if client.call("add", k, i * 10) != k + i * 10:
+                            code = 1
+                            break
+                    ports = {c.sock.getsockname()[1] for c in client._direct._idle}
+                    if not ports or ports & parent_ports:
+                        code = 2
+                except BaseException:
+                    code = 3
+                os._exit(code)
+            workers.append(pid)
+        # The parent keeps calling on its own connection meanwhile.
+        parent_wrong = sum(client.call("add", 100, i) != 100 + i for i in range(300))
+        codes = [os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]) for pid in workers]
+        report(codes=codes, parent_wrong=parent_wrong,
+               parent_same=parent_ports == {c.sock.getsockname()[1] for c in client._direct._idle})
+        """,
+        tmp_path,
+        "direct",
+    )
+    assert out["codes"] == [0, 0, 0, 0]
+    assert out["parent_wrong"] == 0
+    assert out["parent_same"] is True
+
+
+def test_tls_and_token(tmp_path: Path, transport: str) -> None:
+    """Over TLS to a node that wants a token, a client with the CA and the token calls; a wrong CA or name is refused not-run, and so is a wrong token."""
+    from callnet import tls
+    from tests.daemon import running_node
+
+    certs = tmp_path / "certs"
+    tls.make_ca(certs)
+    tls.make_node_certificate(certs, "alpha", ips=["127.0.0.1"])
+    rogue = tmp_path / "rogue"
+    tls.make_ca(rogue)
+    token = "a-long-random-token-for-alice"
+    tls_port = free_port()
+    (tmp_path / "alpha.toml").write_text(
+        "[security]\n"
+        f'tokens = {{ alice = "{token}" }}\n'
+        "[tls]\n"
+        f'cert = "{certs / "alpha.pem"}"\n'
+        f'key = "{certs / "alpha.key"}"\n'
+    )
+    with running_node(
+        tmp_path,
+        "--config",
+        "alpha.toml",
+        "--listen",
+        f"tls:{tls_port}:interface=127.0.0.1",
+        name="alpha",
+    ) as node:
+        out = run_script(
+            node.endpoint,
+            f"""
+            from callnet.blocking import TLSAddress
+            from callnet.errors import CallError
+            CERTS, ROGUE, TLS_PORT, TOKEN = {str(certs)!r}, {str(rogue)!r}, {tls_port}, {token!r}
+
+            def attempt(address, token):
+                try:
+                    with BlockingClient(address, timeout=10, token=token) as client:
+                        return ["ok", client.call("add", 1, 2), client.call("echo", "x", trace="t1")]
+                except CallError as e:
+                    return [type(e).__name__, e.outcome.value, str(e)]
+
+            good = TLSAddress("127.0.0.1", TLS_PORT, ca=CERTS + "/ca.pem", name="alpha")
+            report(
+                good=attempt(good, TOKEN),
+                by_ip=attempt(TLSAddress("127.0.0.1", TLS_PORT, ca=CERTS + "/ca.pem"), TOKEN),
+                wrong_name=attempt(
+                    TLSAddress("127.0.0.1", TLS_PORT, ca=CERTS + "/ca.pem", name="beta"), TOKEN),
+                wrong_ca=attempt(
+                    TLSAddress("127.0.0.1", TLS_PORT, ca=ROGUE + "/ca.pem", name="alpha"), TOKEN),
+                wrong_token=attempt(good, "not-the-token-at-all-0000"),
+                no_token=attempt(good, None),
+            )
+            """,
+            tmp_path,
+            transport,
+        )
+    assert out["good"] == ["ok", 3, "x"]
+    assert out["by_ip"] == ["ok", 3, "x"]
+    for refused in ("wrong_name", "wrong_ca"):
+        assert out[refused][:2] == ["UnavailableError", "not-run"], out[refused]
+        assert "certificate verify failed" in out[refused][2], out[refused]
+    assert out["wrong_token"][:2] == ["UnauthenticatedError", "not-run"]
+    assert out["no_token"][:2] == ["UnauthenticatedError", "not-run"]

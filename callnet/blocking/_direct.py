@@ -1,0 +1,917 @@
+"""
+The plain-socket path of the blocking client: a call does its I/O in the
+calling thread, on a connection of its own, with no reactor and no thread
+hand-off.
+
+A L{DirectPath} keeps a small pool of connections to one node, as redis-py
+and psycopg do: a call takes an idle connection (or opens one), sends its
+tagged request through the codec of L{callnet.wire}, reads until its reply,
+and gives the connection back.  So each thread calling at the same time has
+a connection of its own, and no socket is ever shared by two calls.
+
+The rules of the bridge hold here too: every wait is bounded by the call's
+deadline (which still travels as C{+timeout=}); a call given up on, by its
+deadline or by Ctrl-C, is cancelled on the node (C{CANCEL}); L{close} and
+interpreter exit release every waiter; and a forked child never touches its
+parent's sockets (the pool notices the new pid and starts afresh).
+"""
+
+from __future__ import annotations
+
+import atexit
+import contextlib
+import itertools
+import os
+import queue
+import re
+import select
+import socket
+import ssl
+import sys
+import threading
+import time
+import weakref
+from collections.abc import Callable, Generator
+from dataclasses import dataclass
+from typing import Any
+
+from twisted.internet.defer import Deferred
+from twisted.logger import Logger
+from twisted.python import threadable
+
+from callnet.blocking._handle import CallHandle
+from callnet.blocking._wait import INTERRUPT_CHECK_INTERVAL, _Done
+from callnet.errors import (
+    CallError,
+    CancelledError,
+    DeadlineExceededError,
+    InvalidArgumentError,
+    Outcome,
+    UnavailableError,
+    WrongThreadError,
+)
+from callnet.wire import (
+    DEFAULT_MAX_LINE,
+    BadLine,
+    Call,
+    LineDecoder,
+    Success,
+    encode_call,
+    encode_command,
+    encode_simple_call,
+)
+from callnet.wire import Failure as FailureReply
+
+log = Logger()
+
+#: Idle connections a client keeps for reuse.  One per thread that calls at
+#: the same time is what a program needs; more than this after a burst are
+#: closed as they come back, so a burst of threads leaves no crowd of sockets
+#: open on the node.
+MAX_IDLE_CONNECTIONS = 32
+#: Threads that run the calls of C{call_async()} on this path (each with a
+#: connection of its own while it runs a call).  Calls started beyond this
+#: wait their turn, within their deadlines.
+ASYNC_THREADS = 16
+#: The name prefix of those threads.
+ASYNC_THREAD_NAME = "callnet-call"
+#: Bytes asked of the socket per read: a reply of a small result comes whole
+#: in one read; a large one comes in pieces of this size.
+READ_SIZE = 256 * 1024
+#: How long a call given up on (Ctrl-C) may take to write its C{CANCEL}.
+CANCEL_WRITE_TIMEOUT = 0.5
+
+_POLL = getattr(select, "poll", None)
+_DONTWAIT = getattr(socket, "MSG_DONTWAIT", 0)
+
+
+@dataclass(frozen=True)
+class TLSAddress:
+    """
+    A node's C{tls:} listener, for a L{BlockingClient} on either path.
+
+        client = BlockingClient(TLSAddress("127.0.0.1", 7601, ca="certs/ca.pem"))
+
+    The node's certificate must be signed by C{ca} and name C{name} (by
+    default C{host}), as L{callnet.tls.client_endpoint} checks for the
+    reactor's client; C{cert} and C{key} are a client certificate to present.
+    """
+
+    host: str
+    port: int
+    ca: str | os.PathLike[str]
+    cert: str | os.PathLike[str] | None = None
+    key: str | os.PathLike[str] | None = None
+    name: str | None = None
+
+    def __post_init__(self) -> None:
+        if (self.cert is None) != (self.key is None):
+            raise ValueError(
+                "a client certificate needs its key: give both cert and key, or neither"
+            )
+
+    def __str__(self) -> str:
+        shown = f"[{self.host}]" if ":" in self.host else self.host
+        return f"tls:{shown}:{self.port}"
+
+    def ssl_context(self) -> ssl.SSLContext:
+        """A context that trusts only C{ca} and checks the node's name."""
+        context = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=os.fspath(self.ca))
+        context.minimum_version = ssl.TLSVersion.TLSv1_2
+        context.check_hostname = True
+        context.verify_mode = ssl.CERT_REQUIRED
+        if self.cert is not None and self.key is not None:
+            context.load_cert_chain(os.fspath(self.cert), os.fspath(self.key))
+        context.set_alpn_protocols(["callnet"])
+        return context
+
+    def reactor_endpoint(self, reactor: Any) -> Any:
+        """The same address as an endpoint for the reactor's client."""
+        from callnet.tls import client_endpoint
+
+        return client_endpoint(
+            reactor, self.host, self.port, self.ca, self.cert, self.key, name=self.name
+        )
+
+
+@dataclass(frozen=True)
+class Address:
+    """Where the plain-socket path connects: a TCP host and port, a UNIX path, or TLS."""
+
+    text: str
+    family: int
+    target: Any
+    tls: TLSAddress | None = None
+
+
+_UNESCAPED_COLON = re.compile(r"(?<!\\):")
+
+
+def parse_address(endpoint: object) -> Address | None:
+    """
+    The address of a client endpoint that the plain-socket path can reach:
+    a L{TLSAddress}, or a C{tcp:} or C{unix:} endpoint string with nothing
+    but a host and port or a path (and C{timeout}, which deadlines replace).
+    C{None} for anything else, which only the reactor's client can use.
+    """
+    if isinstance(endpoint, TLSAddress):
+        return Address(str(endpoint), socket.AF_INET, (endpoint.host, endpoint.port), endpoint)
+    if not isinstance(endpoint, str):
+        return None
+    kind, _, rest = endpoint.partition(":")
+    positional: list[str] = []
+    named: dict[str, str] = {}
+    for part in _UNESCAPED_COLON.split(rest):
+        part = part.replace("\\:", ":")
+        name, equals, value = part.partition("=")
+        if equals and name.isidentifier():
+            named[name] = value
+        else:
+            positional.append(part)
+    named.pop("timeout", None)
+    if kind == "tcp":
+        fields = dict(zip(("host", "port"), positional, strict=False)) | named
+        if set(fields) != {"host", "port"} or len(positional) > 2:
+            return None
+        try:
+            port = int(fields["port"])
+        except ValueError:
+            return None
+        family = socket.AF_INET6 if ":" in fields["host"] else socket.AF_INET
+        return Address(endpoint, family, (fields["host"], port))
+    if kind == "unix" and hasattr(socket, "AF_UNIX"):
+        named.pop("checkPID", None)
+        fields = dict(zip(("path",), positional, strict=False)) | named
+        if set(fields) != {"path"} or len(positional) > 1:
+            return None
+        return Address(endpoint, socket.AF_UNIX, fields["path"])
+    return None
+
+
+def on_running_reactor_thread() -> bool:
+    """Whether the calling thread runs a Twisted reactor that is running now."""
+    io_thread = threadable.ioThread
+    if io_thread is None or io_thread != threading.get_ident():
+        return False
+    reactor = sys.modules.get("twisted.internet.reactor")
+    return bool(getattr(reactor, "running", False))
+
+
+def refuse_reactor_thread(what: str) -> None:
+    """Raise L{WrongThreadError} if called on a running reactor's thread."""
+    if on_running_reactor_thread():
+        raise WrongThreadError(
+            f"{what} blocks, and was called on the reactor thread, which it would"
+            f" deadlock. Code running under the reactor must use the asynchronous API:"
+            f" callnet.client.Client, whose call() returns a Deferred to await."
+        )
+
+
+class _LostError(Exception):
+    """The connection ended (EOF or a socket error) while a call used it."""
+
+
+class Connection:
+    """
+    One socket to the node, used by one call at a time, and the codec's
+    decoder for what comes back on it.  Tags are never reused on it, so a
+    late reply to a call given up on is recognised and dropped.
+    """
+
+    def __init__(self, sock: socket.socket, max_line: int, monotonic: Callable[[], float]):
+        self.sock = sock
+        self.decoder = LineDecoder(max_line)
+        self._tags = map(str, itertools.count(1))
+        self._monotonic = monotonic
+        #: Serialises writes: a call's own, and a C{CANCEL} from L{close}.
+        self.write_lock = threading.Lock()
+        #: The tag of the call waiting on this connection, for L{abort}.
+        self.tag: str | None = None
+        self.closed = False
+        self._tls = isinstance(sock, ssl.SSLSocket)
+        self._poll_in: Any = None
+        self._poll_out: Any = None
+        if _POLL is not None and not self._tls:
+            # A plain socket stays in blocking mode and waits with poll(): a
+            # socket timeout would cost a system call to set on every read.
+            sock.setblocking(True)
+            self._poll_in = _POLL()
+            self._poll_in.register(sock, select.POLLIN)
+            self._poll_out = _POLL()
+            self._poll_out.register(sock, select.POLLOUT)
+
+    def next_tag(self) -> str:
+        return next(self._tags)
+
+    def is_stale(self) -> bool:
+        """
+        Whether an idle connection has been closed by the node (or holds what
+        nobody asked for): checked before reuse, so that a node restarted
+        meanwhile costs a new connection, not a failed call.
+        """
+        poller = self._poll_in
+        if poller is None:
+            return False
+        if not poller.poll(0):
+            return False
+        try:
+            data = self.sock.recv(READ_SIZE, _DONTWAIT)
+        except BlockingIOError:
+            return False
+        except OSError:
+            return True
+        if not data:
+            return True
+        self.decoder.feed(data)  # late replies: dropped when next read
+        return False
+
+    def send(self, data: bytes, deadline: float) -> None:
+        """Write all of C{data} by C{deadline}; C{TimeoutError} if it cannot."""
+        with self.write_lock:
+            if self._poll_out is None:
+                self.sock.settimeout(max(deadline - self._monotonic(), 1e-6))
+                self.sock.sendall(data)
+                return
+            sock = self.sock
+            try:
+                sent = sock.send(data, _DONTWAIT)
+            except BlockingIOError:
+                sent = 0
+            if sent == len(data):
+                return
+            view = memoryview(data)
+            while sent < len(data):
+                remaining = deadline - self._monotonic()
+                if remaining <= 0 or not self._poll_out.poll(remaining * 1000):
+                    raise TimeoutError("the node does not read what is sent to it")
+                with contextlib.suppress(BlockingIOError):
+                    sent += sock.send(view[sent:], _DONTWAIT)
+
+    def read_reply(self, tag: str, deadline: float, interruptible: bool) -> Any:
+        """
+        Read until the reply to C{tag}; return its event (L{Success} or a
+        failure reply).
+
+        @param interruptible: wake every L{INTERRUPT_CHECK_INTERVAL} so that
+            a pending KeyboardInterrupt is raised (the main thread).
+        @raise TimeoutError: the deadline passed first.
+        @raise _LostError: the connection ended first.
+        """
+        decoder = self.decoder
+        sock = self.sock
+        poller = self._poll_in
+        monotonic = self._monotonic
+        while True:
+            event = decoder.next_event()
+            while event is not None:
+                kind = type(event)
+                if kind is Success or kind is FailureReply:
+                    if event.tag == tag:  # type: ignore[union-attr]
+                        return event
+                elif kind is BadLine:
+                    log.warn("unreadable line from the node: {error}", error=event.error)  # type: ignore[union-attr]
+                event = decoder.next_event()
+            remaining = deadline - monotonic()
+            if remaining <= 0:
+                raise TimeoutError
+            if interruptible and remaining > INTERRUPT_CHECK_INTERVAL:
+                remaining = INTERRUPT_CHECK_INTERVAL
+            try:
+                if poller is not None:
+                    if not poller.poll(remaining * 1000):
+                        continue
+                    data = sock.recv(READ_SIZE)
+                else:
+                    sock.settimeout(remaining)
+                    data = sock.recv(READ_SIZE)
+            except TimeoutError:
+                continue
+            except OSError as e:
+                raise _LostError(e.strerror or str(e)) from None
+            if not data:
+                raise _LostError("the node closed the connection")
+            decoder.feed(data)
+
+    def cancel(self, tag: str, timeout: float) -> None:
+        """Ask the node to cancel C{tag}, best effort, within C{timeout}."""
+        with contextlib.suppress(OSError, ValueError):
+            self.send(encode_command("CANCEL", (tag,)), self._monotonic() + timeout)
+
+    def abort(self) -> None:
+        """
+        From another thread: cancel the call waiting here and end the
+        connection, which wakes its reader at once.
+        """
+        tag = self.tag
+        # The caller may be in the middle of its own write: wait for it, briefly.
+        if (
+            tag is not None
+            and not self._tls
+            and self.write_lock.acquire(timeout=CANCEL_WRITE_TIMEOUT)
+        ):
+            try:
+                self.sock.send(encode_command("CANCEL", (tag,)), _DONTWAIT)
+            except OSError:
+                pass
+            finally:
+                self.write_lock.release()
+        with contextlib.suppress(OSError):
+            self.sock.shutdown(socket.SHUT_RDWR)
+
+    def close(self) -> None:
+        self.closed = True
+        with contextlib.suppress(OSError):
+            self.sock.close()
+
+
+class _AsyncThreads:
+    """
+    Daemon threads, started as calls come (at most C{size}), that run the
+    calls of C{call_async()}.  Not C{concurrent.futures}: its threads are
+    joined at interpreter exit before any C{atexit} hook could release
+    their calls, so a call in flight would hold the exit until its deadline.
+    """
+
+    def __init__(self, size: int, name: str) -> None:
+        self._size = size
+        self._name = name
+        self._jobs: queue.SimpleQueue[Callable[[], None] | None] = queue.SimpleQueue()
+        self._lock = threading.Lock()
+        self._threads = 0
+        self._idle = 0
+
+    def submit(self, job: Callable[[], None]) -> None:
+        self._jobs.put(job)
+        with self._lock:
+            if self._jobs.qsize() > self._idle and self._threads < self._size:
+                self._threads += 1
+                threading.Thread(
+                    target=self._work, name=f"{self._name}-{self._threads}", daemon=True
+                ).start()
+
+    def _work(self) -> None:
+        while True:
+            with self._lock:
+                self._idle += 1
+            job = self._jobs.get()
+            with self._lock:
+                self._idle -= 1
+            if job is None:
+                return
+            job()
+            job = None
+
+    def stop(self) -> None:
+        """Let every thread end once the jobs before are done (each ends at once)."""
+        with self._lock:
+            threads = self._threads
+        for _ in range(threads):
+            self._jobs.put(None)
+
+
+_paths: weakref.WeakSet[DirectPath] = weakref.WeakSet()
+_exit_hook_registered = False
+_exit_lock = threading.Lock()
+
+
+def _close_all_at_exit() -> None:
+    for path in list(_paths):
+        path.close()
+
+
+class DirectPath:
+    """
+    The connections of one client to one node, and the calls made on them
+    from the calling threads.
+
+    @param address: where the node listens.
+    @param token: sent with C{AUTH} on each new connection.
+    @param connect_timeout: the deadline of a connection's C{AUTH}.
+    @param max_idle: how many idle connections to keep.
+    @param async_threads: how many threads run C{call_async()} calls.
+    """
+
+    def __init__(
+        self,
+        address: Address,
+        *,
+        token: str | None = None,
+        connect_timeout: float = 30.0,
+        max_line: int = DEFAULT_MAX_LINE,
+        max_idle: int = MAX_IDLE_CONNECTIONS,
+        async_threads: int = ASYNC_THREADS,
+        monotonic: Callable[[], float] = time.monotonic,
+        atexit_register: Callable[[Callable[[], None]], object] = atexit.register,
+    ) -> None:
+        global _exit_hook_registered
+        self.address = address
+        self._token = token
+        self._connect_timeout = connect_timeout
+        self._max_line = max_line
+        self._max_idle = max_idle
+        self._async_threads = async_threads
+        self.monotonic = monotonic
+        self._ssl_context = address.tls.ssl_context() if address.tls is not None else None
+        self._pid = os.getpid()
+        self._lock = threading.Lock()
+        self._idle: list[Connection] = []
+        self._busy: set[Connection] = set()
+        self._executor: _AsyncThreads | None = None
+        self._handles: set[DirectCallHandle] = set()
+        self.closed = False
+        _paths.add(self)
+        with _exit_lock:
+            if not _exit_hook_registered:
+                _exit_hook_registered = True
+                atexit_register(_close_all_at_exit)
+
+    # --- Connections --------------------------------------------------------
+
+    def _check_pid(self) -> None:
+        if self._pid != os.getpid():
+            self._after_fork()
+
+    def _after_fork(self) -> None:
+        """
+        In a forked child: forget the parent's connections without a word on
+        them (closing our copy of a descriptor leaves the parent's socket be;
+        a shutdown or a write would not), and every thread of the parent.
+        """
+        # Another thread may have held the lock at the fork: it never lets go here.
+        self._lock = threading.Lock()
+        for connection in [*self._idle, *self._busy]:
+            connection.close()
+        self._idle = []
+        self._busy = set()
+        self._executor = None
+        self._handles = set()
+        self._pid = os.getpid()
+
+    def _take(self, deadline: float, what: str) -> Connection:
+        """A connection for one call: an idle one, or a new one."""
+        self._check_pid()
+        while True:
+            with self._lock:
+                if self.closed:
+                    raise self._closed_error(what, Outcome.NOT_RUN)
+                if not self._idle:
+                    break
+                connection = self._idle.pop()
+                self._busy.add(connection)
+            if not connection.is_stale():
+                return connection
+            self._drop(connection)
+        connection = self._connect(deadline, what)
+        with self._lock:
+            if self.closed:
+                connection.close()
+                raise self._closed_error(what, Outcome.NOT_RUN)
+            self._busy.add(connection)
+        return connection
+
+    def _give_back(self, connection: Connection) -> None:
+        connection.tag = None
+        with self._lock:
+            self._busy.discard(connection)
+            if not self.closed and not connection.closed and len(self._idle) < self._max_idle:
+                self._idle.append(connection)
+                return
+        connection.close()
+
+    def _drop(self, connection: Connection) -> None:
+        with self._lock:
+            self._busy.discard(connection)
+        connection.close()
+
+    def _connect(self, deadline: float, what: str) -> Connection:
+        """Open, and authenticate, a new connection by C{deadline}."""
+        address = self.address
+        remaining = deadline - self.monotonic()
+        if remaining <= 0:
+            raise DeadlineExceededError(
+                f"the deadline of {what} passed before it could be sent", Outcome.NOT_RUN
+            )
+        try:
+            if address.family == socket.AF_UNIX:
+                sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+                try:
+                    sock.settimeout(remaining)
+                    sock.connect(address.target)
+                except BaseException:
+                    sock.close()
+                    raise
+            else:
+                sock = socket.create_connection(address.target, timeout=remaining)
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            if self._ssl_context is not None and address.tls is not None:
+                sock.settimeout(max(deadline - self.monotonic(), 1e-6))
+                tls = address.tls
+                try:
+                    sock = self._ssl_context.wrap_socket(
+                        sock, server_hostname=tls.name or tls.host
+                    )
+                except ssl.SSLCertVerificationError as e:
+                    sock.close()
+                    raise UnavailableError(
+                        f"cannot connect to {address.text}: TLS handshake failed:"
+                        f" certificate verify failed: {e.verify_message}",
+                        Outcome.NOT_RUN,
+                    ) from None
+                except ssl.SSLError as e:
+                    sock.close()
+                    raise UnavailableError(
+                        f"cannot connect to {address.text}: TLS handshake failed: {e.reason or e}",
+                        Outcome.NOT_RUN,
+                    ) from None
+        except TimeoutError:
+            raise DeadlineExceededError(
+                f"the deadline of {what} passed while connecting to {address.text}",
+                Outcome.NOT_RUN,
+            ) from None
+        except OSError as e:
+            raise UnavailableError(
+                f"cannot connect to {address.text}: {e.strerror or e}", Outcome.NOT_RUN
+            ) from None
+        connection = Connection(sock, self._max_line, self.monotonic)
+        if self._token is not None:
+            self._authenticate(connection, deadline)
+        return connection
+
+    def _authenticate(self, connection: Connection, deadline: float) -> None:
+        """Send C{AUTH} on a new connection; raise the node's refusal, not-run."""
+        auth_deadline = min(deadline, self.monotonic() + self._connect_timeout)
+        tag = connection.next_tag()
+        try:
+            connection.send(encode_command("AUTH", (self._token,), tag), auth_deadline)
+            reply = connection.read_reply(tag, auth_deadline, False)
+        except TimeoutError:
+            connection.close()
+            raise DeadlineExceededError(
+                f"the deadline passed while authenticating to {self.address.text}",
+                Outcome.NOT_RUN,
+            ) from None
+        except (OSError, _LostError) as e:
+            connection.close()
+            raise UnavailableError(
+                f"connection to {self.address.text} lost while authenticating: {e}",
+                Outcome.NOT_RUN,
+            ) from None
+        except BaseException:
+            connection.close()
+            raise
+        if type(reply) is not Success:
+            connection.close()
+            error: CallError = reply.error
+            error.outcome = Outcome.NOT_RUN  # no call was sent
+            raise error
+
+    # --- Calls --------------------------------------------------------------
+
+    def call(
+        self,
+        procedure: str,
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        timeout: float,
+        key: str | None = None,
+        trace: str | None = None,
+        handle: DirectCallHandle | None = None,
+    ) -> Any:
+        """Call a procedure in this thread; return its result or raise its error."""
+        deadline = self.monotonic() + timeout
+        connection = self._take(deadline, procedure)
+        tag = connection.next_tag()
+        try:
+            if kwargs or key is not None or trace is not None:
+                line = encode_call(Call(procedure, args, kwargs, tag, timeout, False, key, trace))
+            else:
+                line = encode_simple_call(tag, timeout, procedure, args)
+        except (TypeError, ValueError) as e:
+            self._give_back(connection)
+            raise InvalidArgumentError(f"arguments are not JSON: {e}", Outcome.NOT_RUN) from None
+        return self._exchange(connection, tag, line, procedure, timeout, deadline, handle)
+
+    def command(self, verb: str, args: tuple[Any, ...], timeout: float) -> Any:
+        """Send a protocol command with a tag and return its answer."""
+        deadline = self.monotonic() + timeout
+        connection = self._take(deadline, verb)
+        tag = connection.next_tag()
+        line = encode_command(verb, args, tag)
+        return self._exchange(connection, tag, line, verb, timeout, deadline, None)
+
+    def cast(
+        self, procedure: str, args: tuple[Any, ...], kwargs: dict[str, Any], timeout: float
+    ) -> None:
+        """Send a call that wants no reply, within C{timeout}."""
+        deadline = self.monotonic() + timeout
+        connection = self._take(deadline, procedure)
+        try:
+            line = encode_call(Call(procedure, args, kwargs, None, None, True))
+        except (TypeError, ValueError) as e:
+            self._give_back(connection)
+            raise InvalidArgumentError(f"arguments are not JSON: {e}", Outcome.NOT_RUN) from None
+        try:
+            connection.send(line, deadline)
+        except TimeoutError:
+            self._drop(connection)  # a part of the line may have gone
+            raise DeadlineExceededError(
+                f"{procedure} could not be sent within {timeout:g}s", Outcome.NOT_RUN
+            ) from None
+        except OSError as e:
+            self._drop(connection)
+            raise self._lost_error(procedure, str(e), Outcome.NOT_RUN) from None
+        self._give_back(connection)
+
+    def _exchange(
+        self,
+        connection: Connection,
+        tag: str,
+        line: bytes,
+        what: str,
+        timeout: float,
+        deadline: float,
+        handle: DirectCallHandle | None,
+    ) -> Any:
+        """Send a request and wait for its reply, giving up on it by the rules."""
+        connection.tag = tag
+        sent = False
+        try:
+            connection.send(line, deadline)
+            sent = True
+            if handle is not None and handle._sent(connection, tag):
+                # Cancelled while it was being sent: the cancel is ours to send.
+                connection.cancel(tag, CANCEL_WRITE_TIMEOUT)
+            reply = connection.read_reply(
+                tag, deadline, threading.current_thread() is threading.main_thread()
+            )
+        except TimeoutError:
+            if not sent:
+                self._drop(connection)  # a part of the line may have gone
+                raise DeadlineExceededError(
+                    f"{what} could not be sent within {timeout:g}s: the node does not read",
+                    Outcome.NOT_RUN,
+                ) from None
+            connection.cancel(tag, CANCEL_WRITE_TIMEOUT)
+            self._give_back(connection)
+            raise DeadlineExceededError(
+                f"no reply to {what} within {timeout:g}s", Outcome.MAY_HAVE_RUN
+            ) from None
+        except (_LostError, OSError) as e:
+            self._drop(connection)
+            outcome = Outcome.MAY_HAVE_RUN if sent else Outcome.NOT_RUN
+            raise self._lost_error(what, str(e), outcome) from None
+        except BaseException:
+            # Ctrl-C: cancel on the node; what was half read cannot be trusted.
+            if sent:
+                connection.cancel(tag, CANCEL_WRITE_TIMEOUT)
+            self._drop(connection)
+            raise
+        self._give_back(connection)
+        if type(reply) is Success:
+            return reply.value
+        raise reply.error
+
+    def _closed_error(self, what: str, outcome: Outcome) -> UnavailableError:
+        if outcome is Outcome.NOT_RUN:
+            message = f"the client of {self.address.text} is closed: {what} was not sent"
+        else:
+            message = f"the client was closed before {what} completed"
+        return UnavailableError(message, outcome)
+
+    def _lost_error(self, what: str, why: str, outcome: Outcome) -> UnavailableError:
+        if self.closed:
+            return self._closed_error(what, outcome)
+        return UnavailableError(
+            f"connection to {self.address.text} lost while {what} was in flight: {why}", outcome
+        )
+
+    # --- Calls that finish later --------------------------------------------
+
+    def call_async(self, handle: DirectCallHandle) -> None:
+        """Run a handle's call on one of the async threads."""
+        self._check_pid()
+        with self._lock:
+            if self.closed:
+                raise self._closed_error(handle.procedure, Outcome.NOT_RUN)
+            executor = self._executor
+            if executor is None:
+                executor = self._executor = _AsyncThreads(self._async_threads, ASYNC_THREAD_NAME)
+            self._handles.add(handle)
+        executor.submit(handle._run)
+
+    def _forget(self, handle: DirectCallHandle) -> None:
+        with self._lock:
+            self._handles.discard(handle)
+
+    # --- Closing ------------------------------------------------------------
+
+    def close(self) -> None:
+        """
+        Close every connection.  A call waiting on one is cancelled on the
+        node and fails at once with L{UnavailableError}; later calls fail
+        the same way, not-run.  Safe from any thread.
+        """
+        self._check_pid()
+        with self._lock:
+            if self.closed:
+                return
+            self.closed = True
+            idle, self._idle = self._idle, []
+            busy = list(self._busy)
+            handles = list(self._handles)
+            executor, self._executor = self._executor, None
+        for connection in idle:
+            connection.close()
+        for connection in busy:
+            connection.abort()
+        for handle in handles:
+            handle._closed()
+        if executor is not None:
+            executor.stop()
+
+
+class DirectCallHandle(CallHandle):
+    """
+    A L{CallHandle} whose call runs on the plain-socket path, in one of the
+    client's async threads.  Its callbacks run in the thread that finishes
+    the call: that async thread, or the one that cancels it.
+    """
+
+    def __init__(
+        self,
+        path: DirectPath,
+        procedure: str,
+        timeout: float,
+        grace: float,
+        run: Callable[[DirectCallHandle], Any],
+    ) -> None:
+        self._path = path
+        self.procedure = procedure
+        self.timeout = timeout
+        self._run_call = run
+        self._deadline = path.monotonic() + timeout
+        self._give_up_at = self._deadline + grace
+        self._event = _Done()
+        self._lock = threading.Lock()
+        self._done = False
+        self._started = False
+        self._sent_on: tuple[Connection, str] | None = None
+        self._value: Any = None
+        self._error: BaseException | None = None
+        self._callbacks: list[Callable[[CallHandle], object]] = []
+
+    def __repr__(self) -> str:
+        state = "done" if self._done else "sent" if self._sent_on is not None else "pending"
+        return f"<CallHandle {self.procedure} {state}>"
+
+    def result(self, timeout: float | None = None) -> Any:
+        if timeout is None or timeout > 0:
+            refuse_reactor_thread("CallHandle.result()")
+        return self._wait(timeout)
+
+    def cancel(self) -> bool:
+        return self._abandon(CancelledError, f"{self.procedure} was cancelled by its caller")
+
+    def _abandon(self, cls: type[CallError], message: str) -> bool:
+        """
+        Fail the call as C{cls} and cancel it on the node if it was sent;
+        not-run if it had not started.  Whether it was still unfinished.
+        """
+        with self._lock:
+            if self._done:
+                return False
+            sent_on = self._sent_on
+            started = self._started
+        self._finish(error=cls(message, Outcome.MAY_HAVE_RUN if started else Outcome.NOT_RUN))
+        if sent_on is not None:
+            connection, tag = sent_on
+            connection.cancel(tag, CANCEL_WRITE_TIMEOUT)
+        return True
+
+    def as_deferred(self) -> Deferred[Any]:
+        raise WrongThreadError(
+            "CallHandle.as_deferred() and await need the reactor: this call was made"
+            " on the plain-socket path; use result() (or a client made with"
+            " transport='reactor')"
+        )
+
+    def __await__(self) -> Generator[Any, None, Any]:
+        return self.as_deferred().__await__()
+
+    def _closed(self) -> None:
+        """The client was closed: fail the call (its connection is aborted)."""
+        self._abandon(UnavailableError, f"the client was closed before {self.procedure} completed")
+
+    def _run(self) -> None:
+        """The call itself, in an async thread."""
+        with self._lock:
+            if self._done:
+                return
+            self._started = True
+        if self._path.monotonic() >= self._deadline:
+            self._finish(
+                error=DeadlineExceededError(
+                    f"the deadline of {self.procedure} passed before it could be sent",
+                    Outcome.NOT_RUN,
+                )
+            )
+            return
+        try:
+            value = self._run_call(self)
+        except Exception as e:
+            self._finish(error=e)
+        else:
+            self._finish(value=value)
+
+    def _sent(self, connection: Connection, tag: str) -> bool:
+        """The request is on the wire; whether the call was cancelled meanwhile."""
+        with self._lock:
+            self._sent_on = (connection, tag)
+            return self._done
+
+    def _finish(self, value: Any = None, error: BaseException | None = None) -> None:
+        with self._lock:
+            if self._done:
+                return
+            self._done = True
+            self._value = value
+            self._error = error
+            callbacks, self._callbacks = self._callbacks, []
+        self._event.set()
+        self._path._forget(self)
+        for fn in callbacks:
+            self._run_callback(fn)
+
+    def _wait(self, timeout: float | None) -> Any:
+        if not self._event.is_set():
+            monotonic = self._path.monotonic
+            end = self._give_up_at
+            if timeout is not None and monotonic() + timeout < end:
+                if not self._wait_for(monotonic() + max(timeout, 0.0)):
+                    raise TimeoutError(
+                        f"{self.procedure} is not done after {timeout:g}s; the call goes on"
+                        f" until its own deadline ({self.timeout:g}s)"
+                    )
+            elif not self._wait_for(end):
+                # The async thread should have ended it by now: end it here.
+                self._abandon(
+                    DeadlineExceededError,
+                    f"no reply to {self.procedure} within {self.timeout:g}s; the call was"
+                    f" cancelled",
+                )
+        if self._error is not None:
+            raise self._error
+        return self._value
+
+    def _wait_for(self, end: float) -> bool:
+        monotonic = self._path.monotonic
+        event = self._event
+        poll = threading.current_thread() is threading.main_thread()
+        while not event.is_set():
+            remaining = end - monotonic()
+            if remaining <= 0:
+                return False
+            if poll:
+                remaining = min(remaining, INTERRUPT_CHECK_INTERVAL)
+            event.wait(remaining)
+        return True

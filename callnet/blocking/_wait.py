@@ -1,0 +1,62 @@
+"""
+Waiting for an outcome from another thread: a one-shot event, and the
+bounds every wait of the blocking client keeps.
+"""
+
+from __future__ import annotations
+
+import threading
+from typing import Protocol
+
+#: How much longer than a call's deadline its caller waits.  The side that
+#: does the I/O enforces the deadline itself (and tells the node); the grace
+#: lets that error, which knows more, arrive first, while still bounding the
+#: wait when that side is too busy or gone.
+GRACE = 0.25
+#: How often a wait on the main thread wakes to let Python run a pending
+#: KeyboardInterrupt.  A real SIGINT interrupts the wait at once on POSIX;
+#: one raised by C{_thread.interrupt_main} (or a signal on Windows) is only
+#: noticed when the thread next runs Python code.
+INTERRUPT_CHECK_INTERVAL = 0.1
+
+
+class _Waitable(Protocol):
+    def is_set(self) -> bool: ...
+    def wait(self, timeout: float | None = None) -> bool: ...
+
+
+def _wait_event(event: _Waitable, timeout: float) -> bool:
+    return event.wait(timeout)
+
+
+class _Done:
+    """
+    A L{threading.Event} that is set once, made of one lock held until then:
+    a waiter takes the lock and hands it on, so setting it and waking a
+    caller cost a lock each, not a condition variable's several.
+    """
+
+    __slots__ = ("_lock", "_set")
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._lock.acquire()
+        self._set = False
+
+    def is_set(self) -> bool:
+        return self._set
+
+    def set(self) -> None:
+        """Set it (once; from one thread at a time)."""
+        if not self._set:
+            self._set = True
+            self._lock.release()
+
+    def wait(self, timeout: float | None = None) -> bool:
+        """Wait until it is set, C{timeout} seconds at most; whether it is."""
+        if self._set:
+            return True
+        if self._lock.acquire(True, -1 if timeout is None else timeout):
+            self._lock.release()  # for the next waiter
+            return True
+        return self._set

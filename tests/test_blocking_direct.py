@@ -1,0 +1,409 @@
+"""
+Tests for the plain-socket path of L{callnet.blocking.BlockingClient}
+(L{callnet.blocking._direct}), against a scripted line server in a thread
+on a loopback socket: what only the kernel shows (a connection closed under
+a waiting reader, a reply that never comes) needs a real socket.  Every wait
+is bounded; nothing sleeps.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import queue
+import socket
+import threading
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+from twisted.python import threadable
+
+from callnet.blocking import BlockingClient, CallHandle, TLSAddress, reactor_in_use
+from callnet.blocking._direct import DirectPath, parse_address
+from callnet.errors import (
+    CancelledError,
+    DeadlineExceededError,
+    InvalidArgumentError,
+    NotFoundError,
+    Outcome,
+    UnauthenticatedError,
+    UnavailableError,
+)
+
+#: Bound on every wait of these tests.
+WAIT = 5.0
+
+Handler = Callable[[bytes], bytes | None]
+
+
+class LineServer:
+    """
+    A node stand-in: accepts connections, records every line, and answers
+    each with what C{handler} returns (nothing for C{None}).
+    """
+
+    def __init__(self, handler: Handler) -> None:
+        self.handler = handler
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.listener.settimeout(WAIT)
+        self.port = self.listener.getsockname()[1]
+        self.lines: queue.Queue[tuple[int, bytes]] = queue.Queue()
+        self.ended: queue.Queue[int] = queue.Queue()
+        self.connections: list[socket.socket] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._accept, daemon=True)
+        self._thread.start()
+
+    @property
+    def endpoint(self) -> str:
+        return f"tcp:127.0.0.1:{self.port}"
+
+    def _accept(self) -> None:
+        while not self._stop.is_set():
+            try:
+                conn, _ = self.listener.accept()
+            except OSError:
+                return
+            self.connections.append(conn)
+            number = len(self.connections)
+            threading.Thread(target=self._serve, args=(conn, number), daemon=True).start()
+
+    def _serve(self, conn: socket.socket, number: int) -> None:
+        buffer = b""
+        with conn:
+            while True:
+                try:
+                    data = conn.recv(65536)
+                except OSError:
+                    data = b""
+                if not data:
+                    self.ended.put(number)
+                    return
+                buffer += data
+                while b"\n" in buffer:
+                    line, buffer = buffer.split(b"\n", 1)
+                    self.lines.put((number, line))
+                    reply = self.handler(line)
+                    if reply is not None:
+                        with contextlib.suppress(OSError):
+                            conn.sendall(reply)
+
+    def next_line(self) -> tuple[int, bytes]:
+        """The next line any connection sent (connection number, line)."""
+        return self.lines.get(timeout=WAIT)
+
+    def close(self) -> None:
+        self._stop.set()
+        self.listener.close()
+        for conn in self.connections:
+            with contextlib.suppress(OSError):
+                conn.shutdown(socket.SHUT_RDWR)
+
+
+@pytest.fixture(autouse=True)
+def plain_program(monkeypatch: pytest.MonkeyPatch) -> None:
+    """
+    Play a plain program: the test runner's own reactor (pytest-twisted runs
+    one in the main thread) is hidden from the client, as it would not exist.
+    """
+    monkeypatch.setattr(threadable, "ioThread", None)
+
+
+def answer(line: bytes) -> bytes | None:
+    """Answer C{add a b} with its sum, C{echo x} with x; keep C{sleep} waiting."""
+    words = line.split()
+    tag = words[0]
+    if not tag.startswith(b"#"):
+        return None
+    rest = [word for word in words[1:] if not word.startswith(b"+")]
+    if rest[0] == b"add":
+        return b"%b OK %d\n" % (tag, int(rest[1]) + int(rest[2]))
+    if rest[0] == b"echo":
+        return b"%b OK %b\n" % (tag, rest[1])
+    if rest[0] == b"AUTH":
+        if rest[1] == b'"good-token-good-token"':
+            return tag + b' OK "alice"\n'
+        return tag + b" ERR UNAUTHENTICATED not-run bad token\n"
+    if rest[0] == b"nosuch":
+        return tag + b" ERR NOT_FOUND not-run no procedure nosuch\n"
+    return None
+
+
+@pytest.fixture
+def server() -> Iterator[LineServer]:
+    serving = LineServer(answer)
+    yield serving
+    serving.close()
+
+
+def test_addresses_the_plain_path_can_reach() -> None:
+    """tcp: and unix: strings with a host and port or a path, and TLSAddress, go direct; any other endpoint does not."""
+    cases: list[tuple[object, Any]] = [
+        ("tcp:127.0.0.1:7600", ("127.0.0.1", 7600)),
+        ("tcp:host=example.com:port=7600", ("example.com", 7600)),
+        ("tcp:127.0.0.1:7600:timeout=5", ("127.0.0.1", 7600)),
+        ("tcp:\\:\\:1:7600", ("::1", 7600)),
+        ("unix:/run/callnet.sock", "/run/callnet.sock"),
+        ("unix:path=/run/callnet.sock:checkPID=1", "/run/callnet.sock"),
+        ("tcp:127.0.0.1:7600:bindAddress=127.0.0.2\\:0", None),
+        ("tcp:127.0.0.1", None),
+        ("tcp:127.0.0.1:http", None),
+        ("ssl:127.0.0.1:7600", None),
+        ("tls:127.0.0.1:7600", None),
+        (object(), None),
+    ]
+    for endpoint, target in cases:
+        address = parse_address(endpoint)
+        assert (address.target if address else None) == target, endpoint
+    tls = parse_address(TLSAddress("::1", 7601, ca="ca.pem"))
+    assert tls is not None and tls.target == ("::1", 7601) and tls.text == "tls:[::1]:7601"
+    with pytest.raises(ValueError, match="needs its key"):
+        TLSAddress("127.0.0.1", 7601, ca="ca.pem", cert="client.pem")
+
+
+def test_plain_program_goes_direct() -> None:
+    """A plain program's client takes the plain-socket path; a reactor thread given, or an endpoint object, means the reactor path."""
+    assert reactor_in_use() is False
+    client = BlockingClient("tcp:127.0.0.1:1", timeout=1)
+    assert client._direct_path() is not None
+    endpoint_object = BlockingClient(object(), timeout=1)  # type: ignore[arg-type]
+    assert endpoint_object._direct_path() is None
+    with pytest.raises(ValueError, match="plain-socket path"):
+        BlockingClient(object(), transport="direct")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="transport"):
+        BlockingClient("tcp:127.0.0.1:1", transport="carrier-pigeon")  # type: ignore[arg-type]
+    forced = BlockingClient("tcp:127.0.0.1:1", transport="reactor")
+    assert forced._direct_path() is None
+
+
+def test_calls_share_an_idle_connection(server: LineServer) -> None:
+    """Calls one after another from one thread use one connection, with fresh tags and the deadline sent."""
+    with BlockingClient(server.endpoint, timeout=7) as client:
+        assert client.call("add", 1, 2) == 3
+        assert client.call("echo", "hi") == "hi"
+    first, second = server.next_line(), server.next_line()
+    assert first[0] == second[0] == 1
+    assert first[1] == b"#1 +timeout=7.0 add 1 2"
+    assert second[1] == b'#2 +timeout=7.0 echo "hi"'
+
+
+def test_threads_get_connections_of_their_own(server: LineServer) -> None:
+    """Two calls in flight at once, from two threads, travel on two connections."""
+    client = BlockingClient(server.endpoint, timeout=WAIT)
+    results: queue.Queue[Any] = queue.Queue()
+    thread = threading.Thread(
+        target=lambda: results.put(_outcome(lambda: client.call("sleep", 1)))
+    )
+    thread.start()
+    waiting = server.next_line()
+    assert client.call("add", 2, 2) == 4
+    other = server.next_line()
+    assert waiting[0] != other[0]
+    client.close()
+    thread.join(WAIT)
+    assert isinstance(results.get(timeout=WAIT), UnavailableError)
+
+
+def _outcome(f: Callable[[], Any]) -> Any:
+    try:
+        return f()
+    except Exception as e:
+        return e
+
+
+def test_errors_are_typed_and_bad_arguments_not_sent(server: LineServer) -> None:
+    """A node's error is raised as its class; arguments that are not JSON fail not-run and the connection goes on."""
+    client = BlockingClient(server.endpoint, timeout=WAIT)
+    with pytest.raises(NotFoundError) as raised:
+        client.call("nosuch")
+    assert raised.value.outcome is Outcome.NOT_RUN
+    with pytest.raises(InvalidArgumentError) as bad:
+        client.call("echo", {1, 2})
+    assert bad.value.outcome is Outcome.NOT_RUN
+    assert client.call("add", 1, 1) == 2
+    lines = [server.next_line()[1] for _ in range(2)]
+    assert lines == [b"#1 +timeout=5.0 nosuch", b"#3 +timeout=5.0 add 1 1"]
+    client.close()
+
+
+def test_timeout_cancels_and_late_reply_is_dropped(server: LineServer) -> None:
+    """A call past its deadline sends CANCEL for its tag and raises may-have-run; a late reply is dropped and the connection serves the next call."""
+    client = BlockingClient(server.endpoint, timeout=WAIT)
+    with pytest.raises(DeadlineExceededError) as raised:
+        client.call("sleep", 5, timeout=0.2)
+    assert raised.value.outcome is Outcome.MAY_HAVE_RUN
+    assert server.next_line() == (1, b"#1 +timeout=0.2 sleep 5")
+    assert server.next_line() == (1, b'CANCEL "1"')
+    server.connections[0].sendall(b"#1 ERR CANCELLED may-have-run cancelled\n")
+    assert client.call("add", 5, 5) == 10
+    assert server.next_line() == (1, b"#2 +timeout=5.0 add 5 5")
+    client.close()
+
+
+def test_close_releases_waiting_caller(server: LineServer) -> None:
+    """close() from another thread cancels a waiting call and releases its caller at once; later calls fail not-run."""
+    client = BlockingClient(server.endpoint, timeout=60)
+    results: queue.Queue[Any] = queue.Queue()
+    thread = threading.Thread(
+        target=lambda: results.put(_outcome(lambda: client.call("sleep", 30)))
+    )
+    thread.start()
+    assert server.next_line()[1].endswith(b"sleep 30")
+    client.close()
+    error = results.get(timeout=WAIT)
+    assert isinstance(error, UnavailableError)
+    assert error.outcome is Outcome.MAY_HAVE_RUN
+    assert "closed" in error.message
+    assert server.next_line() == (1, b'CANCEL "1"')
+    assert server.ended.get(timeout=WAIT) == 1
+    with pytest.raises(UnavailableError) as later:
+        client.call("add", 1, 2)
+    assert later.value.outcome is Outcome.NOT_RUN
+    thread.join(WAIT)
+
+
+def test_connection_closed_by_node_is_replaced(server: LineServer) -> None:
+    """An idle connection the node has closed is noticed before reuse: the call goes on a new one and succeeds."""
+    client = BlockingClient(server.endpoint, timeout=WAIT)
+    assert client.call("add", 1, 2) == 3
+    server.next_line()
+    server.connections[0].shutdown(socket.SHUT_RDWR)
+    assert server.ended.get(timeout=WAIT) == 1
+    assert client.call("add", 2, 3) == 5
+    assert server.next_line()[0] == 2
+    client.close()
+
+
+def test_connection_lost_in_flight(server: LineServer) -> None:
+    """A connection lost while a call waits fails it may-have-run, promptly."""
+    client = BlockingClient(server.endpoint, timeout=60)
+    results: queue.Queue[Any] = queue.Queue()
+    thread = threading.Thread(
+        target=lambda: results.put(_outcome(lambda: client.call("sleep", 9)))
+    )
+    thread.start()
+    server.next_line()
+    server.connections[0].shutdown(socket.SHUT_RDWR)
+    error = results.get(timeout=WAIT)
+    assert isinstance(error, UnavailableError)
+    assert error.outcome is Outcome.MAY_HAVE_RUN
+    assert "lost" in error.message
+    thread.join(WAIT)
+    client.close()
+
+
+def test_refused_connection_is_not_run() -> None:
+    """A node that does not listen fails the call not-run, saying so."""
+    probe = socket.create_server(("127.0.0.1", 0))
+    port = probe.getsockname()[1]
+    probe.close()
+    with pytest.raises(UnavailableError) as raised:
+        BlockingClient(f"tcp:127.0.0.1:{port}", timeout=WAIT).call("add", 1, 2)
+    assert raised.value.outcome is Outcome.NOT_RUN
+    assert "cannot connect" in raised.value.message
+
+
+def test_token_sent_on_each_new_connection(server: LineServer) -> None:
+    """AUTH with the token opens every connection; a refused token fails the call not-run."""
+    client = BlockingClient(server.endpoint, timeout=WAIT, token="good-token-good-token")
+    assert client.call("add", 1, 2) == 3
+    assert server.next_line() == (1, b'#1 AUTH "good-token-good-token"')
+    assert server.next_line()[1].endswith(b"add 1 2")
+    client.close()
+    wrong = BlockingClient(server.endpoint, timeout=WAIT, token="bad-token-bad-token!!")
+    with pytest.raises(UnauthenticatedError) as raised:
+        wrong.call("add", 1, 2)
+    assert raised.value.outcome is Outcome.NOT_RUN
+    assert server.next_line()[1] == b'#1 AUTH "bad-token-bad-token!!"'
+    wrong.close()
+
+
+def test_fork_forgets_parent_connections(
+    server: LineServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """In a (simulated) forked child the pool forgets the parent's connections and opens one of its own."""
+    client = BlockingClient(server.endpoint, timeout=WAIT)
+    assert client.call("add", 1, 2) == 3
+    path = client._direct
+    assert path is not None
+    inherited = path._idle[0]
+    monkeypatch.setattr("callnet.blocking._direct.os.getpid", lambda: path._pid + 1)
+    assert client.call("add", 2, 2) == 4
+    assert [server.next_line()[0] for _ in range(2)] == [1, 2]
+    assert inherited.closed and inherited not in path._idle
+    client.close()
+
+
+def test_handle_result_callback_and_cancel(server: LineServer) -> None:
+    """call_async returns a CallHandle whose result, done and callbacks work; cancel sends CANCEL and fails it may-have-run."""
+    client = BlockingClient(server.endpoint, timeout=WAIT)
+    handle = client.call_async("sleep", 1)
+    assert isinstance(handle, CallHandle)
+    assert server.next_line()[1].endswith(b"sleep 1")
+    assert not handle.done()
+    seen: queue.Queue[str] = queue.Queue()
+    handle.add_done_callback(lambda h: seen.put(threading.current_thread().name))
+    server.connections[0].sendall(b"#1 OK 1\n")
+    assert handle.result() == 1
+    assert handle.done()
+    assert seen.get(timeout=WAIT).startswith("callnet-call")
+    handle.add_done_callback(lambda h: seen.put(threading.current_thread().name))
+    assert seen.get(timeout=WAIT) == threading.current_thread().name
+
+    slow = client.call_async("sleep", 10)
+    server.next_line()
+    with pytest.raises(TimeoutError):
+        slow.result(timeout=0.05)
+    assert not slow.done()  # waiting is not owning
+    assert slow.cancel() is True
+    assert slow.cancel() is False
+    with pytest.raises(CancelledError) as raised:
+        slow.result()
+    assert raised.value.outcome is Outcome.MAY_HAVE_RUN
+    _, line = server.next_line()
+    assert line.startswith(b"CANCEL")
+    client.close()
+
+
+def test_handle_deadline_and_close(server: LineServer) -> None:
+    """A handle's call ends at its deadline (cancelled on the node), and close() fails the calls still running."""
+    client = BlockingClient(server.endpoint, timeout=WAIT)
+    short = client.call_async("sleep", 10, timeout=0.2)
+    with pytest.raises(DeadlineExceededError):
+        short.result()
+    running = client.call_async("sleep", 10, timeout=30)
+    lines = {server.next_line()[1] for _ in range(3)}
+    assert any(line.startswith(b"CANCEL") for line in lines)
+    client.close()
+    with pytest.raises(UnavailableError) as raised:
+        running.result(timeout=WAIT)
+    assert "closed" in raised.value.message
+
+
+def test_direct_path_limits(server: LineServer) -> None:
+    """No more idle connections are kept than the limit; the rest are closed as they come back."""
+    address = parse_address(server.endpoint)
+    assert address is not None
+    direct = DirectPath(address, max_idle=1)
+    results: queue.Queue[Any] = queue.Queue()
+    thread = threading.Thread(
+        target=lambda: results.put(_outcome(lambda: direct.call("sleep", (1,), {}, WAIT)))
+    )
+    thread.start()
+    assert server.next_line()[0] == 1
+    assert direct.call("add", (1, 1), {}, WAIT) == 2  # on a second connection, kept idle
+    server.connections[0].sendall(b"#1 OK 1\n")
+    assert results.get(timeout=WAIT) == 1
+    thread.join(WAIT)
+    assert len(direct._idle) == 1
+    assert server.ended.get(timeout=WAIT) == 1  # the one beyond the limit
+    direct.close()
+
+
+def test_client_limits_are_checked() -> None:
+    """The pool's limits are the client's to set, and nonsense is refused."""
+    client = BlockingClient("tcp:127.0.0.1:1", max_idle_connections=0, async_threads=2)
+    assert client._direct is not None
+    assert (client._direct._max_idle, client._direct._async_threads) == (0, 2)
+    with pytest.raises(ValueError, match="async_threads"):
+        BlockingClient("tcp:127.0.0.1:1", async_threads=0)
