@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 from twisted.internet.defer import CancelledError as TwistedCancelledError
 from twisted.internet.defer import Deferred, ensureDeferred, fail, succeed
-from twisted.logger import Logger
+from twisted.logger import Logger, LogLevel
 from twisted.python.failure import Failure
 
 from callnet.access import NODE_CALLER, AccessPolicy, Caller
@@ -348,6 +348,18 @@ class Dispatcher:
             return UnavailableError(self._stopping, Outcome.MAY_HAVE_RUN)
         return CancelledError(f"{name} was cancelled by its caller")
 
+    def traced(self, call: Call) -> Call:
+        """
+        The call with the trace id it runs under here: its own, or a new one
+        in place of a traceparent that breaks W3C's rules (which the log
+        notes).  The protocol calls it as a call arrives, so that its access
+        log and error replies show the id the call ran under.
+        """
+        if call.trace is None:
+            return call
+        trace = self.trace_ids.accept(call.trace)
+        return call if trace == call.trace else with_trace(call, trace)
+
     def label(self, procedure: str) -> str:
         """
         The name a call is counted under: the procedure it names (without
@@ -400,6 +412,8 @@ class Dispatcher:
         """
         if call.caller is not None:
             caller = self.access.on_behalf(caller, call.caller, caller.name)
+        if call.trace is not None:
+            call = self.traced(call)
         refusal = self._refusal(call, caller)
         if refusal is not None:
             self.stats.refused(self.label(call.procedure), refusal.code)
@@ -487,9 +501,9 @@ class Dispatcher:
         began = self.reactor.seconds()
         if entry is None:
             assert self.router is not None
-            if call.trace is None:
-                # Followed across nodes from here: give it the id to follow.
-                call = with_trace(call, self.trace_ids.new())
+            # Followed across nodes from here: give it the id to follow, a
+            # traceparent with this hop's own parent id.
+            call = with_trace(call, self.trace_ids.next_hop(call.trace))
             stats = self.stats.started(name)
             here = owner_scope is not None and self.registry.find(name) is not None
             work = self.router.forward(call, name, timeout, target, caller, owner_scope, here)
@@ -634,6 +648,7 @@ class Dispatcher:
                 log.failure(
                     "procedure {procedure} raised an undeclared error (incident {incident})",
                     failure,
+                    level=LogLevel.error,
                     procedure=name,
                     incident=incident,
                 )
