@@ -24,12 +24,13 @@ from twisted.internet.defer import Deferred
 from twisted.internet.endpoints import clientFromString
 from twisted.internet.interfaces import IAddress, IStreamClientEndpoint
 from twisted.internet.protocol import Factory
-from twisted.logger import Logger
+from twisted.logger import Logger, LogLevel
 from twisted.python.failure import Failure
 
 from callnet.client import ClientProtocol
 from callnet.config import ClusterSettings
 from callnet.errors import CallError, Outcome, UnavailableError
+from callnet.logs import drop_retry_notices
 from callnet.reactors import Clock, DelayedCall
 from callnet.tls import HandshakeEndpoint
 from callnet.wire import PROTOCOL_VERSION
@@ -43,6 +44,15 @@ class PeerState(enum.Enum):
     CONNECTING = "connecting"
     UP = "up"
     DOWN = "down"
+
+
+class _PeerService(ClientService):
+    """
+    The service that keeps a peer's link: a ClientService that does not log
+    each retry.  A peer logs when it goes down and when it comes back.
+    """
+
+    _log = Logger(observer=drop_retry_notices)
 
 
 class HandshakeError(Exception):
@@ -106,7 +116,7 @@ class Peer:
         self._token = token
         self._protocol: ClientProtocol | None = None
         self._heartbeat: DelayedCall | None = None
-        self._service = ClientService(
+        self._service = _PeerService(
             connector,
             _PeerFactory(self),
             retryPolicy=backoffPolicy(
@@ -236,8 +246,10 @@ class Peer:
     def _set_state(self, state: PeerState) -> None:
         if state is not self.state:
             before, self.state = self.state, state
-            log.info(
-                "peer {peer} {before} -> {after}",
+            # Once per change, not per attempt to reconnect: see _PeerService.
+            log.emit(
+                LogLevel.warn if state is PeerState.DOWN else LogLevel.info,
+                "peer {peer} is {after} (was {before})",
                 peer=self.name,
                 before=before.value,
                 after=state.value,
