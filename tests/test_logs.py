@@ -175,6 +175,25 @@ class NodeLogTests(SynchronousTestCase):
             self.assertNotIn("log_flattened", line)
         self.assertEqual(access[1]["trace"], LONG_TRACE)
 
+    def test_access_log_counts_unsendable_result_internal(self) -> None:
+        """A result that cannot be sent is logged INTERNAL, as its caller is answered."""
+
+        @procedure(run="reactor")
+        def add(a: float, b: float) -> float:
+            return a + b
+
+        node = MemoryNode([add])
+        node.factory.access_log = True
+        conn = node.connect_raw()
+        conn.send("add 1e308 1e308\nadd 1\n")
+        self.assertTrue(conn.lines()[0].startswith(b"ERR INTERNAL ran"))
+        access = [
+            (line["procedure"], line["outcome"])
+            for line in self.captured.lines()
+            if line["log_namespace"] == "callnet.access"
+        ]
+        self.assertEqual(access, [("add", "INTERNAL"), ("add", "INVALID_ARGUMENT")])
+
     def test_undeclared_error_logged_at_error(self) -> None:
         """A procedure's undeclared error is logged at error, with its traceback."""
 
