@@ -219,8 +219,8 @@ def checked_result(name: str, value: Any, node: str) -> Any:
     C{INTERNAL} error its caller receives for it, so that the metrics and
     the logs count the call as its caller sees it.
 
-    The commonest results (C{None}, an int, a string, a finite float) are
-    known to encode without trying.
+    The commonest results (C{None}, an int, a string, a bool) are known to
+    encode without trying; the others are encoded once to find out.
     """
     kind = type(value)
     if value is None or kind is int or kind is str or kind is bool:
@@ -228,6 +228,12 @@ def checked_result(name: str, value: Any, node: str) -> Any:
     try:
         encode_json(value)
     except (TypeError, ValueError) as e:
+        # A fault of the procedure, as an undeclared error is: logged at error.
+        log.error(
+            "procedure {procedure} returned a result that is not JSON: {why}",
+            procedure=name,
+            why=str(e),
+        )
         return Failure(InternalError(f"the result of {name} is not JSON ({e})", Outcome.RAN, node))
     return value
 

@@ -193,6 +193,8 @@ class NodeLogTests(SynchronousTestCase):
             if line["log_namespace"] == "callnet.access"
         ]
         self.assertEqual(access, [("add", "INTERNAL"), ("add", "INVALID_ARGUMENT")])
+        [fault] = [line for line in self.captured.lines() if "not JSON" in line["log_text"]]
+        self.assertEqual((fault["log_level"], fault["procedure"]), ("error", "add"))
 
     def test_undeclared_error_logged_at_error(self) -> None:
         """A procedure's undeclared error is logged at error, with its traceback."""
