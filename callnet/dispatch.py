@@ -19,7 +19,7 @@ from typing import Any
 
 from twisted.internet.defer import CancelledError as TwistedCancelledError
 from twisted.internet.defer import Deferred, ensureDeferred, fail, succeed
-from twisted.logger import Logger
+from twisted.logger import Logger, LogLevel
 from twisted.python.failure import Failure
 
 from callnet.access import NODE_CALLER, AccessPolicy, Caller
@@ -34,36 +34,88 @@ from callnet.errors import (
     InvalidArgumentError,
     NotFoundError,
     Outcome,
+    UnavailableError,
 )
 from callnet.forwarding import Forwarder
 from callnet.idempotency import KeyStore, fingerprint
 from callnet.reactors import DelayedCall, DispatchReactor
 from callnet.registry import Registry
 from callnet.tracing import TraceIds, with_trace
-from callnet.wire import Call
+from callnet.wire import Call, encode_json
 from callnet.workers import ThreadRunner
 
 log = Logger()
 
 
-#: Upper bounds in seconds of the call duration buckets; a last bucket takes the rest.
-DURATION_BUCKETS = (0.0005, 0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 10.0)
+#: Upper bounds in seconds of the call duration buckets, from a reactor
+#: procedure's fraction of a millisecond to the longest deadline a node may
+#: allow (C{max_timeout}, an hour by default).  A node keeps those up to its own
+#: C{max_timeout} (see L{duration_buckets}); a last bucket takes the rest.
+DURATION_BUCKETS = (
+    0.0005,
+    0.001,
+    0.005,
+    0.01,
+    0.05,
+    0.1,
+    0.5,
+    1.0,
+    5.0,
+    10.0,
+    30.0,
+    60.0,
+    300.0,
+    900.0,
+    3600.0,
+)
+
+#: The procedure label of calls for a name this node neither serves nor can
+#: forward: one label for them all, so that callers cannot add a series to
+#: the metrics per name they make up.
+UNKNOWN_PROCEDURE = "(unknown)"
+
+
+def duration_buckets(max_timeout: float) -> tuple[float, ...]:
+    """
+    The duration buckets of a node whose calls run at most C{max_timeout}
+    seconds: the L{DURATION_BUCKETS} below it, then C{max_timeout} itself,
+    so that no bucket is one no call can reach and the longest calls still
+    get one of their own before C{+Inf}.
+    """
+    below = tuple(bound for bound in DURATION_BUCKETS if bound < max_timeout)
+    return (*below, float(max_timeout))
+
+
+def _bucket_label(bound: float) -> str:
+    return f"{bound:g}"
 
 
 @dataclass
 class ProcedureStats:
-    """Counters for one procedure."""
+    """
+    Counters for one procedure (or for L{UNKNOWN_PROCEDURE}).
 
+    C{calls} counts every call for it, refused or run; the duration
+    histogram only the calls that started, so a refusal's zero seconds do
+    not pull its latency down.
+    """
+
+    #: The upper bounds of the duration buckets (see L{duration_buckets}).
+    buckets: tuple[float, ...] = DURATION_BUCKETS
     calls: int = 0
     errors: int = 0
     in_flight: int = 0
     #: Failed calls by error code (the rest of C{calls} ended OK).
     error_codes: dict[str, int] = field(default_factory=dict)
     #: Finished calls per duration bucket (not cumulative): one count per
-    #: L{DURATION_BUCKETS} bound, then one for longer calls.
-    durations: list[int] = field(default_factory=lambda: [0] * (len(DURATION_BUCKETS) + 1))
+    #: bound in C{buckets}, then one for longer calls.
+    durations: list[int] = field(default_factory=list)
     #: Seconds taken by the finished calls, all told.
     duration_sum: float = 0.0
+
+    def __post_init__(self) -> None:
+        if not self.durations:
+            self.durations = [0] * (len(self.buckets) + 1)
 
     def outcomes(self) -> dict[str, int]:
         """Finished calls by outcome: C{"OK"} or the error code."""
@@ -72,9 +124,10 @@ class ProcedureStats:
 
     def as_dict(self) -> dict[str, Any]:
         cumulative, buckets = 0, {}
-        for bound, count in zip((*DURATION_BUCKETS, "+Inf"), self.durations, strict=True):
+        labels = [*map(_bucket_label, self.buckets), "+Inf"]
+        for label, count in zip(labels, self.durations, strict=True):
             cumulative += count
-            buckets[f"{bound:g}" if isinstance(bound, float) else bound] = cumulative
+            buckets[label] = cumulative
         return {
             "calls": self.calls,
             "errors": self.errors,
@@ -88,17 +141,25 @@ class ProcedureStats:
 class NodeStats:
     """Counters for the whole node, as C{STATS} reports them."""
 
+    #: The upper bounds of every procedure's duration buckets.
+    buckets: tuple[float, ...] = DURATION_BUCKETS
     calls: int = 0
     errors: int = 0
     in_flight: int = 0
     by_procedure: dict[str, ProcedureStats] = field(default_factory=dict)
-    #: Calls refused before any procedure was chosen, by error code.
+    #: Calls refused before they started, by error code (each is counted
+    #: under its procedure too).
     refusals: dict[str, int] = field(default_factory=dict)
 
-    def started(self, name: str) -> ProcedureStats:
+    def entry(self, name: str) -> ProcedureStats:
+        """The counters of procedure C{name}, new ones if it has none yet."""
         entry = self.by_procedure.get(name)
         if entry is None:
-            entry = self.by_procedure[name] = ProcedureStats()
+            entry = self.by_procedure[name] = ProcedureStats(self.buckets)
+        return entry
+
+    def started(self, name: str) -> ProcedureStats:
+        entry = self.entry(name)
         self.in_flight += 1
         entry.in_flight += 1
         return entry
@@ -120,14 +181,23 @@ class NodeStats:
             entry.errors += 1
             codes = entry.error_codes
             codes[error] = codes.get(error, 0) + 1
-        entry.durations[_bucket(DURATION_BUCKETS, seconds)] += 1
+        entry.durations[_bucket(entry.buckets, seconds)] += 1
         entry.duration_sum += seconds
 
-    def refused(self, code: str) -> None:
-        """A call failed with C{code} before any procedure was chosen or started."""
+    def refused(self, label: str, code: str) -> None:
+        """
+        A call failed with C{code} before it started.
+
+        @param label: its procedure as the metrics name it: see
+            L{Dispatcher.label}.
+        """
         self.calls += 1
         self.errors += 1
         self.refusals[code] = self.refusals.get(code, 0) + 1
+        entry = self.entry(label)
+        entry.calls += 1
+        entry.errors += 1
+        entry.error_codes[code] = entry.error_codes.get(code, 0) + 1
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -139,6 +209,31 @@ class NodeStats:
                 name: stats.as_dict() for name, stats in sorted(self.by_procedure.items())
             },
         }
+
+
+def checked_result(name: str, value: Any, node: str) -> Any:
+    """
+    C{value} if it can be sent as a reply; otherwise a L{Failure} of the
+    C{INTERNAL} error its caller receives for it, so that the metrics and
+    the logs count the call as its caller sees it.
+
+    The commonest results (C{None}, an int, a string, a bool) are known to
+    encode without trying; the others are encoded once to find out.
+    """
+    kind = type(value)
+    if value is None or kind is int or kind is str or kind is bool:
+        return value
+    try:
+        encode_json(value)
+    except (TypeError, ValueError) as e:
+        # A fault of the procedure, as an undeclared error is: logged at error.
+        log.error(
+            "procedure {procedure} returned a result that is not JSON: {why}",
+            procedure=name,
+            why=str(e),
+        )
+        return Failure(InternalError(f"the result of {name} is not JSON ({e})", Outcome.RAN, node))
+    return value
 
 
 # States of a call waiting for a thread (see _run_in_thread).
@@ -222,7 +317,9 @@ class Dispatcher:
         #: Tokens and access rules: every call, however it arrives, is judged
         #: here, against the policy in force when it starts.
         self.access = access if access is not None else AccessPolicy(Security())
-        self.stats = NodeStats()
+        #: The buckets are fixed at start-up: a reload that changes
+        #: C{max_timeout} would otherwise change a histogram's series.
+        self.stats = NodeStats(duration_buckets(limits.max_timeout))
         self.reactor = reactor
         self._threadpool = threadpool
         self._limits = limits
@@ -237,6 +334,50 @@ class Dispatcher:
         #: Trace ids for calls that arrive without one.
         self.trace_ids = TraceIds()
         self._thread_results = _ThreadResults(reactor)
+        #: Why calls cancelled from now on end: set once the node stops
+        #: (L{shut_down}); until then a cancel comes from the caller.
+        self._stopping: str | None = None
+
+    def shut_down(self) -> None:
+        """
+        The node is stopping: calls cancelled from now on were cancelled by
+        the node, and end C{UNAVAILABLE} (they may have run), as their
+        callers are told, not C{CANCELLED} as if their callers had gone.
+        """
+        self._stopping = f"{self.node_name} shut down before the call ended"
+
+    def cancelled(self, name: str) -> CallError:
+        """The error a call of C{name} ends with when it is cancelled now."""
+        if self._stopping is not None:
+            return UnavailableError(self._stopping, Outcome.MAY_HAVE_RUN)
+        return CancelledError(f"{name} was cancelled by its caller")
+
+    def traced(self, call: Call) -> Call:
+        """
+        The call with the trace id it runs under here: its own, or a new one
+        in place of a traceparent that breaks W3C's rules (which the log
+        notes).  The protocol calls it as a call arrives, so that its access
+        log and error replies show the id the call ran under.
+        """
+        if call.trace is None:
+            return call
+        trace = self.trace_ids.accept(call.trace)
+        return call if trace == call.trace else with_trace(call, trace)
+
+    def label(self, procedure: str) -> str:
+        """
+        The name a call is counted under: the procedure it names (without
+        any C{@node}) if this node serves it or a peer has said it does, else
+        L{UNKNOWN_PROCEDURE}.  The access log should name calls the same way.
+        """
+        name = procedure.partition("@")[0]
+        entry = self.registry.find(name)
+        if entry is not None:
+            return entry.name
+        router = self.router
+        if router is not None and router.serving(name):
+            return name
+        return UNKNOWN_PROCEDURE
 
     @property
     def limits(self) -> Limits:
@@ -280,9 +421,11 @@ class Dispatcher:
         """
         if call.caller is not None:
             caller = self.access.on_behalf(caller, call.caller, caller.name)
+        if call.trace is not None:
+            call = self.traced(call)
         refusal = self._refusal(call, caller)
         if refusal is not None:
-            self.stats.refused(refusal.code)
+            self.stats.refused(self.label(call.procedure), refusal.code)
             refusal.node = self.node_name
             return Failure(refusal)
         if call.key is not None:
@@ -335,7 +478,7 @@ class Dispatcher:
             except (TypeError, ValueError) as e:
                 raise InvalidArgumentError(f"the arguments are not JSON: {e}") from None
         except CallError as e:
-            self.stats.refused(e.code)
+            self.stats.refused(self.label(name), e.code)
             e.node = self.node_name
             return Failure(e)
         return self.keys.run(scope, call.key, called, timeout, lambda: self._start(call, caller))
@@ -361,15 +504,15 @@ class Dispatcher:
                 self._check_routable(call, name, target)
             timeout = self._budget(call)
         except CallError as e:
-            self.stats.refused(e.code)
+            self.stats.refused(self.label(name), e.code)
             e.node = e.node or self.node_name
             return Failure(e)
         began = self.reactor.seconds()
         if entry is None:
             assert self.router is not None
-            if call.trace is None:
-                # Followed across nodes from here: give it the id to follow.
-                call = with_trace(call, self.trace_ids.new())
+            # Followed across nodes from here: give it the id to follow, a
+            # traceparent with this hop's own parent id.
+            call = with_trace(call, self.trace_ids.next_hop(call.trace))
             stats = self.stats.started(name)
             here = owner_scope is not None and self.registry.find(name) is not None
             work = self.router.forward(call, name, timeout, target, caller, owner_scope, here)
@@ -392,7 +535,9 @@ class Dispatcher:
             elif hasattr(result, "__await__") or hasattr(result, "send"):
                 work = ensureDeferred(result)
             else:
-                self.stats.finished(stats, None, self.reactor.seconds() - began)
+                result = checked_result(entry.name, result, self.node_name)
+                error_code = InternalError.code if isinstance(result, Failure) else None
+                self.stats.finished(stats, error_code, self.reactor.seconds() - began)
                 return result
         elif entry.run == "thread":
             work = self._run_in_thread(entry.function, call.args, kwargs)
@@ -512,6 +657,7 @@ class Dispatcher:
                 log.failure(
                     "procedure {procedure} raised an undeclared error (incident {incident})",
                     failure,
+                    level=LogLevel.error,
                     procedure=name,
                     incident=incident,
                 )
@@ -581,7 +727,7 @@ class _RunningCall:
         )
 
     def _cancel(self, result: Deferred[Any]) -> None:
-        self._stop(CancelledError(f"{self._name} was cancelled by its caller"))
+        self._stop(self._dispatcher.cancelled(self._name))
 
     def _stop(self, why: CallError) -> None:
         """End the call now with C{why}, and cancel the work behind it."""
@@ -615,6 +761,8 @@ class _RunningCall:
                 )
             else:
                 outcome = Failure(dispatcher._to_call_error(self._name, self._errors, outcome))
+        else:
+            outcome = checked_result(self._name, outcome, self._dispatcher.node_name)
         self._settle(outcome)
 
     def _settle(self, outcome: Any) -> None:

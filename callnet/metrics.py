@@ -5,14 +5,20 @@ L{Metrics} reads the node's own counters (the ones C{STATS} reports) each
 time it is scraped, so serving metrics adds nothing to a call's cost:
 
   - C{callnet_calls_total{procedure, outcome}}: finished calls, by outcome
-    (C{OK} or the error code).  Calls refused before a procedure was chosen
-    (an unknown name, a deadline already past) have C{procedure=""}, so the
-    sum over every series is the C{calls} of C{STATS}.
+    as their callers saw it (C{OK} or the error code: a result that cannot
+    be sent is C{INTERNAL}).  Refused calls count under the procedure they
+    name; a name the node neither serves nor can forward counts under
+    C{procedure="(unknown)"}, so that made-up names add no series.  The sum
+    over every series is the C{calls} of C{STATS}.
   - C{callnet_call_duration_seconds{procedure}}: a histogram of how long
-    calls took, on the buckets of L{callnet.dispatch.DURATION_BUCKETS}.
+    calls that started took, on buckets up to the node's C{max_timeout}
+    (L{callnet.dispatch.duration_buckets}).
   - C{callnet_calls_in_flight{procedure}}: calls running now.
   - C{callnet_connections}: connections open now.
   - C{callnet_peer_up{peer}}: 1 for a peer that is up, 0 otherwise.
+  - prometheus-client's process (C{process_*}: CPU, memory, open files),
+    platform (C{python_info}) and garbage collector (C{python_gc_*})
+    figures.
 
 prometheus-client is an optional dependency (C{callnet[metrics]}): it is
 imported only when a node is configured to serve metrics.
@@ -32,7 +38,7 @@ from twisted.web.resource import Resource
 from twisted.web.server import Request, Site
 
 from callnet.cluster.peers import PeerState
-from callnet.dispatch import DURATION_BUCKETS, Dispatcher
+from callnet.dispatch import Dispatcher
 from callnet.errors import ConfigError
 from callnet.server import NodeFactory
 
@@ -76,7 +82,8 @@ class _NodeCollector:
         from prometheus_client.utils import floatToGoString
 
         #: The buckets' C{le} labels, as Prometheus writes them.
-        self._bounds = [floatToGoString(bound) for bound in (*DURATION_BUCKETS, float("inf"))]
+        buckets = dispatcher.stats.buckets
+        self._bounds = [floatToGoString(bound) for bound in (*buckets, float("inf"))]
 
     def describe(self) -> list[Any]:
         """Nothing up front: every figure is read when the registry collects."""
@@ -93,15 +100,13 @@ class _NodeCollector:
         procedures = sorted(stats.by_procedure.items())
         calls = CounterMetricFamily(
             "callnet_calls",
-            "Calls finished, by procedure and outcome (OK or the error code);"
-            ' procedure="" for calls refused before a procedure was chosen.',
+            "Calls finished, by procedure and outcome as the caller saw it (OK or"
+            ' the error code); procedure="(unknown)" for names not served here.',
             labels=["procedure", "outcome"],
         )
-        for code, count in sorted(stats.refusals.items()):
-            calls.add_metric(["", code], count)
         durations = HistogramMetricFamily(
             "callnet_call_duration_seconds",
-            "How long finished calls took, by procedure.",
+            "How long calls that started took, by procedure.",
             labels=["procedure"],
         )
         in_flight = GaugeMetricFamily(
@@ -110,6 +115,8 @@ class _NodeCollector:
         for name, entry in procedures:
             for outcome, count in entry.outcomes().items():
                 calls.add_metric([name, outcome], count)
+            if not entry.in_flight and not any(entry.durations):
+                continue  # only refused: none of its calls ran, so none took time
             cumulative, buckets = 0, []
             for bound, count in zip(self._bounds, entry.durations, strict=True):
                 cumulative += count
@@ -146,10 +153,17 @@ class Metrics:
         self, dispatcher: Dispatcher, factory: NodeFactory, cluster: Cluster | None = None
     ) -> None:
         require_prometheus()
+        from prometheus_client import GCCollector, PlatformCollector, ProcessCollector
         from prometheus_client.registry import CollectorRegistry
 
         self.registry: CollectorRegistry = CollectorRegistry(auto_describe=False)
         self.registry.register(_NodeCollector(dispatcher, factory, cluster))
+        # Read at scrape time from /proc and the interpreter, like the node's
+        # own figures; the process collector finds nothing to report where
+        # there is no /proc, and says nothing.
+        ProcessCollector(registry=self.registry)
+        PlatformCollector(registry=self.registry)
+        GCCollector(registry=self.registry)
 
     def render(self, accept: str | None = None) -> tuple[bytes, str]:
         """
@@ -167,7 +181,7 @@ class Metrics:
 
 class MetricsPage(Resource):
     """
-    C{GET /metrics}: render the registry in the reactor thread.
+    C{GET /metrics} (and C{HEAD}): render the registry in the reactor thread.
 
     Not C{prometheus_client.twisted.MetricsResource}, which uses the global
     reactor and reads the counters from a worker thread while calls change
@@ -185,6 +199,15 @@ class MetricsPage(Resource):
         body, content_type = self._metrics.render(accept)
         request.setHeader(b"content-type", content_type.encode("ascii"))
         return body
+
+    def render_HEAD(self, request: Request) -> bytes:
+        """
+        The headers C{GET} would send, and no body: without this Twisted
+        renders the body and logs a warning that a HEAD request returned one.
+        """
+        body = self.render_GET(request)
+        request.setHeader(b"content-length", b"%d" % len(body))
+        return b""
 
 
 class _QuietSite(Site):

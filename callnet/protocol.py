@@ -212,7 +212,11 @@ class NodeProtocol(Protocol):
         factory = self.factory
         caller = self.caller
         assert caller is not None  # the session serves calls only once authenticated
-        if call.trace is None and factory.access_log:
+        if call.trace is not None:
+            # A traceparent that breaks W3C's rules is replaced here, so the
+            # access log and the error reply show the id the call runs under.
+            call = factory.dispatcher.traced(call)
+        elif factory.access_log:
             call = with_trace(call, factory.dispatcher.trace_ids.new())
         outcome = factory.dispatcher.start(call, caller)
         if factory.access_log:
@@ -283,7 +287,7 @@ class NodeProtocol(Protocol):
     def close(self, reason: str, abort: bool) -> None:
         transport = cast(Any, self.transport)
         if abort or reason not in ORDINARY_ENDS:
-            log.info("closing {peer}: {reason}", peer=transport.getPeer(), reason=reason)
+            log.info("closing {peer}: {reason}", peer=_address(transport), reason=reason)
         if abort:
             self._outbox.discard()
             transport.abortConnection()

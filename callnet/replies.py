@@ -12,6 +12,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from callnet.errors import CallError, InternalError, Outcome
+from callnet.logs import failure_level
 from callnet.reactors import Clock
 from callnet.tracing import TraceIds
 from callnet.wire import Call, encode_failure, encode_success
@@ -55,12 +56,13 @@ def trace_failure(failure: Failure, call: Call, trace_ids: TraceIds) -> Failure:
             error.trace = trace_ids.new()
         # Refusals (not run) are not logged: anyone can cause them cheaply.
         if error.trace is not None and error.outcome is not Outcome.NOT_RUN:
-            log.info(
-                "{procedure} failed {code} (trace {trace}): {message}",
+            log.emit(
+                failure_level(error.code),
+                "{procedure} failed {code} (trace {trace}): {why}",
                 procedure=call.procedure,
                 code=error.code,
                 trace=error.trace,
-                message=error.message,
+                why=error.message,
             )
     return failure
 

@@ -171,6 +171,7 @@ class NodeFactory(Factory):
                     count=left,
                     grace=grace,
                 )
+            self.dispatcher.shut_down()
             for protocol in list(self.open):
                 protocol.shut_down()
             closed(self.clock.seconds() + DRAIN_FLUSH_TIMEOUT)

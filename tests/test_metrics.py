@@ -2,19 +2,26 @@
 
 from __future__ import annotations
 
+import os
+import re
+import shutil
+import subprocess
 import sys
 from typing import Any
-from unittest import mock
+from unittest import SkipTest, mock
 
 from prometheus_client.exposition import generate_latest
 from prometheus_client.openmetrics.exposition import CONTENT_TYPE_LATEST as OPENMETRICS
+from prometheus_client.parser import text_string_to_metric_families
 from twisted.application.internet import StreamServerEndpointService
 from twisted.internet.defer import Deferred
 from twisted.trial.unittest import SynchronousTestCase
+from twisted.web.resource import Resource
 from twisted.web.server import Site
 from twisted.web.test.requesthelper import DummyRequest
 
 from callnet import procedure
+from callnet.dispatch import duration_buckets
 from callnet.errors import ConfigError
 from callnet.metrics import MISSING, Metrics, MetricsPage, metrics_service
 from callnet.testing import MemoryCluster, MemoryNode, MemoryReactor
@@ -62,10 +69,11 @@ class MetricsTests(SynchronousTestCase):
         self.assertEqual(
             value(self.metrics, "callnet_calls_total", _calls("wait", "DEADLINE_EXCEEDED")), 1
         )
-        # Refused before a procedure was chosen: no procedure label value.
-        self.assertEqual(value(self.metrics, "callnet_calls_total", _calls("", "NOT_FOUND")), 1)
+        # A name this node does not serve: one label for every such name.
+        unknown = _calls("(unknown)", "NOT_FOUND")
+        self.assertEqual(value(self.metrics, "callnet_calls_total", unknown), 1)
         text = scrape(self.metrics)
-        self.assertIn('callnet_calls_total{outcome="NOT_FOUND",procedure=""} 1.0', text)
+        self.assertIn('callnet_calls_total{outcome="NOT_FOUND",procedure="(unknown)"} 1.0', text)
         self.assertIn("# TYPE callnet_calls_total counter", text)
 
     def test_sum_of_calls_is_stats_calls(self) -> None:
@@ -210,6 +218,36 @@ class EndpointTests(SynchronousTestCase):
         )
         self.assertTrue(body.endswith(b"# EOF\n"))
 
+    def test_head_metrics(self) -> None:
+        """HEAD /metrics gets GET's headers and no body, and logs no warning."""
+        from twisted.logger import globalLogPublisher
+        from twisted.web.server import Request as ServerRequest
+        from twisted.web.test.requesthelper import DummyChannel
+
+        root = Resource()
+        root.putChild(b"metrics", MetricsPage(self.metrics))
+        site = Site(root)
+        events: list[dict[str, Any]] = []
+        globalLogPublisher.addObserver(events.append)
+        self.addCleanup(globalLogPublisher.removeObserver, events.append)
+        channel = DummyChannel()
+        channel.site = site
+        request = ServerRequest(channel)
+        request.method = b"HEAD"
+        request.uri = request.path = b"/metrics"
+        request.prepath, request.postpath = [], [b"metrics"]
+        request.sitepath = []
+        request.site = site
+        request.process()
+        written = channel.transport.written.getvalue()
+        head, _, body = written.partition(b"\r\n\r\n")
+        self.assertEqual(body, b"")
+        self.assertIn(b"200", head.split(b"\r\n")[0])
+        self.assertIn(b"content-type: text/plain", head.lower())
+        get_body, _ = self.metrics.render()
+        self.assertIn(b"content-length: %d" % len(get_body), head.lower())
+        self.assertEqual([e for e in events if "HEAD" in str(e.get("log_format"))], [])
+
     def test_service(self) -> None:
         """metrics_service listens on its endpoint string with a site serving /metrics."""
         reactor = MemoryReactor()
@@ -223,6 +261,155 @@ class EndpointTests(SynchronousTestCase):
         request = DummyRequest([b"metrics"])
         resource = factory.getResourceFor(request)  # type: ignore[arg-type]
         self.assertIsInstance(resource, MetricsPage)
+
+
+class TruthTests(SynchronousTestCase):
+    """The figures say what callers saw."""
+
+    def setUp(self) -> None:
+        self.pending: dict[str, Deferred[Any]] = {}
+        pending = self.pending
+
+        @procedure(run="reactor")
+        def numbers() -> set[int]:
+            return {1, 2}
+
+        @procedure(run="reactor")
+        def later(key: str) -> Deferred[Any]:
+            d: Deferred[Any] = Deferred()
+            pending[key] = d
+            return d
+
+        self.node = MemoryNode([procedure(run="reactor")(add), numbers, later])
+        self.metrics = Metrics(self.node.dispatcher, self.node.factory)
+        self.conn = self.node.connect_raw()
+
+    def test_result_that_is_not_json_counts_as_internal(self) -> None:
+        """A result that cannot be sent counts INTERNAL, as its caller is answered, not OK."""
+        self.conn.send("add 1e308 1e308\nnumbers\n#1 later a\n")
+        self.pending["a"].callback(float("nan"))
+        lines = self.conn.lines()
+        self.assertEqual(len(lines), 3)
+        for line in lines:
+            self.assertIn(b"ERR INTERNAL ran", line)
+        for name in ("add", "numbers", "later"):
+            self.assertEqual(
+                value(self.metrics, "callnet_calls_total", _calls(name, "INTERNAL")), 1, name
+            )
+            self.assertIsNone(value(self.metrics, "callnet_calls_total", _calls(name, "OK")))
+
+    def test_refused_call_counts_under_its_procedure(self) -> None:
+        """A call refused for its arguments counts under the procedure it names."""
+        self.conn.send("add 1\nadd 1 2\n")
+        self.assertEqual(
+            value(self.metrics, "callnet_calls_total", _calls("add", "INVALID_ARGUMENT")), 1
+        )
+        self.assertEqual(value(self.metrics, "callnet_calls_total", _calls("add", "OK")), 1)
+        self.assertNotIn('procedure=""', scrape(self.metrics))
+
+    def test_unknown_names_share_one_label(self) -> None:
+        """Made-up names all count under procedure="(unknown)": no series per name."""
+        self.conn.send("".join(f"made_up_{n}\n" for n in range(50)) + "add@elsewhere 1 2\n")
+        unknown = _calls("(unknown)", "NOT_FOUND")
+        self.assertEqual(value(self.metrics, "callnet_calls_total", unknown), 50)
+        # A name served here, asked of a node there is not: counted as the name.
+        self.assertEqual(value(self.metrics, "callnet_calls_total", _calls("add", "NOT_FOUND")), 1)
+        self.assertNotIn("made_up", scrape(self.metrics))
+
+    def test_buckets_reach_max_timeout(self) -> None:
+        """The buckets go up to the node's max_timeout, and a call near it lands below +Inf."""
+        self.conn.send("#1 +timeout=3600 later a\n")
+        self.node.advance(2000)
+        self.pending["a"].callback(None)
+        bounds = self.node.dispatcher.stats.buckets
+        self.assertEqual(bounds[-1], self.node.dispatcher._limits.max_timeout)
+        for bound in (30.0, 60.0, 300.0, 900.0):
+            self.assertIn(bound, bounds)
+        labels = {"procedure": "later", "le": "3600.0"}
+        self.assertEqual(value(self.metrics, "callnet_call_duration_seconds_bucket", labels), 1)
+        labels["le"] = "900.0"
+        self.assertEqual(value(self.metrics, "callnet_call_duration_seconds_bucket", labels), 0)
+
+    def test_buckets_capped_at_a_shorter_max_timeout(self) -> None:
+        """A node whose calls run at most 45 s has no bucket past 45 s."""
+        self.assertEqual(duration_buckets(45.0)[-3:], (10.0, 30.0, 45.0))
+        self.assertEqual(duration_buckets(3600.0)[-1], 3600.0)
+        self.assertEqual(duration_buckets(7200.0)[-2:], (3600.0, 7200.0))
+
+    def test_shutdown_cancel_counts_unavailable(self) -> None:
+        """A call cancelled because the node stops counts UNAVAILABLE, not a caller's cancel."""
+        self.conn.send("#1 later a\n#2 later b\n")
+        self.node.dispatcher.shut_down()
+        self.node.factory.drain(0)
+        self.node.flush()
+        self.assertEqual(
+            value(self.metrics, "callnet_calls_total", _calls("later", "UNAVAILABLE")), 2
+        )
+        self.assertIsNone(value(self.metrics, "callnet_calls_total", _calls("later", "CANCELLED")))
+
+    def test_process_and_python_collectors(self) -> None:
+        """The node's registry carries the process, platform and GC figures."""
+        text = scrape(self.metrics)
+        self.assertIn("python_info{", text)
+        self.assertIn("python_gc_collections_total", text)
+        if os.path.exists("/proc/self/stat"):
+            self.assertIn("process_resident_memory_bytes", text)
+
+    def test_scrape_is_valid_exposition(self) -> None:
+        """A scrape parses, with HELP and TYPE for every family and cumulative histograms."""
+        self.conn.send("add 1 2\nadd 1\nnosuch\n#1 later a\n#2 later b\n")
+        self.node.advance(0.2)
+        self.pending["a"].callback(None)
+        text = scrape(self.metrics)
+        check_exposition(self, text)
+        families = {f.name: f for f in text_string_to_metric_families(text)}
+        self.assertEqual(families["callnet_calls"].type, "counter")
+        self.assertEqual(families["callnet_call_duration_seconds"].type, "histogram")
+        self.assertEqual(families["callnet_calls_in_flight"].type, "gauge")
+        self.assertEqual(families["callnet_connections"].type, "gauge")
+
+    def test_promtool_accepts_a_scrape(self) -> None:
+        """promtool check metrics passes on a scrape, where promtool is installed."""
+        promtool = shutil.which("promtool")
+        if promtool is None:
+            raise SkipTest("promtool is not installed")
+        self.conn.send("add 1 2\nadd 1\nnosuch\n#1 later a\n")
+        self.pending["a"].callback(None)
+        result = subprocess.run(
+            [promtool, "check", "metrics"],
+            input=scrape(self.metrics).encode("utf-8"),
+            capture_output=True,
+            timeout=60,
+        )
+        self.assertEqual(result.returncode, 0, result.stdout + result.stderr)
+
+
+def check_exposition(test: SynchronousTestCase, text: str) -> None:
+    """Check Prometheus text: names, HELP and TYPE lines, cumulative buckets ending at +Inf."""
+    helps = re.findall(r"^# HELP (\S+) \S", text, re.MULTILINE)
+    types = dict(re.findall(r"^# TYPE (\S+) (\S+)$", text, re.MULTILINE))
+    test.assertEqual(sorted(helps), sorted(types))
+    for family in text_string_to_metric_families(text):
+        test.assertRegex(family.name, r"^[a-zA-Z_:][a-zA-Z0-9_:]*$")
+        test.assertTrue(family.documentation, family.name)
+        if family.type != "histogram":
+            continue
+        series: dict[tuple[tuple[str, str], ...], list[tuple[float, float]]] = {}
+        counts = {}
+        for sample in family.samples:
+            labels = tuple(sorted((k, v) for k, v in sample.labels.items() if k != "le"))
+            if sample.name.endswith("_bucket"):
+                series.setdefault(labels, []).append((float(sample.labels["le"]), sample.value))
+            elif sample.name.endswith("_count"):
+                counts[labels] = sample.value
+        test.assertTrue(series, family.name)
+        for labels, buckets in series.items():
+            bounds = [bound for bound, _ in buckets]
+            test.assertEqual(bounds, sorted(bounds))
+            test.assertEqual(bounds[-1], float("inf"))
+            values = [count for _, count in buckets]
+            test.assertEqual(values, sorted(values), "buckets are cumulative")
+            test.assertEqual(values[-1], counts[labels])
 
 
 def _calls(name: str, outcome: str) -> dict[str, str]:

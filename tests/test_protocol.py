@@ -421,7 +421,7 @@ class CommandTests(SynchronousTestCase):
         self.assertIsInstance(missing.error, NotFoundError)
 
     def test_stats(self) -> None:
-        """STATS counts calls, errors and calls in flight, per procedure."""
+        """STATS counts calls, errors and calls in flight, per procedure, refusals included."""
         node, _pending = node_with_pending()
         conn = node.connect_raw()
         conn.send("add 1 2\nadd 1\n#1 wait a\n#2 STATS\n")
@@ -432,7 +432,8 @@ class CommandTests(SynchronousTestCase):
         self.assertEqual(stats.value["in_flight"], 1)
         add = stats.value["procedures"]["add"]
         self.assertEqual(
-            (add["calls"], add["errors"], add["in_flight"], add["outcomes"]), (1, 0, 0, {"OK": 1})
+            (add["calls"], add["errors"], add["in_flight"], add["outcomes"]),
+            (2, 1, 0, {"OK": 1, "INVALID_ARGUMENT": 1}),
         )
         self.assertEqual(stats.value["procedures"]["wait"]["in_flight"], 1)
 

@@ -121,7 +121,10 @@ class AccessRuleTests(SynchronousTestCase):
         self.assertIsInstance(denied.error, PermissionDeniedError)
         self.assertEqual(denied.error.outcome, Outcome.NOT_RUN)
         self.assertEqual(allowed, Success("hello ann", "3"))
-        self.assertEqual(node.dispatcher.stats.by_procedure.get("shutdown"), None)
+        # Counted under its name as refused, and never started: no duration.
+        shutdown = node.dispatcher.stats.by_procedure["shutdown"]
+        self.assertEqual(shutdown.outcomes(), {"PERMISSION_DENIED": 1})
+        self.assertEqual(sum(shutdown.durations), 0)
 
     def test_patterns(self) -> None:
         """A pattern rule (ops = ['*']) allows every procedure to that identity."""

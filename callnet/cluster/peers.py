@@ -26,12 +26,13 @@ from twisted.internet.defer import Deferred
 from twisted.internet.endpoints import clientFromString
 from twisted.internet.interfaces import IAddress, IStreamClientEndpoint
 from twisted.internet.protocol import Factory
-from twisted.logger import Logger
+from twisted.logger import Logger, LogLevel
 from twisted.python.failure import Failure
 
 from callnet.client import ClientProtocol
 from callnet.config import ClusterSettings
 from callnet.errors import CallError, Outcome, UnavailableError
+from callnet.logs import drop_retry_notices
 from callnet.reactors import Clock, DelayedCall
 from callnet.tls import HandshakeEndpoint
 from callnet.wire import PROTOCOL_VERSION
@@ -50,6 +51,15 @@ class PeerState(enum.Enum):
     CONNECTING = "connecting"
     UP = "up"
     DOWN = "down"
+
+
+class _PeerService(ClientService):
+    """
+    The service that keeps a peer's link: a ClientService that does not log
+    each retry.  A peer logs when it goes down and when it comes back.
+    """
+
+    _log = Logger(observer=drop_retry_notices)
 
 
 class HandshakeError(Exception):
@@ -119,7 +129,7 @@ class Peer:
         #: The heartbeat the peer owes an answer to: its link, when the
         #: peer's silence counts from, and the link's count of reads then.
         self._asked: tuple[ClientProtocol, float, int] | None = None
-        self._service = ClientService(
+        self._service = _PeerService(
             connector,
             _PeerFactory(self),
             retryPolicy=backoffPolicy(
@@ -252,8 +262,10 @@ class Peer:
     def _set_state(self, state: PeerState) -> None:
         if state is not self.state:
             before, self.state = self.state, state
-            log.info(
-                "peer {peer} {before} -> {after}",
+            # Once per change, not per attempt to reconnect: see _PeerService.
+            log.emit(
+                LogLevel.warn if state is PeerState.DOWN else LogLevel.info,
+                "peer {peer} is {after} (was {before})",
                 peer=self.name,
                 before=before.value,
                 after=state.value,
