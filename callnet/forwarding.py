@@ -34,6 +34,9 @@ class Forwarder(Protocol):
     def serving(self, procedure: str) -> list[str]:
         """The peers that have said they serve C{procedure}, up or not."""
 
+    def catalog(self) -> dict[str, dict[str, Any]]:
+        """What the peers that are up serve: name -> signature, doc, nodes."""
+
     def key_order(self, procedure: str, scope: str, key: str, here: bool) -> list[str]:
         """The nodes serving a procedure, up, in the preference order of a key."""
 

@@ -342,8 +342,13 @@ class Registry:
         """Every procedure, sorted by name."""
         return [self._procedures[name] for name in self.names()]
 
-    def help_text(self, name: str | None = None) -> str:
-        """The text C{HELP} shows a person: a table, or one procedure in full."""
+    def help_text(self, name: str | None = None, others: Iterable[tuple[str, str]] = ()) -> str:
+        """
+        The text C{HELP} shows a person: a table, or one procedure in full.
+
+        @param others: more rows for the table, as (usage, summary): the
+            procedures only the node's peers serve.
+        """
         if name is not None:
             entry = self.get(name)
             lines = [entry.usage]
@@ -354,9 +359,9 @@ class Registry:
                 notes.append("idempotent")
             lines += ["", "; ".join(notes)]
             return "\n".join(lines)
-        entries = self.procedures()
-        width = min(max((len(e.usage) for e in entries), default=0), 48)
-        lines = [f"{e.usage:<{width}}  {e.summary}".rstrip() for e in entries]
+        rows = sorted([(e.usage, e.summary) for e in self.procedures()] + list(others))
+        width = min(max((len(usage) for usage, _ in rows), default=0), 48)
+        lines = [f"{usage:<{width}}  {summary}".rstrip() for usage, summary in rows]
         lines += [
             "",
             "Commands: HELP [name], LIST, PING, STATS, CANCEL tag, QUIT",

@@ -197,33 +197,67 @@ class NodeFactory(Factory):
         if verb == "PING":
             result = "pong"
         elif verb == "LIST":
-            result = registry.names()
+            # Every name a caller may call here: this node's and its peers'.
+            result = sorted({*registry.names(), *self._peer_catalog()})
         elif verb == "STATS":
             result = self.stats()
             if tag is None:
                 return encode_text(format_stats(result)) + encode_success(None)
         else:  # HELP
-            name = str(args[0]) if args else None
-            if name is not None and name not in registry:
-                why = f"no procedure named {name[:80]!r}; try HELP"
-                return encode_failure(NotFoundError(why, node=self.node_name), tag)
-            if tag is None:
-                return encode_text(registry.help_text(name)) + encode_success(None)
-            if name is None:
-                result = [p.describe() for p in registry.procedures()]
-            else:
-                result = registry.get(name).describe()
+            return self._help(str(args[0]) if args else None, tag)
         return encode_success(result, tag)
+
+    def _peer_catalog(self) -> dict[str, dict[str, Any]]:
+        router = self.dispatcher.router
+        return router.catalog() if router is not None else {}
+
+    def _help(self, name: str | None, tag: str | None) -> bytes:
+        """
+        C{HELP}: this node's procedures and those its peers serve, each
+        marked with where it runs; C{HELP name} describes one, wherever it is.
+        """
+        registry, remote = self.dispatcher.registry, self._peer_catalog()
+        here = self.node_name
+        if name is not None and name not in registry and name not in remote:
+            why = f"no procedure named {name[:80]!r} here or on a peer; try HELP"
+            return encode_failure(NotFoundError(why, node=here), tag)
+        described = {
+            entry.name: {
+                **entry.describe(),
+                "nodes": [here, *remote.get(entry.name, {}).get("nodes", [])],
+            }
+            for entry in registry.procedures()
+        }
+        for peer_name, info in remote.items():
+            if peer_name not in described:
+                described[peer_name] = {
+                    "name": peer_name,
+                    "signature": info["signature"],
+                    "doc": info["doc"],
+                    "idempotent": info["idempotent"],
+                    "nodes": info["nodes"],
+                }
+        if tag is not None:
+            if name is None:
+                return encode_success([described[key] for key in sorted(described)], tag)
+            return encode_success(described[name], tag)
+        if name is not None and name in registry:
+            text = registry.help_text(name)
+            others = described[name]["nodes"][1:]
+            if others:
+                text += f"\nalso on: {', '.join(others)}"
+        elif name is not None:
+            text = _remote_help(described[name])
+        else:
+            text = registry.help_text(None, _remote_lines(described, registry.names()))
+        return encode_text(text) + encode_success(None)
 
     def hello(self) -> dict[str, Any]:
         """What this node says of itself in the handshake: name, procedures."""
         return {
             "node": self.node_name,
             "version": PROTOCOL_VERSION,
-            "procedures": [
-                {"name": entry.name, "idempotent": entry.idempotent}
-                for entry in self.dispatcher.registry.procedures()
-            ],
+            "procedures": [entry.describe() for entry in self.dispatcher.registry.procedures()],
         }
 
     def stats(self) -> dict[str, Any]:
@@ -237,3 +271,24 @@ class NodeFactory(Factory):
         if self.describe_cluster is not None:
             stats["peers"] = self.describe_cluster()
         return stats
+
+
+def _remote_help(entry: dict[str, Any]) -> str:
+    """C{HELP name} for a procedure only peers serve."""
+    lines = [f"{entry['name']}{entry['signature']}"]
+    if entry["doc"]:
+        lines += ["", *("    " + line if line else "" for line in entry["doc"].splitlines())]
+    notes = [f"runs on: {', '.join(entry['nodes'])}"]
+    if entry["idempotent"]:
+        notes.append("idempotent")
+    return "\n".join([*lines, "", "; ".join(notes)])
+
+
+def _remote_lines(described: dict[str, dict[str, Any]], local: list[str]) -> list[tuple[str, str]]:
+    """The rows C{HELP}'s table shows for procedures only peers serve: usage, summary."""
+    rows = []
+    for name in sorted(set(described) - set(local)):
+        entry = described[name]
+        summary = entry["doc"].strip().splitlines()[0] if entry["doc"].strip() else ""
+        rows.append((f"{name}{entry['signature']}", f"[on {', '.join(entry['nodes'])}] {summary}"))
+    return rows

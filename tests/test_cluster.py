@@ -123,6 +123,70 @@ class CatalogTests(SynchronousTestCase):
         cluster.stop()
 
 
+@procedure(run="reactor")
+def stock(item: str) -> int:
+    """How many of an item are in stock.
+
+    Counts the shelves and the back room.
+    """
+    return len(item)
+
+
+class ClusterHelpTests(SynchronousTestCase):
+    """HELP and LIST on a node show what its peers serve, and where."""
+
+    def cluster(self) -> MemoryCluster:
+        cluster = MemoryCluster({"alpha": [], "beta": [stock], "gamma": [stock]})
+        cluster.start()
+        self.addCleanup(cluster.stop)
+        return cluster
+
+    def ask(self, cluster: MemoryCluster, line: str) -> bytes:
+        conn = cluster["alpha"].connect_raw()
+        conn.send(line + "\n")
+        cluster.flush()
+        return conn.transport.value()
+
+    def test_list_includes_peers_procedures(self) -> None:
+        """LIST names what alpha's peers serve beside its own."""
+        self.assertEqual(
+            json.loads(self.ask(self.cluster(), "#1 LIST").split(b" ", 2)[2]),
+            ["multicall", "stock"],
+        )
+
+    def test_help_table_marks_where(self) -> None:
+        """HELP's table shows a peer's procedure with its signature, summary and nodes."""
+        text = self.ask(self.cluster(), "HELP").decode()
+        [row] = [line for line in text.splitlines() if line.startswith("| stock(")]
+        self.assertRegex(row, r"^\| stock\(item: str\) -> int +\[on beta, gamma\] How many of an")
+
+    def test_help_name_describes_a_peers_procedure(self) -> None:
+        """HELP stock on alpha shows the doc beta gave, and where it runs."""
+        text = self.ask(self.cluster(), "HELP stock").decode()
+        self.assertIn("| stock(item: str) -> int", text)
+        self.assertIn("|     Counts the shelves and the back room.", text)
+        self.assertIn("| runs on: beta, gamma", text)
+        reply = self.ask(self.cluster(), "#2 HELP stock")
+        described = json.loads(reply.split(b" ", 2)[2])
+        self.assertEqual(
+            (described["signature"], described["nodes"]), ("(item: str) -> int", ["beta", "gamma"])
+        )
+
+    def test_local_procedure_says_where_else(self) -> None:
+        """A procedure alpha serves itself is described from its own registry, with its twins."""
+        text = self.ask(self.cluster(), "HELP multicall").decode()
+        self.assertIn("| also on: beta, gamma", text)
+
+    def test_down_peer_leaves_the_catalog(self) -> None:
+        """A procedure only a dead peer served is no longer listed, and HELP of it is NOT_FOUND."""
+        cluster = self.cluster()
+        cluster.kill("beta")
+        cluster.kill("gamma")
+        cluster.advance(10)
+        self.assertNotIn(b"stock", self.ask(cluster, "#1 LIST"))
+        self.assertTrue(self.ask(cluster, "HELP stock").startswith(b"ERR NOT_FOUND not-run"))
+
+
 class RoutingTests(SynchronousTestCase):
     """Calls for procedures a node does not serve."""
 

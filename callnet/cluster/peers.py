@@ -332,6 +332,12 @@ class Peer:
         protocol.abort(f"peer {self.name} stopped answering ({silent_for:.1f}s of silence)")
 
 
+#: How much of a peer's procedure signature and docstring a node keeps, to
+#: show in its own HELP.
+MAX_SIGNATURE = 1024
+MAX_DOC = 4096
+
+
 def _read_hello(info: Any) -> tuple[str, dict[str, dict[str, Any]]]:
     """Check a peer's handshake reply; return its name and procedures."""
     if not isinstance(info, dict):
@@ -345,7 +351,14 @@ def _read_hello(info: Any) -> tuple[str, dict[str, dict[str, Any]]]:
     catalog = {}
     for entry in procedures:
         if isinstance(entry, dict) and isinstance(entry.get("name"), str):
-            catalog[entry["name"]] = {"idempotent": bool(entry.get("idempotent"))}
+            signature, doc = entry.get("signature"), entry.get("doc")
+            catalog[entry["name"]] = {
+                "idempotent": bool(entry.get("idempotent")),
+                # What HELP shows of it on this node; bounded, as the peer's
+                # word is only shown, never acted on.
+                "signature": signature[:MAX_SIGNATURE] if isinstance(signature, str) else "",
+                "doc": doc[:MAX_DOC] if isinstance(doc, str) else "",
+            }
     return name, catalog
 
 

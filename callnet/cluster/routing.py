@@ -236,5 +236,19 @@ class Router:
         """The peers that have said they serve C{procedure}, up or not."""
         return [peer.name for peer in self._peers.values() if procedure in peer.procedures]
 
+    def catalog(self) -> dict[str, dict[str, Any]]:
+        """
+        What the peers that are up serve, for C{HELP} and C{LIST}: procedure
+        name -> its signature, docstring and the nodes that serve it.
+        """
+        catalog: dict[str, dict[str, Any]] = {}
+        for peer in sorted(self._peers.values(), key=lambda peer: peer.name):
+            if peer.state is not PeerState.UP:
+                continue
+            for name, info in peer.procedures.items():
+                entry = catalog.setdefault(name, {**info, "nodes": []})
+                entry["nodes"].append(peer.name)
+        return catalog
+
     def peers(self) -> list[Peer]:
         return list(self._peers.values())
