@@ -19,9 +19,6 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field, fields, replace
 from typing import Any, Literal
 
-from twisted.internet.endpoints import clientFromString, serverFromString
-from twisted.internet.testing import MemoryReactor
-
 from callnet.errors import ConfigError
 from callnet.wire import DEFAULT_CALL_TIMEOUT, DEFAULT_MAX_LINE
 
@@ -742,6 +739,11 @@ def _endpoint_problem(description: str, server: bool) -> str | None:
 
     @return: what is wrong with it, or C{None}.
     """
+    # Imported here: the codec and the session read this module's limits,
+    # and know no Twisted.
+    from twisted.internet.endpoints import clientFromString, serverFromString
+    from twisted.internet.testing import MemoryReactor
+
     parse = serverFromString if server else clientFromString
     try:
         parse(MemoryReactor(), description)
