@@ -1,9 +1,12 @@
 """
-A node's configuration: frozen objects, with every default in one place.
+A node's configuration: frozen objects, and the schema that declares every
+setting once.
 
-L{NodeConfig} is what L{callnet.node.NodeService} is built from.  It comes
-from command-line options, a TOML file (see C{etc/callnet.toml}), or both:
-options given on the command line win over the file.
+L{NodeConfig} is what L{callnet.wiring.build_node} builds a node from.  It
+comes from command-line options, a TOML file (see C{etc/callnet.toml}), or
+both: options given on the command line win over the file.  Each setting is
+a field declared with L{setting}: its check, default, reason, TOML section
+and option; L{settings} lists them for the twistd options and the docs.
 """
 
 from __future__ import annotations
@@ -637,8 +640,9 @@ def settings_table() -> str:
     return "\n".join(rows) + "\n"
 
 
-#: The tables of a config file; [peers] and [acl] are keyed by names.
-_SECTIONS = ("node", "limits", "cluster", "peers", "security", "acl", "tls")
+#: The tables of a config file, in the order the schema declares them;
+#: [peers] and [acl] are keyed by names.
+_SECTIONS = tuple(dict.fromkeys(entry.section for entry in _KEYS.values()))
 _NAMED_TABLES = ("peers", "acl")
 
 
