@@ -31,7 +31,7 @@ from collections.abc import Collection, Mapping, Sequence
 from typing import Any
 
 from callnet.errors import CallError, DeadlineExceededError, UnavailableError
-from callnet.wire import parse_words
+from callnet.wire import DEFAULT_CALL_TIMEOUT, parse_words
 
 EXIT_OK = 0
 EXIT_CALL_FAILED = 1
@@ -67,7 +67,9 @@ def _parser() -> argparse.ArgumentParser:
         sub.add_argument("endpoint", type=endpoint_string, metavar="ENDPOINT")
         sub.add_argument("procedure", metavar="PROCEDURE")
         sub.add_argument("arguments", nargs="*", metavar="ARG", help="JSON value or word; k=v")
-        sub.add_argument("--timeout", type=float, default=30.0, help="deadline in seconds")
+        sub.add_argument(
+            "--timeout", type=float, default=DEFAULT_CALL_TIMEOUT, help="deadline in seconds"
+        )
         _connection_options(sub)
     for name, help_text in (
         ("ping", "check that a node answers"),

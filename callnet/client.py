@@ -39,6 +39,7 @@ from callnet.errors import (
 from callnet.reactors import Clock, DelayedCall, set_no_delay
 from callnet.sending import Outbox
 from callnet.wire import (
+    DEFAULT_CALL_TIMEOUT,
     DEFAULT_MAX_LINE,
     BadLine,
     Call,
@@ -53,7 +54,7 @@ from callnet.wire import Failure as FailureReply
 log = Logger()
 
 #: A call's deadline when neither the call nor the client names one.
-DEFAULT_TIMEOUT = 30.0
+DEFAULT_TIMEOUT = DEFAULT_CALL_TIMEOUT
 
 
 class _Transport(Protocol):

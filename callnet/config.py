@@ -1,9 +1,12 @@
 """
-A node's configuration: frozen objects, with every default in one place.
+A node's configuration: frozen objects, and the schema that declares every
+setting once.
 
-L{NodeConfig} is what L{callnet.node.NodeService} is built from.  It comes
-from command-line options, a TOML file (see C{etc/callnet.toml}), or both:
-options given on the command line win over the file.
+L{NodeConfig} is what L{callnet.wiring.build_node} builds a node from.  It
+comes from command-line options, a TOML file (see C{etc/callnet.toml}), or
+both: options given on the command line win over the file.  Each setting is
+a field declared with L{setting}: its check, default, reason, TOML section
+and option; L{settings} lists them for the twistd options and the docs.
 """
 
 from __future__ import annotations
@@ -16,10 +19,11 @@ import re
 import socket
 import tomllib
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, field, replace
-from typing import Any
+from dataclasses import dataclass, field, fields, replace
+from typing import Any, Literal
 
 from callnet.errors import ConfigError
+from callnet.wire import DEFAULT_CALL_TIMEOUT, DEFAULT_MAX_LINE
 
 #: Where a node listens when told nothing: loopback only, so that a node
 #: started with no configuration is never reachable from another machine.
@@ -27,186 +31,93 @@ DEFAULT_PORT = 7600
 DEFAULT_LISTEN = f"tcp:{DEFAULT_PORT}:interface=127.0.0.1"
 
 
-@dataclass(frozen=True)
-class Limits:
-    """Bounds that keep one caller from harming the node or other callers."""
-
-    #: Longest request line in bytes: room for a 1 MiB argument after JSON
-    #: escaping, while one connection cannot make the node buffer much more.
-    max_line_bytes: int = 2 * 1024 * 1024
-    #: Calls one connection may have running at once.  Past it the node stops
-    #: reading from that connection until some finish (backpressure), so a
-    #: client pipelining 10,000 calls is slowed, not refused.
-    max_calls_in_flight: int = 1000
-    #: Connections the node accepts at once; more are answered with an error.
-    max_connections: int = 1024
-    #: Seconds a connection may leave its replies unread (the node's output
-    #: to it full) before the node drops it.
-    write_stall_timeout: float = 30.0
-    #: Deadline in seconds for a call that names none.  Every call has one,
-    #: so no call can hold a caller or a thread forever.
-    default_timeout: float = 60.0
-    #: The longest deadline a caller may ask for, in seconds.
-    max_timeout: float = 3600.0
-    #: Seconds a connection may hold an unfinished line: a client that sends
-    #: part of a line and stalls (slowloris) is closed after this.
-    line_timeout: float = 30.0
-    #: Connections the node accepts at once from one address, so one client
-    #: cannot take every connection.
-    max_connections_per_address: int = 64
-    #: Bytes of replies a connection may leave unread (beyond what the
-    #: transport buffers) before the node drops it at once.
-    max_unsent_bytes: int = 16 * 1024 * 1024
-    #: Seconds a client of a TLS listener (C{tls:} or C{ssl:}) has to finish
-    #: its handshake, from the moment TCP connects; one that has not is
-    #: closed.  A real client needs one or two round trips (milliseconds);
-    #: one that sends part of a ClientHello and stalls would otherwise hold
-    #: a connection slot, and a file descriptor, for ever.
-    tls_handshake_timeout: float = 5.0
-    #: Seconds a keyed call's outcome is kept after it ends: long enough to
-    #: cover a caller's retries across a failover, short enough not to grow.
-    key_window: float = 300.0
-    #: Idempotency keys kept at once, in progress or ended.  Ended outcomes
-    #: are evicted to make room (the oldest of the caller keeping the most);
-    #: keys in progress never are.  About 0.5 KiB each besides its result, so
-    #: at most some 50 MiB, and 330 keyed calls a second for the whole window.
-    max_keys: int = 100_000
-    #: Bytes of ended keyed calls' outcomes kept at once (results as JSON,
-    #: error messages): what a node spends on answering retries (64 MiB).
-    max_key_bytes: int = 64 * 1024 * 1024
-    #: The largest outcome kept for a key (1 MiB, the largest argument a line
-    #: carries).  A bigger result is not kept; the key remembers that its call
-    #: ran, and a retry is told so rather than run again.
-    max_key_result_bytes: int = 1024 * 1024
-    #: Keyed calls in progress at once on the node: running (also those whose
-    #: caller has gone, which run on to their deadline so that a retry finds
-    #: their outcome) or waiting on a running key.  Each holds its work and
-    #: some KiB; past the bound a new keyed call is refused, not run.
-    max_running_keys: int = 10_000
-    #: One caller's share of C{max_running_keys}, so that one identity cannot
-    #: take every slot: as many calls as one connection may have in flight.
-    max_running_keys_per_caller: int = 1000
-    #: Nodes one multicall may name.  Each node keeps a link to every other,
-    #: a full mesh meant for tens of nodes: 64 names any such cluster, while
-    #: one line naming 100,000 made-up nodes is refused before any work.
-    max_multicall_nodes: int = 64
-    #: Bytes a connection may have sent that the node holds unread while it
-    #: is not reading from it (calls in flight at the limit, replies backed
-    #: up, an AUTH delay).  A transport that honours the pause delivers at
-    #: most one more read (64 KiB for TCP) after it, on top of an unfinished
-    #: line (C{max_line_bytes}); past this bound the transport is not
-    #: pausing and the connection is closed with an error.
-    max_held_input_bytes: int = 4 * 1024 * 1024
-    #: Casts the node lets run on, node-wide, after the connection that sent
-    #: them has closed (a cast is fire-and-forget, so its client may go at
-    #: once).  Past it such casts are cancelled, so clients that cast and
-    #: leave cannot pile up work without end.
-    max_detached_casts: int = 10_000
-
-
-@dataclass(frozen=True)
-class ClusterSettings:
-    """How a node keeps in touch with its peers."""
-
-    #: Seconds between heartbeats on each peer link.
-    heartbeat_interval: float = 1.0
-    #: Seconds without any word from a peer before it is marked down and
-    #: every call waiting on it fails: three missed heartbeats, so one lost
-    #: packet or a busy moment does not take a healthy node out.
-    down_after: float = 3.0
-    #: Longest pause between attempts to reconnect to a peer; attempts start
-    #: fast and back off, with jitter, up to this.
-    reconnect_max_delay: float = 5.0
-    #: How many times a call may be forwarded: past this it is refused, which
-    #: ends a routing loop however the catalogs disagree.
-    max_hops: int = 4
-
-
-@dataclass(frozen=True)
-class Security:
-    """Who may call, and how they prove it."""
-
-    #: Tokens callers authenticate with (C{AUTH token}), as (identity,
-    #: token) pairs.  With any set, a caller must authenticate before calling.
-    tokens: tuple[tuple[str, str], ...] = ()
-    #: The token nodes of one cluster present to each other; a connection
-    #: authenticated with it is a peer node, trusted to forward calls.
-    cluster_token: str | None = None
-    #: Allow listening in plain text, with no authentication, on an address
-    #: other machines can reach.  Off: a node is a door into its machine.
-    allow_insecure: bool = False
-    #: Which identities may call which procedures, as (identity, patterns)
-    #: pairs; patterns are shell-style (C{greet*}); identity C{*} is anyone.
-    #: With no rules, every caller that may connect may call anything.
-    acl: tuple[tuple[str, tuple[str, ...]], ...] = ()
-
-
-@dataclass(frozen=True)
-class TLSSettings:
-    """The node's certificate, for C{tls:} listeners and links to peers."""
-
-    #: The node's certificate (PEM), naming the node.
-    cert: str | None = None
-    #: Its private key (PEM).
-    key: str | None = None
-    #: The cluster's CA certificate (PEM): peers' and clients' certificates
-    #: must be signed by it.
-    ca: str | None = None
-    #: Refuse TLS clients that present no certificate signed by the CA.
-    require_client_certificate: bool = False
-
-
-@dataclass(frozen=True)
-class NodeConfig:
-    """Everything a node is built from."""
-
-    #: The node's name, as peers and error messages show it.
-    name: str = field(default_factory=socket.gethostname)
-    #: Twisted server endpoint strings (C{tcp:}, C{unix:}, C{ssl:}).
-    listen: tuple[str, ...] = (DEFAULT_LISTEN,)
-    #: Python modules whose C{@procedure} functions the node serves.
-    services: tuple[str, ...] = ()
-    #: Serve the built-in procedures (echo, add, sleep, time, ...).
-    builtins: bool = True
-    #: Threads for plain (blocking) procedures: they may each block a thread,
-    #: so this bounds how many run at once; the rest wait their turn.
-    threads: int = 10
-    #: Worker processes for CPU-bound procedures declared C{run="process"};
-    #: 0 means one per CPU.  Started on first use only.
-    processes: int = 0
-    #: Send Python tracebacks of undeclared errors to callers.  Off: a
-    #: traceback tells an attacker about the server, and belongs in its log.
-    send_tracebacks: bool = False
-    #: Seconds a stopping node gives its calls in flight to end (new calls
-    #: are refused, so callers and peers go elsewhere); the rest are then
-    #: cancelled.  Less than systemd's default stop timeout of 90 s.
-    shutdown_grace: float = 10.0
-    #: Log every call (procedure, caller, duration, outcome, trace id) in the
-    #: C{callnet.access} namespace.  Off: one event per call costs time.
-    access_log: bool = False
-    #: A Twisted server endpoint string to serve Prometheus metrics on
-    #: (C{GET /metrics}), which needs C{callnet[metrics]}; C{None}: no metrics.
-    metrics_listen: str | None = None
-    #: Other nodes of the cluster, as (name, client endpoint string) pairs.
-    peers: tuple[tuple[str, str], ...] = ()
-    limits: Limits = field(default_factory=Limits)
-    cluster: ClusterSettings = field(default_factory=ClusterSettings)
-    security: Security = field(default_factory=Security)
-    tls: TLSSettings = field(default_factory=TLSSettings)
-
-
-# Loading and merging.
+# The schema.
 #
-# Every key a config may set is listed once below, with the section it lives
-# in and a check that both accepts its value and says, in words, what it must
-# be.  The same checks serve the TOML file and command-line overrides, so a
-# value is never valid in one and refused by the other.
+# Every setting is declared once, as a field of the frozen dataclasses below
+# made by L{setting}: its check (type and bounds, with the words that say
+# what it must be), its reason (the documentation), its TOML section and its
+# command-line option.  TOML loading, L{merge}, the twistd options and their
+# --help, the example file's test and the documentation's table of settings
+# all read it from there (L{settings}).
 
 _Check = Callable[[object], object]
 
 
 class _ExpectationError(ValueError):
     """A value failed its check; the message says what it must be instead."""
+
+
+#: How a setting is given on the command line: C{value} (C{--key VALUE}),
+#: C{flag} (C{--key} sets true), C{no-flag} (C{--no-key} sets false), or
+#: C{many} (C{--key VALUE}, repeated, each adding one).
+OptionKind = Literal["value", "flag", "no-flag", "many"]
+
+
+@dataclass(frozen=True)
+class Setting:
+    """One setting of a node, as the schema declares it."""
+
+    #: Its key: the field's name, and its name in the TOML file.
+    key: str
+    #: The TOML table it is set in (C{node}, C{limits}, ...).
+    section: str
+    #: Its default, as a L{NodeConfig} built with no arguments has it.
+    default: object
+    #: Checks a value (from TOML or the command line), returning it as the
+    #: config holds it; raises with what it must be instead.
+    check: _Check
+    #: Why it exists and why its default: the documentation's text.
+    reason: str
+    #: The command-line option that sets it, if any (C{--threads}).
+    option: str | None
+    #: How the option takes its value (see L{OptionKind}).
+    option_kind: OptionKind
+    #: How the documentation and --help show the default, where it is not
+    #: simply the value (the host name, say).
+    shown: str | None
+
+    @property
+    def option_name(self) -> str:
+        """The option's name as twistd's Options knows it (C{threads}); C{""} if none."""
+        return (self.option or "").removeprefix("--")
+
+    @property
+    def summary(self) -> str:
+        """The reason's first sentence, for --help and the table of settings."""
+        first = re.split(r"(?<=[.;])\s", self.reason, maxsplit=1)[0]
+        return first.rstrip(";.") + "."
+
+    def show_default(self) -> str:
+        """The default as the TOML file would write it."""
+        if self.shown is not None:
+            return self.shown
+        return _show(self.default)
+
+
+def setting(
+    default: Any,
+    check: _Check,
+    reason: str,
+    *,
+    option: str | None = None,
+    option_kind: OptionKind = "value",
+    section: str | None = None,
+    factory: Callable[[], Any] | None = None,
+    shown: str | None = None,
+) -> Any:
+    """
+    Declare a setting: a dataclass field whose metadata says all the rest.
+
+    @param section: its TOML table, if not that of its dataclass (C{[peers]}
+        and C{[acl]} are tables of their own).
+    @param factory: makes the default, where it is computed (the host name).
+    """
+    metadata = {
+        "setting": (check, " ".join(reason.split()), option, option_kind, section, shown),
+    }
+    if factory is not None:
+        return field(default_factory=factory, metadata=metadata)
+    return field(default=default, metadata=metadata)
 
 
 def _whole(minimum: int) -> _Check:
@@ -343,57 +254,395 @@ def _acl(value: object) -> object:
     return tuple(checked)
 
 
-#: Key -> (section, check), for every key a config may set.
-_KEYS: dict[str, tuple[str, _Check]] = {
-    "name": ("node", _node_name),
-    "listen": ("node", _strings("a list of at least one endpoint string", 1)),
-    "services": ("node", _strings("a list of module names", 0)),
-    "builtins": ("node", _flag),
-    "threads": ("node", _whole(1)),
-    # 0 means one process per CPU.
-    "processes": ("node", _whole(0)),
-    "send_tracebacks": ("node", _flag),
-    "shutdown_grace": ("node", _seconds),
-    "access_log": ("node", _flag),
-    "metrics_listen": ("node", _text),
-    "max_line_bytes": ("limits", _whole(1)),
-    "max_calls_in_flight": ("limits", _whole(1)),
-    "max_connections": ("limits", _whole(1)),
-    "write_stall_timeout": ("limits", _seconds),
-    "default_timeout": ("limits", _seconds),
-    "max_timeout": ("limits", _seconds),
-    "heartbeat_interval": ("cluster", _seconds),
-    "down_after": ("cluster", _seconds),
-    "reconnect_max_delay": ("cluster", _seconds),
-    "max_hops": ("cluster", _whole(1)),
-    "line_timeout": ("limits", _seconds),
-    "max_connections_per_address": ("limits", _whole(1)),
-    "max_unsent_bytes": ("limits", _whole(1)),
-    "tls_handshake_timeout": ("limits", _seconds),
-    "key_window": ("limits", _seconds),
-    "max_keys": ("limits", _whole(1)),
-    "max_key_bytes": ("limits", _whole(1)),
-    "max_key_result_bytes": ("limits", _whole(1)),
-    "max_running_keys": ("limits", _whole(1)),
-    "max_running_keys_per_caller": ("limits", _whole(1)),
-    "max_multicall_nodes": ("limits", _whole(1)),
-    "max_held_input_bytes": ("limits", _whole(1)),
-    "max_detached_casts": ("limits", _whole(0)),
-    # Set from the [peers] table, or --peer NAME=ENDPOINT.
-    "peers": ("peers", _peers),
-    "tokens": ("security", _tokens),
-    "cluster_token": ("security", _secret),
-    "allow_insecure": ("security", _flag),
-    # Set from the [acl] table: identity = [patterns].
-    "acl": ("acl", _acl),
-    "cert": ("tls", _text),
-    "key": ("tls", _text),
-    "ca": ("tls", _text),
-    "require_client_certificate": ("tls", _flag),
+@dataclass(frozen=True)
+class Limits:
+    """Bounds that keep one caller from harming the node or other callers."""
+
+    max_line_bytes: int = setting(
+        DEFAULT_MAX_LINE,
+        _whole(1),
+        """Longest request line in bytes (2 MiB): room for a 1 MiB argument after
+        JSON escaping, while one connection cannot make the node buffer much more.""",
+        option="--max-line-bytes",
+    )
+    max_calls_in_flight: int = setting(
+        1000,
+        _whole(1),
+        """Calls one connection may have running at once.  Past it the node stops
+        reading from that connection until some finish (backpressure), so a
+        client pipelining 10,000 calls is slowed, not refused.""",
+        option="--max-calls-in-flight",
+    )
+    max_connections: int = setting(
+        1024,
+        _whole(1),
+        "Connections the node accepts at once; more are answered with an error and closed.",
+        option="--max-connections",
+    )
+    write_stall_timeout: float = setting(
+        30.0,
+        _seconds,
+        """Seconds a connection may leave its replies unread (the node's output to
+        it full) before the node drops it, so a stalled reader cannot make the
+        node buffer replies without end.""",
+        option="--write-stall-timeout",
+    )
+    default_timeout: float = setting(
+        DEFAULT_CALL_TIMEOUT,
+        _seconds,
+        """Deadline in seconds for a call that names none, the same as a client's
+        default.  Every call has one, so no call can hold a caller or a thread
+        forever.""",
+        option="--default-timeout",
+    )
+    max_timeout: float = setting(
+        3600.0,
+        _seconds,
+        "The longest deadline a caller may ask for, in seconds (one hour).",
+        option="--max-timeout",
+    )
+    line_timeout: float = setting(
+        30.0,
+        _seconds,
+        """Seconds a connection may hold an unfinished line: a client that sends
+        part of a line and stalls (slowloris) is closed after this.""",
+    )
+    max_connections_per_address: int = setting(
+        64,
+        _whole(1),
+        """Connections the node accepts at once from one address, so that one
+        client cannot take every connection.""",
+    )
+    max_unsent_bytes: int = setting(
+        16 * 1024 * 1024,
+        _whole(1),
+        """Bytes of replies a connection may leave unread (beyond what the
+        transport buffers) before the node drops it at once (16 MiB).""",
+    )
+    tls_handshake_timeout: float = setting(
+        5.0,
+        _seconds,
+        """Seconds a client of a TLS listener (tls: or ssl:) has to finish its
+        handshake, from the moment TCP connects; one that has not is closed.  A
+        real client needs one or two round trips (milliseconds); one that sends
+        part of a ClientHello and stalls would otherwise hold a connection slot,
+        and a file descriptor, for ever.""",
+    )
+    key_window: float = setting(
+        300.0,
+        _seconds,
+        """Seconds a keyed call's outcome is kept after it ends: long enough to
+        cover a caller's retries across a failover, short enough not to grow.""",
+    )
+    max_keys: int = setting(
+        100_000,
+        _whole(1),
+        """Idempotency keys kept at once, in progress or ended.  Ended outcomes are
+        evicted to make room (the oldest of the caller keeping the most); keys in
+        progress never are.  About 0.5 KiB each besides its result, so at most
+        some 50 MiB, and 330 keyed calls a second for the whole window.""",
+    )
+    max_key_bytes: int = setting(
+        64 * 1024 * 1024,
+        _whole(1),
+        """Bytes of ended keyed calls' outcomes kept at once (results as JSON,
+        error messages): what a node spends on answering retries (64 MiB).""",
+    )
+    max_key_result_bytes: int = setting(
+        1024 * 1024,
+        _whole(1),
+        """The largest outcome kept for a key (1 MiB, the largest argument a line
+        carries).  A bigger result is not kept; the key remembers that its call
+        ran, and a retry is told so rather than run again.""",
+    )
+    max_running_keys: int = setting(
+        10_000,
+        _whole(1),
+        """Keyed calls in progress at once on the node: running (also those whose
+        caller has gone, which run on to their deadline so that a retry finds
+        their outcome) or waiting on a running key.  Each holds its work and some
+        KiB; past the bound a new keyed call is refused, not run.""",
+    )
+    max_running_keys_per_caller: int = setting(
+        1000,
+        _whole(1),
+        """One caller's share of max_running_keys, so that one identity cannot take
+        every slot: as many calls as one connection may have in flight.""",
+    )
+    max_multicall_nodes: int = setting(
+        64,
+        _whole(1),
+        """Nodes one multicall may name.  Each node keeps a link to every other, a
+        full mesh meant for tens of nodes: 64 names any such cluster, while one
+        line naming 100,000 made-up nodes is refused before any work.""",
+    )
+    max_held_input_bytes: int = setting(
+        4 * 1024 * 1024,
+        _whole(1),
+        """Bytes a connection may have sent that the node holds unread while it is
+        not reading from it (calls in flight at the limit, replies backed up, an
+        AUTH delay).  A transport that honours the pause delivers at most one
+        more read (64 KiB for TCP) after it, on top of an unfinished line
+        (max_line_bytes); past this bound the transport is not pausing and the
+        connection is closed with an error.""",
+    )
+    max_detached_casts: int = setting(
+        10_000,
+        _whole(0),
+        """Casts the node lets run on, node-wide, after the connection that sent
+        them has closed (a cast is fire-and-forget, so its client may go at
+        once).  Past it such casts are cancelled, so clients that cast and leave
+        cannot pile up work without end.""",
+    )
+
+
+@dataclass(frozen=True)
+class ClusterSettings:
+    """How a node keeps in touch with its peers."""
+
+    heartbeat_interval: float = setting(
+        1.0,
+        _seconds,
+        "Seconds between heartbeats on each peer link.",
+        option="--heartbeat-interval",
+    )
+    down_after: float = setting(
+        3.0,
+        _seconds,
+        """Seconds without any word from a peer before it is marked down and every
+        call waiting on it fails: three missed heartbeats, so one lost packet or
+        a busy moment does not take a healthy node out.""",
+        option="--down-after",
+    )
+    reconnect_max_delay: float = setting(
+        5.0,
+        _seconds,
+        """Longest pause between attempts to reconnect to a peer; attempts start
+        fast and back off, with jitter, up to this.""",
+    )
+    max_hops: int = setting(
+        4,
+        _whole(1),
+        """How many times a call may be forwarded: past this it is refused, which
+        ends a routing loop however the catalogs disagree.""",
+        option="--max-hops",
+    )
+
+
+@dataclass(frozen=True)
+class Security:
+    """Who may call, and how they prove it."""
+
+    tokens: tuple[tuple[str, str], ...] = setting(
+        (),
+        _tokens,
+        """Tokens callers authenticate with (AUTH token), as a table of identity =
+        token.  With any set, a caller must authenticate before calling.""",
+        shown="none",
+    )
+    cluster_token: str | None = setting(
+        None,
+        _secret,
+        """The token nodes of one cluster present to each other; a connection
+        authenticated with it is a peer node, trusted to forward calls.""",
+        shown="none",
+    )
+    allow_insecure: bool = setting(
+        False,
+        _flag,
+        """Allow listening in plain text, with no authentication, on an address
+        other machines can reach.  Off: a node is a door into its machine.""",
+        option="--allow-insecure",
+        option_kind="flag",
+    )
+    acl: tuple[tuple[str, tuple[str, ...]], ...] = setting(
+        (),
+        _acl,
+        """Which identities may call which procedures, as a table of identity =
+        [patterns]; patterns are shell-style (greet*); identity * is anyone.
+        With no rules, every caller that may connect may call anything.""",
+        section="acl",
+        shown="none",
+    )
+
+
+@dataclass(frozen=True)
+class TLSSettings:
+    """The node's certificate, for C{tls:} listeners and links to peers."""
+
+    cert: str | None = setting(
+        None, _text, "The node's certificate (PEM), naming the node.", shown="none"
+    )
+    key: str | None = setting(None, _text, "Its private key (PEM).", shown="none")
+    ca: str | None = setting(
+        None,
+        _text,
+        """The cluster's CA certificate (PEM): peers' and clients' certificates
+        must be signed by it.""",
+        shown="none",
+    )
+    require_client_certificate: bool = setting(
+        False, _flag, "Refuse TLS clients that present no certificate signed by the CA."
+    )
+
+
+@dataclass(frozen=True)
+class NodeConfig:
+    """Everything a node is built from."""
+
+    name: str = setting(
+        None,
+        _node_name,
+        """The node's name, as peers and error messages show it: one word of
+        letters, digits and _.- (errors say @name).""",
+        option="--name",
+        factory=socket.gethostname,
+        shown="the host name",
+    )
+    listen: tuple[str, ...] = setting(
+        (DEFAULT_LISTEN,),
+        _strings("a list of at least one endpoint string", 1),
+        """Twisted server endpoint strings (tcp:, unix:, ssl:, tls:), one listener
+        each.  Loopback only by default, so that a node started with no
+        configuration is unreachable from other machines.""",
+        option="--listen",
+        option_kind="many",
+    )
+    services: tuple[str, ...] = setting(
+        (),
+        _strings("a list of module names", 0),
+        "Python modules whose @procedure functions the node serves; each must import.",
+        option="--service",
+        option_kind="many",
+    )
+    builtins: bool = setting(
+        True,
+        _flag,
+        "Serve the built-in procedures (echo, add, sleep, time, ...).",
+        option="--no-builtins",
+        option_kind="no-flag",
+    )
+    threads: int = setting(
+        10,
+        _whole(1),
+        """Threads for plain (blocking) procedures: they may each block a thread, so
+        this bounds how many run at once; the rest wait their turn.""",
+        option="--threads",
+    )
+    processes: int = setting(
+        0,
+        _whole(0),
+        """Worker processes for CPU-bound procedures declared run="process"; 0
+        means one per CPU.  Started on first use only.""",
+        option="--processes",
+    )
+    send_tracebacks: bool = setting(
+        False,
+        _flag,
+        """Send Python tracebacks of undeclared errors to callers.  Off: a traceback
+        tells an attacker about the server, and belongs in its log.""",
+        option="--send-tracebacks",
+        option_kind="flag",
+    )
+    shutdown_grace: float = setting(
+        10.0,
+        _seconds,
+        """Seconds a stopping node gives its calls in flight to end (new calls are
+        refused, so callers and peers go elsewhere); the rest are then cancelled.
+        Less than systemd's default stop timeout of 90 s.""",
+        option="--shutdown-grace",
+    )
+    access_log: bool = setting(
+        False,
+        _flag,
+        """Log every call (procedure, caller, duration, outcome, trace id) in the
+        callnet.access namespace.  Off: one event per call costs time.""",
+        option="--access-log",
+        option_kind="flag",
+    )
+    metrics_listen: str | None = setting(
+        None,
+        _text,
+        """A Twisted server endpoint string to serve Prometheus metrics on (GET
+        /metrics), which needs callnet[metrics]; unset: no metrics.""",
+        option="--metrics-listen",
+        shown="none",
+    )
+    peers: tuple[tuple[str, str], ...] = setting(
+        (),
+        _peers,
+        """Other nodes of the cluster, as a table of name = client endpoint
+        string.""",
+        option="--peer",
+        option_kind="many",
+        section="peers",
+        shown="none",
+    )
+    limits: Limits = field(default_factory=Limits)
+    cluster: ClusterSettings = field(default_factory=ClusterSettings)
+    security: Security = field(default_factory=Security)
+    tls: TLSSettings = field(default_factory=TLSSettings)
+
+
+#: Each section's dataclass: where its settings are declared.
+_GROUPS: dict[str, type] = {
+    "node": NodeConfig,
+    "limits": Limits,
+    "cluster": ClusterSettings,
+    "security": Security,
+    "tls": TLSSettings,
 }
 
-#: The tables of a config file; [peers] and [acl] are keyed by names.
-_SECTIONS = ("node", "limits", "cluster", "peers", "security", "acl", "tls")
+
+def _declared() -> dict[str, Setting]:
+    table: dict[str, Setting] = {}
+    defaults = NodeConfig()
+    for group, cls in _GROUPS.items():
+        holder = defaults if group == "node" else getattr(defaults, group)
+        for f in fields(cls):
+            if "setting" not in f.metadata:
+                continue
+            check, reason, option, kind, section, shown = f.metadata["setting"]
+            if f.name in table:
+                raise TypeError(f"setting {f.name} declared twice")
+            table[f.name] = Setting(
+                f.name,
+                section or group,
+                getattr(holder, f.name),
+                check,
+                reason,
+                option,
+                kind,
+                shown,
+            )
+    return table
+
+
+#: Key -> its L{Setting}, for every key a config may set.
+_KEYS: dict[str, Setting] = _declared()
+
+
+def settings() -> tuple[Setting, ...]:
+    """Every setting a node has, in the order the schema declares them."""
+    return tuple(_KEYS.values())
+
+
+def settings_table() -> str:
+    """The table of every setting, as docs/operations.md shows it (Markdown)."""
+    rows = [
+        "| Key | Default | Option | Meaning |",
+        "|---|---|---|---|",
+    ]
+    for entry in _KEYS.values():
+        key = key_label(entry.key)
+        option = f"`{entry.option}`" if entry.option else ""
+        rows.append(f"| `{key}` | `{entry.show_default()}` | {option} | {entry.summary} |")
+    return "\n".join(rows) + "\n"
+
+
+#: The tables of a config file, in the order the schema declares them;
+#: [peers] and [acl] are keyed by names.
+_SECTIONS = tuple(dict.fromkeys(entry.section for entry in _KEYS.values()))
 _NAMED_TABLES = ("peers", "acl")
 
 
@@ -422,26 +671,26 @@ def _did_you_mean(word: str, choices: Iterable[str]) -> str:
 
 def _checked(key: str, value: object, source: str, label: Callable[[str], str]) -> object:
     """Run C{key}'s check on C{value}; raise L{ConfigError} naming the key if it fails."""
-    _, check = _KEYS[key]
     try:
-        return check(value)
+        return _KEYS[key].check(value)
     except _ExpectationError as invalid:
         raise ConfigError(
             f"{_prefix(source)}{label(key)} must be {invalid}, not {_show(value)}"
         ) from None
 
 
-def _section_label(key: str) -> str:
+def key_label(key: str) -> str:
+    """How messages and documents name a key: C{[limits] max_connections}, C{[peers]}."""
     if key in _NAMED_TABLES:
         return f"[{key}]"
-    return f"[{_KEYS[key][0]}] {key}"
+    return f"[{_KEYS[key].section}] {key}"
 
 
 def _build(
     base: NodeConfig,
     values: Mapping[str, object],
     source: str,
-    label: Callable[[str], str] = _section_label,
+    label: Callable[[str], str] = key_label,
 ) -> NodeConfig:
     """Return C{base} with checked C{values} put in, then check the result as a whole."""
     node: dict[str, Any] = {}
@@ -457,7 +706,7 @@ def _build(
         "tls": tls,
     }
     for key, value in values.items():
-        into = sections.get(_KEYS[key][0], node)
+        into = sections.get(_KEYS[key].section, node)
         into[key] = _checked(key, value, source, label)
     config = replace(
         base,
@@ -484,7 +733,53 @@ def _build(
             f"{_prefix(source)}{label('default_timeout')} ({default:g}) must not be greater"
             f" than {label('max_timeout')} ({longest:g})"
         )
+    _check_endpoints(config, _prefix(source), label)
     return config
+
+
+def _endpoint_problem(description: str, server: bool) -> str | None:
+    """
+    Parse an endpoint string as the node would, without listening or dialling.
+
+    @return: what is wrong with it, or C{None}.
+    """
+    # Imported here: the codec and the session read this module's limits,
+    # and know no Twisted.
+    from twisted.internet.endpoints import clientFromString, serverFromString
+    from twisted.internet.testing import MemoryReactor
+
+    parse = serverFromString if server else clientFromString
+    try:
+        parse(MemoryReactor(), description)
+    except Exception as e:  # any parser's error means the string is bad
+        return f'bad endpoint "{description}": {type(e).__name__}: {e}'
+    return None
+
+
+def _check_endpoints(config: NodeConfig, prefix: str, label: Callable[[str], str]) -> None:
+    """
+    Check the endpoints a config names: listeners and the metrics endpoint as
+    server endpoints, peers as client endpoints, and no peer named as the
+    node itself.
+
+    @raise ConfigError: naming the key (and peer) at fault.
+    """
+    listening = [("listen", description) for description in config.listen]
+    if config.metrics_listen is not None:
+        listening.append(("metrics_listen", config.metrics_listen))
+    for key, description in listening:
+        problem = _endpoint_problem(description, server=True)
+        if problem is not None:
+            raise ConfigError(f"{prefix}{label(key)}: {problem}")
+    for name, description in config.peers:
+        if name == config.name:
+            raise ConfigError(
+                f"{prefix}{label('peers')} {name}: a node cannot be its own peer (this node"
+                f' is named "{config.name}"); list only the other nodes'
+            )
+        problem = _endpoint_problem(description, server=False)
+        if problem is not None:
+            raise ConfigError(f"{prefix}{label('peers')} {name}: {problem}")
 
 
 def parse_config(document: Mapping[str, object], source: str = "<config>") -> NodeConfig:
@@ -503,7 +798,7 @@ def parse_config(document: Mapping[str, object], source: str = "<config>") -> No
         if section not in _SECTIONS:
             if section in _KEYS:
                 raise ConfigError(
-                    f"{source}: {section} must be set inside [{_KEYS[section][0]}],"
+                    f"{source}: {section} must be set inside [{_KEYS[section].section}],"
                     " not at the top of the file"
                 )
             known = ", ".join(f"[{name}]" for name in _SECTIONS)
@@ -516,7 +811,7 @@ def parse_config(document: Mapping[str, object], source: str = "<config>") -> No
         if section in _NAMED_TABLES:
             values[section] = table
             continue
-        keys = [key for key, (where, _) in _KEYS.items() if where == section]
+        keys = [key for key, entry in _KEYS.items() if entry.section == section]
         for key, value in table.items():
             if key not in keys:
                 raise ConfigError(
@@ -575,6 +870,6 @@ def merge(
     naming = dict(names or {})
 
     def label(key: str) -> str:
-        return naming.get(key) or _section_label(key)
+        return naming.get(key) or key_label(key)
 
     return _build(config, given, source, label)

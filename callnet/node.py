@@ -6,10 +6,8 @@ L{NodeConfig} and a reactor, and starts and stops them with twistd.
 from __future__ import annotations
 
 import gc
-import importlib
 import multiprocessing
 import signal
-import sys
 from collections.abc import Callable
 from concurrent.futures import Executor, ProcessPoolExecutor
 from multiprocessing import resource_tracker
@@ -24,17 +22,13 @@ from twisted.internet.error import CannotListenError
 from twisted.internet.task import deferLater
 from twisted.logger import Logger
 
-from callnet.access import AccessPolicy
-from callnet.builtin import builtin_procedures
-from callnet.cluster import Cluster
-from callnet.cluster.multicall import make_multicall
 from callnet.config import NodeConfig
-from callnet.dispatch import Dispatcher
 from callnet.errors import ConfigError, StartError
 from callnet.metrics import Metrics, metrics_service
 from callnet.registry import Registry
-from callnet.server import DRAIN_FLUSH_TIMEOUT, NodeFactory
-from callnet.tls import is_tls_listen, peer_identity, server_endpoint, with_handshake_deadline
+from callnet.server import DRAIN_FLUSH_TIMEOUT
+from callnet.tls import is_tls_listen, server_endpoint, with_handshake_deadline
+from callnet.wiring import build_node
 from callnet.workers import WorkerThreads
 
 log = Logger()
@@ -49,62 +43,31 @@ STOP_MARGIN = DRAIN_FLUSH_TIMEOUT + 1.0
 PROCESS_STOP_TIMEOUT = 0.5
 
 
-def load_services(registry: Registry, modules: tuple[str, ...]) -> None:
-    """
-    Serve the marked procedures of each named module.
-
-    @raise ConfigError: a module cannot be imported or a name clashes.
-    """
-    for name in modules:
-        try:
-            module = importlib.import_module(name)
-        except Exception as e:
-            raise ConfigError(f"service module {name!r} cannot be imported: {e}") from e
-        try:
-            added = registry.add_module(module)
-        except (TypeError, ValueError) as e:
-            raise ConfigError(f"service module {name!r}: {e}") from e
-        if not added:
-            raise ConfigError(
-                f"service module {name!r} has no procedures: mark them with @callnet.procedure"
-            )
-
-
 class NodeService(MultiService):
     """One node: its procedures, its worker pools and its listening endpoints."""
 
     def __init__(self, config: NodeConfig, reactor: Any) -> None:
+        """
+        @raise ConfigError: the config names something the node cannot use
+            (a service module with no procedures, unusable TLS material).
+        """
         super().__init__()
-        self.config = config
         self._reactor = reactor
-        self.registry = self._registry(config, reload=False)
         self.threadpool = WorkerThreads(config.threads, f"callnet-{config.name}")
         self._process_pool: ProcessPoolExecutor | None = None
-        self.dispatcher = Dispatcher(
-            self.registry,
-            reactor,
-            self.threadpool,
-            config.limits,
-            config.name,
-            process_pool=self._processes,
-            send_tracebacks=config.send_tracebacks,
-            access=AccessPolicy(config.security, (name for name, _ in config.peers)),
-        )
-        self.registry.add(make_multicall(self.dispatcher))
+        self._processes_wanted = config.processes
+        #: The node's registry, dispatcher, factory and cluster.
+        self.parts = build_node(config, reactor, self.threadpool, process_pool=self._processes)
+        self.dispatcher = self.parts.dispatcher
+        self.factory = self.parts.factory
+        self.cluster = self.parts.cluster
         #: Where reload() reads the config again, and the command-line values
         #: that win over the file: set by the twistd entry point.
         self.reload_from: Callable[[], NodeConfig] | None = None
-        self.factory = NodeFactory(self.dispatcher, config.limits, config.name, reactor)
-        # The name in a TLS client's verified certificate (tls: listeners with [tls] ca).
-        self.factory.identify = peer_identity
-        self.factory.access_log = config.access_log
         #: Each listening service -> the endpoint string it listens on.
         self._listeners: dict[IService, str] = {}
         self._listening = False
-        self.cluster: Cluster | None = None
-        if config.peers:
-            self.cluster = Cluster(config, self.dispatcher, reactor, self.factory.hello)
-            self.factory.describe_cluster = self.cluster.describe
+        if self.cluster is not None:
             self.cluster.setServiceParent(self)
         handshake_timeout = config.limits.tls_handshake_timeout
         for description in config.listen:
@@ -134,23 +97,15 @@ class NodeService(MultiService):
         self._listeners[service] = description
         service.setServiceParent(self)
 
-    def _registry(self, config: NodeConfig, reload: bool) -> Registry:
-        """The procedures a config says to serve (its modules imported again on reload)."""
-        registry = Registry()
-        if config.builtins:
-            registry.add_all(builtin_procedures(self._reactor))
-        if reload:
-            for name in config.services:
-                module = sys.modules.get(name)
-                if module is not None:
-                    try:
-                        importlib.reload(module)
-                    except Exception as e:
-                        raise ConfigError(
-                            f"service module {name!r} cannot be reloaded: {e}"
-                        ) from e
-        load_services(registry, config.services)
-        return registry
+    @property
+    def config(self) -> NodeConfig:
+        """The configuration in force: the one started with, or the last reloaded."""
+        return self.parts.config
+
+    @property
+    def registry(self) -> Registry:
+        """The procedures the node serves now."""
+        return self.parts.registry
 
     def reload(self) -> bool:
         """
@@ -164,23 +119,14 @@ class NodeService(MultiService):
         if self.reload_from is None:
             log.warn("reload asked for, but this node was not started from a config file")
             return False
-        old = self.config
+        old, old_names = self.config, set(self.registry.names())
         try:
             new = self.reload_from()
-            registry = self._registry(new, reload=True)
-            access = AccessPolicy(new.security, (name for name, _ in new.peers))
-            if new.peers and self.cluster is None:
-                raise ConfigError("peers can be added on reload only to a node started with some")
-            added, removed = self.cluster.update(new) if self.cluster is not None else ([], [])
+            added, removed = self.parts.reload(new)
         except (ConfigError, OSError) as e:
             log.error("reload refused, the running configuration stays: {error}", error=str(e))
             return False
-        registry.add(make_multicall(self.dispatcher))
-        old_names, new_names = set(self.registry.names()), set(registry.names())
-        self.dispatcher.registry = registry
-        self.registry = registry
-        self.factory.access = access
-        self.config = new
+        new_names = set(self.registry.names())
         changes = []
         if new_names != old_names:
             changes.append(
@@ -210,7 +156,7 @@ class NodeService(MultiService):
             # Workers ignore SIGINT: a Ctrl-C reaches the whole process group,
             # and the node, not the signal, ends its workers.
             self._process_pool = ProcessPoolExecutor(
-                max_workers=self.config.processes or None,
+                max_workers=self._processes_wanted or None,
                 mp_context=multiprocessing.get_context("spawn"),
                 initializer=signal.signal,
                 initargs=(signal.SIGINT, signal.SIG_IGN),

@@ -56,6 +56,15 @@ def format_stats(stats: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def node_hello(node_name: str, dispatcher: Dispatcher) -> dict[str, Any]:
+    """What a node says of itself in the handshake: its name and what it serves now."""
+    return {
+        "node": node_name,
+        "version": PROTOCOL_VERSION,
+        "procedures": [entry.describe() for entry in dispatcher.registry.procedures()],
+    }
+
+
 class NodeFactory(Factory):
     """Makes a L{NodeProtocol} for each connection, sharing one dispatcher."""
 
@@ -63,7 +72,15 @@ class NodeFactory(Factory):
     noisy = False
 
     def __init__(
-        self, dispatcher: Dispatcher, limits: Limits, node_name: str, clock: DispatchReactor
+        self,
+        dispatcher: Dispatcher,
+        limits: Limits,
+        node_name: str,
+        clock: DispatchReactor,
+        *,
+        identify: Callable[[object], str | None] | None = None,
+        access_log: bool = False,
+        describe_cluster: Callable[[], dict[str, Any]] | None = None,
     ) -> None:
         self.dispatcher = dispatcher
         self.limits = limits
@@ -75,14 +92,14 @@ class NodeFactory(Factory):
         #: Set once the node has begun to shut down: new calls are refused.
         self.draining = False
         #: Log every call: procedure, caller, duration, outcome, trace id.
-        self.access_log = False
+        self.access_log = access_log
         #: Connections open now, by the address they come from.
         self.by_address: dict[str | None, int] = {}
         #: Who a connection is, from its transport (a TLS client
         #: certificate), before any AUTH; None if the transport cannot say.
-        self.identify: Callable[[object], str | None] = lambda transport: None
-        #: Set by a node with peers: how it sees them, for C{STATS}.
-        self.describe_cluster: Callable[[], dict[str, Any]] | None = None
+        self.identify: Callable[[object], str | None] = identify or (lambda transport: None)
+        #: For a node with peers: how it sees them, for C{STATS}.
+        self.describe_cluster = describe_cluster
         #: Casts still running whose connection has closed.
         self.detached_casts = 0
 
@@ -254,11 +271,7 @@ class NodeFactory(Factory):
 
     def hello(self) -> dict[str, Any]:
         """What this node says of itself in the handshake: name, procedures."""
-        return {
-            "node": self.node_name,
-            "version": PROTOCOL_VERSION,
-            "procedures": [entry.describe() for entry in self.dispatcher.registry.procedures()],
-        }
+        return node_hello(self.node_name, self.dispatcher)
 
     def stats(self) -> dict[str, Any]:
         """The node's counters, as C{STATS} reports them."""

@@ -22,17 +22,17 @@ import sys
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
-from twisted.internet.endpoints import clientFromString, serverFromString
-from twisted.internet.testing import MemoryReactor
 from twisted.python import usage
 
 from callnet.config import (
     DEFAULT_LISTEN,
-    ClusterSettings,
-    Limits,
     NodeConfig,
+    OptionKind,
+    Setting,
+    key_label,
     load_config,
     merge,
+    settings,
 )
 from callnet.errors import ConfigError
 from callnet.exposure import plaintext_exposure
@@ -42,47 +42,6 @@ if TYPE_CHECKING:
 
 #: How every error of the command starts, whatever found it.
 COMMAND = "twistd callnet"
-
-#: Config key -> the option that overrides it, as error messages call it.
-_OPTION_NAMES = {
-    "name": "--name",
-    "listen": "--listen",
-    "services": "--service",
-    "builtins": "--no-builtins",
-    "threads": "--threads",
-    "processes": "--processes",
-    "send_tracebacks": "--send-tracebacks",
-    "max_line_bytes": "--max-line-bytes",
-    "max_calls_in_flight": "--max-calls-in-flight",
-    "max_connections": "--max-connections",
-    "write_stall_timeout": "--write-stall-timeout",
-    "default_timeout": "--default-timeout",
-    "max_timeout": "--max-timeout",
-    "peers": "--peer",
-    "allow_insecure": "--allow-insecure",
-    "shutdown_grace": "--shutdown-grace",
-    "access_log": "--access-log",
-    "metrics_listen": "--metrics-listen",
-    "heartbeat_interval": "--heartbeat-interval",
-    "down_after": "--down-after",
-    "max_hops": "--max-hops",
-}
-
-#: The options that take a number, by config key.
-_NUMBERS = (
-    "threads",
-    "processes",
-    "max_line_bytes",
-    "max_calls_in_flight",
-    "max_connections",
-    "write_stall_timeout",
-    "default_timeout",
-    "max_timeout",
-    "heartbeat_interval",
-    "down_after",
-    "max_hops",
-    "shutdown_grace",
-)
 
 
 def _number(text: str | None) -> int | float | str | None:
@@ -102,6 +61,11 @@ def _number(text: str | None) -> int | float | str | None:
     return text
 
 
+def _options(kind: OptionKind) -> list[Setting]:
+    """The settings whose options take their value so (see L{OptionKind})."""
+    return [entry for entry in settings() if entry.option and entry.option_kind == kind]
+
+
 class Options(usage.Options):
     """
     Options of C{twistd callnet}.
@@ -118,112 +82,24 @@ class Options(usage.Options):
         f" {DEFAULT_LISTEN}. Options given here win over the --config file."
     )
 
+    # Every setting with an option, from the schema: its first sentence of
+    # reason and its default are its --help.
     optParameters = [
         ["config", "c", None, "TOML file to read the configuration from (see etc/callnet.toml)."],
-        ["name", None, None, "The node's name, as peers see it. [default: the host name]"],
-        [
-            "threads",
-            None,
-            None,
-            f"Threads for plain (blocking) procedures. [default: {NodeConfig.threads}]",
-        ],
-        [
-            "processes",
-            None,
-            None,
-            "Worker processes for procedures declared run='process'; 0 means one per CPU."
-            f" [default: {NodeConfig.processes}]",
-        ],
-        [
-            "max-line-bytes",
-            None,
-            None,
-            f"Longest request line, in bytes. [default: {Limits.max_line_bytes}]",
-        ],
-        [
-            "max-calls-in-flight",
-            None,
-            None,
-            "Calls one connection may have running at once."
-            f" [default: {Limits.max_calls_in_flight}]",
-        ],
-        [
-            "max-connections",
-            None,
-            None,
-            f"Connections accepted at once. [default: {Limits.max_connections}]",
-        ],
-        [
-            "write-stall-timeout",
-            None,
-            None,
-            "Seconds a connection may leave its replies unread before it is dropped."
-            f" [default: {Limits.write_stall_timeout:g}]",
-        ],
-        [
-            "default-timeout",
-            None,
-            None,
-            "Deadline in seconds for a call that names none."
-            f" [default: {Limits.default_timeout:g}]",
-        ],
-        [
-            "max-timeout",
-            None,
-            None,
-            "Longest deadline a caller may ask for, in seconds."
-            f" [default: {Limits.max_timeout:g}]",
-        ],
-        [
-            "heartbeat-interval",
-            None,
-            None,
-            "Seconds between heartbeats to each peer."
-            f" [default: {ClusterSettings.heartbeat_interval:g}]",
-        ],
-        [
-            "down-after",
-            None,
-            None,
-            "Seconds of silence before a peer is marked down."
-            f" [default: {ClusterSettings.down_after:g}]",
-        ],
-        [
-            "shutdown-grace",
-            None,
-            None,
-            "Seconds a stopping node gives its calls in flight to end."
-            f" [default: {NodeConfig.shutdown_grace:g}]",
-        ],
-        [
-            "metrics-listen",
-            None,
-            None,
-            "Serve Prometheus metrics (GET /metrics) on this endpoint string, such as"
-            " tcp:9600:interface=127.0.0.1; needs callnet[metrics].",
-        ],
-        [
-            "max-hops",
-            None,
-            None,
-            f"How many times a call may be forwarded. [default: {ClusterSettings.max_hops}]",
-        ],
+        *(
+            [entry.option_name, None, None, f"{entry.summary} [default: {entry.show_default()}]"]
+            for entry in _options("value")
+        ),
     ]
-
     optFlags = [
-        ["access-log", None, "Log every call: procedure, caller, duration, outcome, trace id."],
-        [
-            "allow-insecure",
-            None,
-            "Allow plain-text listeners with no authentication on addresses other"
-            " machines can reach.",
-        ],
-        ["no-builtins", None, "Do not serve the built-in procedures (echo, add, ...)."],
-        [
-            "send-tracebacks",
-            None,
-            "Send tracebacks of undeclared errors to callers (exposes server internals).",
-        ],
+        *(
+            [entry.option_name, None, f"{entry.summary} [default: off]"]
+            for entry in _options("flag")
+        ),
+        *(
+            [entry.option_name, None, f"{entry.summary} [default: on; this turns it off]"]
+            for entry in _options("no-flag")
+        ),
     ]
 
     compData = usage.Completions(optActions={"config": usage.CompleteFiles("*.toml")})
@@ -280,36 +156,40 @@ class Options(usage.Options):
         @raise usage.UsageError: for anything wrong with it, naming the key,
             option, endpoint or module at fault.
         """
-        overrides: dict[str, object] = {
-            "name": self["name"],
-            "listen": self["listen"] or None,
-            "services": self["services"] or None,
-            "peers": self["peers"] or None,
-            "builtins": False if self["no-builtins"] else None,
-            "send_tracebacks": True if self["send-tracebacks"] else None,
-            "allow_insecure": True if self["allow-insecure"] else None,
-            "access_log": True if self["access-log"] else None,
-            "metrics_listen": self["metrics-listen"],
-        }
-        for key in _NUMBERS:
-            overrides[key] = _number(self[key.replace("_", "-")])
+        overrides: dict[str, object] = {}
+        #: How messages call each key: its option if it has one and no file
+        #: is read, or was given here; else where the file sets it.
+        names: dict[str, str] = {}
+        for entry in settings():
+            option, kind = entry.option, entry.option_kind
+            if option is None:
+                value = None
+            elif kind == "many":
+                value = self[entry.key] or None
+            elif kind == "flag":
+                value = True if self[entry.option_name] else None
+            elif kind == "no-flag":
+                value = False if self[entry.option_name] else None
+            elif isinstance(entry.default, int | float):
+                value = _number(self[entry.option_name])
+            else:
+                value = self[entry.option_name]
+            overrides[entry.key] = value
+            if option is not None and (value is not None or not self["config"]):
+                names[entry.key] = option
+            elif self["config"]:
+                names[entry.key] = f"{self['config']}: {key_label(entry.key)}"
+        self._names = names
         self._overrides = overrides
         try:
             config = self.read_config()
         except ConfigError as e:
             raise usage.UsageError(str(e)) from None
 
-        in_file = f"{self['config']}: [node] "
-        _check_endpoints(config.listen, "--listen" if self["listen"] else in_file + "listen")
         if config.metrics_listen is not None:
-            metrics_where = (
-                "--metrics-listen" if self["metrics-listen"] else in_file + "metrics_listen"
-            )
-            _check_endpoints((config.metrics_listen,), metrics_where)
-            _check_metrics(config, metrics_where)
+            _check_metrics(config, self._names.get("metrics_listen", "metrics_listen"))
         _check_exposure(config)
-        _check_peers(config, "--peer" if self["peers"] else f"{self['config']}: [peers]")
-        _check_modules(config.services, "--service" if self["services"] else in_file + "services")
+        _check_modules(config.services, self._names.get("services", key_label("services")))
         self["node_config"] = config
 
     def read_config(self) -> NodeConfig:
@@ -320,7 +200,7 @@ class Options(usage.Options):
         @raise ConfigError: for anything wrong with it, naming the key.
         """
         config = load_config(self["config"]) if self["config"] else NodeConfig()
-        return merge(config, self._overrides, source="", names=_OPTION_NAMES)
+        return merge(config, self._overrides, source="", names=self._names)
 
     def reload_config(self) -> NodeConfig:
         """
@@ -329,50 +209,10 @@ class Options(usage.Options):
         """
         config = self.read_config()
         try:
-            _check_endpoints(config.listen, "listen")
             _check_exposure(config)
-            _check_peers(config, "[peers]")
         except usage.UsageError as e:
             raise ConfigError(str(e)) from None
         return config
-
-
-def _check_endpoints(endpoints: Sequence[str], where: str) -> None:
-    """
-    Parse each endpoint string as C{twistd} would, without listening on it.
-
-    @raise usage.UsageError: naming the first endpoint that does not parse.
-    """
-    for endpoint in endpoints:
-        try:
-            serverFromString(MemoryReactor(), endpoint)
-        except Exception as e:  # any parser's error means the string is bad
-            raise usage.UsageError(
-                f'{where}: bad endpoint "{endpoint}": {type(e).__name__}: {e}'
-            ) from None
-
-
-def _check_peers(config: NodeConfig, where: str) -> None:
-    """
-    Parse each peer's endpoint as the node would dial it, without dialling,
-    and refuse the node's own name among its peers.
-
-    @param where: how to name the peers in a message (C{--peer}, or the
-        file's C{[peers]}).
-    @raise usage.UsageError: naming the peer at fault.
-    """
-    for name, endpoint in config.peers:
-        if name == config.name:
-            raise usage.UsageError(
-                f"{where} {name}: a node cannot be its own peer (this node is named"
-                f' "{config.name}"); list only the other nodes'
-            )
-        try:
-            clientFromString(MemoryReactor(), endpoint)
-        except Exception as e:  # any parser's error means the string is bad
-            raise usage.UsageError(
-                f'{where} {name}: bad endpoint "{endpoint}": {type(e).__name__}: {e}'
-            ) from None
 
 
 def _importable_from_current_directory() -> None:

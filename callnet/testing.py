@@ -36,16 +36,13 @@ from twisted.python.failure import Failure
 from twisted.test import iosim
 from zope.interface import implementer
 
-from callnet.access import AccessPolicy
 from callnet.client import DEFAULT_TIMEOUT, Client
 from callnet.cluster import Cluster
-from callnet.cluster.multicall import make_multicall
 from callnet.config import ClusterSettings, Limits, NodeConfig, Security
-from callnet.dispatch import Dispatcher
 from callnet.protocol import NodeProtocol
 from callnet.registry import Registry
-from callnet.server import NodeFactory
 from callnet.wire import Event, LineDecoder
+from callnet.wiring import build_node
 
 __all__ = [
     "ManualThreadPool",
@@ -112,6 +109,9 @@ class MemoryNode:
         tracebacks to callers.
     @param security: tokens and access rules, as a node's C{[security]} and
         C{[acl]} tables give them.
+    @param peers: the node's peers, by name, and the endpoints that reach
+        them (in memory); with any, the node has a L{cluster}.
+    @param cluster: how it keeps in touch with its peers.
     """
 
     def __init__(
@@ -124,6 +124,8 @@ class MemoryNode:
         send_tracebacks: bool = False,
         clock: MemoryReactor | None = None,
         security: Security | None = None,
+        peers: Mapping[str, IStreamClientEndpoint] | None = None,
+        cluster: ClusterSettings | None = None,
     ) -> None:
         self.clock = clock or MemoryReactor()
         self.name = name
@@ -131,25 +133,37 @@ class MemoryNode:
         self.threads: InlineThreadPool | ManualThreadPool = (
             ManualThreadPool() if threads == "manual" else InlineThreadPool()
         )
-        self.registry = Registry()
-        self.registry.add_all(procedures)
-        self.dispatcher = Dispatcher(
-            self.registry,
+        config = NodeConfig(
+            name=name,
+            builtins=False,
+            send_tracebacks=send_tracebacks,
+            peers=tuple((peer, f"memory:{peer}") for peer in peers or {}),
+            limits=self.limits,
+            cluster=cluster or ClusterSettings(),
+            security=security or Security(),
+        )
+        #: The node's parts, wired as a real node's are (L{callnet.wiring}).
+        self.parts = build_node(
+            config,
             self.clock,
             self.threads,  # type: ignore[arg-type]
-            self.limits,
-            name,
-            send_tracebacks=send_tracebacks,
+            procedures=procedures,
+            peer_endpoints=peers,
         )
-        self.registry.add(make_multicall(self.dispatcher))
-        self.factory = NodeFactory(self.dispatcher, self.limits, name, self.clock)
-        if security is not None:
-            self.factory.access = AccessPolicy(security)
+        self.dispatcher = self.parts.dispatcher
+        self.factory = self.parts.factory
+        #: The node's links to its peers, if it was given any.
+        self.cluster = self.parts.cluster
         self._pumps: list[iosim.IOPump] = []
         #: Which node each pump's client belongs to (None: a test's client).
         self._pump_sources: dict[int, str | None] = {}
         #: Whether the node is reachable: a killed node refuses connections.
         self.alive = True
+
+    @property
+    def registry(self) -> Registry:
+        """The procedures the node serves."""
+        return self.parts.registry
 
     def client(self, timeout: float = DEFAULT_TIMEOUT, token: str | None = None) -> Client:
         """A real async client whose connections reach this node in memory."""
@@ -210,6 +224,19 @@ class _MemoryEndpoint:
         return succeed(client)
 
 
+@implementer(IStreamClientEndpoint)
+class _NamedEndpoint:
+    """Connects to a L{MemoryNode} by name, found when connecting (it may not exist yet)."""
+
+    def __init__(self, nodes: Mapping[str, MemoryNode], name: str, source: str) -> None:
+        self._nodes = nodes
+        self._name = name
+        self._source = source
+
+    def connect(self, factory: IProtocolFactory) -> Deferred[Any]:
+        return _MemoryEndpoint(self._nodes[self._name], self._source).connect(factory)
+
+
 class StringConnection:
     """One client's raw view of a L{MemoryNode}: send lines, read reply lines."""
 
@@ -262,30 +289,23 @@ class MemoryCluster:
         self.clock = MemoryReactor()
         self.settings = settings or ClusterSettings()
         security = security or {}
-        self.nodes = {
-            name: MemoryNode(procedures, name=name, clock=self.clock, security=security.get(name))
-            for name, procedures in nodes.items()
-        }
+        self.nodes: dict[str, MemoryNode] = {}
+        for name, procedures in nodes.items():
+            others = [other for other in nodes if other != name]
+            self.nodes[name] = MemoryNode(
+                procedures,
+                name=name,
+                clock=self.clock,
+                security=security.get(name),
+                peers={other: _NamedEndpoint(self.nodes, other, name) for other in others},
+                cluster=self.settings,
+            )
         self.clusters: dict[str, Cluster] = {}
+        for name, node in self.nodes.items():
+            assert node.cluster is not None
+            self.clusters[name] = node.cluster
         self._frozen: set[str] = set()
         self._dropped_while_frozen: list[iosim.IOPump] = []
-        for name, node in self.nodes.items():
-            others = [other for other in self.nodes if other != name]
-            config = NodeConfig(
-                name=name,
-                peers=tuple((other, f"memory:{other}") for other in others),
-                cluster=self.settings,
-                security=security.get(name, Security()),
-            )
-            cluster = Cluster(
-                config,
-                node.dispatcher,
-                self.clock,
-                node.factory.hello,
-                endpoints={other: self.nodes[other].endpoint(name) for other in others},
-            )
-            node.factory.describe_cluster = cluster.describe
-            self.clusters[name] = cluster
 
     def start(self) -> None:
         """Start every node's peer links and let the handshakes finish."""

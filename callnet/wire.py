@@ -49,6 +49,11 @@ PROTOCOL_VERSION = 1
 #: enough for a 1 MiB argument after JSON escaping, small enough that one
 #: connection cannot make the node buffer more than a few MiB.
 DEFAULT_MAX_LINE = 2 * 1024 * 1024
+#: A call's deadline in seconds when nothing names one: the client's default
+#: and the node's C{[limits] default_timeout} (a call from a plain telnet
+#: session names none).  Long enough for any ordinary call, short enough that
+#: a call to a hung procedure fails while its caller still cares.
+DEFAULT_CALL_TIMEOUT = 30.0
 
 #: Command verbs, matched without regard to case so a person may type them
 #: in lower case.  These names cannot be procedure names.

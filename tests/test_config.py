@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 import shutil
 import socket
 import tempfile
@@ -13,6 +14,7 @@ from pathlib import Path
 
 from twisted.trial.unittest import SynchronousTestCase
 
+from callnet import config as config_module
 from callnet.config import (
     DEFAULT_LISTEN,
     ClusterSettings,
@@ -20,9 +22,12 @@ from callnet.config import (
     NodeConfig,
     Security,
     TLSSettings,
+    key_label,
     load_config,
     merge,
     parse_config,
+    settings,
+    settings_table,
 )
 from callnet.errors import ConfigError
 
@@ -40,6 +45,7 @@ def temp_path(case: SynchronousTestCase) -> str:
 
 
 EXAMPLE = Path(__file__).resolve().parent.parent / "etc" / "callnet.toml"
+DOCS = Path(__file__).resolve().parent.parent / "docs" / "operations.md"
 
 FULL = """\
 [node]
@@ -146,6 +152,51 @@ class LoadConfigTests(ConfigFileCase):
                     self.assertRegex(text, rf"(?m)^\[{f.name}\]$")
                 elif f.name not in ("limits", "cluster", "security", "tls"):
                     self.assertRegex(text, rf"(?m)^#? ?{f.name} = ")
+
+    def test_example_lists_exactly_the_schema(self) -> None:
+        """The example sets (or shows commented out) exactly the schema's keys, each in its
+        section, and sets each one it sets to the schema's default."""
+        listed: dict[str, str] = {}
+        section = ""
+        for line in EXAMPLE.read_text(encoding="utf-8").splitlines():
+            header = re.fullmatch(r"\[(\w+)\]", line)
+            if header:
+                section = header.group(1)
+                if section in ("peers", "acl"):
+                    listed[section] = section
+                continue
+            setting = re.match(r"(#? ?)(\w+) = (.*)", line)
+            if setting and section not in ("peers", "acl"):
+                commented, key, value = setting.groups()
+                listed[key] = section
+                if not commented:
+                    default = config_module._KEYS[key].show_default()
+                    self.assertEqual(value, default, key)
+        schema = {entry.key: entry.section for entry in settings()}
+        self.assertEqual(listed, schema)
+
+    def test_docs_table_is_the_schema(self) -> None:
+        """docs/operations.md shows the table of settings the schema makes, unchanged."""
+        text = DOCS.read_text(encoding="utf-8")
+        begin, end = "<!-- settings table: begin -->\n", "<!-- settings table: end -->"
+        table = text[text.index(begin) + len(begin) : text.index(end)]
+        self.assertEqual(table, settings_table())
+        for entry in settings():
+            self.assertIn(f"| `{key_label(entry.key)}` | `{entry.show_default()}` |", table)
+
+    def test_every_setting_is_declared_whole(self) -> None:
+        """Every field of the config's dataclasses is a setting with a reason and a section."""
+        keys = set()
+        for cls in (NodeConfig, Limits, ClusterSettings, Security, TLSSettings):
+            for f in dataclasses.fields(cls):
+                if f.name not in ("limits", "cluster", "security", "tls"):
+                    keys.add(f.name)
+        self.assertEqual(keys, {entry.key for entry in settings()})
+        for entry in settings():
+            self.assertGreater(len(entry.reason), 20, entry.key)
+            self.assertIn(
+                entry.section, ("node", "limits", "cluster", "peers", "security", "acl", "tls")
+            )
 
     def test_unknown_section(self) -> None:
         """An unknown section is refused, naming it and suggesting the close one."""
@@ -355,3 +406,72 @@ class MergeTests(SynchronousTestCase):
         node = {f.name for f in dataclasses.fields(NodeConfig)}
         limits = {f.name for f in dataclasses.fields(Limits)}
         self.assertEqual(node & limits, set())
+
+
+class EndpointCheckTests(SynchronousTestCase):
+    """
+    Tests for the checks of the endpoints a config names, wherever it comes from.
+    """
+
+    def test_bad_listen_in_file(self) -> None:
+        """A listen string that does not parse is refused, naming the file and key."""
+        error = self.assertRaises(
+            ConfigError, parse_config, {"node": {"listen": ["nonsense:1"]}}, "a.toml"
+        )
+        self.assertIn('a.toml: [node] listen: bad endpoint "nonsense:1"', str(error))
+
+    def test_bad_metrics_listen(self) -> None:
+        """A metrics endpoint that does not parse is refused, naming its key."""
+        error = self.assertRaises(ConfigError, merge, NodeConfig(), {"metrics_listen": "tcp:x"})
+        self.assertIn('[node] metrics_listen: bad endpoint "tcp:x"', str(error))
+
+    def test_bad_peer_endpoint(self) -> None:
+        """A peer whose endpoint cannot be dialled is refused, naming the peer."""
+        error = self.assertRaises(
+            ConfigError, parse_config, {"peers": {"beta": "garbage"}}, "a.toml"
+        )
+        self.assertIn('a.toml: [peers] beta: bad endpoint "garbage"', str(error))
+
+    def test_self_as_peer(self) -> None:
+        """A node that lists itself among its peers is refused, even when the name comes later."""
+        document = {"node": {"name": "alpha"}, "peers": {"alpha": "tcp:127.0.0.1:1"}}
+        error = self.assertRaises(ConfigError, parse_config, document, "a.toml")
+        self.assertIn("a.toml: [peers] alpha: a node cannot be its own peer", str(error))
+        base = parse_config({"peers": {"alpha": "tcp:127.0.0.1:1"}, "node": {"name": "beta"}})
+        error = self.assertRaises(ConfigError, merge, base, {"name": "alpha"}, "cli")
+        self.assertIn("cli: [peers] alpha: a node cannot be its own peer", str(error))
+
+    def test_good_endpoints(self) -> None:
+        """Listeners of each plain kind and peers of each kind are accepted."""
+        config = parse_config(
+            {
+                "node": {"name": "alpha", "listen": ["tcp:7600", "unix:/tmp/x.sock"]},
+                "peers": {"beta": "tcp:127.0.0.2:7600", "gamma": "unix:/tmp/g.sock"},
+            }
+        )
+        self.assertEqual(len(config.peers), 2)
+
+
+class SharedDefaultsTests(SynchronousTestCase):
+    """
+    Tests that the node, the clients and the command line share the defaults they have
+    in common.
+    """
+
+    def test_call_timeout(self) -> None:
+        """A call naming no deadline gets the same one from the node, the clients and the CLI."""
+        from callnet import cli, client, testing
+        from callnet.wire import DEFAULT_CALL_TIMEOUT
+
+        self.assertEqual(Limits().default_timeout, DEFAULT_CALL_TIMEOUT)
+        self.assertEqual(client.DEFAULT_TIMEOUT, DEFAULT_CALL_TIMEOUT)
+        self.assertEqual(testing.MemoryNode().client().timeout, DEFAULT_CALL_TIMEOUT)
+        options = cli._parser().parse_args(["call", "tcp:127.0.0.1:7600", "echo"])
+        self.assertEqual(options.timeout, DEFAULT_CALL_TIMEOUT)
+
+    def test_max_line(self) -> None:
+        """The node's line bound is the codec's default."""
+        from callnet.wire import DEFAULT_MAX_LINE, LineDecoder
+
+        self.assertEqual(Limits().max_line_bytes, DEFAULT_MAX_LINE)
+        self.assertEqual(LineDecoder().max_line, DEFAULT_MAX_LINE)

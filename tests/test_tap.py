@@ -22,7 +22,7 @@ from twisted.python import usage
 from twisted.trial.unittest import SynchronousTestCase
 
 from callnet import tap
-from callnet.config import DEFAULT_LISTEN, Limits, NodeConfig
+from callnet.config import DEFAULT_LISTEN, Limits, NodeConfig, settings
 from callnet.errors import ConfigError, StartError
 from callnet.exposure import plaintext_exposure
 
@@ -444,6 +444,34 @@ class OptionsTests(SynchronousTestCase):
             self.assertIn(option, text)
         self.assertIn("[default: 1000]", text)
 
+    def test_help_is_the_schema(self) -> None:
+        """Every setting with an option is in --help with its reason and default."""
+        text = " ".join(str(tap.Options()).split())
+        for entry in settings():
+            if entry.option is None:
+                continue
+            self.assertIn(entry.option, text)
+            if entry.option_kind == "value":
+                self.assertIn(f"{entry.summary} [default: {entry.show_default()}]", text)
+            elif entry.option_kind != "many":
+                self.assertIn(entry.summary, text)
+
+    def test_every_option_sets_its_key(self) -> None:
+        """Each option with a value lands in the key the schema gives it."""
+        for entry in settings():
+            if (
+                entry.option is None
+                or entry.option_kind != "value"
+                or entry.key == "metrics_listen"
+            ):
+                continue
+            value = {"name": "beta", "max_timeout": "7000"}.get(entry.key, "7")
+            options = tap.Options()
+            options.parseOptions([entry.option, value])
+            config = options["node_config"]
+            holder = config if entry.section == "node" else getattr(config, entry.section)
+            self.assertEqual(getattr(holder, entry.key), entry.check(_number_or(value)))
+
 
 class TwistdCommand(usage.Options):
     """A stand-in for C{twistd}'s own options, with C{callnet} as its command."""
@@ -592,3 +620,8 @@ class NodeLifecycleTests(SynchronousTestCase):
         self.assertNoResult(stopping)
         clock.pump([0.05] * round((1.0 + STOP_MARGIN) / 0.05))
         self.assertIsNone(self.successResultOf(stopping))
+
+
+def _number_or(text: str) -> object:
+    """A command-line word as the option would read it: a number if it is one."""
+    return int(text) if text.isdigit() else text
