@@ -420,3 +420,33 @@ def test_shell_with_a_token(tmp_path: Path) -> None:
         child.sendline("add 1 2")
         child.expect_exact("\r\n3\r\n")
         assert leave(child) == 0
+
+
+def test_readme_session(node: Node, tmp_path: Path) -> None:
+    """The README's shell session, typed line by line on a terminal, prints what it shows."""
+    import re
+
+    from .test_doc_examples import blocks
+
+    transcript = blocks("README.md", "shell")["session"].replace("7600", str(node.port))
+    command, *lines = transcript.splitlines()
+    assert command.endswith(f"callnet shell 127.0.0.1:{node.port}"), command
+    first = f"127.0.0.1:{node.port}> "
+    shown = io.StringIO()
+    child = spawn(node, tmp_path / "state", NO_COLOR="1")  # read the greeting and prompt
+    child.logfile_read = shown
+    typed = [line for line in lines if line.startswith((first, CONTINUATION_PROMPT))]
+    for number, line in enumerate(typed):
+        if number:
+            child.expect_exact(line[: line.index(" ") + 1])  # the prompt, then type
+        child.sendline(line.split(" ", 1)[1] if line.startswith(first) else line[4:])
+    prompt(child, node)
+    assert leave(child) == 0
+    # The terminal's text, without readline's bracketed-paste switches.
+    screen = re.sub(r"\x1b\[\?2004[hl]", "", shown.getvalue()).replace("\r\n", "\n")
+    seen = f"{lines[0]}\n{first}{screen}".split("\n")[: len(lines)]
+
+    def same_trace(text: str) -> str:
+        return re.sub(r"\[trace [^\]]+\]", "[trace ...]", text)
+
+    assert same_trace("\n".join(seen)) == same_trace("\n".join(lines))
