@@ -63,6 +63,12 @@ COMMAND_TIMEOUT = 10.0
 #: at once and one that takes long is not asked too often.
 PING_RETRY_FIRST = 0.05
 PING_RETRY_MAX = 1.0
+#: How long a finished or interrupted command waits for what it wrote (a
+#: CANCEL, a cast) to leave before it exits: stopping the reactor drops
+#: whatever is still unsent.
+FLUSH_TIMEOUT = 1.0
+#: How often it looks.
+FLUSH_POLL = 0.01
 #: How long the check that an endpoint speaks TLS (after a plain connection
 #: closed unanswered) may take: it only decides how an error is worded.
 TLS_PROBE_TIMEOUT = 2.0
@@ -494,17 +500,28 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     def finish(result: Any) -> None:
         outcome.append(result)
-        reactor.stop()
+        stop_when_sent(reactor.seconds() + FLUSH_TIMEOUT)
+
+    def stop_when_sent(deadline: float) -> None:
+        if not reactor.getWriters() or reactor.seconds() >= deadline:
+            reactor.stop()
+        else:
+            reactor.callLater(FLUSH_POLL, stop_when_sent, deadline)
 
     def start() -> None:
-        running.append(ensureDeferred(_run(options, reactor)))
-        running[0].addBoth(finish)
+        if not interrupted:
+            running.append(ensureDeferred(_run(options, reactor)))
+            running[0].addBoth(finish)
 
     def interrupt() -> None:
-        # Cancelling the call sends CANCEL; closing the client then sends it.
-        if not interrupted and running and not running[0].called:
-            interrupted.append(True)
+        if interrupted or outcome:
+            return
+        interrupted.append(True)
+        if running:
+            # The client sends CANCEL for the call, then closes.
             running[0].cancel()
+        else:
+            finish(None)
 
     def on_sigint(number: int, frame: Any) -> None:
         reactor.callFromThread(interrupt)
@@ -520,8 +537,10 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     [result] = outcome
     if interrupted:
-        what = f"{options.procedure} was" if options.command == "call" else "calls were"
-        print(f"callnet: interrupted; {what} cancelled on the node", file=sys.stderr)
+        cancelled = f"; {options.procedure} was cancelled on the node" if running else ""
+        if options.command != "call":
+            cancelled = ""
+        print(f"callnet: interrupted{cancelled}", file=sys.stderr)
         return EXIT_INTERRUPTED
     if not isinstance(result, Failure):
         if options.command == "status":
@@ -549,7 +568,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 _TLS_REASONS = (
     (
         "certificate required",
-        "the node requires a client certificate signed by its CA: give one with --cert and --key",
+        "the node requires a client certificate signed by its CA (--cert and --key,"
+        " or certificate= and privateKey= in a tls: string)",
     ),
     ("unknown ca", "the node does not trust the CA that signed this client's certificate"),
     ("bad certificate", "the node refused this client's certificate"),

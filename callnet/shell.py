@@ -53,6 +53,9 @@ _NOT_HERE = {
     "AUTH": "set CALLNET_TOKEN to the token and start the shell again",
 }
 
+#: Keyword arguments the client's call takes as its own options.
+_CLIENT_OPTIONS = frozenset({"timeout", "key", "trace"})
+
 _RED = "\x1b[31m"
 _RESET = "\x1b[0m"
 
@@ -266,6 +269,12 @@ class Shell:
         return True
 
     def _call(self, call: Call) -> None:
+        clash = sorted(_CLIENT_OPTIONS & call.kwargs.keys())
+        if clash:
+            # The client would take them as the call's own options.
+            names = ", ".join(f"{name}=" for name in clash)
+            self.show_error(f"the shell cannot pass {names} to a procedure: give it by position")
+            return
         options: dict[str, Any] = {}
         if call.cast:
             self.client.cast(call.procedure, *call.args, **call.kwargs)

@@ -374,8 +374,8 @@ class ExplainTests(SynchronousTestCase):
         tuples = "[('SSL routines', '', 'tlsv13 alert certificate required')]"
         self.assertEqual(
             explain(f"connection lost while add was in flight: {tuples}", self.options("tls:x")),
-            "TLS failed: the node requires a client certificate signed by its CA:"
-            " give one with --cert and --key.",
+            "TLS failed: the node requires a client certificate signed by its CA (--cert and"
+            " --key, or certificate= and privateKey= in a tls: string).",
         )
         verify = (
             "[('SSL routines', 'tls_process_server_certificate', 'certificate verify failed')]"

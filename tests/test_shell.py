@@ -196,7 +196,7 @@ class SessionTests(SynchronousTestCase):
     def test_calls_commands_and_errors(self) -> None:
         """Calls print their answers, errors print as the wire shows them; EOF ends with 0."""
         status, lines = self.run_session(
-            "add 1 2", "#7 +timeout=5 add a=1 b=2", "ad 1", "add [1]x", EOFError
+            "add 1 2", "#7 +timeout=5 add a=1 b=2", "ad 1", "add [1]x", "echo key=1", EOFError
         )
         self.assertEqual(status, 0)
         self.assertEqual(
@@ -211,6 +211,10 @@ class SessionTests(SynchronousTestCase):
         self.assertEqual(self.requester.timeouts, [None, 5.0, None])
         # An unreadable line is refused here, without a request.
         self.assertTrue(lines[3].startswith("ERR INVALID_ARGUMENT not-run "), lines[3])
+        # A keyword the client would take for its own option is refused, not misread.
+        self.assertEqual(
+            lines[4], "the shell cannot pass key= to a procedure: give it by position"
+        )
 
     def test_multi_line_json(self) -> None:
         """An open bracket asks for more under the continuation prompt, then sends it all."""
