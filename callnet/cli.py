@@ -655,8 +655,9 @@ def _speaks_tls(options: argparse.Namespace) -> bool:
         ):
             return True
     except ssl.SSLError as e:
-        # An alert (a client certificate required, say) is TLS too.
-        return "WRONG_VERSION_NUMBER" not in str(e).upper()
+        # A TLS alert (a client certificate required, say) is TLS too;
+        # anything else is a port that does not speak it.
+        return "ALERT" in str(e).upper()
     except OSError:
         return False
 

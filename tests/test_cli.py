@@ -30,6 +30,7 @@ from callnet.cli import (
     EXIT_USAGE,
     PROCEDURES_WIDTH,
     _procedure_list,
+    _speaks_tls,
     endpoint_string,
     explain,
     format_status,
@@ -432,6 +433,9 @@ def test_tls_failures_in_words(tls_node: tuple[Node, int, Path]) -> None:
     ca = ("--ca", str(certs / "ca.pem"))
     client = (*ca, "--cert", str(certs / "ops.pem"), "--key", str(certs / "ops.key"))
 
+    # The check behind the first sentence: a TLS handshake of its own.
+    assert _speaks_tls(argparse.Namespace(endpoint=f"tcp:127.0.0.1:{port}", ca=None))
+    assert not _speaks_tls(argparse.Namespace(endpoint=node.endpoint, ca=None))
     plain = _one_line(callnet("call", f"127.0.0.1:{port}", "add", "1", "2"))
     assert f"127.0.0.1:{port} is a TLS port and closed this plain connection: connect" in plain
     assert "closed cleanly" not in plain
