@@ -37,7 +37,12 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Protocol, TextIO
 
-from callnet.errors import CallError, UnauthenticatedError, UnavailableError
+from callnet.errors import (
+    CallError,
+    DeadlineExceededError,
+    UnauthenticatedError,
+    UnavailableError,
+)
 from callnet.wire import BadLine, Call, Command, encode_failure, parse_line
 
 #: How many requests the history file keeps: enough for weeks of use, small
@@ -211,15 +216,6 @@ class Shell:
 
     def show_error(self, text: str) -> None:
         self.show(f"{_RED}{text}{_RESET}" if self.colour else text)
-
-    def refresh_names(self) -> None:
-        """Learn the node's procedures (for completion); quietly keep the old ones if refused."""
-        try:
-            names = self.client.command("LIST")
-        except CallError:
-            return
-        if isinstance(names, list):
-            self.names = [name for name in names if isinstance(name, str)]
 
     def read_request(self, read: Callable[[str], str], prompt: str) -> str:
         """Read one request, going on to more lines while it is unfinished."""
@@ -407,8 +403,9 @@ def run_shell(options: argparse.Namespace) -> int:
     shell = Shell(client, sys.stdout, use_colour(sys.stdout, os.environ), token is not None)
     try:
         try:
-            shell.names = list(client.command("LIST"))
-        except UnavailableError as e:
+            names = client.command("LIST")
+            shell.names = [name for name in names if isinstance(name, str)]
+        except (UnavailableError, DeadlineExceededError) as e:
             print(f"callnet: {explain_error(e, options)}", file=sys.stderr)
             return EXIT_UNREACHABLE
         except CallError as e:

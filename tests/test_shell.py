@@ -33,7 +33,7 @@ from callnet.shell import (
 )
 from callnet.testing import MemoryNode
 
-from .daemon import REPLY_TIMEOUT, Node, running_node, wait_until
+from .daemon import REPLY_TIMEOUT, Node, free_port, running_node, wait_until
 
 # --- Pieces ------------------------------------------------------------------------
 
@@ -407,6 +407,19 @@ def test_piped_input_has_no_colour(node: Node, tmp_path: Path) -> None:
     assert "3\n" in result.stdout
     assert "ERR NOT_FOUND not-run @demo" in result.stdout
     assert "\x1b" not in result.stdout
+
+
+def test_unreachable_node() -> None:
+    """A node that is not there: one line on stderr and status 3, before any prompt."""
+    result = subprocess.run(
+        [sys.executable, "-m", "callnet", "shell", f"127.0.0.1:{free_port()}"],
+        input="add 1 2\n",
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert (result.returncode, result.stdout) == (3, "")
+    assert result.stderr.count("\n") == 1 and "cannot connect" in result.stderr, result.stderr
 
 
 def test_shell_with_a_token(tmp_path: Path) -> None:
