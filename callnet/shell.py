@@ -32,6 +32,7 @@ import argparse
 import contextlib
 import json
 import os
+import signal
 import sys
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
@@ -376,6 +377,21 @@ def _start_readline(shell: Shell, path: Path, length: int) -> Callable[[], None]
     return save
 
 
+def _start_reactor_thread() -> None:
+    """
+    Start the blocking client's reactor thread with SIGINT blocked in it, so
+    that Ctrl-C always reaches the main thread: one taken by the reactor
+    thread would leave the main thread asleep in readline, deaf to it.
+    """
+    from callnet.blocking import default_reactor_thread
+
+    blocked = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+    try:
+        default_reactor_thread().ensure_running()
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
+
+
 def run_shell(options: argparse.Namespace) -> int:
     """Run C{callnet shell}: connect, then read and answer until the end; the exit status."""
     from callnet.blocking import BlockingClient
@@ -399,6 +415,7 @@ def run_shell(options: argparse.Namespace) -> int:
         except (ConfigError, ValueError) as e:
             print(f"callnet: {e}", file=sys.stderr)
             return EXIT_USAGE
+    _start_reactor_thread()
     client = BlockingClient(endpoint, timeout=options.timeout, token=token)
     shell = Shell(client, sys.stdout, use_colour(sys.stdout, os.environ), token is not None)
     try:

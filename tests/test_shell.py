@@ -333,6 +333,7 @@ def test_session_on_a_terminal(node: Node, tmp_path: Path) -> None:
     child.expect_exact("\x1b[31mERR NOT_FOUND not-run @demo no procedure named 'ad'")
     prompt(child, node)
     child.send("add 1")
+    child.expect_exact("add 1")  # readline has it: Ctrl-C now clears it
     child.sendintr()
     prompt(child, node)
     child.sendline("echo 5")
