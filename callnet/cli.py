@@ -1,8 +1,10 @@
 """
 The C{callnet} command: call a node from a shell.
 
+    callnet shell 127.0.0.1:7600
     callnet call tcp:127.0.0.1:7600 add 1 2
-    callnet ping 127.0.0.1:7600
+    callnet ping 127.0.0.1:7600 --wait 30
+    callnet describe 127.0.0.1:7600 add
     callnet status 127.0.0.1:7600
     callnet certs init certs
     callnet certs node certs alpha --ip 127.0.0.1
@@ -10,6 +12,7 @@ The C{callnet} command: call a node from a shell.
 Each argument is one value: JSON where it parses as JSON, a string otherwise;
 C{name=value} passes a keyword argument.  The result is printed as JSON.
 C{status} prints a node's counters and its peers as a table instead.
+C{shell} is an interactive session (see L{callnet.shell}).
 C{certs} makes a development CA and node certificates for TLS (see
 C{docs/security.md}).
 
@@ -18,7 +21,8 @@ A node that requires a token gets it from C{$CALLNET_TOKEN}; C{--ca}
 checks the node's certificate names it.
 
 Exit status: 0 success, 1 the call failed on the node, 2 a usage error,
-3 the node could not be reached or the deadline passed.
+3 the node could not be reached or the deadline passed, 130 interrupted
+(Ctrl-C; a call in flight is cancelled on the node first).
 """
 
 from __future__ import annotations
@@ -26,17 +30,46 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import sys
 from collections.abc import Collection, Mapping, Sequence
+from importlib.metadata import PackageNotFoundError, version
 from typing import Any
 
-from callnet.errors import CallError, DeadlineExceededError, UnavailableError
+from callnet.errors import (
+    CallError,
+    DeadlineExceededError,
+    UnavailableError,
+)
+from callnet.terminal import (
+    EXIT_CALL_FAILED,
+    EXIT_INTERRUPTED,
+    EXIT_OK,
+    EXIT_UNREACHABLE,
+    EXIT_USAGE,
+    TOKEN_VARIABLE,
+    endpoint_for,
+    explain,
+    explain_error,
+    format_description,
+)
 from callnet.wire import DEFAULT_CALL_TIMEOUT, parse_words
 
-EXIT_OK = 0
-EXIT_CALL_FAILED = 1
-EXIT_USAGE = 2
-EXIT_UNREACHABLE = 3
+#: The deadline of a call that names none, in seconds (C{--timeout}).
+CALL_TIMEOUT = DEFAULT_CALL_TIMEOUT
+#: The deadline of a command (ping, list, stats, status, describe), in seconds.
+COMMAND_TIMEOUT = 10.0
+#: C{ping --wait}: the first pause between attempts, doubled after each
+#: failed one up to L{PING_RETRY_MAX}, so a node that starts at once is seen
+#: at once and one that takes long is not asked too often.
+PING_RETRY_FIRST = 0.05
+PING_RETRY_MAX = 1.0
+#: How long a finished or interrupted command waits for what it wrote (a
+#: CANCEL, a cast) to leave before it exits: stopping the reactor drops
+#: whatever is still unsent.
+FLUSH_TIMEOUT = 1.0
+#: How often it looks.
+FLUSH_POLL = 0.01
 
 #: Endpoint string prefixes that Twisted's clientFromString understands.
 _ENDPOINT_KINDS = ("tcp:", "unix:", "ssl:", "tls:", "tcp6:")
@@ -54,32 +87,128 @@ def endpoint_string(text: str) -> str:
     )
 
 
+#: What every command that talks to a node says under its options.
+ENDPOINT_HELP = """\
+endpoints:
+  HOST:PORT, PORT      TCP (PORT alone: on 127.0.0.1), as tcp:HOST:PORT
+  tcp:HOST:PORT        also tcp6:HOST:PORT, and unix:/PATH for a Unix socket
+  tls:..., ssl:...     Twisted's TLS endpoint strings (trustRoots=, certificate=)
+  --ca CA.pem          reach HOST:PORT over TLS, checking the node's certificate
+
+environment:
+  CALLNET_TOKEN        the token for a node that requires one (an argument
+                       would show in ps and in shell histories)
+
+exit status:
+  0 success, 1 the call failed on the node, 2 a usage error, 3 the node could
+  not be reached or the deadline passed, 130 interrupted by Ctrl-C (a call in
+  flight is cancelled on the node first)
+"""
+
+
+class _HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
+    """Epilogs as written; each option's default, where it has one, after its help."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        if action.default is None or action.default is False or action.help is None:
+            return action.help
+        if "default" in action.help:
+            return action.help
+        return super()._get_help_string(action)
+
+
+def package_version() -> str:
+    """The installed callnet's version, from its package metadata."""
+    try:
+        return version("callnet")
+    except PackageNotFoundError:
+        return "unknown (not installed)"
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="callnet", description="Call procedures on a callnet node."
+        prog="callnet",
+        description="Call procedures on a callnet node.",
+        epilog=ENDPOINT_HELP + "\nRun callnet COMMAND --help for a command's options.",
+        formatter_class=_HelpFormatter,
     )
+    parser.add_argument("--version", action="version", version=f"callnet {package_version()}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def command(name: str, help_text: str, description: str | None = None) -> Any:
+        sub = commands.add_parser(
+            name,
+            help=help_text,
+            description=description or help_text[0].upper() + help_text[1:] + ".",
+            epilog=ENDPOINT_HELP,
+            formatter_class=_HelpFormatter,
+        )
+        sub.add_argument("endpoint", type=endpoint_string, metavar="ENDPOINT")
+        return sub
+
+    shell = command(
+        "shell",
+        "type calls and commands interactively, with history and completion",
+        "An interactive session with a node: type calls (add 1 2) and commands"
+        " (HELP, LIST, PING, STATS) as on the wire; answers are printed as indented"
+        " JSON. Tab completes procedure names; a line with an open bracket or quote"
+        " goes on at the next. Ctrl-C clears the line, or cancels the call in flight;"
+        " Ctrl-D leaves. History is kept in $XDG_STATE_HOME/callnet/history (or"
+        " ~/.callnet_history). Colours are off with NO_COLOR set or when output is"
+        " not a terminal.",
+    )
+    shell.add_argument(
+        "--timeout", type=float, default=CALL_TIMEOUT, help="a call's deadline in seconds"
+    )
+    from callnet.shell import HISTORY_LENGTH
+
+    shell.add_argument(
+        "--history-size",
+        type=int,
+        default=HISTORY_LENGTH,
+        metavar="LINES",
+        help="how many requests the history file keeps (0: keep none)",
+    )
+    _connection_options(shell)
     for name, help_text in (
         ("call", "call a procedure and print its result as JSON"),
         ("cast", "send a call that wants no reply"),
     ):
-        sub = commands.add_parser(name, help=help_text)
-        sub.add_argument("endpoint", type=endpoint_string, metavar="ENDPOINT")
+        sub = command(name, help_text)
         sub.add_argument("procedure", metavar="PROCEDURE")
         sub.add_argument("arguments", nargs="*", metavar="ARG", help="JSON value or word; k=v")
-        sub.add_argument(
-            "--timeout", type=float, default=DEFAULT_CALL_TIMEOUT, help="deadline in seconds"
-        )
+        sub.add_argument("--timeout", type=float, default=CALL_TIMEOUT, help="deadline in seconds")
         _connection_options(sub)
+    describe = command(
+        "describe",
+        "show a procedure's signature and doc",
+        "Show a procedure's signature, its doc, where it runs and whether it is"
+        " idempotent (the node's HELP PROCEDURE).",
+    )
+    describe.add_argument("procedure", metavar="PROCEDURE")
+    describe.add_argument(
+        "--timeout", type=float, default=COMMAND_TIMEOUT, help="deadline in seconds"
+    )
+    _connection_options(describe)
     for name, help_text in (
         ("ping", "check that a node answers"),
         ("list", "list a node's procedures"),
         ("stats", "show a node's counters as JSON"),
         ("status", "show a node's counters and each of its peers as a table"),
     ):
-        sub = commands.add_parser(name, help=help_text)
-        sub.add_argument("endpoint", type=endpoint_string, metavar="ENDPOINT")
-        sub.add_argument("--timeout", type=float, default=10.0, help="deadline in seconds")
+        sub = command(name, help_text)
+        if name == "ping":
+            sub.add_argument(
+                "--wait",
+                type=float,
+                default=None,
+                metavar="SECONDS",
+                help="wait for the node: try again, backing off, until it answers or"
+                " SECONDS have passed (exit 0, or 3 if it never answered)",
+            )
+        sub.add_argument(
+            "--timeout", type=float, default=COMMAND_TIMEOUT, help="deadline in seconds"
+        )
         _connection_options(sub)
     _certs_parser(commands)
     return parser
@@ -87,7 +216,6 @@ def _parser() -> argparse.ArgumentParser:
 
 #: The environment variable a token is read from: a token given as an
 #: argument would show in C{ps} and in shell histories.
-TOKEN_VARIABLE = "CALLNET_TOKEN"  # noqa: S105 (a variable's name, not a secret)
 
 
 def _connection_options(sub: argparse.ArgumentParser) -> None:
@@ -100,21 +228,6 @@ def _connection_options(sub: argparse.ArgumentParser) -> None:
     sub.add_argument("--key", metavar="PEM", help="the client certificate's key")
     sub.add_argument(
         "--name", metavar="NAME", help="the name the node's certificate must give (default: host)"
-    )
-
-
-def _endpoint(options: argparse.Namespace, reactor: Any) -> Any:
-    """The endpoint string, or with --ca a TLS endpoint checking the node's name."""
-    if options.ca is None:
-        return options.endpoint
-    from callnet.tls import client_endpoint
-
-    kind, _, rest = options.endpoint.partition(":")
-    host, _, port = rest.rpartition(":")
-    if kind not in ("tcp", "tcp6") or not port.isdigit():
-        raise ValueError(f"--ca needs a tcp: endpoint (host:port), not {options.endpoint!r}")
-    return client_endpoint(
-        reactor, host, int(port), options.ca, options.cert, options.key, name=options.name
     )
 
 
@@ -252,11 +365,37 @@ def _procedure_list(names: Sequence[str], width: int = PROCEDURES_WIDTH) -> str:
     return f"{names[0]}, ... (+{len(names) - 1} more)"
 
 
+async def _ping_until(client: Any, reactor: Any, wait: float, timeout: float) -> Any:
+    """
+    Ping until the node answers or C{wait} seconds have passed, pausing
+    between attempts from L{PING_RETRY_FIRST} doubling to L{PING_RETRY_MAX}.
+    An error other than "unreachable" is an answer, and ends the wait.
+    """
+    from twisted.internet.task import deferLater
+
+    give_up = reactor.seconds() + wait
+    pause = PING_RETRY_FIRST
+    while True:
+        left = give_up - reactor.seconds()
+        try:
+            return await client.ping(timeout=max(min(timeout, left), 0.001))
+        except (UnavailableError, DeadlineExceededError) as e:
+            left = give_up - reactor.seconds()
+            if left <= 0:
+                raise UnavailableError(
+                    f"no answer from {client.address} within {wait:g}s: {e.message}",
+                    e.outcome,
+                    e.node,
+                ) from None
+            await deferLater(reactor, min(pause, left), lambda: None)
+            pause = min(pause * 2, PING_RETRY_MAX)
+
+
 async def _run(options: argparse.Namespace, reactor: Any) -> Any:
     from callnet.client import Client
 
     client = Client(
-        _endpoint(options, reactor),
+        endpoint_for(options, reactor),
         reactor,
         timeout=options.timeout,
         token=os.environ.get(TOKEN_VARIABLE) or None,
@@ -271,8 +410,15 @@ async def _run(options: argparse.Namespace, reactor: Any) -> Any:
             return None
         if options.command == "status":
             stats = await client.command("STATS")
-            local = await client.command("LIST")
+            # What the node serves itself: HELP describes peers' procedures
+            # too (LIST names them all), and marks its own with where they run.
+            described = await client.command("HELP")
+            local = [entry["name"] for entry in described if "run" in entry]
             return stats, local
+        if options.command == "describe":
+            return await client.command("HELP", options.procedure)
+        if options.command == "ping" and options.wait is not None:
+            return await _ping_until(client, reactor, options.wait, options.timeout)
         return await client.command(options.command.upper())
     finally:
         client.close()
@@ -294,34 +440,80 @@ def main(argv: Sequence[str] | None = None) -> int:
         except ValueError as e:
             print(f"callnet: {e}", file=sys.stderr)
             return EXIT_USAGE
+    if options.command == "shell":
+        from callnet.shell import run_shell
 
-    from twisted.internet import reactor
-    from twisted.internet.defer import ensureDeferred
+        return run_shell(options)
+
+    from twisted.internet import reactor as global_reactor
+    from twisted.internet.defer import Deferred, ensureDeferred
     from twisted.python.failure import Failure
 
+    reactor: Any = global_reactor
+
     outcome: list[Any] = []
+    running: list[Deferred[Any]] = []
+    interrupted: list[bool] = []
 
     def finish(result: Any) -> None:
         outcome.append(result)
-        reactor.stop()
+        stop_when_sent(reactor.seconds() + FLUSH_TIMEOUT)
 
-    reactor.callWhenRunning(lambda: ensureDeferred(_run(options, reactor)).addBoth(finish))
-    reactor.run()
+    def stop_when_sent(deadline: float) -> None:
+        if not reactor.getWriters() or reactor.seconds() >= deadline:
+            reactor.stop()
+        else:
+            reactor.callLater(FLUSH_POLL, stop_when_sent, deadline)
+
+    def start() -> None:
+        if not interrupted:
+            running.append(ensureDeferred(_run(options, reactor)))
+            running[0].addBoth(finish)
+
+    def interrupt() -> None:
+        if interrupted or outcome:
+            return
+        interrupted.append(True)
+        if running:
+            # The client sends CANCEL for the call, then closes.
+            running[0].cancel()
+        else:
+            finish(None)
+
+    def on_sigint(number: int, frame: Any) -> None:
+        reactor.callFromThread(interrupt)
+
+    # Ctrl-C is handled here rather than by the reactor, which would stop at
+    # once and leave the call running on the node.
+    previous = signal.signal(signal.SIGINT, on_sigint)
+    try:
+        reactor.callWhenRunning(start)
+        reactor.run(installSignalHandlers=False)
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
     [result] = outcome
+    if interrupted:
+        cancelled = f"; {options.procedure} was cancelled on the node" if running else ""
+        if options.command != "call":
+            cancelled = ""
+        print(f"callnet: interrupted{cancelled}", file=sys.stderr)
+        return EXIT_INTERRUPTED
     if not isinstance(result, Failure):
         if options.command == "status":
             stats, local = result
             print(format_status(stats, local))
+        elif options.command == "describe":
+            print(format_description(result))
         elif options.command != "cast":
             print(json.dumps(result, ensure_ascii=False))
         return EXIT_OK
     failure = result
     error = failure.value
     if not isinstance(error, CallError):
-        print(f"callnet: {failure.getErrorMessage()}", file=sys.stderr)
+        print(f"callnet: {explain(failure.getErrorMessage(), options)}", file=sys.stderr)
         return EXIT_UNREACHABLE
-    print(f"callnet: {error}", file=sys.stderr)
+    print(f"callnet: {explain_error(error, options)}", file=sys.stderr)
     if isinstance(error, DeadlineExceededError | UnavailableError):
         return EXIT_UNREACHABLE
     return EXIT_CALL_FAILED
