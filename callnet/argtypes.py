@@ -11,8 +11,9 @@ checker refuses only calls it is sure the procedure cannot take.
 
 Each annotation is compiled once, when the procedure is registered, into a
 small tree of L{_Type} nodes.  A call's check walks each argument once, so
-its cost is linear in the argument's size; the explanation of a refusal
-walks only the path to the first mismatch.
+its cost is linear in the argument's size, and it goes only as deep into a
+value as the annotation does; the explanation of a refusal goes no further
+than the first value that does not fit.
 """
 
 from __future__ import annotations
@@ -75,6 +76,8 @@ class _Scalar(_Type):
 
 
 class _Literal(_Type):
+    """C{Literal[...]}: one of the values it names."""
+
     def __init__(self, text: str, values: tuple[Any, ...]) -> None:
         super().__init__(text)
         # By type as well as value: Literal[1] takes neither True nor 1.0.
@@ -169,6 +172,8 @@ class _Dict(_Type):
 
 
 class _Union(_Type):
+    """C{A | B}, C{Union[A, B]}, C{Optional[A]}: a value that fits any member."""
+
     def __init__(self, text: str, members: tuple[_Type, ...]) -> None:
         super().__init__(text)
         self._members = members
@@ -189,7 +194,10 @@ class _Union(_Type):
 
 
 def _all_fit(check: _Type, items: Iterable[Any]) -> bool:
-    """Whether every item fits: first by their exact types alone, in one pass in C."""
+    """
+    Whether every item fits: first by their exact types alone, in one pass in
+    C.  The items are iterated twice: a list, a tuple or a dict view.
+    """
     if check.exact.issuperset(map(type, items)):
         return True
     exact, accepts = check.exact, check.accepts
@@ -287,7 +295,7 @@ def resolve_annotations(
     The parameters' annotations as objects: strings (as C{from __future__
     import annotations} makes them) resolved as C{typing.get_type_hints}
     does, one by one where that fails for the whole function.  One that
-    cannot be resolved is left out, so it fits anything.
+    cannot be resolved becomes no annotation, so it fits anything.
     """
     try:
         hints = typing.get_type_hints(function)

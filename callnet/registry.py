@@ -19,6 +19,10 @@ A plain function runs in the node's thread pool, so it may block; an
 C{async def} function, or one declared C{run="reactor"} (for example one that
 returns a Deferred), runs in the reactor and must not block; one declared
 C{run="process"} runs in a pool of worker processes, for CPU-bound work.
+
+The parameters' annotations say which JSON values each takes, and a call
+whose arguments do not fit is refused before the procedure runs (see
+L{callnet.argtypes}).
 """
 
 from __future__ import annotations
@@ -69,9 +73,9 @@ class Procedure:
     _exact: tuple[frozenset[type], ...] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
-        types = ArgumentTypes(self.function, self.signature)
-        object.__setattr__(self, "_types", types)
-        object.__setattr__(self, "_exact", types.exact)
+        checks = ArgumentTypes(self.function, self.signature)
+        object.__setattr__(self, "_types", checks)
+        object.__setattr__(self, "_exact", checks.exact)
         required = optional = 0
         for parameter in self.signature.parameters.values():
             if parameter.kind not in (parameter.POSITIONAL_ONLY, parameter.POSITIONAL_OR_KEYWORD):
