@@ -381,6 +381,123 @@ class ErrorMappingTests(SynchronousTestCase):
         self.assertEqual(cancelled, [True])
 
 
+class ArgumentTypeTests(SynchronousTestCase):
+    """Arguments whose types do not fit the annotations are refused before the procedure runs."""
+
+    def greeter(self) -> tuple[MemoryNode, list[str]]:
+        """README's greeter on a node named demo, noting every run of either procedure."""
+        node = MemoryNode(name="demo")
+        ran: list[str] = []
+        capitals = {"France": "Paris", "Japan": "Tokyo"}
+
+        @procedure
+        def greet(name: str, greeting: str = "Hello") -> str:
+            ran.append("greet")
+            return f"{greeting}, {name}!"
+
+        @procedure(errors={KeyError: NotFoundError})
+        async def capital(country: str) -> str:
+            ran.append("capital")
+            return capitals[country]
+
+        node.registry.add_all([greet, capital])
+        return node, ran
+
+    def test_greet_list(self) -> None:
+        """C{greet [1,2]} is refused INVALID_ARGUMENT not-run, naming the argument, its type and the usage."""
+        node, ran = self.greeter()
+        conn = node.connect_raw()
+        conn.send("greet [1,2]\ngreet Ada\n")
+        self.assertEqual(
+            conn.lines(),
+            [
+                b"ERR INVALID_ARGUMENT not-run @demo argument 'name' must be str, not list; "
+                b"usage: greet(name: str, greeting: str = 'Hello') -> str",
+                b'OK "Hello, Ada!"',
+            ],
+        )
+        self.assertEqual(ran, ["greet"])
+
+    def test_keyword_argument(self) -> None:
+        """An argument passed by name is checked too."""
+        node, ran = self.greeter()
+        conn = node.connect_raw()
+        conn.send("#1 greet Ada greeting=3\n")
+        [reply] = conn.events()
+        assert isinstance(reply, Failure)
+        self.assertIsInstance(reply.error, InvalidArgumentError)
+        self.assertEqual(reply.error.outcome, Outcome.NOT_RUN)
+        self.assertTrue(
+            reply.error.message.startswith("argument 'greeting' must be str, not int;")
+        )
+        self.assertEqual(ran, [])
+
+    def test_async_procedure_not_run(self) -> None:
+        """C{capital [1]} is refused before the async procedure runs: no INTERNAL, nothing logged."""
+        node, ran = self.greeter()
+        conn = node.connect_raw()
+        conn.send("capital [1]\ncapital Japan\n")
+        [refused, ok] = conn.events()
+        assert isinstance(refused, Failure)
+        self.assertIsInstance(refused.error, InvalidArgumentError)
+        self.assertEqual(refused.error.outcome, Outcome.NOT_RUN)
+        self.assertTrue(
+            refused.error.message.startswith("argument 'country' must be str, not list;")
+        )
+        self.assertEqual(ok, Success("Tokyo"))
+        self.assertEqual(ran, ["capital"])
+        self.assertEqual(self.flushLoggedErrors(), [])
+
+    def test_nested_path(self) -> None:
+        """A wrong item inside a list is named by its index."""
+        node = MemoryNode(name="test")
+
+        @procedure(run="reactor")
+        def total(ids: list[int]) -> int:
+            return sum(ids)
+
+        node.registry.add(total)
+        conn = node.connect_raw()
+        conn.send('total [1,2,3]\ntotal [1,2,3,"4"]\ntotal [true]\n')
+        [ok, wrong, boolean] = conn.events()
+        self.assertEqual(ok, Success(6))
+        assert isinstance(wrong, Failure) and isinstance(boolean, Failure)
+        self.assertTrue(wrong.error.message.startswith("argument 'ids'[3] must be int, not str;"))
+        self.assertTrue(
+            boolean.error.message.startswith("argument 'ids'[0] must be int, not bool;")
+        )
+
+    def test_int_is_a_float(self) -> None:
+        """A whole number fits a float parameter, as in JSON; a string does not."""
+        node = MemoryNode(name="test")
+
+        @procedure(run="reactor")
+        def half(x: float) -> float:
+            return x / 2
+
+        node.registry.add(half)
+        conn = node.connect_raw()
+        conn.send('half 3\nhalf 3.0\nhalf "3"\n')
+        [whole, real, text] = conn.events()
+        self.assertEqual((whole, real), (Success(1.5), Success(1.5)))
+        assert isinstance(text, Failure)
+        self.assertIsInstance(text.error, InvalidArgumentError)
+
+    def test_refusal_counted(self) -> None:
+        """A call refused for its argument types is counted as refused, not as a call that ran."""
+        node, _ = self.greeter()
+        conn = node.connect_raw()
+        conn.send("greet [1]\n#1 STATS\n")
+        stats = conn.events()[-1]
+        assert isinstance(stats, Success)
+        self.assertEqual(stats.value["refused"], {"INVALID_ARGUMENT": 1})
+        # Counted under its procedure, as its caller saw it, but it never ran:
+        # no duration is recorded.
+        greet = stats.value["procedures"]["greet"]
+        self.assertEqual(greet["outcomes"], {"INVALID_ARGUMENT": 1})
+        self.assertEqual(greet["seconds"]["le"]["+Inf"], 0)
+
+
 class CommandTests(SynchronousTestCase):
     """PING, LIST, HELP, STATS and QUIT."""
 
