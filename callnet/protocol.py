@@ -33,6 +33,7 @@ from callnet.errors import (
     ResourceExhaustedError,
     UnavailableError,
 )
+from callnet.logs import readable
 from callnet.reactors import DelayedCall, DispatchReactor, set_no_delay
 from callnet.replies import encode_result, log_access, trace_failure
 from callnet.sending import Outbox
@@ -148,7 +149,7 @@ class NodeProtocol(Protocol):
             log.info(
                 "{peer}: the token {identity} authenticated with was removed by a reload;"
                 " its requests are refused until it authenticates again",
-                peer=_address(self.transport),
+                peer=readable(cast(Any, self.transport).getPeer()),
                 identity=caller.name,
             )
             self.caller = None
@@ -287,7 +288,7 @@ class NodeProtocol(Protocol):
     def close(self, reason: str, abort: bool) -> None:
         transport = cast(Any, self.transport)
         if abort or reason not in ORDINARY_ENDS:
-            log.info("closing {peer}: {reason}", peer=_address(transport), reason=reason)
+            log.info("closing {peer}: {reason}", peer=readable(transport.getPeer()), reason=reason)
         if abort:
             self._outbox.discard()
             transport.abortConnection()
@@ -326,10 +327,3 @@ class NodeProtocol(Protocol):
             )
         if work is not None:
             self.session.cast_finished(work)
-
-
-def _address(transport: Any) -> str:
-    """A transport's peer as C{host:port}, for people reading the log."""
-    peer = transport.getPeer()
-    host, port = getattr(peer, "host", None), getattr(peer, "port", None)
-    return f"{host}:{port}" if host is not None else str(peer)
