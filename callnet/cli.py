@@ -269,7 +269,10 @@ async def _run(options: argparse.Namespace, reactor: Any) -> Any:
             return None
         if options.command == "status":
             stats = await client.command("STATS")
-            local = await client.command("LIST")
+            # LIST names what peers serve too; HELP says where each one runs.
+            described = await client.command("HELP")
+            here = stats.get("node")
+            local = [entry["name"] for entry in described if here in entry.get("nodes", [here])]
             return stats, local
         return await client.command(options.command.upper())
     finally:
