@@ -25,7 +25,7 @@ from pathlib import Path
 
 import pytest
 
-from .daemon import TWISTD, documented_command, documented_node, running_node
+from .daemon import TWISTD, documented_command, documented_node, is_reply, running_node
 from .test_daemon import replay, shown_as
 
 ROOT = Path(__file__).parent.parent
@@ -161,6 +161,12 @@ def test_every_transcript_has_its_start_command() -> None:
         assert documented_command(start_command(document, name))
 
 
+def closes(transcript: str) -> bool:
+    """Whether a transcript ends with a request after which the node closes: QUIT, or HTTP."""
+    requests = [line for line in transcript.splitlines()[1:] if not is_reply(line)]
+    return bool(requests) and (requests[-1].upper() == "QUIT" or requests[-1].startswith("GET "))
+
+
 @pytest.mark.parametrize(("document", "name"), marked("transcript"))
 def test_doc_transcript(tmp_path: Path, document: str, name: str) -> None:
     """A doc's transcript is exactly what a node started with the doc's own command answers."""
@@ -177,8 +183,8 @@ def test_doc_transcript(tmp_path: Path, document: str, name: str) -> None:
     with documented_node(tmp_path, words) as node:
         client = node.connect()
         replay(client, transcript)
-        if transcript.splitlines()[-2:-1] == ["quit"]:
-            assert client.closed_by_peer(), "QUIT closes the connection"
+        if closes(transcript):
+            assert client.closed_by_peer(), "QUIT (or an HTTP request) closes the connection"
         client.close()
         assert "Traceback" not in node.output()
 
