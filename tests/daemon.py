@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shlex
 import signal
 import socket
 import subprocess
@@ -182,6 +183,46 @@ def running_node(
         if process.poll() is None:
             process.kill()
             process.wait(timeout=10)
+
+
+def documented_command(text: str) -> list[str]:
+    """
+    The words of the C{twistd ... callnet ...} command a doc's C{sh} block
+    gives: its last command (after any C{&&}), continuation lines joined,
+    with the doc's C{twistd} (C{.venv/bin/twistd} or plain) replaced by the
+    one next to the Python running the tests.
+    """
+    line = text.replace("\\\n", " ").strip().splitlines()[-1]
+    words = shlex.split(line.split("&&")[-1])
+    assert words and Path(words[0]).name == "twistd", f"not a twistd command: {line!r}"
+    assert "callnet" in words, f"not a callnet node: {line!r}"
+    return [str(TWISTD), *words[1:]]
+
+
+@contextmanager
+def documented_node(
+    tmp_path: Path, words: Sequence[str], host: str = "127.0.0.1"
+) -> Iterator[Node]:
+    """
+    Run a node started with a documented command, as written, for the block.
+
+    The command is run in C{tmp_path}; the only word added is a C{--listen}
+    on a free port of C{host} in place of the default C{127.0.0.1:7600}
+    (a command-line C{--listen} replaces the listeners of a config file).
+    """
+    require_twistd()
+    port = free_port(host)
+    log = tmp_path / f"node-{port}.log"
+    node = start_node(
+        [*words, "--listen", f"tcp:{port}:interface={host}"], host, port, log, tmp_path
+    )
+    try:
+        _wait_until_listening(node)
+        yield node
+    finally:
+        if node.process.poll() is None:
+            node.process.kill()
+            node.process.wait(timeout=10)
 
 
 def wait_until_listening(node: Node) -> None:
