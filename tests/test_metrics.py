@@ -27,7 +27,7 @@ from callnet.metrics import MISSING, Metrics, MetricsPage, metrics_service
 from callnet.testing import MemoryCluster, MemoryNode, MemoryReactor
 
 
-def add(a: int, b: int) -> int:
+def add(a: float, b: float) -> float:
     return a + b
 
 
