@@ -86,6 +86,8 @@ class AccessPolicy:
         )
         self._rules = [(identity, tuple(patterns)) for identity, patterns in security.acl]
         self._peer_names = frozenset(peer_names)
+        #: No tokens and no rules: every caller may call everything.
+        self.open = not self._rules and not self._credentials
 
     @property
     def requires_authentication(self) -> bool:
