@@ -49,9 +49,10 @@ from twisted.test import iosim
 from zope.interface import implementer
 
 from callnet import tls
+from callnet.client import ClientProtocol
 from callnet.cluster import Cluster, PeerState
 from callnet.config import ClusterSettings, Limits, NodeConfig, Security, TLSSettings
-from callnet.errors import ConfigError
+from callnet.errors import ConfigError, Outcome, UnavailableError
 from callnet.node import NodeService
 from callnet.testing import MemoryNode
 
@@ -405,6 +406,28 @@ def test_refused_server_certificates(pki: PKI, tmp_path: Path) -> None:
     assert client.lost is not None and client.received == b""
     assert "does not trust the CA of this client's certificate" in str(client.lost.value)
     assert [server.identity for server in strict.servers] == ["unset", "unset"]
+
+
+def test_refusal_after_the_handshake_fails_calls_not_run(pki: PKI) -> None:
+    """
+    A call sent before the node refuses the client's certificate (TLS 1.3,
+    after the client's side of the handshake) fails not-run, saying why.
+    """
+    clock = Clock()
+    strict = MemoryTLS(pki.settings("alpha", require=True), clock)
+    protocol = ClientProtocol(clock)
+    calls: list[Deferred[Any]] = []
+    protocol.on_made = lambda made: calls.append(made.call("add", (1, 2), {}, 5.0))
+    endpoint = strict.client_endpoint("alpha", pki.certs / "ca.pem")
+    endpoint.connect(Factory.forProtocol(lambda: protocol))
+    strict.flush()
+    [call] = calls
+    failures: list[Failure] = []
+    call.addErrback(failures.append)
+    [failure] = failures
+    assert isinstance(failure.value, UnavailableError), failure
+    assert failure.value.outcome is Outcome.NOT_RUN
+    assert "requires a client certificate signed by its CA" in str(failure.value)
 
 
 def test_handshake_timeout_and_cancel(pki: PKI) -> None:
