@@ -61,7 +61,7 @@ _SIMPLE_CALL = re.compile(
     rb"(?:\+timeout=([0-9]{1,9}(?:\.[0-9]{1,9})?) )?"
     rb"(\+cast )?"
     rb"([A-Za-z_][A-Za-z0-9_.\-]{0,127})"
-    rb"((?: [A-Za-z0-9_.\-]+)*)\r?\Z"
+    rb"((?: [A-Za-z0-9_.+\-]+)*)\r?\Z"
 )
 #: Lines longer than this skip the fast paths: a regex scan of a long value
 #: costs more than the JSON decoder's.
