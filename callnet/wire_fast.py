@@ -36,6 +36,8 @@ NUMBER_PATTERN = r"-?(?:0|[1-9][0-9]*)(\.[0-9]+)?([eE][-+]?[0-9]+)?"
 NUMBER_RE = re.compile(NUMBER_PATTERN + r"\Z")
 #: The same rule for bytes (the fast parsers' words).
 _SIMPLE_NUMBER = re.compile(NUMBER_PATTERN.encode("ascii") + rb"\Z")
+#: The same rule, without groups, to be part of a larger pattern.
+_NUMBER_NO_GROUPS = re.sub(r"\((?!\?)", "(?:", NUMBER_PATTERN).encode("ascii")
 
 
 def _number(word: bytes, whole: bool) -> int | float | None:
@@ -104,10 +106,13 @@ def _parse_simple_call(line: bytes) -> Call | None:
 
 
 # The commonest reply: OK with a number, a string without escapes, or
-# nothing.  The number groups come from NUMBER_PATTERN.
+# nothing.  A short int, by far the commonest number, is tried first and has
+# its own group; any other number is matched by the one rule.  The tag's
+# group is possessive (?+), which makes it as quick as a required one.
 _SIMPLE_SUCCESS = re.compile(
-    rb"(?:#([A-Za-z0-9_.:\-]{1,64}) )?OK"
-    rb"(?: (?:(" + NUMBER_PATTERN.encode("ascii") + rb")"
+    rb"(?:#([A-Za-z0-9_.:\-]{1,64}) )?+OK"
+    rb"(?: (?:(-?(?:0|[1-9][0-9]{0,17}))"
+    rb"|(" + _NUMBER_NO_GROUPS + rb")"
     rb"|\"([^\"\\\\\x00-\x1f\x7f-\xff]*)\"))?\r?\Z"
 )
 
@@ -117,16 +122,17 @@ def _parse_simple_success(line: bytes) -> Success | None:
     match = _SIMPLE_SUCCESS.match(line)
     if match is None:
         return None
-    tag, number, fraction, exponent, string = match.groups()
+    tag, short_int, number, string = match.groups()
     value: Any
-    if string is not None:
+    if short_int is not None:
+        value = int(short_int)
+    elif string is not None:
         value = string.decode("ascii")
     elif number is None:
         value = None
-    elif fraction is None and exponent is None and len(number) < 20:
-        value = int(number)
     else:
-        value = _number(number, fraction is None and exponent is None)
+        whole = _SIMPLE_NUMBER.match(number).lastindex is None  # type: ignore[union-attr]
+        value = _number(number, whole)
         if value is None:
             return None
     return Success(value, tag.decode("ascii") if tag else None)
