@@ -27,9 +27,7 @@ import functools
 import json
 import math
 import re
-from collections.abc import Mapping
-from dataclasses import dataclass, field, replace
-from typing import Any, TypeAlias
+from typing import Any
 
 import orjson
 
@@ -40,6 +38,28 @@ from callnet.errors import (
     ResourceExhaustedError,
     error_from_wire,
 )
+
+# Re-exported: the rest of callnet imports the codec's names from here.
+from callnet.wire_events import COMMANDS as COMMANDS
+from callnet.wire_events import RESERVED_NAMES as RESERVED_NAMES
+from callnet.wire_events import BadLine as BadLine
+from callnet.wire_events import Call as Call
+from callnet.wire_events import Command as Command
+from callnet.wire_events import Event as Event
+from callnet.wire_events import Failure as Failure
+from callnet.wire_events import Success as Success
+from callnet.wire_events import Text as Text
+from callnet.wire_fast import _LONG_HEAD as _LONG_HEAD
+from callnet.wire_fast import _LONG_TAIL as _LONG_TAIL
+from callnet.wire_fast import _SIMPLE_CALL as _SIMPLE_CALL
+from callnet.wire_fast import _SIMPLE_CONSTANTS as _SIMPLE_CONSTANTS
+from callnet.wire_fast import _SIMPLE_MAX as _SIMPLE_MAX
+from callnet.wire_fast import _SIMPLE_NUMBER as _SIMPLE_NUMBER
+from callnet.wire_fast import _SIMPLE_SUCCESS as _SIMPLE_SUCCESS
+from callnet.wire_fast import NUMBER_RE as _NUMBER_RE
+from callnet.wire_fast import _parse_long_string as _parse_long_string_with
+from callnet.wire_fast import _parse_simple_call as _parse_simple_call
+from callnet.wire_fast import _parse_simple_success as _parse_simple_success
 
 #: The version of the node-to-node handshake (C{HELLO}); a peer that speaks
 #: another is refused.
@@ -55,11 +75,6 @@ DEFAULT_MAX_LINE = 2 * 1024 * 1024
 #: a call to a hung procedure fails while its caller still cares.
 DEFAULT_CALL_TIMEOUT = 30.0
 
-#: Command verbs, matched without regard to case so a person may type them
-#: in lower case.  These names cannot be procedure names.
-COMMANDS = frozenset({"HELP", "LIST", "PING", "CANCEL", "STATS", "QUIT", "HELLO", "AUTH", "MULTI"})
-#: Words that may never name a procedure.
-RESERVED_NAMES = frozenset(word.lower() for word in COMMANDS | {"OK", "ERR"})
 
 #: Options a request may carry before its procedure name.
 OPTIONS = frozenset({"timeout", "cast", "key", "trace", "hops", "caller"})
@@ -68,7 +83,6 @@ _TAG_RE = re.compile(r"[A-Za-z0-9_.:\-]{1,64}\Z")
 _PROCEDURE_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_.\-]{0,127}(@[A-Za-z0-9_.\-]{1,128})?\Z")
 _KEYWORD_RE = re.compile(r"([A-Za-z_][A-Za-z0-9_]*)=")
 _IDENTIFIER_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
-_NUMBER_RE = re.compile(r"-?(?:0|[1-9][0-9]*)(?:\.[0-9]+)?(?:[eE][+-]?[0-9]+)?\Z")
 _OPTION_VALUE_RE = re.compile(r"[\x21-\x7e]{1,256}\Z")
 _HOPS_RE = re.compile(r"[0-9]{1,3}\Z")
 #: An identity, as config names them (a token's name, a certificate's name).
@@ -104,78 +118,6 @@ def _finite_float(text: str) -> float:
 _DECODER = json.JSONDecoder(parse_constant=_refuse_constant, parse_float=_finite_float)
 _ENCODE = json.JSONEncoder(ensure_ascii=False, allow_nan=False, separators=(",", ":")).encode
 _ENCODE_ASCII = json.JSONEncoder(ensure_ascii=True, allow_nan=False, separators=(",", ":")).encode
-
-
-# --- Events -----------------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class Call:
-    """A request to run a procedure."""
-
-    procedure: str
-    args: tuple[Any, ...] = ()
-    kwargs: Mapping[str, Any] = field(default_factory=dict)
-    tag: str | None = None
-    #: Remaining time budget in seconds, as the caller saw it when sending.
-    timeout: float | None = None
-    #: No reply is wanted (fire-and-forget).
-    cast: bool = False
-    #: Idempotency key: a retried call with the same key returns the first result.
-    key: str | None = None
-    trace: str | None = None
-    #: How many nodes have forwarded this call already.
-    hops: int = 0
-    #: The identity a peer forwards this call for (believed only from a peer).
-    caller: str | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class Command:
-    """A control verb: HELP, LIST, PING, CANCEL, STATS, QUIT, ..."""
-
-    verb: str
-    args: tuple[Any, ...] = ()
-    tag: str | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class Success:
-    """A successful reply carrying a JSON value."""
-
-    value: Any
-    tag: str | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class Failure:
-    """An error reply; L{Failure.error} is the exception it stands for."""
-
-    error: CallError
-    tag: str | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class Text:
-    """A line of text meant for a person, sent before the reply it belongs to."""
-
-    text: str
-
-
-@dataclass(frozen=True, slots=True)
-class BadLine:
-    """
-    A line that could not be understood.
-
-    C{tag} is set when the line's tag could still be read, so the error reply
-    reaches the right caller.
-    """
-
-    error: CallError
-    tag: str | None = None
-
-
-Event: TypeAlias = Call | Command | Success | Failure | Text | BadLine
 
 
 # --- Decoding ---------------------------------------------------------------
@@ -324,80 +266,6 @@ def _peek_tag(line: bytes, complete: bool = True) -> str | None:
     return tag if _TAG_RE.match(tag) else None
 
 
-# The common request of a program: a tag, a procedure and bare-word
-# arguments (numbers, true/false/null, simple strings), ASCII only.  Such a
-# line is read straight from bytes; anything else takes the general path,
-# which gives the same events for these lines (a property test checks it).
-_SIMPLE_CALL = re.compile(
-    rb"(?:#([A-Za-z0-9_.:\-]{1,64}) )?"
-    rb"(?:\+timeout=([0-9]{1,9}(?:\.[0-9]{1,9})?) )?"
-    rb"(\+cast )?"
-    rb"([A-Za-z_][A-Za-z0-9_.\-]{0,127})"
-    rb"((?: [A-Za-z0-9_.\-]+)*)\r?\Z"
-)
-_SIMPLE_NUMBER = re.compile(rb"-?(?:0|[1-9][0-9]*)(\.[0-9]+)?([eE][-]?[0-9]+)?\Z")
-#: Lines longer than this skip the fast paths: a regex scan of a long value
-#: costs more than the JSON decoder's.
-_SIMPLE_MAX = 512
-_SIMPLE_CONSTANTS: dict[bytes, Any] = {b"true": True, b"false": False, b"null": None}
-
-
-def _parse_simple_call(line: bytes) -> Call | None:
-    match = _SIMPLE_CALL.match(line)
-    if match is None:
-        return None
-    tag, timeout, cast, name, rest = match.groups()
-    procedure = name.decode("ascii")
-    if procedure.lower() in RESERVED_NAMES:
-        return None
-    args = []
-    for word in rest.split():
-        if word in _SIMPLE_CONSTANTS:
-            args.append(_SIMPLE_CONSTANTS[word])
-            continue
-        number = _SIMPLE_NUMBER.match(word)
-        if number is None:
-            args.append(word.decode("ascii"))
-        elif number.group(1) is None and number.group(2) is None:
-            if len(word) > 4000:
-                return None  # past int()'s digit limit: the general path reports it
-            args.append(int(word))
-        else:
-            value = float(word)
-            if not math.isfinite(value):
-                return None
-            args.append(value)
-    return Call(
-        procedure,
-        tuple(args),
-        {},
-        tag.decode("ascii") if tag else None,
-        None if timeout is None else float(timeout),
-        cast is not None,
-    )
-
-
-_SIMPLE_SUCCESS = re.compile(
-    rb"#([A-Za-z0-9_.:\-]{1,64}) OK"
-    rb"(?: (-?(?:0|[1-9][0-9]{0,17})|\"[^\"\\\\\x00-\x1f\x7f-\xff]*\"))?\r?\Z"
-)
-
-
-def _parse_simple_success(line: bytes) -> Success | None:
-    """A tagged OK with an int or a plain ASCII string: the commonest reply."""
-    match = _SIMPLE_SUCCESS.match(line)
-    if match is None:
-        return None
-    tag, body = match.groups()
-    if body is None:
-        value = None
-    elif body[0] == 34:  # a quoted string with no escapes
-        value = body[1:-1].decode("ascii")
-    else:
-        value = int(body)
-    return Success(value, tag.decode("ascii"))
-
-
 def parse_line(line: bytes | memoryview) -> Event | None:
     """
     Turn one line (without its LF) into an event; C{None} for a blank line.
@@ -412,41 +280,15 @@ def parse_line(line: bytes | memoryview) -> Event | None:
         if simple is not None:
             return simple
     elif len(line) > _LONG_JSON:
-        event = _parse_long_string(line)
+        event = _parse_long_string_with(line, _parse_general)
         if event is not None:
             return event
     return _parse_general(bytes(line))
 
 
-#: How far into a long line its last value may start, for _parse_long_string.
-_LONG_HEAD = 1024
-
-
 def _parse_long_string(line: bytes | memoryview) -> Event | None:
-    """
-    Read a long line that ends with a long JSON string, as a call's last
-    positional argument or an OK reply's value, without decoding or copying
-    the line: the words before the string go to the general parser, the
-    string to orjson.  None for any other line, or when either refuses (the
-    general parser then reads the whole line, with its own errors).  A
-    property test checks that both read such lines alike.
-    """
-    head = bytes(line[:_LONG_HEAD])
-    quote = head.find(b' "')
-    if quote < 0:
-        return None
-    try:
-        value = orjson.loads(line[quote + 1 :])
-    except orjson.JSONDecodeError:
-        return None
-    if type(value) is not str:
-        return None
-    before = _parse_general(head[:quote])
-    if type(before) is Success and before.value is None:
-        return Success(value, before.tag)
-    if type(before) is Call and not before.kwargs:
-        return replace(before, args=(*before.args, value))
-    return None
+    """L{callnet.wire_fast._parse_long_string}, reading the head with the general parser."""
+    return _parse_long_string_with(line, _parse_general)
 
 
 def _parse_general(line: bytes) -> Event | None:
@@ -598,6 +440,8 @@ def _long_string(text: str, pos: int) -> str | None:
     surrogates, which the protocol takes).  For what L{_parse_long_string}
     leaves: a keyword argument's value, words apart by tabs.
     """
+    if not text[-_LONG_TAIL:].rstrip(_WHITESPACE).endswith('"'):
+        return None  # orjson takes CR and LF after a value; the protocol does not
     try:
         value = orjson.loads(text[pos:])
     except orjson.JSONDecodeError:

@@ -1,0 +1,94 @@
+"""
+The codec's vocabulary: the events a line decodes to, and the words that
+can never name a procedure.  No I/O, no Twisted.
+
+Both of the codec's parsers, the general one (L{callnet.wire}) and the fast
+ones (L{callnet.wire_fast}), build these; L{callnet.wire} re-exports them,
+and that is where the rest of callnet imports them from.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, TypeAlias
+
+from callnet.errors import CallError
+
+#: Command verbs, matched without regard to case so a person may type them
+#: in lower case.  These names cannot be procedure names.
+COMMANDS = frozenset({"HELP", "LIST", "PING", "CANCEL", "STATS", "QUIT", "HELLO", "AUTH", "MULTI"})
+#: Words that may never name a procedure.
+RESERVED_NAMES = frozenset(word.lower() for word in COMMANDS | {"OK", "ERR"})
+
+
+# --- Events -----------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Call:
+    """A request to run a procedure."""
+
+    procedure: str
+    args: tuple[Any, ...] = ()
+    kwargs: Mapping[str, Any] = field(default_factory=dict)
+    tag: str | None = None
+    #: Remaining time budget in seconds, as the caller saw it when sending.
+    timeout: float | None = None
+    #: No reply is wanted (fire-and-forget).
+    cast: bool = False
+    #: Idempotency key: a retried call with the same key returns the first result.
+    key: str | None = None
+    trace: str | None = None
+    #: How many nodes have forwarded this call already.
+    hops: int = 0
+    #: The identity a peer forwards this call for (believed only from a peer).
+    caller: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Command:
+    """A control verb: HELP, LIST, PING, CANCEL, STATS, QUIT, ..."""
+
+    verb: str
+    args: tuple[Any, ...] = ()
+    tag: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Success:
+    """A successful reply carrying a JSON value."""
+
+    value: Any
+    tag: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Failure:
+    """An error reply; L{Failure.error} is the exception it stands for."""
+
+    error: CallError
+    tag: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Text:
+    """A line of text meant for a person, sent before the reply it belongs to."""
+
+    text: str
+
+
+@dataclass(frozen=True, slots=True)
+class BadLine:
+    """
+    A line that could not be understood.
+
+    C{tag} is set when the line's tag could still be read, so the error reply
+    reaches the right caller.
+    """
+
+    error: CallError
+    tag: str | None = None
+
+
+Event: TypeAlias = Call | Command | Success | Failure | Text | BadLine
