@@ -481,6 +481,10 @@ class Session:
                 self._handle(event)
         finally:
             self._pumping = False
+        if self.input_ended and self.state is OPEN and not decoder.buffered:
+            # Everything sent was read, though reading stopped on the last
+            # line (an AUTH to answer after its delay): input is done now.
+            self._input_done()
         if self.state is OPEN and decoder.buffered and self._reading and not self.input_ended:
             if handled:
                 self._stop_timer(LINE_TIMER)

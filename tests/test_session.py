@@ -492,3 +492,15 @@ class SessionEdgeTests(unittest.TestCase):
         session, node = make_session(authenticated=False)
         session.receive_data(b"now 1\n")
         self.assertIn(b"@test", replies(node)[0])
+
+
+def test_input_ending_during_an_auth_delay_is_seen() -> None:
+    """Input that ends while reading waits on a wrong token's delay moves the session on at once."""
+    machine = SessionMachine()
+    machine.start(authenticated=False)
+    machine.output_paused()
+    machine.command(verb="AUTH bad")
+    machine.half_close()
+    machine.output_resumed()
+    machine.ended_input_closes()
+    machine.teardown()
