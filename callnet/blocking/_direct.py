@@ -706,6 +706,11 @@ class DirectPath:
                 connection.cancel(tag, CANCEL_WRITE_TIMEOUT)
             self._drop(connection)
             raise
+        if self.closed:
+            # close() began while this call waited: its CANCEL may have been
+            # answered first, but a closed client's waiters all hear the same.
+            self._drop(connection)
+            raise self._closed_error(what, Outcome.MAY_HAVE_RUN)
         self._give_back(connection)
         if type(reply) is Success:
             return reply.value
