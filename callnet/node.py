@@ -27,7 +27,12 @@ from callnet.errors import ConfigError, StartError
 from callnet.metrics import Metrics, metrics_service
 from callnet.registry import Registry
 from callnet.server import DRAIN_FLUSH_TIMEOUT
-from callnet.tls import is_tls_listen, server_endpoint, with_handshake_deadline
+from callnet.tls import (
+    harden_ssl_endpoint,
+    is_tls_listen,
+    server_endpoint,
+    with_handshake_deadline,
+)
 from callnet.wiring import build_node
 from callnet.workers import WorkerThreads
 
@@ -77,6 +82,8 @@ class NodeService(MultiService):
             else:
                 endpoint = serverFromString(reactor, description)
                 if isinstance(endpoint, SSL4ServerEndpoint):
+                    # Twisted's ssl: gets the node's TLS 1.2 suites and ALPN too.
+                    harden_ssl_endpoint(endpoint)
                     endpoint = with_handshake_deadline(endpoint, reactor, handshake_timeout)
             self._listen(StreamServerEndpointService(endpoint, self.factory), description)
         #: The node's Prometheus figures, if it serves them ([node] metrics_listen).

@@ -12,6 +12,7 @@ import threading
 import time
 from contextlib import suppress
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -506,3 +507,37 @@ def test_sigterm_does_not_wait_for_a_blocked_thread(tmp_path: Path) -> None:
         output = node.output()
         assert "abandoning 1 thread procedure still running: sleep_blocking" in output, output
         assert "Traceback" not in output
+
+
+def test_ssl_listener_has_the_nodes_tls_rules(tmp_path: Path) -> None:
+    """Twisted's ssl: listener, too, offers only AEAD suites on TLS 1.2 and accepts clients that offer ALPN."""
+    import ssl
+
+    key, cert = _self_signed(tmp_path)
+    tls_port = free_port()
+    with running_node(
+        tmp_path, "--listen", f"ssl:{tls_port}:interface=127.0.0.1:privateKey={key}:certKey={cert}"
+    ) as node:
+
+        def connect(configure: Any) -> LineClient:
+            context = ssl.create_default_context(cafile=str(cert))
+            configure(context)
+            raw = socket.create_connection(("127.0.0.1", tls_port), timeout=10)
+            return LineClient(context.wrap_socket(raw, server_hostname="127.0.0.1"))
+
+        def tls12(suites: str) -> Any:
+            def configure(context: ssl.SSLContext) -> None:
+                context.maximum_version = ssl.TLSVersion.TLSv1_2
+                context.set_ciphers(suites)
+
+            return configure
+
+        with pytest.raises(ssl.SSLError, match="HANDSHAKE_FAILURE"):
+            connect(tls12("ECDHE-ECDSA-AES128-SHA:ECDHE-ECDSA-AES256-SHA"))
+        aead = connect(tls12("ECDHE-ECDSA-AES128-GCM-SHA256"))
+        aead.send("#1 add 1 2")
+        assert aead.read_line() == "#1 OK 3"
+        alpn = connect(lambda context: context.set_alpn_protocols(["h2", "http/1.1"]))
+        alpn.send("add 1 2")
+        assert alpn.read_line() == "OK 3"
+        assert node.process.poll() is None

@@ -63,6 +63,7 @@ from callnet.tls._listen import ListenSpec as ListenSpec
 from callnet.tls._server import (
     ALPN_PROTOCOL,
     check_listen,
+    harden_ssl_endpoint,
     peer_identity,
     server_endpoint,
 )
@@ -83,6 +84,7 @@ __all__ = [
     "certificate_names",
     "check_listen",
     "client_endpoint",
+    "harden_ssl_endpoint",
     "is_tls_listen",
     "links_use_tls",
     "load_credentials",

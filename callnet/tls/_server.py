@@ -20,7 +20,7 @@ from zope.interface import implementer
 
 from callnet.config import Limits, TLSSettings
 from callnet.errors import ConfigError
-from callnet.tls._credentials import certificate_names, load_credentials
+from callnet.tls._credentials import AEAD_CIPHERS, certificate_names, load_credentials
 from callnet.tls._deadline import with_handshake_deadline
 from callnet.tls._listen import parse_listen
 from callnet.tls._wording import peer_text, verify_error_text
@@ -175,3 +175,15 @@ def peer_identity(transport: object) -> str | None:
         return None
     names = certificate_names(chain[0])
     return names[0] if names else None
+
+
+def harden_ssl_endpoint(endpoint: Any) -> None:
+    """
+    Give a Twisted C{ssl:} listener (L{SSL4ServerEndpoint}) what the node's
+    own C{tls:} listeners have: TLS 1.2 with AEAD suites only, and ALPN
+    clients accepted.  Done on its one shared context before any connection
+    is made from it (pyOpenSSL refuses after).
+    """
+    context = endpoint._sslContextFactory.getContext()
+    context.set_cipher_list(AEAD_CIPHERS.encode("ascii"))
+    context.set_alpn_select_callback(_choose_protocol)
