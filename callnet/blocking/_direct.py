@@ -804,6 +804,8 @@ class DirectCallHandle(CallHandle):
         self._value: Any = None
         self._error: BaseException | None = None
         self._callbacks: list[Callable[[CallHandle], object]] = []
+        #: Awaiters of the reactor path's handle; none here (no reactor).
+        self._waiters: list[Any] = []
 
     def __repr__(self) -> str:
         state = "done" if self._done else "sent" if self._sent_on is not None else "pending"
@@ -874,18 +876,8 @@ class DirectCallHandle(CallHandle):
             self._sent_on = (connection, tag)
             return self._done
 
-    def _finish(self, value: Any = None, error: BaseException | None = None) -> None:
-        with self._lock:
-            if self._done:
-                return
-            self._done = True
-            self._value = value
-            self._error = error
-            callbacks, self._callbacks = self._callbacks, []
-        self._event.set()
+    def _forget(self) -> None:
         self._path._forget(self)
-        for fn in callbacks:
-            self._run_callback(fn)
 
     def _wait(self, timeout: float | None) -> Any:
         if not self._event.is_set():

@@ -235,7 +235,7 @@ class CallHandle:
             self._error = error
             callbacks, self._callbacks = self._callbacks, []
         self._event.set()
-        self._thread._forget(self)
+        self._forget()
         waiters, self._waiters = self._waiters, []
         for waiter in waiters:
             if waiter.called:
@@ -246,6 +246,10 @@ class CallHandle:
                 waiter.callback(value)
         for fn in callbacks:
             self._run_callback(fn)
+
+    def _forget(self) -> None:
+        """No longer count this call among those its path has in flight."""
+        self._thread._forget(self)
 
     def _run_callback(self, fn: Callable[[CallHandle], object]) -> None:
         try:
