@@ -8,6 +8,8 @@ is specified with examples in C{docs/protocol.md}; in short::
     command  = [ "#" tag SP ] VERB *( SP argument )       ; HELP, PING, ...
     success  = [ "#" tag SP ] "OK" [ SP json ]
     error    = [ "#" tag SP ] "ERR" SP CODE SP outcome [ SP "@" node ] SP message
+    item     = [ "#" tag SP ] "ITEM" [ SP json ]           ; a stream's items
+    progress = [ "#" tag SP ] "PROGRESS" SP json           ; how far a call got
     text     = "|" [ SP text ]                             ; for people only
 
 An argument is a JSON value where the word parses as one and a string
@@ -41,12 +43,15 @@ from callnet.errors import (
 
 # Re-exported: the rest of callnet imports the codec's names from here.
 from callnet.wire_events import COMMANDS as COMMANDS
+from callnet.wire_events import REPLY_WORDS as REPLY_WORDS
 from callnet.wire_events import RESERVED_NAMES as RESERVED_NAMES
 from callnet.wire_events import BadLine as BadLine
 from callnet.wire_events import Call as Call
 from callnet.wire_events import Command as Command
 from callnet.wire_events import Event as Event
 from callnet.wire_events import Failure as Failure
+from callnet.wire_events import Item as Item
+from callnet.wire_events import Progress as Progress
 from callnet.wire_events import Success as Success
 from callnet.wire_events import Text as Text
 from callnet.wire_fast import _LONG_HEAD as _LONG_HEAD
@@ -77,7 +82,9 @@ DEFAULT_CALL_TIMEOUT = 30.0
 
 
 #: Options a request may carry before its procedure name.
-OPTIONS = frozenset({"timeout", "cast", "key", "trace", "hops", "caller"})
+OPTIONS = frozenset({"timeout", "cast", "key", "trace", "hops", "caller", "window", "progress"})
+#: The largest window a caller may grant in one word (C{+window=N}, C{MORE}).
+MAX_WINDOW = 999_999_999
 
 _TAG_RE = re.compile(r"[A-Za-z0-9_.:\-]{1,64}\Z")
 _PROCEDURE_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_.\-]{0,127}(@[A-Za-z0-9_.\-]{1,128})?\Z")
@@ -85,6 +92,7 @@ _KEYWORD_RE = re.compile(r"([A-Za-z_][A-Za-z0-9_]*)=")
 _IDENTIFIER_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
 _OPTION_VALUE_RE = re.compile(r"[\x21-\x7e]{1,256}\Z")
 _HOPS_RE = re.compile(r"[0-9]{1,3}\Z")
+_WINDOW_RE = re.compile(r"[1-9][0-9]{0,8}\Z")
 #: An identity, as config names them (a token's name, a certificate's name).
 _IDENTITY_RE = re.compile(r"[A-Za-z0-9_.\-]{1,128}\Z")
 _SECONDS_RE = re.compile(r"[0-9]{1,9}(?:\.[0-9]{1,9})?\Z")
@@ -351,6 +359,10 @@ def _parse_text(text: str) -> Event | None:
         return _parse_success(text, pos, tag)
     if word == "ERR":
         return _parse_failure(text, pos, tag)
+    if word == "ITEM":
+        return Item(_parse_reply_value(text, pos, tag, "ITEM"), tag)
+    if word == "PROGRESS":
+        return _parse_progress(text, pos, tag)
     verb = word.upper()
     if verb in COMMANDS:
         return Command(verb, _parse_arguments(text, pos, tag, allow_keywords=False)[0], tag)
@@ -374,10 +386,10 @@ def _parse_option(word: str, options: dict[str, Any], tag: str | None) -> None:
         raise _MalformedError(f"unknown option +{name[:40]}", tag)
     if name in options:
         raise _MalformedError(f"option +{name} given twice", tag)
-    if name == "cast":
+    if name in ("cast", "progress"):
         if value:
-            raise _MalformedError("+cast takes no value", tag)
-        options["cast"] = True
+            raise _MalformedError(f"+{name} takes no value", tag)
+        options[name] = True
         return
     if not value:
         raise _MalformedError(f"+{name} needs a value: +{name}=...", tag)
@@ -385,6 +397,12 @@ def _parse_option(word: str, options: dict[str, Any], tag: str | None) -> None:
         if not _SECONDS_RE.match(value):
             raise _MalformedError(f"+timeout takes seconds such as 2.5, not {value[:40]!r}", tag)
         options["timeout"] = float(value)
+    elif name == "window":
+        if not _WINDOW_RE.match(value):
+            raise _MalformedError(
+                f"+window takes a whole number of items from 1 to {MAX_WINDOW:,}", tag
+            )
+        options["window"] = int(value)
     elif name == "hops":
         if not _HOPS_RE.match(value):
             raise _MalformedError("+hops takes a small whole number", tag)
@@ -513,19 +531,43 @@ def _reason(error: ValueError) -> str:
 
 
 def _parse_success(text: str, pos: int, tag: str | None) -> Success:
+    return Success(_parse_reply_value(text, pos, tag, "OK"), tag)
+
+
+def _parse_reply_value(text: str, pos: int, tag: str | None, word: str) -> Any:
+    """The JSON value after a reply's word (C{OK}, C{ITEM}); none is C{null}."""
     pos = _skip_space(text, pos)
     if pos == len(text):
-        return Success(None, tag)
+        return None
     try:
         # raw_decode reads in place: no copy of a long value to strip it.
         value, end = _DECODER.raw_decode(text, pos)
         if text[end:].strip(_WHITESPACE):
             raise ValueError("Extra data")
     except ValueError as e:
-        raise _MalformedError(f"bad JSON in OK reply: {_reason(e)}", tag) from None
+        raise _MalformedError(f"bad JSON in {word} reply: {_reason(e)}", tag) from None
     except RecursionError:
-        raise _MalformedError("JSON nested too deeply in OK reply", tag) from None
-    return Success(value, tag)
+        raise _MalformedError(f"JSON nested too deeply in {word} reply", tag) from None
+    return value
+
+
+def _parse_progress(text: str, pos: int, tag: str | None) -> Progress:
+    """C{PROGRESS {"done": 3, "total": 10, "message": "..."}}; other keys are ignored."""
+    value = _parse_reply_value(text, pos, tag, "PROGRESS")
+    usage = 'PROGRESS takes {"done": N, "total": N or null, "message": text or null}'
+    if not isinstance(value, dict):
+        raise _MalformedError(usage, tag)
+    done, total, message = value.get("done"), value.get("total"), value.get("message")
+    if not _is_amount(done) or not (total is None or _is_amount(total)):
+        raise _MalformedError(usage, tag)
+    if not (message is None or isinstance(message, str)):
+        raise _MalformedError(usage, tag)
+    return Progress(done, total, message, tag)  # type: ignore[arg-type]
+
+
+def _is_amount(value: object) -> bool:
+    """A finite number >= 0, as progress counts."""
+    return type(value) in (int, float) and 0 <= value < math.inf  # type: ignore[operator]
 
 
 def _parse_failure(text: str, pos: int, tag: str | None) -> Failure:
@@ -655,6 +697,12 @@ def encode_call(call: Call) -> bytes:
         if not _IDENTITY_RE.match(call.caller):
             raise ValueError(f"not an identity: {call.caller[:80]!r}")
         words.append(f"+caller={call.caller}")
+    if call.window is not None:
+        if type(call.window) is not int or not 1 <= call.window <= MAX_WINDOW:
+            raise ValueError(f"+window must be a whole number from 1 to {MAX_WINDOW}")
+        words.append(f"+window={call.window}")
+    if call.progress:
+        words.append("+progress")
     words.append(call.procedure)
     words.extend(map(_encode_argument, call.args))
     for name, value in call.kwargs.items():
@@ -711,6 +759,35 @@ def encode_failure(error: CallError, tag: str | None = None) -> bytes:
         message += f" [trace {error.trace}]"
     line = f"{_prefix(tag)}ERR {error.code} {error.outcome.value} {node}{message}\n"
     return line.encode("utf-8", "backslashreplace")
+
+
+def encode_item(value: Any, tag: str | None = None) -> bytes:
+    """Encode one item of a stream: C{ITEM json}, before the stream's final reply."""
+    # An item is written as a result is, with the same fast paths.
+    body = encode_success(value).removeprefix(b"OK")
+    if tag is None:
+        return b"ITEM" + body
+    return b"#%b ITEM%b" % (tag.encode("ascii"), body)
+
+
+def encode_progress(
+    done: int | float,
+    total: int | float | None = None,
+    message: str | None = None,
+    tag: str | None = None,
+) -> bytes:
+    """Encode a C{PROGRESS} line; C{message} is cut to one line of text."""
+    report: dict[str, Any] = {"done": done, "total": total}
+    if message is not None:
+        report["message"] = " ".join(message.split())
+    return f"{_prefix(tag)}PROGRESS {encode_json(report)}\n".encode("utf-8", "backslashreplace")
+
+
+def encode_more(tag: str, count: int) -> bytes:
+    """Grant the stream C{tag} C{count} more items: C{MORE #tag count}."""
+    if not _TAG_RE.match(tag) or type(count) is not int or not 1 <= count <= MAX_WINDOW:
+        raise ValueError(f"MORE takes a tag and a count from 1 to {MAX_WINDOW}")
+    return f"MORE #{tag} {count}\n".encode("ascii")
 
 
 def encode_text(text: str) -> bytes:

@@ -17,9 +17,13 @@ from callnet.errors import CallError
 
 #: Command verbs, matched without regard to case so a person may type them
 #: in lower case.  These names cannot be procedure names.
-COMMANDS = frozenset({"HELP", "LIST", "PING", "CANCEL", "STATS", "QUIT", "HELLO", "AUTH", "MULTI"})
+COMMANDS = frozenset(
+    {"HELP", "LIST", "PING", "CANCEL", "STATS", "QUIT", "HELLO", "AUTH", "MULTI", "MORE"}
+)
+#: The words a reply line starts with (after its tag).
+REPLY_WORDS = frozenset({"OK", "ERR", "ITEM", "PROGRESS"})
 #: Words that may never name a procedure.
-RESERVED_NAMES = frozenset(word.lower() for word in COMMANDS | {"OK", "ERR"})
+RESERVED_NAMES = frozenset(word.lower() for word in COMMANDS | REPLY_WORDS)
 
 
 # --- Events -----------------------------------------------------------------
@@ -44,11 +48,16 @@ class Call:
     hops: int = 0
     #: The identity a peer forwards this call for (believed only from a peer).
     caller: str | None = None
+    #: The caller takes a stream: how many items it grants at first (more
+    #: come with C{MORE}).  C{None}: a plain call.
+    window: int | None = None
+    #: The caller wants C{PROGRESS} lines while the call runs.
+    progress: bool = False
 
 
 @dataclass(frozen=True, slots=True)
 class Command:
-    """A control verb: HELP, LIST, PING, CANCEL, STATS, QUIT, ..."""
+    """A control verb: HELP, LIST, PING, CANCEL, MORE, STATS, QUIT, ..."""
 
     verb: str
     args: tuple[Any, ...] = ()
@@ -72,6 +81,24 @@ class Failure:
 
 
 @dataclass(frozen=True, slots=True)
+class Item:
+    """One item of a stream, sent as soon as it is made, before the final reply."""
+
+    value: Any
+    tag: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Progress:
+    """How far a long call has got: advisory, for the caller to show."""
+
+    done: int | float
+    total: int | float | None = None
+    message: str | None = None
+    tag: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class Text:
     """A line of text meant for a person, sent before the reply it belongs to."""
 
@@ -91,4 +118,4 @@ class BadLine:
     tag: str | None = None
 
 
-Event: TypeAlias = Call | Command | Success | Failure | Text | BadLine
+Event: TypeAlias = Call | Command | Success | Failure | Item | Progress | Text | BadLine

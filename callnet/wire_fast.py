@@ -27,7 +27,7 @@ from typing import Any
 
 import orjson
 
-from callnet.wire_events import RESERVED_NAMES, Call, Event, Success
+from callnet.wire_events import RESERVED_NAMES, Call, Event, Item, Success
 
 #: A JSON number.  Its groups are the fraction and the exponent: a number
 #: with neither is an int.
@@ -105,24 +105,24 @@ def _parse_simple_call(line: bytes) -> Call | None:
     )
 
 
-# The commonest reply: OK with a number, a string without escapes, or
-# nothing.  A short int, by far the commonest number, is tried first and has
+# The commonest reply: OK (or a stream's ITEM) with a number, a string without
+# escapes, or nothing.  A short int, by far the commonest number, is tried first and has
 # its own group; any other number is matched by the one rule.  The tag's
 # group is possessive (?+), which makes it as quick as a required one.
 _SIMPLE_SUCCESS = re.compile(
-    rb"(?:#([A-Za-z0-9_.:\-]{1,64}) )?+OK"
+    rb"(?:#([A-Za-z0-9_.:\-]{1,64}) )?+(OK|ITEM)"
     rb"(?: (?:(-?(?:0|[1-9][0-9]{0,17}))"
     rb"|(" + _NUMBER_NO_GROUPS + rb")"
     rb"|\"([^\"\\\\\x00-\x1f\x7f-\xff]*)\"))?\r?\Z"
 )
 
 
-def _parse_simple_success(line: bytes) -> Success | None:
-    """An OK reply, tagged or not, with a number or a plain ASCII string, or None."""
+def _parse_simple_success(line: bytes) -> Success | Item | None:
+    """An OK or ITEM reply, tagged or not, with a number or a plain ASCII string, or None."""
     match = _SIMPLE_SUCCESS.match(line)
     if match is None:
         return None
-    tag, short_int, number, string = match.groups()
+    tag, word, short_int, number, string = match.groups()
     value: Any
     if short_int is not None:
         value = int(short_int)
@@ -135,6 +135,8 @@ def _parse_simple_success(line: bytes) -> Success | None:
         value = _number(number, whole)
         if value is None:
             return None
+    if word == b"ITEM":
+        return Item(value, tag.decode("ascii") if tag else None)
     return Success(value, tag.decode("ascii") if tag else None)
 
 

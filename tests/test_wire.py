@@ -39,13 +39,18 @@ from callnet.wire import (
     Command,
     Event,
     Failure,
+    Item,
     LineDecoder,
+    Progress,
     Success,
     Text,
     encode_call,
     encode_command,
     encode_failure,
+    encode_item,
     encode_json,
+    encode_more,
+    encode_progress,
     encode_success,
     encode_text,
     parse_line,
@@ -122,11 +127,17 @@ def comparable(event: Event | None) -> Any:
             event.key,
             event.trace,
             typed(event.hops),
+            event.window,
+            event.progress,
         )
     if isinstance(event, Command):
         return ("Command", event.verb, typed(event.args), event.tag)
     if isinstance(event, Success):
         return ("Success", typed(event.value), event.tag)
+    if isinstance(event, Item):
+        return ("Item", typed(event.value), event.tag)
+    if isinstance(event, Progress):
+        return ("Progress", typed(event.done), typed(event.total), event.message, event.tag)
     if isinstance(event, Failure):
         return ("Failure", comparable_error(event.error), event.tag)
     if isinstance(event, BadLine):
@@ -493,6 +504,88 @@ class ReplyVectorTests(WireTestCase):
         self.assertDecodes(b"ERR UNKNOWN ran x\n", [Failure(UnknownError("x", Outcome.RAN))])
 
 
+class StreamVectorTests(WireTestCase):
+    """Streams: +window and MORE from the caller, ITEM and PROGRESS lines back."""
+
+    def test_stream_requests(self) -> None:
+        """+window grants a stream's first items; +progress asks for progress lines."""
+        self.assertTable(
+            [
+                (b"#1 +window=64 count 3\n", [Call("count", (3,), tag="1", window=64)]),
+                (b"+progress build\n", [Call("build", progress=True)]),
+                (
+                    b"#2 +timeout=5 +window=1 +progress tail x\n",
+                    [Call("tail", ("x",), tag="2", timeout=5.0, window=1, progress=True)],
+                ),
+            ]
+        )
+
+    def test_bad_stream_options(self) -> None:
+        """A window is a whole number from 1 to 999,999,999; +progress takes no value."""
+        for line in [b"+window=0 f\n", b"+window=-1 f\n", b"+window=1.5 f\n",
+                     b"+window=01 f\n", b"+window=1000000000 f\n", b"+window= f\n"]:  # fmt: skip
+            with self.subTest(line=line):
+                self.assertDecodes(line, [Bad(says="+window")])
+        self.assertDecodes(b"+progress=1 f\n", [Bad(says="+progress takes no value")])
+
+    def test_more(self) -> None:
+        """MORE is a command: the stream's tag and how many more items it may send."""
+        self.assertTable(
+            [
+                (b"MORE #7 64\n", [Command("MORE", ("#7", 64))]),
+                (b"more 7 1\n", [Command("MORE", (7, 1))]),
+            ]
+        )
+
+    def test_items(self) -> None:
+        """ITEM carries one JSON value, like OK; ITEM alone is null."""
+        self.assertTable(
+            [
+                (b"ITEM 0\n", [Item(0)]),
+                (b"#7 ITEM 1\n", [Item(1, "7")]),
+                (b"#7 ITEM\n", [Item(None, "7")]),
+                (b'#7 ITEM {"row": [1, "a"]}\n', [Item({"row": [1, "a"]}, "7")]),
+                (b"#7 ITEM 1 2\n", [Bad(tag="7", says="bad JSON in ITEM reply")]),
+            ]
+        )
+
+    def test_progress(self) -> None:
+        """PROGRESS carries done, total and message; anything else is refused."""
+        self.assertTable(
+            [
+                (b'#3 PROGRESS {"done": 3, "total": 10}\n', [Progress(3, 10, None, "3")]),
+                (
+                    b'PROGRESS {"done": 0.5, "total": null, "message": "copying", "eta": 2}\n',
+                    [Progress(0.5, None, "copying")],
+                ),
+                (b'PROGRESS {"done": -1}\n', [Bad(says="PROGRESS takes")]),
+                (b'PROGRESS {"done": true}\n', [Bad(says="PROGRESS takes")]),
+                (b'PROGRESS {"done": 1, "message": 5}\n', [Bad(says="PROGRESS takes")]),
+                (b"PROGRESS 3\n", [Bad(says="PROGRESS takes")]),
+            ]
+        )
+
+    def test_round_trips(self) -> None:
+        """What the encoders write, the decoder reads back."""
+        self.assertDecodes(
+            encode_item("a b", "7") + encode_item(None) + encode_item([1, {"x": 1.5}], "8"),
+            [Item("a b", "7"), Item(None), Item([1, {"x": 1.5}], "8")],
+        )
+        self.assertDecodes(
+            encode_progress(3, 10, "two\nlines", "4") + encode_progress(0.25),
+            [Progress(3, 10, "two lines", "4"), Progress(0.25)],
+        )
+        self.assertDecodes(encode_more("a.b", 64), [Command("MORE", ("#a.b", 64))])
+        call = Call("count", (3,), tag="1", timeout=2.0, window=16, progress=True)
+        self.assertDecodes(encode_call(call), [call])
+
+    def test_bad_encodings_refused(self) -> None:
+        """The encoders refuse what the decoder would: a bad window, tag or count."""
+        self.assertRaises(ValueError, encode_call, Call("f", window=0))
+        self.assertRaises(ValueError, encode_more, "bad tag", 1)
+        self.assertRaises(ValueError, encode_more, "7", 0)
+
+
 class TextAndBlankTests(WireTestCase):
     """Lines for people, and lines with nothing on them."""
 
@@ -564,7 +657,10 @@ class BadLineTests(WireTestCase):
                 (b"+cast OK 3\n", [Bad()]),
             ]
         )
-        self.assertEqual(RESERVED_NAMES, {verb.lower() for verb in COMMANDS} | {"ok", "err"})
+        self.assertEqual(
+            RESERVED_NAMES,
+            {verb.lower() for verb in COMMANDS} | {"ok", "err", "item", "progress"},
+        )
 
     def test_not_a_procedure_name(self) -> None:
         """A first word that cannot be a procedure name is refused."""

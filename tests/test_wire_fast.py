@@ -23,6 +23,7 @@ from callnet.wire import (
     _SIMPLE_MAX,
     BadLine,
     Call,
+    Item,
     Success,
     _parse_general,
     _parse_long_string,
@@ -229,10 +230,11 @@ _reply_bodies = st.one_of(
 @st.composite
 def replies(draw: st.DrawFn) -> bytes:
     tag = draw(_tags)
+    word = draw(st.sampled_from(["OK", "ITEM"]))
     body = draw(_reply_bodies)
     end = draw(line_ends)
     prefix = f"#{tag} " if tag is not None else ""
-    text = prefix + "OK" + ("" if body is None else " " + body) + end
+    text = prefix + word + ("" if body is None else " " + body) + end
     return text.encode("utf-8", "surrogatepass")
 
 
@@ -248,19 +250,26 @@ class SimpleSuccessTests(SynchronousTestCase):
     @example(b"OK 1e999")
     @example(b"OK 007")
     @example(b'#t OK "a\x7fb"')
+    @example(b"#7 ITEM 12")
+    @example(b"ITEM")
     def test_same_event(self, line: bytes) -> None:
-        """Wherever the fast path reads an OK reply, it reads what the general parser reads."""
+        """Wherever the fast path reads an OK or ITEM reply, it reads what the general parser reads."""
         fast = _parse_simple_success(line)
         if fast is not None:
             self.assertEqual(comparable(fast), comparable(_parse_general(line)))
 
     @EXAMPLES
-    @given(_tags, json_numbers | _plain_strings.map(encode_json), line_ends)
-    def test_stays_fast(self, tag: str | None, body: str, end: str) -> None:
-        """A finite number or a string without escapes in an OK reply takes the fast path."""
-        line = ((f"#{tag} " if tag is not None else "") + f"OK {body}{end}").encode()
+    @given(
+        _tags,
+        st.sampled_from(["OK", "ITEM"]),
+        json_numbers | _plain_strings.map(encode_json),
+        line_ends,
+    )
+    def test_stays_fast(self, tag: str | None, word: str, body: str, end: str) -> None:
+        """A finite number or a plain string in an OK or ITEM reply takes the fast path."""
+        line = ((f"#{tag} " if tag is not None else "") + f"{word} {body}{end}").encode()
         expected = _parse_general(line)
-        if isinstance(expected, Success) and "\\" not in body:
+        if isinstance(expected, Success | Item) and "\\" not in body:
             self.assertEqual(comparable(_parse_simple_success(line)), comparable(expected))
         else:  # a number json refuses, a string with escapes
             self.assertIsNone(_parse_simple_success(line))
@@ -270,6 +279,7 @@ class SimpleSuccessTests(SynchronousTestCase):
         for line in [
             b"OK  3", b"OK 3 ", b"OK\t3", b"ok 3", b"OK 03", b"OK true", b"OK +1", b"OK 1e999",
             b'OK "a\\"b"', b'OK "\xc3\xa9"', b"#t  OK 3", b"#t OK 3\r\r", b"OK 3 4", b"OK [1]",
+            b"ITEMS 3", b"item 3", b"#t ITEM  3", b"PROGRESS 3",
         ]:  # fmt: skip
             with self.subTest(line=line):
                 self.assertIsNone(_parse_simple_success(line))

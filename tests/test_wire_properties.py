@@ -24,12 +24,16 @@ from callnet.wire import (
     Call,
     Command,
     Failure,
+    Item,
     LineDecoder,
+    Progress,
     Success,
     Text,
     encode_call,
     encode_command,
     encode_failure,
+    encode_item,
+    encode_progress,
     encode_success,
     encode_text,
 )
@@ -87,7 +91,10 @@ calls = st.builds(
     key=option_values,
     trace=option_values,
     hops=st.integers(0, 999),
+    window=st.none() | st.integers(1, 999_999_999),
+    progress=st.booleans(),
 )
+amounts = st.integers(0, 10**12) | st.floats(0, 1e12, allow_nan=False, allow_infinity=False)
 
 # --- Plausible input --------------------------------------------------------
 
@@ -105,6 +112,10 @@ _terminators = st.sampled_from([b"\n", b"\r\n", b"", b"\r"])
 _encoded_lines = st.one_of(
     calls.map(encode_call),
     st.tuples(json_values, tags).map(lambda vt: encode_success(*vt)),
+    st.tuples(json_values, tags).map(lambda vt: encode_item(*vt)),
+    st.tuples(amounts, st.none() | amounts, st.none() | texts, tags).map(
+        lambda parts: encode_progress(*parts)
+    ),
     st.tuples(st.sampled_from(sorted(COMMANDS)), tags).map(
         lambda vt: encode_command(vt[0], (), vt[1])
     ),
@@ -175,7 +186,7 @@ class RobustnessProperties(SynchronousTestCase):
     def test_never_raises(self, case: tuple[bytes, list[bytes]], max_line: int) -> None:
         """No input makes feed, next_event or end_of_input raise anything."""
         decoder = LineDecoder(max_line)
-        event_types = (Call, Command, Success, Failure, Text, BadLine)
+        event_types = (Call, Command, Success, Failure, Item, Progress, Text, BadLine)
         for chunk in case[1]:
             decoder.feed(chunk)
             while (event := decoder.next_event()) is not None:
@@ -215,6 +226,26 @@ class RoundTripProperties(SynchronousTestCase):
         data = encode_success(value, tag)
         self.assertEqual(data.count(b"\n"), 1)
         self.assertEqual(_events_of(data), [comparable(Success(value, tag))])
+
+    @EXAMPLES
+    @given(json_values, tags)
+    def test_item(self, value: Any, tag: str | None) -> None:
+        """decode(encode_item(value)) is an Item with the same value and tag."""
+        data = encode_item(value, tag)
+        self.assertEqual(data.count(b"\n"), 1)
+        self.assertEqual(_events_of(data), [comparable(Item(value, tag))])
+
+    @EXAMPLES
+    @given(amounts, st.none() | amounts, st.none() | texts, tags)
+    def test_progress(
+        self, done: float, total: float | None, message: str | None, tag: str | None
+    ) -> None:
+        """decode(encode_progress(...)) keeps done, total, the message on one line, and the tag."""
+        data = encode_progress(done, total, message, tag)
+        self.assertEqual(data.count(b"\n"), 1)
+        [event] = _events_of(data)
+        shown = None if message is None else " ".join(message.split())
+        self.assertEqual(event, comparable(Progress(done, total, shown, tag)))
 
     @EXAMPLES
     @given(
