@@ -17,6 +17,7 @@ import heapq
 import itertools
 import math
 from collections.abc import Callable, Iterable
+from dataclasses import replace
 from typing import Any, Protocol, cast
 
 from twisted.internet.defer import Deferred, fail, succeed
@@ -28,6 +29,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from callnet.answers import MULTICALL, unpack
+from callnet.client_stream import DEFAULT_WINDOW, CallStream
 from callnet.errors import (
     CallError,
     CancelledError,
@@ -43,10 +45,13 @@ from callnet.wire import (
     DEFAULT_MAX_LINE,
     BadLine,
     Call,
+    Item,
     LineDecoder,
+    Progress,
     Success,
     encode_call,
     encode_command,
+    encode_more,
     encode_simple_call,
 )
 from callnet.wire import Failure as FailureReply
@@ -64,16 +69,25 @@ class _Transport(Protocol):
     def loseConnection(self) -> None: ...
 
 
+#: What a call's C{ITEM} and C{PROGRESS} lines are handed to.
+ItemCallback = Callable[[Any], object]
+ProgressCallback = Callable[[Progress], object]
+
+
 class _Pending:
     """A call sent and not yet answered."""
 
-    __slots__ = ("bucket", "deferred", "procedure", "timeout")
+    __slots__ = ("bucket", "deferred", "on_item", "on_progress", "procedure", "timeout")
 
     def __init__(self, deferred: Deferred[Any], procedure: str, timeout: float) -> None:
         self.deferred = deferred
         self.procedure = procedure
         self.timeout = timeout
         self.bucket = 0
+        #: Called with each item of a stream, and each progress report, before
+        #: the final reply; C{None} for a call that asked for neither.
+        self.on_item: ItemCallback | None = None
+        self.on_progress: ProgressCallback | None = None
 
 
 #: The client's deadline timers round deadlines up to this step (1/64 s, a
@@ -203,13 +217,21 @@ class ClientProtocol(TwistedProtocol):
         trace: str | None = None,
         hops: int = 0,
         caller: str | None = None,
+        on_progress: ProgressCallback | None = None,
     ) -> Deferred[Any]:
         """
         Send a call; the Deferred fires with its result or fails with a L{CallError}.
 
         @param caller: the identity a node forwards this call for (C{+caller}),
             which the receiving node believes only from a peer.
+        @param on_progress: ask for C{+progress}, and have this called with
+            each L{Progress} report before the reply.
         """
+        if on_progress is not None:
+            return self.open(
+                Call(procedure, args, kwargs, None, timeout, False, key, trace, hops, caller),
+                on_progress=on_progress,
+            )[1]
         if not self._connected:
             return fail(UnavailableError("not connected", Outcome.NOT_RUN, self.node_name))
         if timeout <= 0:
@@ -229,6 +251,48 @@ class ClientProtocol(TwistedProtocol):
         except (TypeError, ValueError) as e:
             return fail(InvalidArgumentError(f"arguments are not JSON: {e}", Outcome.NOT_RUN))
         return self._send(tag, line, procedure, timeout)
+
+    def open(
+        self,
+        call: Call,
+        on_item: ItemCallback | None = None,
+        on_progress: ProgressCallback | None = None,
+    ) -> tuple[str, Deferred[Any]]:
+        """
+        Send a call that talks back before its reply: a stream (C{call.window}
+        set, each C{ITEM} handed to C{on_item}) or a call whose C{PROGRESS}
+        reports go to C{on_progress} (C{+progress} is asked for then).  The
+        call's tag is chosen here; C{call.timeout} is its deadline.
+
+        @return: the tag (for L{more}) and a Deferred of the final reply, as
+            L{call} returns.
+        """
+        timeout = call.timeout if call.timeout is not None else DEFAULT_TIMEOUT
+        if not self._connected:
+            return "", fail(UnavailableError("not connected", Outcome.NOT_RUN, self.node_name))
+        if timeout <= 0:
+            return "", fail(
+                DeadlineExceededError(
+                    "the deadline passed before the call was sent", Outcome.NOT_RUN
+                )
+            )
+        tag = next(self._tags)
+        try:
+            line = encode_call(
+                replace(call, tag=tag, timeout=timeout, progress=on_progress is not None)
+            )
+        except (TypeError, ValueError) as e:
+            return "", fail(InvalidArgumentError(f"arguments are not JSON: {e}", Outcome.NOT_RUN))
+        d = self._send(tag, line, call.procedure, timeout)
+        pending = self._pending[tag]
+        pending.on_item = on_item
+        pending.on_progress = on_progress
+        return tag, d
+
+    def more(self, tag: str, count: int) -> None:
+        """Grant the stream C{tag} C{count} more items (C{MORE}), if it is still in flight."""
+        if self._connected and tag in self._pending:
+            self._outbox.write(encode_more(tag, count))
 
     def _send(self, tag: str, line: bytes, procedure: str, timeout: float) -> Deferred[Any]:
         pending = _Pending(Deferred(lambda d: self._abandon(tag, "cancelled")), procedure, timeout)
@@ -312,11 +376,27 @@ class ClientProtocol(TwistedProtocol):
                     pending.deferred.callback(event.value)
                 else:
                     pending.deferred.errback(Failure(cast(FailureReply, event).error))
+            elif type(event) is Item or type(event) is Progress:
+                self._talk_back(event)
             elif type(event) is BadLine:
                 log.warn(
                     "unreadable line from {node}: {error}", node=self.node_name, error=event.error
                 )
         self._outbox.release()
+
+    def _talk_back(self, event: Item | Progress) -> None:
+        """Hand an item or a progress report to the call it belongs to, if it asked."""
+        pending = self._pending.get(event.tag) if event.tag is not None else None
+        if pending is None:
+            return  # a call given up on, or one that asked for no such line
+        if type(event) is Item:
+            if pending.on_item is not None:
+                pending.on_item(event.value)
+        elif pending.on_progress is not None:
+            try:
+                pending.on_progress(event)  # type: ignore[arg-type]
+            except Exception:
+                log.failure("progress callback of {procedure} failed", procedure=pending.procedure)
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
         self._connected = False
@@ -548,17 +628,91 @@ class Client:
         @return: a Deferred firing with the result, or failing with a
             L{CallError} subclass.  Cancelling it cancels the call on the node.
         """
+        return self._call(procedure, args, kwargs, timeout, key, trace, None)
+
+    def _call(
+        self,
+        procedure: str,
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        timeout: float | None,
+        key: str | None,
+        trace: str | None,
+        on_progress: ProgressCallback | None,
+    ) -> Deferred[Any]:
         budget = self.timeout if timeout is None else timeout
         deadline = self._reactor.seconds() + budget
         protocol = self._protocol
         if protocol is not None and protocol.is_connected:
-            return protocol.call(procedure, args, kwargs, budget, key, trace)
+            return protocol.call(
+                procedure, args, kwargs, budget, key, trace, on_progress=on_progress
+            )
         return self._when_connected(
             deadline,
             lambda p: p.call(
-                procedure, args, kwargs, deadline - self._reactor.seconds(), key, trace
+                procedure,
+                args,
+                kwargs,
+                deadline - self._reactor.seconds(),
+                key,
+                trace,
+                on_progress=on_progress,
             ),
         )
+
+    def stream(
+        self,
+        procedure: str,
+        /,
+        *args: Any,
+        timeout: float | None = None,
+        window: int | None = None,
+        trace: str | None = None,
+        **kwargs: Any,
+    ) -> CallStream:
+        """
+        Call a procedure that yields, and take its items as they come
+        (C{async for item in client.stream("count", 5)}); see L{CallStream}.
+
+        @param timeout: the deadline of the whole stream, in seconds.
+        @param window: how many items the node may send before the reader
+            takes them (L{DEFAULT_WINDOW} when C{None}): what the client holds
+            at most.
+        """
+        return self._stream(procedure, args, kwargs, timeout, window, trace, None)
+
+    def _stream(
+        self,
+        procedure: str,
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        timeout: float | None,
+        window: int | None,
+        trace: str | None,
+        on_progress: ProgressCallback | None,
+    ) -> CallStream:
+        stream = CallStream(procedure, DEFAULT_WINDOW if window is None else window)
+        deadline = self._reactor.seconds() + (self.timeout if timeout is None else timeout)
+
+        def send(protocol: ClientProtocol) -> Deferred[Any]:
+            call = Call(procedure, args, kwargs, None, deadline - self._reactor.seconds())
+            call = replace(call, trace=trace, window=stream.window)
+            tag, reply = protocol.open(call, stream._item, on_progress)
+            stream._sent(protocol, tag)
+            return reply
+
+        stream._follow(self._when_connected(deadline, send))
+        return stream
+
+    def with_progress(self, on_progress: ProgressCallback) -> ProgressCalls:
+        """
+        Calls and streams that ask for C{+progress} and hand each
+        L{Progress} report to C{on_progress} (on the reactor thread) before
+        their result: C{client.with_progress(show).call("build", "site")}.
+        A method of its own, so that no keyword argument of a procedure is
+        ever taken for it.
+        """
+        return ProgressCalls(self, on_progress)
 
     def multicall(
         self,
@@ -673,3 +827,39 @@ class Client:
         if self._protocol is not None:
             self._protocol.close()
             self._protocol = None
+
+
+class ProgressCalls:
+    """L{Client.call} and L{Client.stream}, with progress reports to a callback."""
+
+    def __init__(self, client: Client, on_progress: ProgressCallback) -> None:
+        self._client = client
+        self._on_progress = on_progress
+
+    def call(
+        self,
+        procedure: str,
+        /,
+        *args: Any,
+        timeout: float | None = None,
+        key: str | None = None,
+        trace: str | None = None,
+        **kwargs: Any,
+    ) -> Deferred[Any]:
+        """As L{Client.call}, asking for C{+progress}."""
+        return self._client._call(procedure, args, kwargs, timeout, key, trace, self._on_progress)
+
+    def stream(
+        self,
+        procedure: str,
+        /,
+        *args: Any,
+        timeout: float | None = None,
+        window: int | None = None,
+        trace: str | None = None,
+        **kwargs: Any,
+    ) -> CallStream:
+        """As L{Client.stream}, asking for C{+progress}."""
+        return self._client._stream(
+            procedure, args, kwargs, timeout, window, trace, self._on_progress
+        )
