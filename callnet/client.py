@@ -690,8 +690,10 @@ class Client:
         window: int | None,
         trace: str | None,
         on_progress: ProgressCallback | None,
+        stream: CallStream | None = None,
     ) -> CallStream:
-        stream = CallStream(procedure, DEFAULT_WINDOW if window is None else window)
+        if stream is None:
+            stream = CallStream(procedure, DEFAULT_WINDOW if window is None else window)
         deadline = self._reactor.seconds() + (self.timeout if timeout is None else timeout)
 
         def send(protocol: ClientProtocol) -> Deferred[Any]:
