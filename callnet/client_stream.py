@@ -20,7 +20,7 @@ from typing import Any, Protocol
 from twisted.internet.defer import Deferred, ensureDeferred, fail, succeed
 from twisted.python.failure import Failure
 
-from callnet.errors import CallError, CancelledError, Outcome
+from callnet.errors import CallError, CancelledError, InvalidArgumentError, Outcome
 
 #: How many items a stream lets the node send ahead of its reader, when the
 #: caller names no window.  Enough to keep a fast producer busy over a round
@@ -51,6 +51,20 @@ class Credit:
             return 0
         grant, self._taken = self._taken, 0
         return grant
+
+
+def asks_for_a_stream(error: BaseException) -> bool:
+    """
+    Whether a call was refused because its procedure streams and the call
+    did not ask with C{+window}: the node says so with C{INVALID_ARGUMENT}
+    (not-run), naming C{+window} or C{stream()}.  For a caller such as
+    C{callnet call} that does not know beforehand, and asks again as a stream.
+    """
+    return (
+        isinstance(error, InvalidArgumentError)
+        and error.outcome is Outcome.NOT_RUN
+        and ("+window" in error.message or "stream()" in error.message)
+    )
 
 
 class _Link(Protocol):
