@@ -29,7 +29,13 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from callnet.answers import MULTICALL, unpack
-from callnet.client_stream import DEFAULT_WINDOW, CallStream
+from callnet.client_stream import (
+    DEFAULT_WINDOW,
+    CallStream,
+    ProgressCallback,
+    ProgressCalls,
+    _listener,
+)
 from callnet.errors import (
     CallError,
     CancelledError,
@@ -58,6 +64,7 @@ from callnet.wire import Failure as FailureReply
 
 log = Logger()
 
+
 #: A call's deadline when neither the call nor the client names one.
 DEFAULT_TIMEOUT = DEFAULT_CALL_TIMEOUT
 
@@ -69,25 +76,16 @@ class _Transport(Protocol):
     def loseConnection(self) -> None: ...
 
 
-#: What a call's C{ITEM} and C{PROGRESS} lines are handed to.
-ItemCallback = Callable[[Any], object]
-ProgressCallback = Callable[[Progress], object]
-
-
 class _Pending:
     """A call sent and not yet answered."""
 
-    __slots__ = ("bucket", "deferred", "on_item", "on_progress", "procedure", "timeout")
+    __slots__ = ("bucket", "deferred", "procedure", "timeout")
 
     def __init__(self, deferred: Deferred[Any], procedure: str, timeout: float) -> None:
         self.deferred = deferred
         self.procedure = procedure
         self.timeout = timeout
         self.bucket = 0
-        #: Called with each item of a stream, and each progress report, before
-        #: the final reply; C{None} for a call that asked for neither.
-        self.on_item: ItemCallback | None = None
-        self.on_progress: ProgressCallback | None = None
 
 
 #: The client's deadline timers round deadlines up to this step (1/64 s, a
@@ -187,6 +185,9 @@ class ClientProtocol(TwistedProtocol):
         #: finds the node silent compares it again after the reactor has read
         #: its sockets: a busy reactor's clock moves on while bytes wait unread.
         self.reads = 0
+        #: Per tag, what takes the ITEM and PROGRESS lines of a call in
+        #: flight that has them (see L{call_with_events}).
+        self.listeners: dict[str, Callable[[Item | Progress], object]] = {}
 
     @property
     def in_flight(self) -> int:
@@ -217,21 +218,13 @@ class ClientProtocol(TwistedProtocol):
         trace: str | None = None,
         hops: int = 0,
         caller: str | None = None,
-        on_progress: ProgressCallback | None = None,
     ) -> Deferred[Any]:
         """
         Send a call; the Deferred fires with its result or fails with a L{CallError}.
 
         @param caller: the identity a node forwards this call for (C{+caller}),
             which the receiving node believes only from a peer.
-        @param on_progress: ask for C{+progress}, and have this called with
-            each L{Progress} report before the reply.
         """
-        if on_progress is not None:
-            return self.open(
-                Call(procedure, args, kwargs, None, timeout, False, key, trace, hops, caller),
-                on_progress=on_progress,
-            )[1]
         if not self._connected:
             return fail(UnavailableError("not connected", Outcome.NOT_RUN, self.node_name))
         if timeout <= 0:
@@ -252,45 +245,28 @@ class ClientProtocol(TwistedProtocol):
             return fail(InvalidArgumentError(f"arguments are not JSON: {e}", Outcome.NOT_RUN))
         return self._send(tag, line, procedure, timeout)
 
-    def open(
-        self,
-        call: Call,
-        on_item: ItemCallback | None = None,
-        on_progress: ProgressCallback | None = None,
+    def call_with_events(
+        self, call: Call, timeout: float, listener: Callable[[Item | Progress], object]
     ) -> tuple[str, Deferred[Any]]:
         """
-        Send a call that talks back before its reply: a stream (C{call.window}
-        set, each C{ITEM} handed to C{on_item}) or a call whose C{PROGRESS}
-        reports go to C{on_progress} (C{+progress} is asked for then).  The
-        call's tag is chosen here; C{call.timeout} is its deadline.
+        Send a call (a stream's, with C{+window}, or one with C{+progress})
+        under a new tag, whose C{ITEM} and C{PROGRESS} lines go to
+        C{listener} as they come, before its final reply.
 
-        @return: the tag (for L{more}) and a Deferred of the final reply, as
-            L{call} returns.
+        @return: the tag (for L{more}) and the Deferred of the final reply.
         """
-        timeout = call.timeout if call.timeout is not None else DEFAULT_TIMEOUT
         if not self._connected:
             return "", fail(UnavailableError("not connected", Outcome.NOT_RUN, self.node_name))
-        if timeout <= 0:
-            return "", fail(
-                DeadlineExceededError(
-                    "the deadline passed before the call was sent", Outcome.NOT_RUN
-                )
-            )
         tag = next(self._tags)
         try:
-            line = encode_call(
-                replace(call, tag=tag, timeout=timeout, progress=on_progress is not None)
-            )
+            line = encode_call(replace(call, tag=tag, timeout=timeout))
         except (TypeError, ValueError) as e:
-            return "", fail(InvalidArgumentError(f"arguments are not JSON: {e}", Outcome.NOT_RUN))
-        d = self._send(tag, line, call.procedure, timeout)
-        pending = self._pending[tag]
-        pending.on_item = on_item
-        pending.on_progress = on_progress
-        return tag, d
+            return tag, fail(InvalidArgumentError(f"arguments are not JSON: {e}", Outcome.NOT_RUN))
+        self.listeners[tag] = listener
+        return tag, self._send(tag, line, call.procedure, timeout)
 
     def more(self, tag: str, count: int) -> None:
-        """Grant the stream C{tag} C{count} more items (C{MORE}), if it is still in flight."""
+        """Grant the stream C{tag} C{count} more items (C{MORE}), if it is in flight."""
         if self._connected and tag in self._pending:
             self._outbox.write(encode_more(tag, count))
 
@@ -344,6 +320,7 @@ class ClientProtocol(TwistedProtocol):
         if pending is None:
             return
         self._deadlines.remove(tag, pending.bucket)
+        self.listeners.pop(tag, None)
         if why == "deadline":
             error: CallError = DeadlineExceededError(
                 f"no reply to {pending.procedure} within {pending.timeout:g}s",
@@ -372,31 +349,21 @@ class ClientProtocol(TwistedProtocol):
                 if pending is None:
                     continue  # a late reply to a call given up on, or an untagged answer
                 self._deadlines.remove(tag, pending.bucket)  # type: ignore[arg-type]
+                if self.listeners:
+                    self.listeners.pop(tag, None)  # type: ignore[arg-type]
                 if type(event) is Success:
                     pending.deferred.callback(event.value)
                 else:
                     pending.deferred.errback(Failure(cast(FailureReply, event).error))
             elif type(event) is Item or type(event) is Progress:
-                self._talk_back(event)
+                listener = self.listeners.get(event.tag) if event.tag is not None else None
+                if listener is not None:
+                    listener(event)
             elif type(event) is BadLine:
                 log.warn(
                     "unreadable line from {node}: {error}", node=self.node_name, error=event.error
                 )
         self._outbox.release()
-
-    def _talk_back(self, event: Item | Progress) -> None:
-        """Hand an item or a progress report to the call it belongs to, if it asked."""
-        pending = self._pending.get(event.tag) if event.tag is not None else None
-        if pending is None:
-            return  # a call given up on, or one that asked for no such line
-        if type(event) is Item:
-            if pending.on_item is not None:
-                pending.on_item(event.value)
-        elif pending.on_progress is not None:
-            try:
-                pending.on_progress(event)  # type: ignore[arg-type]
-            except Exception:
-                log.failure("progress callback of {procedure} failed", procedure=pending.procedure)
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
         self._connected = False
@@ -434,6 +401,7 @@ class ClientProtocol(TwistedProtocol):
     def _fail_pending(self, message: str, outcome: Outcome) -> None:
         """Fail every call awaiting a reply, with C{message} naming each one."""
         pending, self._pending = self._pending, {}
+        self.listeners.clear()
         for tag, entry in pending.items():
             self._deadlines.remove(tag, entry.bucket)
             entry.deferred.errback(
@@ -643,21 +611,20 @@ class Client:
         budget = self.timeout if timeout is None else timeout
         deadline = self._reactor.seconds() + budget
         protocol = self._protocol
-        if protocol is not None and protocol.is_connected:
-            return protocol.call(
-                procedure, args, kwargs, budget, key, trace, on_progress=on_progress
+        if on_progress is None:
+            if protocol is not None and protocol.is_connected:
+                return protocol.call(procedure, args, kwargs, budget, key, trace)
+            return self._when_connected(
+                deadline,
+                lambda p: p.call(
+                    procedure, args, kwargs, deadline - self._reactor.seconds(), key, trace
+                ),
             )
+        call = Call(procedure, args, kwargs, key=key, trace=trace, progress=True)
+        listener = _listener(None, on_progress)
         return self._when_connected(
             deadline,
-            lambda p: p.call(
-                procedure,
-                args,
-                kwargs,
-                deadline - self._reactor.seconds(),
-                key,
-                trace,
-                on_progress=on_progress,
-            ),
+            lambda p: _open(p, call, deadline - self._reactor.seconds(), listener)[1],
         )
 
     def stream(
@@ -695,11 +662,13 @@ class Client:
         if stream is None:
             stream = CallStream(procedure, DEFAULT_WINDOW if window is None else window)
         deadline = self._reactor.seconds() + (self.timeout if timeout is None else timeout)
+        call = Call(
+            procedure, args, kwargs, trace=trace, window=stream.window, progress=bool(on_progress)
+        )
+        listener = _listener(stream, on_progress)
 
         def send(protocol: ClientProtocol) -> Deferred[Any]:
-            call = Call(procedure, args, kwargs, None, deadline - self._reactor.seconds())
-            call = replace(call, trace=trace, window=stream.window)
-            tag, reply = protocol.open(call, stream._item, on_progress)
+            tag, reply = _open(protocol, call, deadline - self._reactor.seconds(), listener)
             stream._sent(protocol, tag)
             return reply
 
@@ -831,37 +800,15 @@ class Client:
             self._protocol = None
 
 
-class ProgressCalls:
-    """L{Client.call} and L{Client.stream}, with progress reports to a callback."""
-
-    def __init__(self, client: Client, on_progress: ProgressCallback) -> None:
-        self._client = client
-        self._on_progress = on_progress
-
-    def call(
-        self,
-        procedure: str,
-        /,
-        *args: Any,
-        timeout: float | None = None,
-        key: str | None = None,
-        trace: str | None = None,
-        **kwargs: Any,
-    ) -> Deferred[Any]:
-        """As L{Client.call}, asking for C{+progress}."""
-        return self._client._call(procedure, args, kwargs, timeout, key, trace, self._on_progress)
-
-    def stream(
-        self,
-        procedure: str,
-        /,
-        *args: Any,
-        timeout: float | None = None,
-        window: int | None = None,
-        trace: str | None = None,
-        **kwargs: Any,
-    ) -> CallStream:
-        """As L{Client.stream}, asking for C{+progress}."""
-        return self._client._stream(
-            procedure, args, kwargs, timeout, window, trace, self._on_progress
+def _open(
+    protocol: ClientProtocol,
+    call: Call,
+    timeout: float,
+    listener: Callable[[Item | Progress], object],
+) -> tuple[str, Deferred[Any]]:
+    """Send a call whose lines come before its reply, if its deadline has not passed."""
+    if timeout <= 0:
+        return "", fail(
+            DeadlineExceededError("the deadline passed before the call was sent", Outcome.NOT_RUN)
         )
+    return protocol.call_with_events(call, timeout, listener)

@@ -18,15 +18,19 @@ from collections.abc import Awaitable, Callable
 from typing import Any, Protocol
 
 from twisted.internet.defer import Deferred, ensureDeferred, fail, succeed
+from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from callnet.errors import CallError, CancelledError, InvalidArgumentError, Outcome
+from callnet.wire import Item, Progress
 
 #: How many items a stream lets the node send ahead of its reader, when the
 #: caller names no window.  Enough to keep a fast producer busy over a round
 #: trip (more are granted when half of them have been taken), few enough that
 #: the items a client holds stay small.
 DEFAULT_WINDOW = 64
+
+log = Logger()
 
 
 class Credit:
@@ -248,3 +252,90 @@ class CallStream:
         self.cancel()
         self._error = None
         return succeed(None)
+
+
+#: What a call's C{PROGRESS} reports are handed to.
+ProgressCallback = Callable[[Progress], object]
+
+
+def _listener(
+    stream: CallStream | None, on_progress: ProgressCallback | None
+) -> Callable[[Item | Progress], object]:
+    """What takes a call's ITEM lines (its stream) and PROGRESS lines (the callback)."""
+
+    def listen(event: Item | Progress) -> None:
+        if type(event) is Item:
+            if stream is not None:
+                stream._item(event.value)
+        elif on_progress is not None:
+            try:
+                on_progress(event)  # type: ignore[arg-type]
+            except Exception:
+                log.failure("progress callback {fn!r} failed", fn=on_progress)
+
+    return listen
+
+
+class _Calls(Protocol):
+    """What L{ProgressCalls} needs of a L{Client}."""
+
+    def _call(
+        self,
+        procedure: str,
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        timeout: float | None,
+        key: str | None,
+        trace: str | None,
+        on_progress: ProgressCallback | None,
+    ) -> Deferred[Any]: ...
+
+    def _stream(
+        self,
+        procedure: str,
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        timeout: float | None,
+        window: int | None,
+        trace: str | None,
+        on_progress: ProgressCallback | None,
+    ) -> CallStream: ...
+
+
+class ProgressCalls:
+    """
+    L{Client.call} and L{Client.stream}, with progress reports to a callback
+    (see L{Client.with_progress}).
+    """
+
+    def __init__(self, client: _Calls, on_progress: ProgressCallback) -> None:
+        self._client = client
+        self._on_progress = on_progress
+
+    def call(
+        self,
+        procedure: str,
+        /,
+        *args: Any,
+        timeout: float | None = None,
+        key: str | None = None,
+        trace: str | None = None,
+        **kwargs: Any,
+    ) -> Deferred[Any]:
+        """As L{Client.call}, asking for C{+progress}."""
+        return self._client._call(procedure, args, kwargs, timeout, key, trace, self._on_progress)
+
+    def stream(
+        self,
+        procedure: str,
+        /,
+        *args: Any,
+        timeout: float | None = None,
+        window: int | None = None,
+        trace: str | None = None,
+        **kwargs: Any,
+    ) -> CallStream:
+        """As L{Client.stream}, asking for C{+progress}."""
+        return self._client._stream(
+            procedure, args, kwargs, timeout, window, trace, self._on_progress
+        )
