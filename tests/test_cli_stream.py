@@ -8,7 +8,12 @@ from __future__ import annotations
 
 import argparse
 import io
+import shlex
+import signal
+import subprocess
+import sys
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -20,6 +25,8 @@ from callnet.errors import InvalidArgumentError, NotFoundError, Outcome
 from callnet.shell import Shell
 from callnet.wire import Progress
 from tests.test_client_stream import Scripted
+
+from .daemon import REPLY_TIMEOUT, running_node, wait_until
 
 REFUSAL = "count streams: ask with +window (stream())"
 
@@ -183,3 +190,56 @@ class ShellStreamTests(SynchronousTestCase):
         shell.answer("+key=k1 count 2")
         self.assertIn("takes no +key", out.getvalue())
         self.assertEqual(requester.streams, [])
+
+
+# --- Against a real node -------------------------------------------------------
+
+
+def test_docs_call_a_stream(tmp_path: Path) -> None:
+    """The README's and clients.md's callnet call of a stream print exactly what the command prints."""
+    from .test_doc_examples import blocks
+
+    shown = [
+        blocks("README.md", "calls")["readme-count"],
+        blocks("docs/clients.md", "calls")["call-count"],
+    ]
+    with running_node(tmp_path) as node:
+        for block in shown:
+            command, *expected = block.splitlines()
+            words = shlex.split(command.removeprefix("$ "))
+            assert words[:2] == ["callnet", "call"]
+            words[2] = words[2].replace("7600", str(node.port))
+            ran = subprocess.run(
+                [sys.executable, "-m", "callnet", *words[1:]],
+                capture_output=True,
+                text=True,
+                timeout=60,
+                check=False,
+            )
+            assert (ran.returncode, ran.stdout.splitlines(), ran.stderr) == (0, expected, "")
+
+
+def test_call_a_stream_interrupted(tmp_path: Path) -> None:
+    """Ctrl-C while callnet call prints a stream cancels it on the node and exits 130."""
+    with running_node(tmp_path) as node:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "callnet", "call", node.endpoint, "count", "1000", "0.05"],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        try:
+            assert process.stdout is not None
+            assert process.stdout.readline() == "0\n"  # the stream is running
+            process.send_signal(signal.SIGINT)
+            _, err = process.communicate(timeout=REPLY_TIMEOUT)
+        finally:
+            if process.poll() is None:
+                process.kill()
+        assert process.returncode == 130
+        assert err == "callnet: interrupted; count was cancelled on the node\n"
+        wait_until(
+            lambda: node.stats()["procedures"]["count"].get("in_flight", 0) == 0,
+            REPLY_TIMEOUT,
+            "the node ends count",
+        )
