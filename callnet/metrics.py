@@ -12,7 +12,7 @@ time it is scraped, so serving metrics adds nothing to a call's cost:
     over every series is the C{calls} of C{STATS}.
   - C{callnet_call_duration_seconds{procedure}}: a histogram of how long
     calls that started took, on buckets up to the node's C{max_timeout}
-    (L{callnet.dispatch.duration_buckets}).
+    (L{callnet.stats.duration_buckets}).
   - C{callnet_calls_in_flight{procedure}}: calls running now.
   - C{callnet_connections}: connections open now.
   - C{callnet_peer_up{peer}}: 1 for a peer that is up, 0 otherwise.
