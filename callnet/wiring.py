@@ -25,7 +25,7 @@ from twisted.internet.interfaces import IStreamClientEndpoint
 
 from callnet.access import AccessPolicy
 from callnet.builtin import builtin_procedures
-from callnet.cluster import Cluster
+from callnet.cluster import Cluster, Router
 from callnet.cluster.multicall import make_multicall
 from callnet.config import NodeConfig
 from callnet.dispatch import Dispatcher
@@ -161,6 +161,9 @@ def build_node(
     """
     procedures = tuple(procedures)
     registry = _registry(config, reactor, procedures, reload=False)
+    # A node with peers routes what it does not serve over them: the router
+    # is made first, and given to the dispatcher and to the cluster.
+    router = Router([], reactor, config.name, config.cluster.max_hops) if config.peers else None
     dispatcher = Dispatcher(
         registry,
         reactor,
@@ -170,13 +173,14 @@ def build_node(
         process_pool=process_pool,
         send_tracebacks=config.send_tracebacks,
         access=_access(config),
+        forwarder=router,
     )
     registry.add(make_multicall(dispatcher))
     cluster = None
-    if config.peers:
+    if router is not None:
         cluster = Cluster(
             config,
-            dispatcher,
+            router,
             reactor,
             lambda: node_hello(config.name, dispatcher),
             endpoints=peer_endpoints,
