@@ -29,8 +29,8 @@ from twisted.python.failure import Failure
 
 from callnet.answers import MULTICALL, unpack
 from callnet.errors import (
+    CallCancelledError,
     CallError,
-    CancelledError,
     DeadlineExceededError,
     InvalidArgumentError,
     Outcome,
@@ -43,13 +43,13 @@ from callnet.wire import (
     DEFAULT_MAX_LINE,
     BadLine,
     Call,
+    ErrorReply,
     LineDecoder,
     Success,
     encode_call,
     encode_command,
     encode_simple_call,
 )
-from callnet.wire import Failure as FailureReply
 
 log = Logger()
 
@@ -286,7 +286,7 @@ class ClientProtocol(TwistedProtocol):
                 Outcome.MAY_HAVE_RUN,
             )
         else:
-            error = CancelledError(f"{pending.procedure} was cancelled", Outcome.MAY_HAVE_RUN)
+            error = CallCancelledError(f"{pending.procedure} was cancelled", Outcome.MAY_HAVE_RUN)
         error.node = self.node_name
         if self._connected:
             self._outbox.write(encode_command("CANCEL", (tag,)))
@@ -302,7 +302,7 @@ class ClientProtocol(TwistedProtocol):
         # up and when the read is handled (see Outbox).
         self._outbox.hold()
         while (event := decoder.next_event()) is not None:
-            if type(event) is Success or type(event) is FailureReply:
+            if type(event) is Success or type(event) is ErrorReply:
                 tag = event.tag
                 pending = self._pending.pop(tag, None) if tag is not None else None
                 if pending is None:
@@ -311,7 +311,7 @@ class ClientProtocol(TwistedProtocol):
                 if type(event) is Success:
                     pending.deferred.callback(event.value)
                 else:
-                    pending.deferred.errback(Failure(cast(FailureReply, event).error))
+                    pending.deferred.errback(Failure(cast(ErrorReply, event).error))
             elif type(event) is BadLine:
                 log.warn(
                     "unreadable line from {node}: {error}", node=self.node_name, error=event.error
@@ -646,7 +646,7 @@ class Client:
                 result.errback(reason)
             else:
                 result.errback(
-                    Failure(CancelledError("cancelled before it was sent", Outcome.NOT_RUN))
+                    Failure(CallCancelledError("cancelled before it was sent", Outcome.NOT_RUN))
                 )
 
         def expire() -> None:

@@ -22,8 +22,8 @@ from callnet.access import NODE_CALLER, AccessPolicy, Caller
 from callnet.config import Limits, Security
 from callnet.context import CallContext
 from callnet.errors import (
+    CallCancelledError,
     CallError,
-    CancelledError,
     DeadlineExceededError,
     FailedPreconditionError,
     InternalError,
@@ -132,7 +132,7 @@ class Dispatcher:
         """The error a call of C{name} ends with when it is cancelled now."""
         if self._stopping is not None:
             return UnavailableError(self._stopping, Outcome.MAY_HAVE_RUN)
-        return CancelledError(f"{name} was cancelled by its caller")
+        return CallCancelledError(f"{name} was cancelled by its caller")
 
     def traced(self, call: Call) -> Call:
         """
@@ -178,8 +178,8 @@ class Dispatcher:
         @return: a Deferred firing with the result, or failing with a
             L{CallError} whose outcome says whether the procedure ran.
             Cancelling it cancels the work (an C{async def} procedure sees
-            C{CancelledError}; a thread's late result is dropped) and fails
-            the call with L{CancelledError}.
+            C{CallCancelledError}; a thread's late result is dropped) and fails
+            the call with L{CallCancelledError}.
         """
         outcome = self.start(call, caller)
         if isinstance(outcome, Deferred):

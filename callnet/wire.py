@@ -48,8 +48,8 @@ from callnet.wire_events import RESERVED_NAMES as RESERVED_NAMES
 from callnet.wire_events import BadLine as BadLine
 from callnet.wire_events import Call as Call
 from callnet.wire_events import Command as Command
+from callnet.wire_events import ErrorReply as ErrorReply
 from callnet.wire_events import Event as Event
-from callnet.wire_events import Failure as Failure
 from callnet.wire_events import Item as Item
 from callnet.wire_events import Progress as Progress
 from callnet.wire_events import Success as Success
@@ -570,7 +570,7 @@ def _is_amount(value: object) -> bool:
     return type(value) in (int, float) and 0 <= value < math.inf  # type: ignore[operator]
 
 
-def _parse_failure(text: str, pos: int, tag: str | None) -> Failure:
+def _parse_failure(text: str, pos: int, tag: str | None) -> ErrorReply:
     parts = text[pos:].split(None, 2)
     if len(parts) < 2 or not _CODE_RE.match(parts[0]) or parts[1] not in _OUTCOMES:
         raise _MalformedError("an ERR reply is: ERR CODE OUTCOME message", tag)
@@ -585,7 +585,7 @@ def _parse_failure(text: str, pos: int, tag: str | None) -> Failure:
         message = message[: trace.start()]
     error = error_from_wire(code, outcome, message, node or None)
     error.trace = trace.group(1) if trace is not None else None
-    return Failure(error, tag)
+    return ErrorReply(error, tag)
 
 
 # --- Encoding ---------------------------------------------------------------
