@@ -30,10 +30,9 @@ from callnet.config import (
     OptionKind,
     Setting,
     key_label,
-    load_config,
-    merge,
     settings,
 )
+from callnet.config_load import load_config, merge
 from callnet.errors import ConfigError
 from callnet.exposure import plaintext_exposure
 
@@ -48,7 +47,7 @@ def _number(text: str | None) -> int | float | str | None:
     """
     Read a number from the command line, or give the text back unchanged.
 
-    Range and type are checked by L{callnet.config.merge}, so an option and
+    Range and type are checked by L{callnet.config_load.merge}, so an option and
     the same key in the file are held to one rule and one message.
     """
     if text is None:

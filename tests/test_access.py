@@ -13,7 +13,8 @@ from twisted.logger import LogEvent, formatEvent, globalLogPublisher
 from twisted.trial.unittest import SynchronousTestCase
 
 from callnet.access import AccessPolicy, Caller
-from callnet.config import NodeConfig, Security, parse_config
+from callnet.config import NodeConfig, Security
+from callnet.config_load import parse_config
 from callnet.context import CallContext
 from callnet.errors import ConfigError, Outcome
 from callnet.registry import procedure
