@@ -537,6 +537,22 @@ class CommandTests(SynchronousTestCase):
         assert isinstance(missing, ErrorReply)
         self.assertIsInstance(missing.error, NotFoundError)
 
+    def test_help_shows_positional_and_keyword_only_markers(self) -> None:
+        """HELP shows / and * where the signature has them, with annotations unquoted."""
+
+        def span(start: int, stop: int = 10, /, *, step: int = 1, **rest: Any) -> list[int]:
+            return list(range(start, stop, step))
+
+        node = MemoryNode([span])
+        conn = node.connect_raw()
+        conn.send("#1 HELP span\n")
+        [described] = conn.events()
+        assert isinstance(described, Success)
+        self.assertEqual(
+            described.value["signature"],
+            "(start: int, stop: int = 10, /, *, step: int = 1, **rest: Any) -> list[int]",
+        )
+
     def test_stats(self) -> None:
         """STATS counts calls, errors and calls in flight, per procedure, refusals included."""
         node, _pending = node_with_pending()
