@@ -57,6 +57,12 @@ class _ClientCreator:
     Client connections that trust one CA and check the server's name with
     C{service_identity}: a DNS name, or an IP address.  A refusal says why
     in words, as the reason the connection was lost.
+
+    Twisted's C{optionsForClientTLS} makes the same check with the same
+    library, but a mismatch then ends the connection with OpenSSL's alert
+    and no word of which names the certificate holds; this creator runs the
+    check in the verify callback so the caller reads "the certificate names
+    beta, not gamma" (C{tests/test_tls.py} holds the wording).
     """
 
     def __init__(self, options: CertificateOptions, name: str) -> None:
