@@ -36,7 +36,7 @@ from callnet.errors import (
     Outcome,
     UnavailableError,
 )
-from callnet.reactors import Clock, DelayedCall, set_no_delay
+from callnet.reactors import Clock, DelayedCall, DispatchReactor, set_no_delay
 from callnet.sending import Outbox
 from callnet.wire import (
     DEFAULT_CALL_TIMEOUT,
@@ -427,7 +427,7 @@ class Client:
     def __init__(
         self,
         endpoint: str | IStreamClientEndpoint,
-        reactor: Any,
+        reactor: DispatchReactor,
         timeout: float = DEFAULT_TIMEOUT,
         max_line: int = DEFAULT_MAX_LINE,
         token: str | None = None,

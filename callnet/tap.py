@@ -20,7 +20,7 @@ import os
 import signal
 import sys
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from twisted.python import usage
 
@@ -38,6 +38,7 @@ from callnet.exposure import plaintext_exposure
 
 if TYPE_CHECKING:
     from callnet.node import NodeService
+    from callnet.reactors import DispatchReactor
 
 #: How every error of the command starts, whatever found it.
 COMMAND = "twistd callnet"
@@ -317,7 +318,7 @@ def makeService(options: Options) -> NodeService:
     threads: Any = reactor
 
     try:
-        node = NodeService(options["node_config"], reactor)
+        node = NodeService(options["node_config"], cast("DispatchReactor", reactor))
     except ConfigError as e:
         raise SystemExit(f"{COMMAND}: {e}") from None
     node.reload_from = options.reload_config

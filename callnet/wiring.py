@@ -30,6 +30,7 @@ from callnet.cluster.multicall import make_multicall
 from callnet.config import NodeConfig
 from callnet.dispatch import Dispatcher
 from callnet.errors import ConfigError
+from callnet.reactors import DispatchReactor
 from callnet.registry import Registry
 from callnet.server import NodeFactory, node_hello
 from callnet.tls import peer_identity
@@ -61,7 +62,7 @@ def load_services(registry: Registry, modules: tuple[str, ...]) -> None:
 
 def _registry(
     config: NodeConfig,
-    reactor: Any,
+    reactor: DispatchReactor,
     procedures: Iterable[Callable[..., Any]],
     reload: bool,
 ) -> Registry:
@@ -103,7 +104,7 @@ class NodeParts:
     factory: NodeFactory
     #: The node's links to its peers, if it has any.
     cluster: Cluster | None
-    _reactor: Any = field(repr=False)
+    _reactor: DispatchReactor = field(repr=False)
     _procedures: tuple[Callable[..., Any], ...] = field(repr=False)
 
     @property
@@ -137,7 +138,7 @@ class NodeParts:
 
 def build_node(
     config: NodeConfig,
-    reactor: Any,
+    reactor: DispatchReactor,
     threads: ThreadRunner,
     *,
     procedures: Iterable[Callable[..., Any]] = (),

@@ -50,6 +50,7 @@ from callnet.errors import (
     UnavailableError,
     WrongThreadError,
 )
+from callnet.reactors import DispatchReactor
 from callnet.wire import (
     DEFAULT_MAX_LINE,
     BadLine,
@@ -125,7 +126,7 @@ class TLSAddress:
         context.set_alpn_protocols(["callnet"])
         return context
 
-    def reactor_endpoint(self, reactor: Any) -> Any:
+    def reactor_endpoint(self, reactor: DispatchReactor) -> Any:
         """The same address as an endpoint for the reactor's client."""
         from callnet.tls import client_endpoint
 

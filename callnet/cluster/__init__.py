@@ -19,6 +19,7 @@ from twisted.logger import Logger
 from callnet.cluster.peers import Peer, PeerState
 from callnet.cluster.routing import Router
 from callnet.config import NodeConfig
+from callnet.reactors import DispatchReactor
 from callnet.tls import links_use_tls, load_credentials, peer_endpoint
 
 __all__ = ["Cluster", "Peer", "PeerState", "Router"]
@@ -36,7 +37,7 @@ class Cluster(Service):
         self,
         config: NodeConfig,
         router: Router,
-        reactor: Any,
+        reactor: DispatchReactor,
         hello: Callable[[], dict[str, Any]],
         endpoints: Mapping[str, IStreamClientEndpoint] | None = None,
     ) -> None:

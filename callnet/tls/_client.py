@@ -29,6 +29,7 @@ from zope.interface import implementer
 
 from callnet.config import TLSSettings
 from callnet.errors import ConfigError
+from callnet.reactors import DispatchReactor, twisted_clock
 from callnet.tls._credentials import (
     Credentials,
     certificate_names,
@@ -129,7 +130,7 @@ def _client_creator(
 
 
 def client_endpoint(
-    reactor: Any,
+    reactor: DispatchReactor,
     host: str,
     port: int,
     ca: str | os.PathLike[str],
@@ -172,7 +173,9 @@ def client_endpoint(
     tcp = HostnameEndpoint(reactor, host, port, timeout=timeout)
     shown = f"[{host}]" if ":" in host else host
     label = f"tls:{shown}:{port}" + (f" (as {name})" if name and name != host else "")
-    return HandshakeEndpoint(wrapClientTLS(creator, tcp, reactor), reactor, timeout, label)
+    return HandshakeEndpoint(
+        wrapClientTLS(creator, tcp, twisted_clock(reactor)), reactor, timeout, label
+    )
 
 
 def links_use_tls(settings: TLSSettings) -> bool:
@@ -181,7 +184,7 @@ def links_use_tls(settings: TLSSettings) -> bool:
 
 
 def peer_endpoint(
-    reactor: Any,
+    reactor: DispatchReactor,
     name: str,
     description: str,
     credentials: Credentials,
@@ -224,6 +227,5 @@ def peer_endpoint(
                 why=why,
             )
 
-    return HandshakeEndpoint(
-        wrapClientTLS(creator, inner, reactor), reactor, timeout, f"tls+{description}", refused
-    )
+    secured = wrapClientTLS(creator, inner, twisted_clock(reactor))
+    return HandshakeEndpoint(secured, reactor, timeout, f"tls+{description}", refused)
