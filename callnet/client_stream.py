@@ -21,7 +21,7 @@ from twisted.internet.defer import Deferred, ensureDeferred, fail, succeed
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from callnet.errors import CallError, CancelledError, InvalidArgumentError, Outcome
+from callnet.errors import CallCancelledError, CallError, InvalidArgumentError, Outcome
 from callnet.wire import Item, Progress
 
 #: How many items a stream lets the node send ahead of its reader, when the
@@ -232,12 +232,14 @@ class CallStream:
     def cancel(self) -> bool:
         """
         Cancel the stream, on the node too (C{CANCEL}): the reader gets
-        L{CancelledError} past the items it has.  Whether it was in flight.
+        L{CallCancelledError} past the items it has.  Whether it was in flight.
         """
         if self._ended:
             return False
         if self._reply is None:
-            self._end(Failure(CancelledError(f"{self.procedure} was cancelled", Outcome.NOT_RUN)))
+            self._end(
+                Failure(CallCancelledError(f"{self.procedure} was cancelled", Outcome.NOT_RUN))
+            )
             return True
         self._reply.cancel()
         return True

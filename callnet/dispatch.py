@@ -8,17 +8,13 @@ connections: the protocol hands it calls and writes what comes back.
 
 from __future__ import annotations
 
-import threading
 import uuid
-from bisect import bisect_left
-from collections import deque
-from collections.abc import Callable, Mapping
-from concurrent.futures import Executor, Future
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from concurrent.futures import Executor
 from typing import Any
 
 from twisted.internet.defer import CancelledError as TwistedCancelledError
-from twisted.internet.defer import Deferred, ensureDeferred, fail, succeed
+from twisted.internet.defer import Deferred, fail, succeed
 from twisted.logger import Logger, LogLevel
 from twisted.python.failure import Failure
 
@@ -26,8 +22,8 @@ from callnet.access import NODE_CALLER, AccessPolicy, Caller
 from callnet.config import Limits, Security
 from callnet.context import CallContext
 from callnet.errors import (
+    CallCancelledError,
     CallError,
-    CancelledError,
     DeadlineExceededError,
     FailedPreconditionError,
     InternalError,
@@ -36,179 +32,24 @@ from callnet.errors import (
     Outcome,
     UnavailableError,
 )
+from callnet.execution import (
+    Execution,
+    InProcess,
+    InReactor,
+    InThread,
+    NotStartedError,
+    ThreadResults,
+)
 from callnet.forwarding import Forwarder
 from callnet.idempotency import KeyStore, fingerprint
 from callnet.reactors import DelayedCall, DispatchReactor
 from callnet.registry import Registry
+from callnet.stats import UNKNOWN_PROCEDURE, NodeStats, ProcedureStats, duration_buckets
 from callnet.tracing import TraceIds, with_trace
 from callnet.wire import Call, encode_json
 from callnet.workers import ThreadRunner
 
 log = Logger()
-
-
-#: Upper bounds in seconds of the call duration buckets, from a reactor
-#: procedure's fraction of a millisecond to the longest deadline a node may
-#: allow (C{max_timeout}, an hour by default).  A node keeps those up to its own
-#: C{max_timeout} (see L{duration_buckets}); a last bucket takes the rest.
-DURATION_BUCKETS = (
-    0.0005,
-    0.001,
-    0.005,
-    0.01,
-    0.05,
-    0.1,
-    0.5,
-    1.0,
-    5.0,
-    10.0,
-    30.0,
-    60.0,
-    300.0,
-    900.0,
-    3600.0,
-)
-
-#: The procedure label of calls for a name this node neither serves nor can
-#: forward: one label for them all, so that callers cannot add a series to
-#: the metrics per name they make up.
-UNKNOWN_PROCEDURE = "(unknown)"
-
-
-def duration_buckets(max_timeout: float) -> tuple[float, ...]:
-    """
-    The duration buckets of a node whose calls run at most C{max_timeout}
-    seconds: the L{DURATION_BUCKETS} below it, then C{max_timeout} itself,
-    so that no bucket is one no call can reach and the longest calls still
-    get one of their own before C{+Inf}.
-    """
-    below = tuple(bound for bound in DURATION_BUCKETS if bound < max_timeout)
-    return (*below, float(max_timeout))
-
-
-def _bucket_label(bound: float) -> str:
-    return f"{bound:g}"
-
-
-@dataclass
-class ProcedureStats:
-    """
-    Counters for one procedure (or for L{UNKNOWN_PROCEDURE}).
-
-    C{calls} counts every call for it, refused or run; the duration
-    histogram only the calls that started, so a refusal's zero seconds do
-    not pull its latency down.
-    """
-
-    #: The upper bounds of the duration buckets (see L{duration_buckets}).
-    buckets: tuple[float, ...] = DURATION_BUCKETS
-    calls: int = 0
-    errors: int = 0
-    in_flight: int = 0
-    #: Failed calls by error code (the rest of C{calls} ended OK).
-    error_codes: dict[str, int] = field(default_factory=dict)
-    #: Finished calls per duration bucket (not cumulative): one count per
-    #: bound in C{buckets}, then one for longer calls.
-    durations: list[int] = field(default_factory=list)
-    #: Seconds taken by the finished calls, all told.
-    duration_sum: float = 0.0
-
-    def __post_init__(self) -> None:
-        if not self.durations:
-            self.durations = [0] * (len(self.buckets) + 1)
-
-    def outcomes(self) -> dict[str, int]:
-        """Finished calls by outcome: C{"OK"} or the error code."""
-        ok = self.calls - self.errors
-        return {**({"OK": ok} if ok else {}), **dict(sorted(self.error_codes.items()))}
-
-    def as_dict(self) -> dict[str, Any]:
-        cumulative, buckets = 0, {}
-        labels = [*map(_bucket_label, self.buckets), "+Inf"]
-        for label, count in zip(labels, self.durations, strict=True):
-            cumulative += count
-            buckets[label] = cumulative
-        return {
-            "calls": self.calls,
-            "errors": self.errors,
-            "in_flight": self.in_flight,
-            "outcomes": self.outcomes(),
-            "seconds": {"sum": self.duration_sum, "le": buckets},
-        }
-
-
-@dataclass
-class NodeStats:
-    """Counters for the whole node, as C{STATS} reports them."""
-
-    #: The upper bounds of every procedure's duration buckets.
-    buckets: tuple[float, ...] = DURATION_BUCKETS
-    calls: int = 0
-    errors: int = 0
-    in_flight: int = 0
-    by_procedure: dict[str, ProcedureStats] = field(default_factory=dict)
-    #: Calls refused before they started, by error code (each is counted
-    #: under its procedure too).
-    refusals: dict[str, int] = field(default_factory=dict)
-
-    def entry(self, name: str) -> ProcedureStats:
-        """The counters of procedure C{name}, new ones if it has none yet."""
-        entry = self.by_procedure.get(name)
-        if entry is None:
-            entry = self.by_procedure[name] = ProcedureStats(self.buckets)
-        return entry
-
-    def started(self, name: str) -> ProcedureStats:
-        entry = self.entry(name)
-        self.in_flight += 1
-        entry.in_flight += 1
-        return entry
-
-    def finished(
-        self,
-        entry: ProcedureStats,
-        error: str | None,
-        seconds: float,
-        _bucket: Callable[[tuple[float, ...], float], int] = bisect_left,
-    ) -> None:
-        """A call ended after C{seconds}, failing with the code C{error} or not."""
-        self.in_flight -= 1
-        self.calls += 1
-        entry.in_flight -= 1
-        entry.calls += 1
-        if error is not None:
-            self.errors += 1
-            entry.errors += 1
-            codes = entry.error_codes
-            codes[error] = codes.get(error, 0) + 1
-        entry.durations[_bucket(entry.buckets, seconds)] += 1
-        entry.duration_sum += seconds
-
-    def refused(self, label: str, code: str) -> None:
-        """
-        A call failed with C{code} before it started.
-
-        @param label: its procedure as the metrics name it: see
-            L{Dispatcher.label}.
-        """
-        self.calls += 1
-        self.errors += 1
-        self.refusals[code] = self.refusals.get(code, 0) + 1
-        entry = self.entry(label)
-        entry.calls += 1
-        entry.errors += 1
-        entry.error_codes[code] = entry.error_codes.get(code, 0) + 1
-
-    def as_dict(self) -> dict[str, Any]:
-        return {
-            "calls": self.calls,
-            "errors": self.errors,
-            "in_flight": self.in_flight,
-            "refused": dict(sorted(self.refusals.items())),
-            "procedures": {
-                name: stats.as_dict() for name, stats in sorted(self.by_procedure.items())
-            },
-        }
 
 
 def checked_result(name: str, value: Any, node: str) -> Any:
@@ -236,69 +77,6 @@ def checked_result(name: str, value: Any, node: str) -> Any:
     return value
 
 
-# States of a call waiting for a thread (see _run_in_thread).
-_QUEUED, _RUNNING, _ABANDONED = range(3)
-
-
-class _ThreadJob:
-    """A call queued for the thread pool, which is skipped if abandoned first."""
-
-    __slots__ = ("state",)
-
-    _lock = threading.Lock()
-
-    def __init__(self) -> None:
-        self.state = _QUEUED
-
-    def start(self) -> bool:
-        with self._lock:
-            if self.state == _ABANDONED:
-                return False
-            self.state = _RUNNING
-            return True
-
-    def abandon(self) -> bool:
-        """Give up on the job; true if it had not started, so never will."""
-        with self._lock:
-            if self.state == _QUEUED:
-                self.state = _ABANDONED
-                return True
-            return False
-
-
-class _ThreadResults:
-    """
-    Results handed from worker threads to the reactor in batches.
-
-    Each C{callFromThread} wakes the reactor with a write to its waker; under
-    load, results that finish while a hand-over is pending ride along with it.
-    """
-
-    def __init__(self, reactor: DispatchReactor) -> None:
-        self._reactor = reactor
-        self._results: deque[tuple[Callable[..., None], tuple[Any, ...]]] = deque()
-        self._scheduled = False
-
-    def put(self, deliver: Callable[..., None], *args: Any) -> None:
-        """(In a worker thread.)  Deliver C{deliver(*args)} in the reactor."""
-        self._results.append((deliver, args))
-        # Append first, then look: a hand-over seen pending will find it.
-        if not self._scheduled:
-            self._scheduled = True
-            self._reactor.callFromThread(self._drain)
-
-    def _drain(self) -> None:
-        self._scheduled = False
-        results = self._results
-        while results:
-            deliver, args = results.popleft()
-            deliver(*args)
-
-
-class _NotStartedError(Exception):
-    """A queued thread job was abandoned before a thread picked it up."""
-
-
 class Dispatcher:
     """Runs procedures from a L{Registry} under deadlines and cancellation."""
 
@@ -312,6 +90,7 @@ class Dispatcher:
         process_pool: Callable[[], Executor] | None = None,
         send_tracebacks: bool = False,
         access: AccessPolicy | None = None,
+        forwarder: Forwarder | None = None,
     ) -> None:
         self.registry = registry
         #: Tokens and access rules: every call, however it arrives, is judged
@@ -321,19 +100,22 @@ class Dispatcher:
         #: C{max_timeout} would otherwise change a histogram's series.
         self.stats = NodeStats(duration_buckets(limits.max_timeout))
         self.reactor = reactor
-        self._threadpool = threadpool
         self._limits = limits
         self.node_name = node_name
-        self._process_pool = process_pool
+        #: Where procedures run, by their C{run}.
+        self._executions: dict[str, Execution] = {
+            "reactor": InReactor(),
+            "thread": InThread(threadpool, ThreadResults(reactor)),
+            "process": InProcess(reactor, process_pool),
+        }
         self._send_tracebacks = send_tracebacks
-        #: Forwards calls for procedures this node does not serve (a cluster
-        #: sets it); without one, such calls fail NOT_FOUND.
-        self.router: Forwarder | None = None
+        #: Forwards calls for procedures this node does not serve (a
+        #: cluster's router); without one, such calls fail NOT_FOUND.
+        self.forwarder = forwarder
         #: Outcomes of the keyed calls this node runs, per caller and key.
         self.keys = KeyStore(reactor, limits, node_name)
         #: Trace ids for calls that arrive without one.
         self.trace_ids = TraceIds()
-        self._thread_results = _ThreadResults(reactor)
         #: Why calls cancelled from now on end: set once the node stops
         #: (L{shut_down}); until then a cancel comes from the caller.
         self._stopping: str | None = None
@@ -350,7 +132,7 @@ class Dispatcher:
         """The error a call of C{name} ends with when it is cancelled now."""
         if self._stopping is not None:
             return UnavailableError(self._stopping, Outcome.MAY_HAVE_RUN)
-        return CancelledError(f"{name} was cancelled by its caller")
+        return CallCancelledError(f"{name} was cancelled by its caller")
 
     def traced(self, call: Call) -> Call:
         """
@@ -374,8 +156,8 @@ class Dispatcher:
         entry = self.registry.find(name)
         if entry is not None:
             return entry.name
-        router = self.router
-        if router is not None and router.serving(name):
+        forwarder = self.forwarder
+        if forwarder is not None and forwarder.serving(name):
             return name
         return UNKNOWN_PROCEDURE
 
@@ -396,8 +178,8 @@ class Dispatcher:
         @return: a Deferred firing with the result, or failing with a
             L{CallError} whose outcome says whether the procedure ran.
             Cancelling it cancels the work (an C{async def} procedure sees
-            C{CancelledError}; a thread's late result is dropped) and fails
-            the call with L{CancelledError}.
+            C{CallCancelledError}; a thread's late result is dropped) and fails
+            the call with L{CallCancelledError}.
         """
         outcome = self.start(call, caller)
         if isinstance(outcome, Deferred):
@@ -468,9 +250,9 @@ class Dispatcher:
         scope = caller.name
         name, _, target = call.procedure.partition("@")
         served = self.registry.find(name) is not None
-        router = self.router
-        if not target and call.hops == 0 and router is not None:
-            owner = router.key_order(name, scope, call.key, served)
+        forwarder = self.forwarder
+        if not target and call.hops == 0 and forwarder is not None:
+            owner = forwarder.key_order(name, scope, call.key, served)
             if owner and owner[0] != self.node_name:
                 return self._start(call, caller, scope)
         if not served or (target and target != self.node_name):
@@ -513,13 +295,13 @@ class Dispatcher:
             return Failure(e)
         began = self.reactor.seconds()
         if entry is None:
-            assert self.router is not None
+            assert self.forwarder is not None
             # Followed across nodes from here: give it the id to follow, a
             # traceparent with this hop's own parent id.
             call = with_trace(call, self.trace_ids.next_hop(call.trace))
             stats = self.stats.started(name)
             here = owner_scope is not None and self.registry.find(name) is not None
-            work = self.router.forward(call, name, timeout, target, caller, owner_scope, here)
+            work = self.forwarder.forward(call, name, timeout, target, caller, owner_scope, here)
             return _RunningCall(self, name, (), stats, work, timeout, began).result
         stats = self.stats.started(entry.name)
         kwargs = call.kwargs
@@ -527,45 +309,37 @@ class Dispatcher:
         if entry.context_param is not None:
             context = CallContext(self, call, entry.name, self.reactor.seconds() + timeout, caller)
             kwargs = {**kwargs, entry.context_param: context}
-        if entry.run == "reactor":
-            try:
-                result = entry.function(*call.args, **kwargs)
-            except BaseException:
-                error = self._to_call_error(entry.name, entry.errors, Failure())
-                self.stats.finished(stats, error.code, self.reactor.seconds() - began)
-                return Failure(error)
-            if isinstance(result, Deferred):
-                work = result
-            elif hasattr(result, "__await__") or hasattr(result, "send"):
-                work = ensureDeferred(result)
-            else:
-                result = checked_result(entry.name, result, self.node_name)
-                error_code = InternalError.code if isinstance(result, Failure) else None
-                self.stats.finished(stats, error_code, self.reactor.seconds() - began)
-                return result
-        elif entry.run == "thread":
-            work = self._run_in_thread(entry.function, call.args, kwargs)
-        else:
-            work = self._run_in_process(entry.function, call.args, kwargs)
+        try:
+            result = self._executions[entry.run].start(entry.function, call.args, kwargs)
+        except BaseException:
+            error = self._to_call_error(entry.name, entry.errors, Failure())
+            self.stats.finished(stats, error.code, self.reactor.seconds() - began)
+            return Failure(error)
+        if not isinstance(result, Deferred):
+            # Ended at once (a reactor procedure's plain value): no Deferred, no timer.
+            result = checked_result(entry.name, result, self.node_name)
+            error_code = InternalError.code if isinstance(result, Failure) else None
+            self.stats.finished(stats, error_code, self.reactor.seconds() - began)
+            return result
         running = _RunningCall(
-            self, entry.name, entry.errors, stats, work, timeout, began, context
+            self, entry.name, entry.errors, stats, result, timeout, began, context
         )
         return running.result
 
     def _check_routable(self, call: Call, name: str, target: str | None) -> None:
         """Refuse a call that is not for this node and cannot be forwarded."""
-        router = self.router
-        if router is None:
+        forwarder = self.forwarder
+        if forwarder is None:
             if target is not None:
                 raise NotFoundError(f"no node named {target!r}: this node has no peers")
             raise NotFoundError(f"no procedure named {name[:80]!r}; try HELP")
-        if call.hops >= router.max_hops:
+        if call.hops >= forwarder.max_hops:
             raise FailedPreconditionError(
                 f"{name} was forwarded {call.hops} times, the limit: a routing loop?",
                 Outcome.NOT_RUN,
             )
-        if not router.can_route(name, target):
-            raise router.nowhere(name, target)
+        if not forwarder.can_route(name, target):
+            raise forwarder.nowhere(name, target)
 
     def _budget(self, call: Call) -> float:
         """The call's time budget in seconds, within the node's limits."""
@@ -578,67 +352,6 @@ class Dispatcher:
                 "the call's deadline had passed when it arrived", Outcome.NOT_RUN
             )
         return timeout
-
-    def _run_in_thread(
-        self, function: Callable[..., Any], args: tuple[Any, ...], kwargs: Mapping[str, Any]
-    ) -> Deferred[Any]:
-        job = _ThreadJob()
-
-        def work() -> Any:
-            if not job.start():
-                raise _NotStartedError()
-            return function(*args, **kwargs)
-
-        # What the pool calls the job, should a stopping node abandon it.
-        work.__name__ = getattr(function, "__name__", work.__name__)
-
-        def canceller(d: Deferred[Any]) -> None:
-            if job.abandon():
-                d.errback(Failure(_NotStartedError()))
-
-        d: Deferred[Any] = Deferred(canceller)
-
-        def deliver(ok: bool, value: Any) -> None:
-            if d.called:
-                return  # cancelled: the late result is dropped
-            if ok:
-                d.callback(value)
-            else:
-                d.errback(value)
-
-        def report(ok: bool, value: Any) -> None:
-            self._thread_results.put(deliver, ok, value)
-
-        self._threadpool.callInThreadWithCallback(report, work)
-        return d
-
-    def _run_in_process(
-        self, function: Callable[..., Any], args: tuple[Any, ...], kwargs: Mapping[str, Any]
-    ) -> Deferred[Any]:
-        if self._process_pool is None:
-            return fail(InternalError("this node has no process pool", Outcome.NOT_RUN))
-        try:
-            future = self._process_pool().submit(function, *args, **kwargs)
-        except Exception as e:
-            return fail(InternalError(f"could not start a worker process: {e}", Outcome.NOT_RUN))
-
-        def canceller(d: Deferred[Any]) -> None:
-            if future.cancel():
-                d.errback(Failure(_NotStartedError()))
-
-        d: Deferred[Any] = Deferred(canceller)
-
-        def deliver(done: Future[Any]) -> None:
-            if d.called or done.cancelled():
-                return
-            error = done.exception()
-            if error is None:
-                d.callback(done.result())
-            else:
-                d.errback(Failure(error))
-
-        future.add_done_callback(lambda done: self.reactor.callFromThread(deliver, done))
-        return d
 
     def _to_call_error(
         self,
@@ -750,7 +463,7 @@ class _RunningCall:
         if why is not None:
             # Stopped by the deadline or the caller: that is the answer, even
             # if the procedure caught the cancellation and returned a value.
-            if isinstance(outcome, Failure) and outcome.check(_NotStartedError):
+            if isinstance(outcome, Failure) and outcome.check(NotStartedError):
                 why.outcome = Outcome.NOT_RUN
             outcome = Failure(why)
         elif isinstance(outcome, Failure):

@@ -12,7 +12,7 @@ time it is scraped, so serving metrics adds nothing to a call's cost:
     over every series is the C{calls} of C{STATS}.
   - C{callnet_call_duration_seconds{procedure}}: a histogram of how long
     calls that started took, on buckets up to the node's C{max_timeout}
-    (L{callnet.dispatch.duration_buckets}).
+    (L{callnet.stats.duration_buckets}).
   - C{callnet_calls_in_flight{procedure}}: calls running now.
   - C{callnet_connections}: connections open now.
   - C{callnet_peer_up{peer}}: 1 for a peer that is up, 0 otherwise.
@@ -40,6 +40,7 @@ from twisted.web.server import Request, Site
 from callnet.cluster.peers import PeerState
 from callnet.dispatch import Dispatcher
 from callnet.errors import ConfigError
+from callnet.reactors import DispatchReactor
 from callnet.server import NodeFactory
 
 if TYPE_CHECKING:
@@ -217,7 +218,7 @@ class _QuietSite(Site):
         pass
 
 
-def metrics_service(reactor: Any, description: str, metrics: Metrics) -> IService:
+def metrics_service(reactor: DispatchReactor, description: str, metrics: Metrics) -> IService:
     """
     A service serving C{GET /metrics} on the server endpoint C{description}.
 

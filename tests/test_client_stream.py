@@ -17,7 +17,7 @@ from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 
 from callnet import (
-    CancelledError,
+    CallCancelledError,
     DeadlineExceededError,
     InvalidArgumentError,
     NotFoundError,
@@ -266,7 +266,7 @@ class StreamErrorTests(SynchronousTestCase):
         self.successResultOf(take(stream))
         waiting = take(stream)
         waiting.cancel()
-        error = self.failureResultOf(waiting, CancelledError).value
+        error = self.failureResultOf(waiting, CallCancelledError).value
         self.assertEqual(error.outcome, Outcome.RAN)
         self.assertEqual(node.sent()[-1], 'CANCEL "1"')
 
@@ -283,7 +283,7 @@ class StreamErrorTests(SynchronousTestCase):
         stream = client.stream("count", 1)
         d = take(stream)
         self.assertTrue(stream.cancel())
-        error = self.failureResultOf(d, CancelledError).value
+        error = self.failureResultOf(d, CallCancelledError).value
         self.assertEqual(error.outcome, Outcome.NOT_RUN)
 
     def test_call_on_a_stream_is_refused(self) -> None:

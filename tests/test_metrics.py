@@ -21,9 +21,9 @@ from twisted.web.server import Site
 from twisted.web.test.requesthelper import DummyRequest
 
 from callnet import procedure
-from callnet.dispatch import duration_buckets
 from callnet.errors import ConfigError
 from callnet.metrics import MISSING, Metrics, MetricsPage, metrics_service
+from callnet.stats import duration_buckets
 from callnet.testing import MemoryCluster, MemoryNode, MemoryReactor
 
 

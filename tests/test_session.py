@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
 
 from callnet.config import Limits
-from callnet.errors import CancelledError, FailedPreconditionError, NotFoundError
+from callnet.errors import CallCancelledError, FailedPreconditionError, NotFoundError
 from callnet.session import (
     AUTH_TIMER,
     CLOSED,
@@ -94,7 +94,7 @@ class FakeNode:
         self.cancelled.append(work.number)
         if work.number in self.running:
             call = self.running[work.number][1]
-            self.finish(work.number, encode_failure(CancelledError("cancelled"), call.tag))
+            self.finish(work.number, encode_failure(CallCancelledError("cancelled"), call.tag))
 
     def detach_cast(self, work: Work) -> None:
         self.detached.append(work.number)
