@@ -56,6 +56,8 @@ class Streams:
         self.cancelled: list[str] = []
         #: tag -> [items still to send, credit left, final value]
         self.open: dict[str, list[Any]] = {}
+        #: When set, C{build} answers only once the test opens it.
+        self.gate: threading.Event | None = None
 
     def handle(self, event: object) -> bytes:
         """The node's lines in answer to one event from the client."""
@@ -81,6 +83,8 @@ class Streams:
         self.requests.append(call)
         tag = call.tag or ""
         if call.procedure == "build":
+            if self.gate is not None:
+                self.gate.wait(WAIT)
             report = encode_progress(1, 2, "half", tag) if call.progress else b""
             return report + encode_success("built", tag)
         if call.window is None:
@@ -317,14 +321,18 @@ def test_progress_on_the_handle(path: Path) -> None:
     """call_async asks for +progress, and its handle hands each report to its progress callbacks."""
     reports: list[Progress] = []
     done = threading.Event()
+    if path.world is None:
+        path.streams.gate = threading.Event()  # the node answers once the callback is added
     handle = path.client.call_async("build")
     handle.add_progress_callback(reports.append)
     handle.add_done_callback(lambda _: done.set())
+    if path.streams.gate is not None:
+        path.streams.gate.set()
     if path.world is not None:
         path.world.pump()
     assert done.wait(WAIT)
     assert handle.result() == "built"
-    assert [(r.done, r.total, r.message) for r in reports] in ([(1, 2, "half")], [])
+    assert [(r.done, r.total, r.message) for r in reports] == [(1, 2, "half")]
     assert path.streams.requests[0].progress is True
 
 
