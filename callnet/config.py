@@ -206,6 +206,80 @@ def _peers(value: object) -> object:
     return tuple(checked)
 
 
+#: The ways a node may find its peers besides C{[peers]}: C{dns-srv:NAME}
+#: (SRV records give each peer's host and port) and C{dns-a:NAME:PORT} (the
+#: A and AAAA records of a headless service, every peer on one port).
+DISCOVER_SCHEMES = ("dns-srv", "dns-a")
+
+_DNS_NAME = re.compile(
+    r"(?=.{1,253}\.?\Z)([A-Za-z0-9_]([A-Za-z0-9_\-]{0,61}[A-Za-z0-9_])?\.)*"
+    r"[A-Za-z0-9_]([A-Za-z0-9_\-]{0,61}[A-Za-z0-9_])?\.?\Z"
+)
+
+
+def discover_target(text: str) -> tuple[str, str, int | None]:
+    """
+    Read a C{discover} string: its scheme, the DNS name to look up, and for
+    C{dns-a} the port every peer listens on.
+
+    @raise ValueError: saying what the string must be instead.
+    """
+    scheme, _, rest = text.partition(":")
+    if scheme == "dns-srv" and _DNS_NAME.match(rest):
+        return scheme, rest, None
+    if scheme == "dns-a":
+        name, _, port = rest.rpartition(":")
+        if _DNS_NAME.match(name) and port.isdigit() and 0 < int(port) < 65536:
+            return scheme, name, int(port)
+    raise ValueError(
+        '"dns-srv:NAME" (SRV records) or "dns-a:NAME:PORT" (A/AAAA records, one port),'
+        " NAME a DNS name"
+    )
+
+
+def _discover(value: object) -> object:
+    if not isinstance(value, str):
+        raise _ExpectationError('a string such as "dns-srv:_callnet._tcp.callnet.example"')
+    try:
+        discover_target(value)
+    except ValueError as e:
+        raise _ExpectationError(str(e)) from None
+    return value
+
+
+def _nameservers(value: object) -> object:
+    """A list of C{HOST:PORT} or C{HOST} (port 53) of DNS servers."""
+    expectation = 'a list of DNS servers as "HOST" or "HOST:PORT" (IPv6 as "[HOST]:PORT")'
+    if not isinstance(value, list | tuple):
+        raise _ExpectationError(expectation)
+    checked = []
+    for item in value:
+        if not isinstance(item, str):
+            raise _ExpectationError(expectation)
+        found = re.fullmatch(r"\[([0-9A-Fa-f:.]+)\](?::(\d{1,5}))?|([0-9.]+)(?::(\d{1,5}))?", item)
+        if found is None:
+            raise _ExpectationError(expectation)
+        host = found.group(1) or found.group(3)
+        port = int(found.group(2) or found.group(4) or 53)
+        try:
+            socket.inet_pton(socket.AF_INET6 if found.group(1) else socket.AF_INET, host)
+        except OSError:
+            raise _ExpectationError(expectation) from None
+        if not 0 < port < 65536:
+            raise _ExpectationError(expectation)
+        checked.append(item)
+    return tuple(checked)
+
+
+def nameserver_address(text: str) -> tuple[str, int]:
+    """The host and port of a checked C{discover_nameservers} entry."""
+    if text.startswith("["):
+        host, _, port = text[1:].partition("]")
+        return host, int(port[1:]) if port else 53
+    host, _, port = text.partition(":")
+    return host, int(port) if port else 53
+
+
 #: A token must be long enough that guessing it is hopeless.
 MIN_TOKEN_LENGTH = 16
 
@@ -426,6 +500,41 @@ class ClusterSettings:
         """How many times a call may be forwarded: past this it is refused, which
         ends a routing loop however the catalogs disagree.""",
         option="--max-hops",
+    )
+    discover: str | None = setting(
+        None,
+        _discover,
+        """Find peers in DNS as well as [peers]: "dns-srv:NAME" reads SRV records
+        (a Kubernetes headless Service's _port._tcp name, Consul's
+        NAME.service.consul), "dns-a:NAME:PORT" the A/AAAA records of a headless
+        service whose nodes all listen on PORT.  Peers that appear are dialled,
+        peers that go are drained and dropped; a discovered peer's name is the
+        one it gives in its handshake.""",
+        option="--discover",
+        shown="none",
+    )
+    discover_min_interval: float = setting(
+        5.0,
+        _seconds,
+        """Shortest time in seconds between two DNS lookups of discover, whatever the
+        records' TTL (Consul answers with TTL 0): the load on DNS stays bounded,
+        and a failed lookup is retried after it, doubling up to
+        discover_max_interval.""",
+    )
+    discover_max_interval: float = setting(
+        60.0,
+        _seconds,
+        """Longest time in seconds between two DNS lookups of discover, whatever the
+        records' TTL: a record cached for a day still leaves a new node found
+        within a minute.""",
+    )
+    discover_nameservers: tuple[str, ...] = setting(
+        (),
+        _nameservers,
+        """DNS servers to ask for discover, as "HOST" or "HOST:PORT" (Consul's DNS
+        interface listens on 127.0.0.1:8600); empty, the servers of
+        /etc/resolv.conf.""",
+        shown="[]",
     )
 
 
@@ -732,6 +841,12 @@ def _build(
         raise ConfigError(
             f"{_prefix(source)}{label('default_timeout')} ({default:g}) must not be greater"
             f" than {label('max_timeout')} ({longest:g})"
+        )
+    low, high = config.cluster.discover_min_interval, config.cluster.discover_max_interval
+    if low > high:
+        raise ConfigError(
+            f"{_prefix(source)}{label('discover_min_interval')} ({low:g}) must not be greater"
+            f" than {label('discover_max_interval')} ({high:g})"
         )
     _check_endpoints(config, _prefix(source), label)
     return config
