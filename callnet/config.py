@@ -504,12 +504,12 @@ class ClusterSettings:
     discover: str | None = setting(
         None,
         _discover,
-        """Find peers in DNS as well as [peers]: "dns-srv:NAME" reads SRV records
-        (a Kubernetes headless Service's _port._tcp name, Consul's
-        NAME.service.consul), "dns-a:NAME:PORT" the A/AAAA records of a headless
-        service whose nodes all listen on PORT.  Peers that appear are dialled,
-        peers that go are drained and dropped; a discovered peer's name is the
-        one it gives in its handshake.""",
+        """Find more peers in DNS: SRV records, or the A and AAAA records of a name
+        whose nodes all listen on one port.  Written "dns-srv:NAME" (a Kubernetes
+        headless Service's _port._tcp name, Consul's NAME.service.consul) or
+        "dns-a:NAME:PORT".  Peers that appear are dialled, peers that go are
+        drained and dropped; a discovered peer's name is the one its handshake
+        gives.""",
         option="--discover",
         shown="none",
     )
