@@ -219,17 +219,23 @@ class DnsPeers:
     def _answered(self, result: tuple[frozenset[PeerEntry], float]) -> None:
         self._lookup = None
         entries, ttl = result
-        self.failures = 0
         if not entries and self.known:
             # No records where there were some: a service being recreated, a
-            # DNS server that lost its zone.  The peers known stay; those
-            # truly gone are marked down by their heartbeats.
+            # DNS server that lost its zone.  The peers known stay (those
+            # truly gone are marked down by their heartbeats), and DNS is
+            # asked again as after a failure.
+            delay = self._back_off()
             log.warn(
-                "DNS has no records for {target}: keeping the {count} peers known",
+                "DNS has no records for {target}: keeping the {count} peers known,"
+                " asking again in {delay:g}s",
                 target=self.target,
                 count=len(self.known),
+                delay=delay,
             )
-        elif entries != self.known:
+            self._schedule(delay)
+            return
+        self.failures = 0
+        if entries != self.known:
             added = sorted(entry.address for entry in entries - self.known)
             removed = sorted(entry.address for entry in self.known - entries)
             log.info(
@@ -247,8 +253,7 @@ class DnsPeers:
         self._lookup = None
         if self._found is None:
             return  # stopped while looking
-        self.failures += 1
-        delay = min(self._min * 2 ** (self.failures - 1), self._max)
+        delay = self._back_off()
         log.warn(
             "DNS lookup of {target} failed ({why}): keeping the {count} peers known,"
             " asking again in {delay:g}s",
@@ -258,6 +263,11 @@ class DnsPeers:
             delay=delay,
         )
         self._schedule(delay)
+
+    def _back_off(self) -> float:
+        """Count a lookup that found nothing usable; return the wait before the next."""
+        self.failures += 1
+        return float(min(self._min * 2 ** (self.failures - 1), self._max))
 
     def _schedule(self, delay: float) -> None:
         self.next_in = delay
