@@ -38,8 +38,9 @@ __all__ = ["Cluster", "Peer", "PeerSource", "PeerState", "Router"]
 #: or C{None} when they ask for none.
 SourceMaker = Callable[[ClusterSettings], PeerSource | None]
 
-#: The settings that make the discovery source: a change to any starts a new one.
-_DISCOVER_KEYS = (
+#: The settings that make the discovery source: a change to any starts a new
+#: one, on reload as at start.
+DISCOVER_SETTINGS = (
     "discover",
     "discover_min_interval",
     "discover_max_interval",
@@ -153,7 +154,8 @@ class Cluster(Service):
             for name in added:
                 new_peers[name].start()
         changed = any(
-            getattr(before.cluster, key) != getattr(config.cluster, key) for key in _DISCOVER_KEYS
+            getattr(before.cluster, key) != getattr(config.cluster, key)
+            for key in DISCOVER_SETTINGS
         )
         if self._source is None or changed:
             self._replace_source(config.cluster)
