@@ -11,7 +11,8 @@ from typing import Any
 
 from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.task import Clock
-from twisted.logger import LogEvent, globalLogPublisher
+from twisted.internet.testing import MemoryReactorClock
+from twisted.logger import LogEvent, formatEvent, globalLogPublisher
 from twisted.names import dns
 from twisted.names.error import DNSNameError, DNSServerError
 from twisted.trial.unittest import SynchronousTestCase
@@ -27,6 +28,7 @@ from callnet.cluster.discovery import (
 )
 from callnet.config import ClusterSettings, NodeConfig, TLSSettings, merge
 from callnet.errors import ConfigError
+from callnet.node import NodeService
 from callnet.server import node_hello
 from callnet.testing import InlineThreadPool, MemoryNode, MemoryReactor
 from callnet.wiring import build_node
@@ -615,3 +617,26 @@ class DiscoveredClusterTests(SynchronousTestCase):
         )
         self.assertIn("discover with TLS links to peers is not supported yet", str(error))
         self.assertNotIn("\n", str(error))
+
+
+class NodeReloadTests(SynchronousTestCase):
+    """What a running node's reload says of the discover settings."""
+
+    def reloaded(self, old: NodeConfig, new: NodeConfig) -> str:
+        node = NodeService(old, MemoryReactorClock())
+        node.reload_from = lambda: new
+        log = Recorder(self)
+        self.assertTrue(node.reload())
+        [event] = log.logged("reloaded: ")
+        return formatEvent(event)
+
+    def test_discover_applies_on_reload(self) -> None:
+        """A new discover name is reported as applied, not as waiting for a restart; a new
+        heartbeat interval waits."""
+        old = NodeConfig(name="x", cluster=ClusterSettings(discover=f"dns-a:{A_NAME}:7600"))
+        text = self.reloaded(old, merge(old, {"discover": f"dns-srv:{SRV_NAME}"}))
+        self.assertIn(f"discover dns-srv:{SRV_NAME}", text)
+        self.assertNotIn("needs a restart", text)
+        text = self.reloaded(old, merge(old, {"heartbeat_interval": 2.0}))
+        self.assertIn("needs a restart to apply: cluster", text)
+        self.assertNotIn("discover", text)
