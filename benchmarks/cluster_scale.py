@@ -152,8 +152,8 @@ class DnsServer:
 
         self.reactor = SelectReactor()
         factory = server.DNSServerFactory(authorities=[Zone()])
-        protocol = dns.DNSDatagramProtocol(factory, reactor=self.reactor)
-        self.port = self.reactor.listenUDP(0, protocol, interface="127.0.0.1").getHost().port
+        # The nodes ask over TCP.
+        self.port = self.reactor.listenTCP(0, factory, interface="127.0.0.1").getHost().port
         self.thread = threading.Thread(
             target=self.reactor.run, kwargs={"installSignalHandlers": False}, daemon=True
         )

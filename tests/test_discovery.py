@@ -14,7 +14,7 @@ from twisted.internet.task import Clock
 from twisted.internet.testing import MemoryReactorClock
 from twisted.logger import LogEvent, formatEvent, globalLogPublisher
 from twisted.names import dns
-from twisted.names.error import DNSNameError, DNSServerError
+from twisted.names.error import DNSNameError, DNSQueryRefusedError, DNSServerError
 from twisted.trial.unittest import SynchronousTestCase
 
 from callnet import Outcome, UnavailableError, procedure
@@ -25,6 +25,7 @@ from callnet.cluster.discovery import (
     StaticPeers,
     address_endpoint,
     dns_source,
+    system_resolver,
 )
 from callnet.config import ClusterSettings, NodeConfig, TLSSettings, merge
 from callnet.errors import ConfigError
@@ -640,3 +641,58 @@ class NodeReloadTests(SynchronousTestCase):
         text = self.reloaded(old, merge(old, {"heartbeat_interval": 2.0}))
         self.assertIn("needs a restart to apply: cluster", text)
         self.assertNotIn("discover", text)
+
+
+class SystemResolverTests(SynchronousTestCase):
+    """The lookups a node makes when no resolver is given."""
+
+    def test_asks_the_configured_server_over_tcp(self) -> None:
+        """With discover_nameservers set, a lookup dials the first of them over TCP (the memory
+        reactor has no UDP at all)."""
+        reactor = MemoryReactorClock()
+        settings = merge(
+            NodeConfig(),
+            {"discover": f"dns-srv:{SRV_NAME}", "discover_nameservers": ["127.0.0.1:8600"]},
+        ).cluster
+        lookups = system_resolver(settings, reactor)
+        lookups.lookupService(SRV_NAME)
+        self.assertEqual([client[:2] for client in reactor.tcpClients], [("127.0.0.1", 8600)])
+
+
+class FailureWordingTests(SynchronousTestCase):
+    """How a failed lookup is logged."""
+
+    def test_error_answers_in_words(self) -> None:
+        """An error answer is logged by its code's name, a lookup that timed out as such."""
+        for error, words in (
+            (DNSServerError("SERVFAIL message"), "the server answered SERVFAIL"),
+            (DNSQueryRefusedError("REFUSED message"), "the server answered REFUSED"),
+        ):
+            resolver, clock = FakeResolver(), Clock()
+            resolver.set(A_NAME, dns.A, error)
+            log = Recorder(self)
+            source(resolver, clock, f"dns-a:{A_NAME}:7600").start(log)
+            [event] = log.logged("DNS lookup of")
+            self.assertEqual(event["why"], words)
+        resolver, clock = FakeResolver(), Clock()
+        resolver.set(A_NAME, dns.A, "hang")
+        log = Recorder(self)
+        source(resolver, clock, f"dns-a:{A_NAME}:7600").start(log)
+        clock.advance(60)
+        self.assertEqual(
+            [event["why"] for event in log.logged("DNS lookup of")], ["no answer in time"]
+        )
+
+    def test_srv_name_that_does_not_exist(self) -> None:
+        """An SRV name that does not exist is an empty answer: the peers known stay."""
+        resolver, clock = FakeResolver(), Clock()
+        resolver.set(
+            SRV_NAME, dns.SRV, [srv("n1.callnet.test", 7601)], [a("n1.callnet.test", "10.0.0.1")]
+        )
+        found = Recorder(self)
+        peers = source(resolver, clock)
+        peers.start(found)
+        resolver.set(SRV_NAME, dns.SRV, DNSNameError(SRV_NAME))
+        clock.advance(30)
+        self.assertEqual(found.found, [endpoints(("10.0.0.1", 7601))])
+        self.assertEqual(len(found.logged("DNS has no records")), 1)

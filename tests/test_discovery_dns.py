@@ -1,7 +1,7 @@
 """
 Real nodes finding each other through a real DNS server: a C{twisted.names}
-authoritative server on a loopback UDP port, run by the test on a reactor of
-its own in a thread, serves SRV and A records that the test changes; the
+authoritative server on a loopback port (TCP and UDP), run by the test on a
+reactor of its own in a thread, serves SRV and A records that the test changes; the
 nodes (C{twistd -n callnet} subprocesses, asking that server) follow them
 within one TTL.
 """
@@ -17,10 +17,10 @@ from typing import Any
 
 import pytest
 from twisted.internet.defer import Deferred, fail
+from twisted.internet.error import CannotListenError
 from twisted.internet.selectreactor import SelectReactor
 from twisted.internet.threads import blockingCallFromThread
 from twisted.names import authority, dns, server
-from twisted.names.error import DNSServerError
 
 from tests.daemon import (
     TWISTD,
@@ -73,7 +73,8 @@ class _Zone(authority.FileAuthority):
 
     def _lookup(self, name: bytes, cls: int, type: int, timeout: Any = None) -> Deferred[Any]:
         if self.failing:
-            return fail(DNSServerError("the test's server is failing"))
+            # Not a DomainError, which the server would answer NXDOMAIN: SERVFAIL.
+            return fail(RuntimeError("the test's server is failing"))
         result: Deferred[Any] = super()._lookup(name, cls, type, timeout)
         return result
 
@@ -86,8 +87,16 @@ class DnsServer:
         self.zone = _Zone()
         factory = server.DNSServerFactory(authorities=[self.zone])
         protocol = dns.DNSDatagramProtocol(factory, reactor=self.reactor)
-        self._port = self.reactor.listenUDP(0, protocol, interface="127.0.0.1")
-        self.port = self._port.getHost().port
+        # TCP (which the nodes ask over) and UDP, on one port.
+        for _ in range(50):
+            tcp = self.reactor.listenTCP(0, factory, interface="127.0.0.1")
+            self.port = tcp.getHost().port
+            try:
+                self.reactor.listenUDP(self.port, protocol, interface="127.0.0.1")
+            except CannotListenError:
+                tcp.stopListening()
+                continue
+            break
         self._thread = threading.Thread(
             target=self.reactor.run, kwargs={"installSignalHandlers": False}, daemon=True
         )
@@ -232,7 +241,9 @@ def test_nodes_follow_srv_records(tmp_path: Path, dns_server: DnsServer) -> None
             wait_until(
                 lambda: "DNS lookup of" in nodes["a"].output(), 15, "a logs the failed lookup"
             )
-            assert "keeping the 2 peers known" in nodes["a"].output()
+            assert "failed (the server answered SERVFAIL): keeping the 2 addresses known" in (
+                nodes["a"].output()
+            )
             wait_for(a, {"c": "up"}, 0.1, "a keeps c while DNS fails")
             # Past several refreshes, the cluster is whole still.
             deadline = time.monotonic() + 2 * TTL

@@ -26,10 +26,19 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from twisted.internet.defer import Deferred, ensureDeferred
+from twisted.internet.defer import TimeoutError as DeferredTimeoutError
 from twisted.logger import Logger
 from twisted.names import dns
 from twisted.names.client import Resolver
-from twisted.names.error import DNSNameError
+from twisted.names.error import (
+    DNSFormatError,
+    DNSNameError,
+    DNSNotImplementedError,
+    DNSQueryRefusedError,
+    DNSQueryTimeoutError,
+    DNSServerError,
+    DNSUnknownError,
+)
 from twisted.python.failure import Failure
 
 from callnet.config import ClusterSettings, discover_target, nameserver_address
@@ -47,11 +56,11 @@ __all__ = [
 
 log = Logger()
 
-#: Seconds one DNS query may take before it is asked again, then again; past
-#: their sum the lookup has failed.  A resolver on the same network answers
-#: in milliseconds, so two tries cover a lost packet without holding a
-#: refresh for the stub resolver's usual minute.
-QUERY_TIMEOUTS = (1, 3)
+#: Seconds one DNS query may take; past it the lookup has failed, and is
+#: tried again after discover_min_interval.  A resolver on the same network
+#: answers in milliseconds; this holds a refresh for much less than the stub
+#: resolver's usual minute.
+QUERY_TIMEOUT = 5.0
 
 
 @dataclass(frozen=True, order=True)
@@ -171,7 +180,10 @@ class DnsPeers:
         return frozenset(address_endpoint(host, self._port) for host in addresses), ttl
 
     async def _resolve_srv(self) -> tuple[frozenset[PeerEntry], float]:
-        answers, _, additional = await self._resolver.lookupService(self._name)
+        try:
+            answers, _, additional = await self._resolver.lookupService(self._name)
+        except DNSNameError:
+            return frozenset(), self._max
         services = [
             record for record in answers if record.type == dns.SRV and record.payload.port > 0
         ]
@@ -226,7 +238,7 @@ class DnsPeers:
             # asked again as after a failure.
             delay = self._back_off()
             log.warn(
-                "DNS has no records for {target}: keeping the {count} peers known,"
+                "DNS has no records for {target}: keeping the {count} addresses known,"
                 " asking again in {delay:g}s",
                 target=self.target,
                 count=len(self.known),
@@ -255,10 +267,10 @@ class DnsPeers:
             return  # stopped while looking
         delay = self._back_off()
         log.warn(
-            "DNS lookup of {target} failed ({why}): keeping the {count} peers known,"
+            "DNS lookup of {target} failed ({why}): keeping the {count} addresses known,"
             " asking again in {delay:g}s",
             target=self.target,
-            why=reason.getErrorMessage() or repr(reason.value),
+            why=_why(reason.value),
             count=len(self.known),
             delay=delay,
         )
@@ -275,20 +287,67 @@ class DnsPeers:
             self._timer = self._clock.callLater(delay, self._look)
 
 
+#: What a DNS server's error answer means, in its usual words.
+_ANSWERS = {
+    DNSFormatError: "FORMERR",
+    DNSServerError: "SERVFAIL",
+    DNSNotImplementedError: "NOTIMP",
+    DNSQueryRefusedError: "REFUSED",
+    DNSUnknownError: "an unknown error code",
+}
+
+
+def _why(error: BaseException | None) -> str:
+    """Why a lookup failed, in a few words (an error answer's message is a whole DNS message)."""
+    for kind, words in _ANSWERS.items():
+        if isinstance(error, kind):
+            return f"the server answered {words}"
+    if isinstance(error, TimeoutError | DNSQueryTimeoutError | DeferredTimeoutError):
+        return "no answer in time"
+    return str(error) or type(error).__name__ if error is not None else "unknown"
+
+
 def _ipv6_text(packed: bytes) -> str:
     return str(ipaddress.IPv6Address(packed))
 
 
-def system_resolver(settings: ClusterSettings, reactor: Any) -> Resolver:
+class TcpLookups:
     """
-    A resolver asking C{discover_nameservers}, or the servers of
-    C{/etc/resolv.conf} if none are set.  Nothing is cached: each refresh
-    asks the servers, whose answers' TTL says when to ask again.
+    Lookups through a L{Resolver}, over TCP.  An SRV answer for tens of nodes
+    outgrows a UDP datagram anyway; over TCP nothing is truncated, a forged
+    datagram cannot answer, and one connection serves every lookup while the
+    server keeps it open (where UDP would open, and log, a port per query).
+    """
+
+    def __init__(self, resolver: Resolver, timeout: float = QUERY_TIMEOUT) -> None:
+        self._resolver = resolver
+        self._timeout = timeout
+
+    def _ask(self, name: str, kind: int) -> Deferred[Any]:
+        d: Deferred[Any] = self._resolver.queryTCP([dns.Query(name, kind, dns.IN)], self._timeout)
+        # An answer's error code (NXDOMAIN, SERVFAIL, ...) becomes its error.
+        return d.addCallback(self._resolver.filterAnswers)
+
+    def lookupService(self, name: str) -> Deferred[Any]:
+        return self._ask(name, dns.SRV)
+
+    def lookupAddress(self, name: str) -> Deferred[Any]:
+        return self._ask(name, dns.A)
+
+    def lookupIPV6Address(self, name: str) -> Deferred[Any]:
+        return self._ask(name, dns.AAAA)
+
+
+def system_resolver(settings: ClusterSettings, reactor: Any) -> TcpLookups:
+    """
+    Lookups asking C{discover_nameservers}, or the servers of
+    C{/etc/resolv.conf} if none are set, over TCP.  Nothing is cached: each
+    refresh asks the servers, whose answers' TTL says when to ask again.
     """
     servers = [nameserver_address(server) for server in settings.discover_nameservers]
     if servers:
-        return Resolver(servers=servers, timeout=QUERY_TIMEOUTS, reactor=reactor)
-    return Resolver(resolv="/etc/resolv.conf", timeout=QUERY_TIMEOUTS, reactor=reactor)
+        return TcpLookups(Resolver(servers=servers, reactor=reactor))
+    return TcpLookups(Resolver(resolv="/etc/resolv.conf", reactor=reactor))
 
 
 def dns_source(

@@ -307,8 +307,9 @@ class Peer:
         if state is not self.state:
             before, self.state = self.state, state
             # Once per change, not per attempt to reconnect: see _PeerService.
+            # A peer drained on purpose going down is no news worth a warning.
             log.emit(
-                LogLevel.warn if state is PeerState.DOWN else LogLevel.info,
+                LogLevel.warn if state is PeerState.DOWN and not self.draining else LogLevel.info,
                 "peer {peer} is {after} (was {before})",
                 peer=self.name,
                 before=before.value,
