@@ -51,8 +51,9 @@ FIRST_HOST = 10
 #: How long a node may take to listen, and the cluster to converge.
 START_TIMEOUT = 120.0
 CONVERGE_TIMEOUT = 180.0
-#: The DNS records' TTL, and so how soon nodes see each other's records.
-TTL = 1
+#: The DNS records' TTL.  Every record is there from the start, so a node
+#: needs one lookup; a long TTL keeps lookups out of the figures at rest.
+TTL = 60
 
 PROBE = '''
 import os
@@ -193,7 +194,7 @@ class Cluster:
             lines += [
                 f'discover = "dns-a:nodes.scale.test:{self.port}"',
                 f'discover_nameservers = ["127.0.0.1:{self.dns.port}"]',
-                f"discover_min_interval = {TTL}",
+                "discover_min_interval = 1.0",
             ]
         else:
             lines += ["", "[peers]"]
