@@ -9,6 +9,9 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
+from hypothesis import settings
+from hypothesis import strategies as st
+from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
 from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.task import Clock
 from twisted.internet.testing import MemoryReactorClock
@@ -343,7 +346,7 @@ class Discovered:
 
     def __init__(
         self,
-        case: SynchronousTestCase,
+        case: SynchronousTestCase | None,
         names: Iterable[str] = ("a", "b", "c"),
         aliases: dict[str, str] | None = None,
         static: dict[str, str] | None = None,
@@ -384,7 +387,7 @@ class Discovered:
             endpoints=chosen,
             discovery=lambda s: dns_source(s, self.clock, self.resolver),
         )
-        self.log = Recorder(case)
+        self.log = Recorder(case) if case is not None else None
         self.client = self.x.client()
 
     def publish(self, *addresses: str, ttl: int = 5) -> None:
@@ -696,3 +699,77 @@ class FailureWordingTests(SynchronousTestCase):
         clock.advance(30)
         self.assertEqual(found.found, [endpoints(("10.0.0.1", 7601))])
         self.assertEqual(len(found.logged("DNS has no records")), 1)
+
+
+#: The addresses DNS may name in the machine below: a, b, c, a again (a
+#: clash), and x itself.
+ADDRESSES = ("10.0.0.1", "10.0.0.2", "10.0.0.3", "10.0.0.7", "10.0.0.99")
+
+
+class DiscoveryMachine(RuleBasedStateMachine):
+    """
+    DNS changes, fails and recovers at random while time passes; whatever
+    the order, the node never routes to itself, never has two peers of one
+    name, follows only what DNS last said, and once DNS is steady has every
+    other node up.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.nodes = Discovered(None, aliases={"10.0.0.7": "a"})
+        self.published: tuple[str, ...] = ()
+        self.nodes.publish()
+        self.nodes.cluster.startService()
+        self.nodes.flush()
+
+    @rule(addresses=st.sets(st.sampled_from(ADDRESSES)), ttl=st.integers(1, 5))
+    def publish(self, addresses: set[str], ttl: int) -> None:
+        self.published = tuple(sorted(addresses))
+        self.nodes.publish(*self.published, ttl=ttl)
+
+    @rule()
+    def dns_fails(self) -> None:
+        self.nodes.resolver.set(A_NAME, dns.A, DNSServerError("SERVFAIL"))
+
+    @rule(seconds=st.sampled_from([0.5, 1.0, 3.0, 6.0]))
+    def wait(self, seconds: float) -> None:
+        self.nodes.advance(seconds)
+
+    @rule()
+    def settle(self) -> None:
+        """DNS answers what was published, steadily: the node converges on it."""
+        self.nodes.publish(*self.published, ttl=1)
+        self.nodes.advance(12)
+        # What DNS said last with any records (an empty answer keeps it).
+        known = self.nodes.cluster._source.known  # type: ignore[union-attr]
+        expected = {self.nodes.at[entry.address.rsplit(":", 1)[0]] for entry in known} - {"x"}
+        assert self.nodes.states() == dict.fromkeys(expected, "up"), (
+            self.published,
+            self.nodes.states(),
+        )
+
+    @invariant()
+    def never_itself(self) -> None:
+        assert "x" not in self.nodes.states()
+
+    @invariant()
+    def one_peer_per_name(self) -> None:
+        names = [peer.name for peer in self.nodes.cluster.peers]
+        assert len(names) == len(set(names)), names
+
+    @invariant()
+    def only_what_dns_said(self) -> None:
+        source = self.nodes.cluster._source
+        known = {entry.endpoint for entry in source.known}  # type: ignore[union-attr]
+        assert {peer.configured for peer in self.nodes.cluster.peers} <= known
+        assert set(self.nodes.cluster.skipped) <= known
+
+    def teardown(self) -> None:
+        self.nodes.stop()
+        assert self.nodes.clock.getDelayedCalls() == [], self.nodes.clock.getDelayedCalls()
+
+
+DiscoveryMachine.TestCase.settings = settings(
+    max_examples=30, stateful_step_count=20, deadline=None
+)
+TestDiscovery = DiscoveryMachine.TestCase

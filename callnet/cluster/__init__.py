@@ -86,7 +86,6 @@ class Cluster(Service):
         #: Discovered endpoints not dialled, and why: this node itself, or
         #: the name another peer has.  Forgotten when DNS stops naming them.
         self.skipped: dict[str, str] = {}
-        self._wanted: frozenset[PeerEntry] = frozenset()
         self._draining: list[Peer] = []
         self._discovery = discovery
         self._source: PeerSource | None = None
@@ -175,7 +174,6 @@ class Cluster(Service):
 
     def _discovered(self, entries: frozenset[PeerEntry]) -> None:
         """Dial the endpoints that appeared; drain the peers whose endpoint went."""
-        self._wanted = entries
         wanted = {entry.endpoint: entry for entry in entries}
         for endpoint in [endpoint for endpoint in self.skipped if endpoint not in wanted]:
             del self.skipped[endpoint]
@@ -195,17 +193,16 @@ class Cluster(Service):
             peer=peer.name,
             endpoint=peer.configured,
         )
+        # The holder of a name leaving lets an endpoint refused for it try
+        # again: _discovered, which drains, dials it next.
+        retry = [endpoint for endpoint, why in self.skipped.items() if why == f"name {peer.name}"]
+        for endpoint in retry:
+            del self.skipped[endpoint]
         if not self.running:
             return
         self._draining.append(peer)
         done = peer.drain(self._config.shutdown_grace)
         done.addBoth(lambda _: self._draining.remove(peer) if peer in self._draining else None)
-        # The holder of a name leaving lets an endpoint refused for it try again.
-        retry = [endpoint for endpoint, why in self.skipped.items() if why == f"name {peer.name}"]
-        for endpoint in retry:
-            del self.skipped[endpoint]
-        if retry:
-            self._reactor.callLater(0, self._discovered, self._wanted)
 
     def _named(self, peer: Peer, name: str) -> bool:
         """
