@@ -6,7 +6,7 @@ try every kind of call from a terminal.
 from __future__ import annotations
 
 import time as _time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 from twisted.internet.interfaces import IReactorTime
@@ -89,4 +89,15 @@ def builtin_procedures(clock: IReactorTime) -> list[Callable[..., Any]]:
         await deferLater(clock, seconds)
         return seconds
 
-    return [echo, add, sleep, time, fail, block, fib]
+    @procedure(run="reactor", idempotent=True)
+    async def count(n: int, interval: float = 0) -> AsyncIterator[int]:
+        """Stream 0 ... n-1, an item every interval seconds; end with n."""
+        if isinstance(n, bool) or not isinstance(n, int) or n < 0:
+            raise InvalidArgumentError(f"n must be a whole number >= 0, not {n!r}")
+        interval = _seconds(interval)
+        for i in range(n):
+            if i and interval:
+                await deferLater(clock, interval)
+            yield i
+
+    return [echo, add, sleep, time, fail, block, fib, count]
