@@ -81,7 +81,8 @@ def _encode(encode: Callable[[Any], bytes], value: Any) -> bytes:
 class InThreadSource:
     """
     A generator pulled in worker threads, as many items per job as the credit
-    allows, each encoded there; never a thread held while waiting for credit.
+    allows (and one ahead), each encoded there; never a thread held while
+    waiting for credit.
     """
 
     def __init__(
@@ -99,19 +100,25 @@ class InThreadSource:
         self._to_reactor = to_reactor
         self._lock = threading.Lock()
         # All under the lock: credit left, held by the session, a job
-        # running (it owns the generator), cancelled, the generator over.
+        # running (it owns the generator), cancelled, the generator over,
+        # and the item made ahead of the credit.
         self._credit = 0
         self._held = False
         self._busy = False
         self._stopping = False
         self._over = False
+        self._ahead: bytes | None = None
         self._items = 0
         self.done: Deferred[Any] = Deferred(self._cancel)
 
     def grant(self, count: int) -> None:
         with self._lock:
             self._credit += count
+            ahead = self._take_ahead()
             start = self._claim()
+        if ahead is not None:
+            # Through the same hand-over as the job's items, to keep their order.
+            self._to_reactor(self._deliver, ahead)
         if start:
             self._threads.callInThreadWithCallback(_ignore, self._pull)
 
@@ -122,28 +129,45 @@ class InThreadSource:
     def release(self) -> None:
         with self._lock:
             self._held = False
-            start = self._claim()
-        if start:
-            self._threads.callInThreadWithCallback(_ignore, self._pull)
+        self.grant(0)
+
+    def _take_ahead(self) -> bytes | None:
+        """(The lock held.)  The item made ahead, if the credit now covers it."""
+        ahead = self._ahead
+        if ahead is None or self._credit <= 0 or self._held:
+            return None
+        self._ahead = None
+        self._credit -= 1
+        return ahead
 
     def _claim(self) -> bool:
         """(The lock held.)  Whether a pull job should start now; if so, it owns the generator."""
-        if self._busy or self._held or self._credit <= 0 or self._stopping or self._over:
+        if (
+            self._busy
+            or self._held
+            or self._credit <= 0
+            or self._stopping
+            or self._over
+            or self._ahead is not None
+        ):
             return False
         self._busy = True
         return True
 
     def _pull(self) -> None:
-        """(In a worker thread.)  Pull items while credit lasts, then let go."""
+        """
+        (In a worker thread.)  Pull items while credit lasts, then one more,
+        so that a stream's end is seen as soon as its last item is granted;
+        then let go of the generator.
+        """
         generator, lock = self._generator, self._lock
         while True:
             with lock:
                 if self._stopping:
                     break
-                if self._credit <= 0 or self._held:
+                if self._held or self._ahead is not None:
                     self._busy = False
                     return
-                self._credit -= 1
             try:
                 line = _encode(self._encode, next(generator))
             except StopIteration as end:
@@ -157,6 +181,12 @@ class InThreadSource:
                 self._end(False, Failure())
                 return
             self._items += 1
+            with lock:
+                if self._credit > 0:
+                    self._credit -= 1
+                else:
+                    self._ahead = line
+                    continue  # seen at the top: the job ends
             self._to_reactor(self._deliver, line)
         self._close()
 
@@ -191,6 +221,7 @@ class InThreadSource:
     def _cancel(self, done: Deferred[Any]) -> None:
         with self._lock:
             self._stopping = True
+            self._ahead = None
             # A job running closes the generator once its item is made; an
             # idle generator is closed by a job of its own.
             idle = not self._busy and not self._over
@@ -205,7 +236,10 @@ async def _next(generator: AsyncIterator[Any]) -> Any:
 
 
 class InReactorSource:
-    """An async generator resumed in the reactor, once per item granted."""
+    """
+    An async generator resumed in the reactor, once per item granted (and
+    once ahead, so that its end is seen as soon as its last item is granted).
+    """
 
     def __init__(self, generator: Any, encode: Callable[[Any], bytes], emit: Emit) -> None:
         self._generator = generator
@@ -214,6 +248,7 @@ class InReactorSource:
         self._credit = 0
         self._held = False
         self._items = 0
+        self._ahead: bytes | None = None
         self._step: Deferred[Any] | None = None
         self._pumping = False
         self.done: Deferred[Any] = Deferred(self._cancel)
@@ -234,10 +269,17 @@ class InReactorSource:
             return
         self._pumping = True
         try:
-            while (
-                self._step is None and self._credit > 0 and not self._held and not self.done.called
-            ):
-                self._credit -= 1
+            while not self._held and not self.done.called:
+                ahead = self._ahead
+                if ahead is not None:
+                    if self._credit <= 0:
+                        break
+                    self._ahead = None
+                    self._credit -= 1
+                    self._emit(ahead)
+                    continue
+                if self._step is not None or (self._credit <= 0 and not self._items):
+                    break
                 step = ensureDeferred(_next(self._generator))
                 if not step.called:
                     self._step = step
@@ -256,7 +298,7 @@ class InReactorSource:
             self._close()
             return
         self._items += 1
-        self._emit(line)
+        self._ahead = line
         self._pump()
 
     def _ended(self, failure: Failure) -> None:
@@ -270,6 +312,7 @@ class InReactorSource:
 
     def _cancel(self, done: Deferred[Any]) -> None:
         step, self._step = self._step, None
+        self._ahead = None
         if step is not None:
             step.cancel()  # CancelledError at the generator's await
         self._close()
