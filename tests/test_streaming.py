@@ -562,3 +562,98 @@ class ClientProtocolTests(SynchronousTestCase):
         memory.advance(0.1)
         memory.advance(0.1)
         self.assertEqual(self.successResultOf(reply), "built")
+
+
+_cluster_clock: list[MemoryReactor] = []
+
+
+@procedure(idempotent=True)
+async def late_start(n: int) -> AsyncIterator[int]:
+    """Wait a second, then yield n items a second apart (safe to run again)."""
+    try:
+        for i in range(n):
+            await deferLater(_cluster_clock[0], 1.0)
+            made.append(i)
+            yield i
+    finally:
+        closed.append("late_start")
+
+
+@procedure(name="late_start_once")
+async def late_start_once(n: int) -> AsyncIterator[int]:
+    """As late_start, but not safe to run twice."""
+    async for item in late_start(n):
+        yield item
+
+
+class ClusterFailoverTests(SynchronousTestCase):
+    """Failover only before the first item, only when safe; the deadline travels."""
+
+    def cluster(self) -> MemoryCluster:
+        made.clear()
+        closed.clear()
+        procedures = [late_start, late_start_once]
+        cluster = MemoryCluster({"alpha": [], "beta": procedures, "gamma": procedures})
+        _cluster_clock[:] = [cluster.clock]
+        cluster.start()
+        self.addCleanup(cluster.stop)
+        return cluster
+
+    def serving(self, cluster: MemoryCluster, name: str) -> str:
+        """The peer whose node is running a call of C{name} now."""
+        [node] = [
+            peer
+            for peer in ("beta", "gamma")
+            if cluster[peer]
+            .dispatcher.stats.as_dict()["procedures"]
+            .get(name, {})
+            .get("in_flight")
+        ]
+        return node
+
+    def test_failover_before_the_first_item(self) -> None:
+        """An idempotent stream whose peer dies before its first item is run by another."""
+        cluster = self.cluster()
+        conn = cluster["alpha"].connect_raw()
+        conn.send("#1 +window=5 late_start 2\n")
+        cluster.flush()
+        first = self.serving(cluster, "late_start")
+        cluster.kill(first)
+        cluster.advance(2.5)
+        lines = conn.lines()
+        self.assertEqual(lines, [b"#1 ITEM 0", b"#1 ITEM 1", b"#1 OK 2"])
+        other = "gamma" if first == "beta" else "beta"
+        stats = cluster[other].dispatcher.stats.as_dict()["procedures"]["late_start"]
+        self.assertEqual((stats["calls"], stats["errors"]), (1, 0))
+
+    def test_no_failover_when_not_safe(self) -> None:
+        """A stream that is not idempotent fails may-have-run when its peer dies."""
+        cluster = self.cluster()
+        conn = cluster["alpha"].connect_raw()
+        conn.send("#1 +window=5 late_start_once 2\n")
+        cluster.flush()
+        cluster.kill(self.serving(cluster, "late_start_once"))
+        [line] = conn.lines()
+        self.assertTrue(line.startswith(b"#1 ERR UNAVAILABLE may-have-run"), line)
+
+    def test_no_failover_after_the_first_item(self) -> None:
+        """Once an item came, a dying peer ends the stream with the outcome ran."""
+        cluster = self.cluster()
+        conn = cluster["alpha"].connect_raw()
+        conn.send("#1 +window=5 late_start 3\n")
+        cluster.advance(1.05)
+        self.assertEqual(conn.lines(), [b"#1 ITEM 0"])
+        cluster.kill(self.serving(cluster, "late_start"))
+        [line] = conn.lines()
+        self.assertTrue(line.startswith(b"#1 ERR UNAVAILABLE ran"), line)
+
+    def test_deadline_travels(self) -> None:
+        """The caller's deadline ends the stream at alpha and closes the generator on the peer."""
+        cluster = self.cluster()
+        conn = cluster["alpha"].connect_raw()
+        conn.send("#1 +timeout=1.5 +window=5 late_start 3\n")
+        cluster.advance(2.0)
+        lines = conn.lines()
+        self.assertEqual(lines[0], b"#1 ITEM 0")
+        self.assertTrue(lines[1].startswith(b"#1 ERR DEADLINE_EXCEEDED ran"), lines)
+        self.assertEqual(closed, ["late_start"])
