@@ -517,6 +517,18 @@ class ClusterTests(SynchronousTestCase):
         self.assertEqual(lines[0], b"#1 ITEM 0")
         self.assertTrue(lines[1].startswith(b"#1 ERR INTERNAL ran @beta"), lines)
 
+    def test_peer_streams_marked(self) -> None:
+        """HELP on alpha marks the streams its peer serves, from the peer's handshake."""
+        cluster = self.cluster()
+        conn = cluster["alpha"].connect_raw()
+        conn.send("#1 HELP rows\n")
+        cluster.flush()
+        [line] = conn.lines()
+        self.assertIs(json.loads(line.split(b" ", 2)[2])["stream"], True)
+        conn.send("HELP\n")
+        cluster.flush()
+        self.assertIn(b"[stream]", b"\n".join(conn.lines()))
+
     def test_client_call_on_a_stream_refused(self) -> None:
         """Client.call on a stream gets INVALID_ARGUMENT not-run, through the cluster too."""
         cluster = self.cluster()
@@ -586,13 +598,22 @@ async def late_start_once(n: int) -> AsyncIterator[int]:
         yield item
 
 
+@procedure
+async def pages(n: int, context: CallContext) -> str:
+    """Make n pages, a quarter second each, saying so."""
+    for page in range(1, n + 1):
+        await deferLater(_cluster_clock[0], 0.25)
+        context.progress(page, n, f"page {page}")
+    return "done"
+
+
 class ClusterFailoverTests(SynchronousTestCase):
     """Failover only before the first item, only when safe; the deadline travels."""
 
     def cluster(self) -> MemoryCluster:
         made.clear()
         closed.clear()
-        procedures = [late_start, late_start_once]
+        procedures = [late_start, late_start_once, pages]
         cluster = MemoryCluster({"alpha": [], "beta": procedures, "gamma": procedures})
         _cluster_clock[:] = [cluster.clock]
         cluster.start()
@@ -646,6 +667,22 @@ class ClusterFailoverTests(SynchronousTestCase):
         cluster.kill(self.serving(cluster, "late_start"))
         [line] = conn.lines()
         self.assertTrue(line.startswith(b"#1 ERR UNAVAILABLE ran"), line)
+
+    def test_progress_relayed(self) -> None:
+        """A forwarded call's progress reports reach its caller, when it asked for them."""
+        cluster = self.cluster()
+        conn = cluster["alpha"].connect_raw()
+        conn.send("#1 +progress pages 3\n")
+        cluster.advance(0.55)
+        self.assertEqual(
+            conn.lines(),
+            [
+                b'#1 PROGRESS {"done":1,"total":3,"message":"page 1"}',
+                b'#1 PROGRESS {"done":2,"total":3,"message":"page 2"}',
+            ],
+        )
+        cluster.advance(0.3)
+        self.assertEqual(conn.lines()[-1], b'#1 OK "done"')
 
     def test_deadline_travels(self) -> None:
         """The caller's deadline ends the stream at alpha and closes the generator on the peer."""
