@@ -5,7 +5,7 @@ grants items as it reads them.  Flow control should bound every process by
 its window, not by the stream's length.
 
     python benchmarks/stream_memory.py [--total-mib 1024] [--item-kib 64]
-                                       [--window 16] [--read-mib-per-s 64]
+                                       [--window 16] [--read-mib-per-s 32]
 
 It prints each process's resident memory before the stream and its peak
 during it, and exits 1 if any grew by more than --limit-mib (64).  Linux
@@ -139,7 +139,7 @@ def main() -> int:
     parser.add_argument("--total-mib", type=int, default=1024)
     parser.add_argument("--item-kib", type=int, default=64)
     parser.add_argument("--window", type=int, default=16)
-    parser.add_argument("--read-mib-per-s", type=float, default=64.0)
+    parser.add_argument("--read-mib-per-s", type=float, default=32.0)
     parser.add_argument("--limit-mib", type=float, default=64.0)
     options = parser.parse_args()
     size = options.item_kib * 1024

@@ -87,3 +87,27 @@ def test_deadline_and_lost_connection_close_thread_generators(tmp_path: Path) ->
         stats = json.loads(client.read_line().split(" ", 2)[2])
         wait_until(lambda: node.stats()["in_flight"] == 0, 5, "no stream in flight")
         assert stats["procedures"]["slow_feed"]["calls"] >= 1
+
+
+def test_stream_memory_benchmark_runs() -> None:
+    """The stream memory benchmark, cut to 64 MiB, completes and stays within its bound."""
+    import subprocess
+    import sys
+
+    root = Path(__file__).parent.parent
+    done = subprocess.run(
+        [
+            sys.executable,
+            str(root / "benchmarks" / "stream_memory.py"),
+            "--total-mib",
+            "64",
+            "--read-mib-per-s",
+            "128",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "1024 items of 64 KiB" in done.stdout
+    assert done.stdout.rstrip().endswith("OK")
