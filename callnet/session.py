@@ -713,6 +713,11 @@ class Session:
             self._quit_tag = tag
         # What follows QUIT is never acted on: let go of it now.
         self._decoder.end_of_input()
+        # No MORE can follow, so a tagged stream is granted the rest of its
+        # items, paced from now on by the connection's own backpressure.
+        for flow in list(self._streams.values()):
+            if flow.tag is not None:
+                flow.producer.grant(MAX_WINDOW)
         self._stop_timer(LINE_TIMER)
         self._maybe_finish()
 

@@ -443,7 +443,7 @@ class SessionMachine(RuleBasedStateMachine):
         for number, (work, call, slot) in self.node.running.items():
             if not isinstance(work, StreamWork) or self.session.state is CLOSED:
                 continue
-            if call.tag is not None:
+            if call.tag is not None and self.session.state is not QUITTING:
                 # MORE lines not read yet (reading paused) have granted nothing yet.
                 window = self.windows[number]
                 assert window <= work.granted <= window + self.more.get(number, 0)

@@ -223,6 +223,16 @@ class WireTests(SynchronousTestCase):
         memory.flush()
         self.assertEqual(conn.lines()[-1], b"#1 OK 5")
 
+    def test_quit_sends_the_rest(self) -> None:
+        """After QUIT no MORE can come: a tagged stream is sent the rest, then bye."""
+        memory = node()
+        conn = memory.connect_raw()
+        send(memory, conn, "#1 +window=1 rows 3")
+        lines = send(memory, conn, "QUIT")
+        self.assertEqual(
+            lines, [b'#1 ITEM {"row":1}', b'#1 ITEM {"row":2}', b"#1 OK 3", b'OK "bye"']
+        )
+
     def test_tagged_without_window_refused(self) -> None:
         """A tagged request for a stream without +window is refused not-run, saying why."""
         memory = node()
