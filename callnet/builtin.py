@@ -12,7 +12,7 @@ from typing import Any
 from twisted.internet.interfaces import IReactorTime
 from twisted.internet.task import deferLater
 
-from callnet.errors import ERRORS_BY_CODE, InvalidArgumentError
+from callnet.errors import ERRORS_BY_CODE, InvalidArgumentError, Outcome
 from callnet.registry import procedure
 
 #: The longest C{sleep} or C{block} a caller may ask for, in seconds.
@@ -92,9 +92,15 @@ def builtin_procedures(clock: IReactorTime) -> list[Callable[..., Any]]:
     @procedure(run="reactor", idempotent=True)
     async def count(n: int, interval: float = 0) -> AsyncIterator[int]:
         """Stream 0 ... n-1, an item every interval seconds; end with n."""
+        # Checked before the first item: nothing was made, so nothing ran.
         if isinstance(n, bool) or not isinstance(n, int) or n < 0:
-            raise InvalidArgumentError(f"n must be a whole number >= 0, not {n!r}")
-        interval = _seconds(interval)
+            raise InvalidArgumentError(
+                f"n must be a whole number >= 0, not {n!r}", Outcome.NOT_RUN
+            )
+        try:
+            interval = _seconds(interval)
+        except InvalidArgumentError as e:
+            raise InvalidArgumentError(e.message, Outcome.NOT_RUN) from None
         for i in range(n):
             if i and interval:
                 await deferLater(clock, interval)

@@ -186,6 +186,14 @@ class WireTests(SynchronousTestCase):
         memory.advance(0.5)
         self.assertEqual(conn.lines(), [b"ITEM 2", b"OK 3"])
 
+    def test_count_checks_its_arguments(self) -> None:
+        """count refuses a negative n or interval before its first item: not-run."""
+        memory = node()
+        conn = memory.connect_raw()
+        for line in ("count -1", "count 2 -0.5", "count 2 x"):
+            [reply] = send(memory, conn, line)
+            self.assertTrue(reply.startswith(b"ERR INVALID_ARGUMENT not-run"), reply)
+
     def test_window_and_more(self) -> None:
         """A tagged stream sends its window, then waits; MORE grants more; never answered."""
         memory = node()
