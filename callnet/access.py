@@ -33,7 +33,7 @@ from callnet.errors import CallError, PermissionDeniedError, UnauthenticatedErro
 #: The identity of a caller on a node that requires no authentication.
 ANONYMOUS = "anonymous"
 #: The identity of a connection authenticated by the cluster token (no token
-#: may be named so: see callnet.config.RESERVED_IDENTITIES).
+#: may be named so: see callnet.config_checks.RESERVED_IDENTITIES).
 PEER = "peer"
 
 

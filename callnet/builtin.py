@@ -9,10 +9,10 @@ import time as _time
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
-from twisted.internet.interfaces import IReactorTime
 from twisted.internet.task import deferLater
 
 from callnet.errors import ERRORS_BY_CODE, InvalidArgumentError, Outcome
+from callnet.reactors import Clock, twisted_clock
 from callnet.registry import procedure
 
 #: The longest C{sleep} or C{block} a caller may ask for, in seconds.
@@ -79,14 +79,14 @@ def _fib(n: int) -> int:
     return n if n < 2 else _fib(n - 1) + _fib(n - 2)
 
 
-def builtin_procedures(clock: IReactorTime) -> list[Callable[..., Any]]:
+def builtin_procedures(clock: Clock) -> list[Callable[..., Any]]:
     """The built-in procedures, with C{sleep} bound to the node's clock."""
 
     @procedure(run="reactor", idempotent=True)
     async def sleep(seconds: float) -> float:
         """Wait some seconds without holding a thread, then return them."""
         seconds = _seconds(seconds)
-        await deferLater(clock, seconds)
+        await deferLater(twisted_clock(clock), seconds)
         return seconds
 
     @procedure(run="reactor", idempotent=True)
@@ -103,7 +103,7 @@ def builtin_procedures(clock: IReactorTime) -> list[Callable[..., Any]]:
             raise InvalidArgumentError(e.message, Outcome.NOT_RUN) from None
         for i in range(n):
             if i and interval:
-                await deferLater(clock, interval)
+                await deferLater(twisted_clock(clock), interval)
             yield i
 
     return [echo, add, sleep, time, fail, block, fib, count]

@@ -34,7 +34,7 @@ import signal
 import sys
 from collections.abc import Collection, Mapping, Sequence
 from importlib.metadata import PackageNotFoundError, version
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from callnet.errors import (
     CallError,
@@ -54,6 +54,10 @@ from callnet.terminal import (
     format_description,
 )
 from callnet.wire import DEFAULT_CALL_TIMEOUT, parse_words
+
+if TYPE_CHECKING:
+    from callnet.client import Client
+    from callnet.reactors import DispatchReactor
 
 #: The deadline of a call that names none, in seconds (C{--timeout}).
 CALL_TIMEOUT = DEFAULT_CALL_TIMEOUT
@@ -365,13 +369,17 @@ def _procedure_list(names: Sequence[str], width: int = PROCEDURES_WIDTH) -> str:
     return f"{names[0]}, ... (+{len(names) - 1} more)"
 
 
-async def _ping_until(client: Any, reactor: Any, wait: float, timeout: float) -> Any:
+async def _ping_until(
+    client: Client, reactor: DispatchReactor, wait: float, timeout: float
+) -> Any:
     """
     Ping until the node answers or C{wait} seconds have passed, pausing
     between attempts from L{PING_RETRY_FIRST} doubling to L{PING_RETRY_MAX}.
     An error other than "unreachable" is an answer, and ends the wait.
     """
     from twisted.internet.task import deferLater
+
+    from callnet.reactors import twisted_clock
 
     give_up = reactor.seconds() + wait
     pause = PING_RETRY_FIRST
@@ -387,11 +395,11 @@ async def _ping_until(client: Any, reactor: Any, wait: float, timeout: float) ->
                     e.outcome,
                     e.node,
                 ) from None
-            await deferLater(reactor, min(pause, left), lambda: None)
+            await deferLater(twisted_clock(reactor), min(pause, left), lambda: None)
             pause = min(pause * 2, PING_RETRY_MAX)
 
 
-async def _run(options: argparse.Namespace, reactor: Any) -> Any:
+async def _run(options: argparse.Namespace, reactor: DispatchReactor) -> Any:
     from callnet.client import Client
 
     client = Client(
@@ -449,7 +457,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from twisted.internet.defer import Deferred, ensureDeferred
     from twisted.python.failure import Failure
 
-    reactor: Any = global_reactor
+    reactor: Any = global_reactor  # the entry point owns the global reactor, all of it
 
     outcome: list[Any] = []
     running: list[Deferred[Any]] = []

@@ -30,20 +30,21 @@ from twisted.python.failure import Failure
 
 from callnet.answers import MULTICALL, unpack
 from callnet.errors import (
+    CallCancelledError,
     CallError,
-    CancelledError,
     DeadlineExceededError,
     InvalidArgumentError,
     Outcome,
     UnavailableError,
 )
-from callnet.reactors import Clock, DelayedCall, set_no_delay
+from callnet.reactors import Clock, DelayedCall, DispatchReactor, set_no_delay
 from callnet.sending import Outbox
 from callnet.wire import (
     DEFAULT_CALL_TIMEOUT,
     DEFAULT_MAX_LINE,
     BadLine,
     Call,
+    ErrorReply,
     Item,
     LineDecoder,
     Progress,
@@ -53,7 +54,6 @@ from callnet.wire import (
     encode_more,
     encode_simple_call,
 )
-from callnet.wire import Failure as FailureReply
 
 log = Logger()
 
@@ -319,7 +319,7 @@ class ClientProtocol(TwistedProtocol):
                 Outcome.MAY_HAVE_RUN,
             )
         else:
-            error = CancelledError(f"{pending.procedure} was cancelled", Outcome.MAY_HAVE_RUN)
+            error = CallCancelledError(f"{pending.procedure} was cancelled", Outcome.MAY_HAVE_RUN)
         error.node = self.node_name
         if self._connected:
             self._outbox.write(encode_command("CANCEL", (tag,)))
@@ -335,7 +335,7 @@ class ClientProtocol(TwistedProtocol):
         # up and when the read is handled (see Outbox).
         self._outbox.hold()
         while (event := decoder.next_event()) is not None:
-            if type(event) is Success or type(event) is FailureReply:
+            if type(event) is Success or type(event) is ErrorReply:
                 tag = event.tag
                 pending = self._pending.pop(tag, None) if tag is not None else None
                 if pending is None:
@@ -346,7 +346,7 @@ class ClientProtocol(TwistedProtocol):
                 if type(event) is Success:
                     pending.deferred.callback(event.value)
                 else:
-                    pending.deferred.errback(Failure(cast(FailureReply, event).error))
+                    pending.deferred.errback(Failure(cast(ErrorReply, event).error))
             elif type(event) is Item or type(event) is Progress:
                 listener = self.listeners.get(event.tag) if event.tag is not None else None
                 if listener is not None:
@@ -467,7 +467,7 @@ class Client:
     def __init__(
         self,
         endpoint: str | IStreamClientEndpoint,
-        reactor: Any,
+        reactor: DispatchReactor,
         timeout: float = DEFAULT_TIMEOUT,
         max_line: int = DEFAULT_MAX_LINE,
         token: str | None = None,
@@ -686,7 +686,7 @@ class Client:
                 result.errback(reason)
             else:
                 result.errback(
-                    Failure(CancelledError("cancelled before it was sent", Outcome.NOT_RUN))
+                    Failure(CallCancelledError("cancelled before it was sent", Outcome.NOT_RUN))
                 )
 
         def expire() -> None:

@@ -22,8 +22,8 @@ from callnet.access import NODE_CALLER, AccessPolicy, Caller
 from callnet.config import Limits, Security
 from callnet.context import CallContext, ProgressSink
 from callnet.errors import (
+    CallCancelledError,
     CallError,
-    CancelledError,
     DeadlineExceededError,
     FailedPreconditionError,
     InternalError,
@@ -91,6 +91,7 @@ class Dispatcher:
         process_pool: Callable[[], Executor] | None = None,
         send_tracebacks: bool = False,
         access: AccessPolicy | None = None,
+        forwarder: Forwarder | None = None,
     ) -> None:
         self.registry = registry
         #: Tokens and access rules: every call, however it arrives, is judged
@@ -111,9 +112,9 @@ class Dispatcher:
             "process": InProcess(reactor, process_pool),
         }
         self._send_tracebacks = send_tracebacks
-        #: Forwards calls for procedures this node does not serve (a cluster
-        #: sets it); without one, such calls fail NOT_FOUND.
-        self.router: Forwarder | None = None
+        #: Forwards calls for procedures this node does not serve (a
+        #: cluster's router); without one, such calls fail NOT_FOUND.
+        self.forwarder = forwarder
         #: Outcomes of the keyed calls this node runs, per caller and key.
         self.keys = KeyStore(reactor, limits, node_name)
         #: Trace ids for calls that arrive without one.
@@ -134,7 +135,7 @@ class Dispatcher:
         """The error a call of C{name} ends with when it is cancelled now."""
         if self._stopping is not None:
             return UnavailableError(self._stopping, Outcome.MAY_HAVE_RUN)
-        return CancelledError(f"{name} was cancelled by its caller")
+        return CallCancelledError(f"{name} was cancelled by its caller")
 
     def traced(self, call: Call) -> Call:
         """
@@ -158,8 +159,8 @@ class Dispatcher:
         entry = self.registry.find(name)
         if entry is not None:
             return entry.name
-        router = self.router
-        if router is not None and router.serving(name):
+        forwarder = self.forwarder
+        if forwarder is not None and forwarder.serving(name):
             return name
         return UNKNOWN_PROCEDURE
 
@@ -180,8 +181,8 @@ class Dispatcher:
         @return: a Deferred firing with the result, or failing with a
             L{CallError} whose outcome says whether the procedure ran.
             Cancelling it cancels the work (an C{async def} procedure sees
-            C{CancelledError}; a thread's late result is dropped) and fails
-            the call with L{CancelledError}.
+            C{CallCancelledError}; a thread's late result is dropped) and fails
+            the call with L{CallCancelledError}.
         """
         outcome = self.start(call, caller)
         if isinstance(outcome, Deferred):
@@ -266,9 +267,9 @@ class Dispatcher:
         scope = caller.name
         name, _, target = call.procedure.partition("@")
         served = self.registry.find(name) is not None
-        router = self.router
-        if not target and call.hops == 0 and router is not None:
-            owner = router.key_order(name, scope, call.key, served)
+        forwarder = self.forwarder
+        if not target and call.hops == 0 and forwarder is not None:
+            owner = forwarder.key_order(name, scope, call.key, served)
             if owner and owner[0] != self.node_name:
                 return self._start(call, caller, scope)
         if not served or (target and target != self.node_name):
@@ -314,8 +315,8 @@ class Dispatcher:
                 raise NotFoundError(f"no procedure named {name[:80]!r} on {target}; try HELP")
             else:
                 self._check_routable(call, name, target)
-                assert self.router is not None
-                stream = self.router.streams(name, target)
+                assert self.forwarder is not None
+                stream = self.forwarder.streams(name, target)
             if stream:
                 _check_stream(call, name, streams)
             timeout = self._budget(call)
@@ -325,21 +326,21 @@ class Dispatcher:
             return Failure(e)
         began = self.reactor.seconds()
         if entry is None:
-            assert self.router is not None
+            assert self.forwarder is not None
             # Followed across nodes from here: give it the id to follow, a
             # traceparent with this hop's own parent id.
             call = with_trace(call, self.trace_ids.next_hop(call.trace))
             stats = self.stats.started(name)
             if stream:
                 relayed = Stream()
-                source = self.router.forward_stream(
+                source = self.forwarder.forward_stream(
                     call, name, timeout, target, caller, relayed.deliver, progress
                 )
                 running = _RunningCall(self, name, (), stats, source.done, timeout, began)
                 relayed.attach(source, running.result)
                 return relayed
             here = owner_scope is not None and self.registry.find(name) is not None
-            work = self.router.forward(
+            work = self.forwarder.forward(
                 call, name, timeout, target, caller, owner_scope, here, progress
             )
             return _RunningCall(self, name, (), stats, work, timeout, began).result
@@ -410,18 +411,18 @@ class Dispatcher:
 
     def _check_routable(self, call: Call, name: str, target: str | None) -> None:
         """Refuse a call that is not for this node and cannot be forwarded."""
-        router = self.router
-        if router is None:
+        forwarder = self.forwarder
+        if forwarder is None:
             if target is not None:
                 raise NotFoundError(f"no node named {target!r}: this node has no peers")
             raise NotFoundError(f"no procedure named {name[:80]!r}; try HELP")
-        if call.hops >= router.max_hops:
+        if call.hops >= forwarder.max_hops:
             raise FailedPreconditionError(
                 f"{name} was forwarded {call.hops} times, the limit: a routing loop?",
                 Outcome.NOT_RUN,
             )
-        if not router.can_route(name, target):
-            raise router.nowhere(name, target)
+        if not forwarder.can_route(name, target):
+            raise forwarder.nowhere(name, target)
 
     def _budget(self, call: Call) -> float:
         """The call's time budget in seconds, within the node's limits."""

@@ -78,11 +78,21 @@ class UnknownError(CallError):
     code = "UNKNOWN"
 
 
-class CancelledError(CallError):
-    """The call was cancelled by its caller before it completed."""
+class CallCancelledError(CallError):
+    """
+    The call was cancelled by its caller before it completed.
+
+    Named apart from Twisted's and asyncio's C{CancelledError}, which a
+    procedure or a client's own code may meet in the same C{except}.
+    """
 
     code = "CANCELLED"
     default_outcome = Outcome.MAY_HAVE_RUN
+
+
+#: The former name of L{CallCancelledError}, kept so that code written
+#: against it still runs.
+CancelledError = CallCancelledError
 
 
 class InvalidArgumentError(CallError):
@@ -181,7 +191,7 @@ class UnauthenticatedError(CallError):
 ERRORS_BY_CODE: dict[str, type[CallError]] = {
     cls.code: cls
     for cls in (
-        CancelledError,
+        CallCancelledError,
         UnknownError,
         InvalidArgumentError,
         DeadlineExceededError,

@@ -40,8 +40,8 @@ from twisted.python.failure import Failure
 
 from callnet.config import Limits
 from callnet.errors import (
+    CallCancelledError,
     CallError,
-    CancelledError,
     DeadlineExceededError,
     FailedPreconditionError,
     InternalError,
@@ -444,7 +444,7 @@ class _Waiter:
         # Only this caller stops waiting: the first call's work runs on.
         self.end(
             Failure(
-                CancelledError(
+                CallCancelledError(
                     f"cancelled by its caller while waiting for the call with key {self._key!r},"
                     " which runs on",
                     Outcome.MAY_HAVE_RUN,

@@ -40,6 +40,7 @@ from twisted.web.server import Request, Site
 from callnet.cluster.peers import PeerState
 from callnet.dispatch import Dispatcher
 from callnet.errors import ConfigError
+from callnet.reactors import DispatchReactor
 from callnet.server import NodeFactory
 
 if TYPE_CHECKING:
@@ -217,7 +218,7 @@ class _QuietSite(Site):
         pass
 
 
-def metrics_service(reactor: Any, description: str, metrics: Metrics) -> IService:
+def metrics_service(reactor: DispatchReactor, description: str, metrics: Metrics) -> IService:
     """
     A service serving C{GET /metrics} on the server endpoint C{description}.
 

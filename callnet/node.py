@@ -25,6 +25,7 @@ from twisted.logger import Logger
 from callnet.config import NodeConfig
 from callnet.errors import ConfigError, StartError
 from callnet.metrics import Metrics, metrics_service
+from callnet.reactors import DispatchReactor, twisted_clock
 from callnet.registry import Registry
 from callnet.server import DRAIN_FLUSH_TIMEOUT
 from callnet.tls import (
@@ -51,7 +52,7 @@ PROCESS_STOP_TIMEOUT = 0.5
 class NodeService(MultiService):
     """One node: its procedures, its worker pools and its listening endpoints."""
 
-    def __init__(self, config: NodeConfig, reactor: Any) -> None:
+    def __init__(self, config: NodeConfig, reactor: DispatchReactor) -> None:
         """
         @raise ConfigError: the config names something the node cannot use
             (a service module with no procedures, unusable TLS material).
@@ -268,7 +269,7 @@ class NodeService(MultiService):
         _signal_all(workers, kill=False)
         until = self._reactor.seconds() + PROCESS_STOP_TIMEOUT
         while any(w.is_alive() for w in workers) and self._reactor.seconds() < until:
-            await deferLater(self._reactor, 0.01)
+            await deferLater(twisted_clock(self._reactor), 0.01)
         _signal_all(workers, kill=True)
         # With its workers gone the pool's manager thread ends at once.
         pool.shutdown(wait=True)

@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Callable
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
+
+from twisted.internet.interfaces import IReactorTime
 
 
 class DelayedCall(Protocol):
@@ -38,6 +40,16 @@ class DispatchReactor(Clock, Protocol):
     def callFromThread(
         self, callable: Callable[..., Any], /, *args: Any, **kwargs: Any
     ) -> None: ...
+
+
+def twisted_clock(clock: Clock) -> IReactorTime:
+    """
+    A L{Clock} as Twisted's typed APIs take one (C{deferLater},
+    C{ClientService}, C{wrapClientTLS}): they name the zope interface
+    C{IReactorTime}, which no structural type can meet, though every reactor
+    and test clock callnet is given provides it.
+    """
+    return cast(IReactorTime, clock)
 
 
 def set_no_delay(transport: object) -> None:

@@ -241,24 +241,38 @@ def _format_annotation(annotation: Any) -> str:
     return str(annotation).replace("typing.", "")
 
 
+class _Shown:
+    """An annotation as people read it: C{repr} gives the text, unquoted."""
+
+    __slots__ = ("text",)
+
+    def __init__(self, annotation: Any) -> None:
+        self.text = _format_annotation(annotation)
+
+    def __repr__(self) -> str:
+        return self.text
+
+
 def _format_signature(signature: inspect.Signature) -> str:
-    """Render a signature for people: C{(a: float, b: float = 1) -> float}."""
-    parts = []
-    for parameter in signature.parameters.values():
-        text = parameter.name
-        if parameter.kind is parameter.VAR_POSITIONAL:
-            text = "*" + text
-        elif parameter.kind is parameter.VAR_KEYWORD:
-            text = "**" + text
-        if parameter.annotation is not parameter.empty:
-            text += f": {_format_annotation(parameter.annotation)}"
-        if parameter.default is not parameter.empty:
-            text += f" = {parameter.default!r}"
-        parts.append(text)
-    rendered = f"({', '.join(parts)})"
-    if signature.return_annotation is not signature.empty:
-        rendered += f" -> {_format_annotation(signature.return_annotation)}"
-    return rendered
+    """
+    Render a signature for people: C{(a: float, /, b: float = 1, *, c) -> float}.
+
+    L{inspect.Signature} lays it out (with C{/} and C{*} where they belong);
+    only the annotations are shown as written, not quoted.
+    """
+    empty = inspect.Parameter.empty
+    shown = signature.replace(
+        parameters=[
+            parameter
+            if parameter.annotation is empty
+            else parameter.replace(annotation=_Shown(parameter.annotation))
+            for parameter in signature.parameters.values()
+        ],
+        return_annotation=(
+            empty if signature.return_annotation is empty else _Shown(signature.return_annotation)
+        ),
+    )
+    return str(shown)
 
 
 def _resolve_errors(

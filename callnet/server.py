@@ -225,8 +225,8 @@ class NodeFactory(Factory):
         return encode_success(result, tag)
 
     def _peer_catalog(self) -> dict[str, dict[str, Any]]:
-        router = self.dispatcher.router
-        return router.catalog() if router is not None else {}
+        forwarder = self.dispatcher.forwarder
+        return forwarder.catalog() if forwarder is not None else {}
 
     def _help(self, name: str | None, tag: str | None) -> bytes:
         """

@@ -36,7 +36,7 @@ import signal
 import sys
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import Any, Protocol, TextIO
+from typing import Any, Protocol, TextIO, cast
 
 from callnet.errors import (
     CallError,
@@ -44,6 +44,7 @@ from callnet.errors import (
     UnauthenticatedError,
     UnavailableError,
 )
+from callnet.reactors import DispatchReactor
 from callnet.wire import BadLine, Call, Command, encode_failure, parse_line
 
 #: How many requests the history file keeps: enough for weeks of use, small
@@ -411,7 +412,7 @@ def run_shell(options: argparse.Namespace) -> int:
         from twisted.internet import reactor
 
         try:
-            endpoint = endpoint_for(options, reactor)
+            endpoint = endpoint_for(options, cast(DispatchReactor, reactor))
         except (ConfigError, ValueError) as e:
             print(f"callnet: {e}", file=sys.stderr)
             return EXIT_USAGE

@@ -20,7 +20,7 @@ import os
 import signal
 import sys
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from twisted.python import usage
 
@@ -30,15 +30,15 @@ from callnet.config import (
     OptionKind,
     Setting,
     key_label,
-    load_config,
-    merge,
     settings,
 )
+from callnet.config_load import load_config, merge
 from callnet.errors import ConfigError
 from callnet.exposure import plaintext_exposure
 
 if TYPE_CHECKING:
     from callnet.node import NodeService
+    from callnet.reactors import DispatchReactor
 
 #: How every error of the command starts, whatever found it.
 COMMAND = "twistd callnet"
@@ -48,7 +48,7 @@ def _number(text: str | None) -> int | float | str | None:
     """
     Read a number from the command line, or give the text back unchanged.
 
-    Range and type are checked by L{callnet.config.merge}, so an option and
+    Range and type are checked by L{callnet.config_load.merge}, so an option and
     the same key in the file are held to one rule and one message.
     """
     if text is None:
@@ -318,7 +318,7 @@ def makeService(options: Options) -> NodeService:
     threads: Any = reactor
 
     try:
-        node = NodeService(options["node_config"], reactor)
+        node = NodeService(options["node_config"], cast("DispatchReactor", reactor))
     except ConfigError as e:
         raise SystemExit(f"{COMMAND}: {e}") from None
     node.reload_from = options.reload_config

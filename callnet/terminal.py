@@ -16,6 +16,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from callnet.errors import CallError, UnauthenticatedError, UnavailableError
+from callnet.reactors import DispatchReactor
 
 EXIT_OK = 0
 EXIT_CALL_FAILED = 1
@@ -31,7 +32,7 @@ TOKEN_VARIABLE = "CALLNET_TOKEN"  # noqa: S105 (a variable's name, not a secret)
 TLS_PROBE_TIMEOUT = 2.0
 
 
-def endpoint_for(options: argparse.Namespace, reactor: Any) -> Any:
+def endpoint_for(options: argparse.Namespace, reactor: DispatchReactor) -> Any:
     """The endpoint string, or with --ca a TLS endpoint checking the node's name."""
     if options.ca is None:
         return options.endpoint

@@ -17,6 +17,10 @@ otherwise, so a person can type C{add 1 2} or C{echo hello} and a program can
 send any JSON.  C{name=value} passes a keyword argument.  Nothing is ever
 evaluated: values are read by the C{json} module and nothing else.
 
+This module is the decoder; the encoders are in L{callnet.wire_encode} and
+the shared patterns in L{callnet.wire_grammar}, and every name of the codec
+is imported from here.
+
 L{LineDecoder} is a pull parser in the manner of h11: L{LineDecoder.feed}
 takes bytes, L{LineDecoder.next_event} hands out one event at a time (or
 C{None} when it needs more bytes), so its user can stop pulling when it has
@@ -25,21 +29,30 @@ enough work in hand and the rest stays buffered, bounded by what it was fed.
 
 from __future__ import annotations
 
-import functools
 import json
 import math
-import re
 from typing import Any
 
 import orjson
 
 from callnet.errors import (
-    CallError,
     InvalidArgumentError,
-    Outcome,
     ResourceExhaustedError,
     error_from_wire,
 )
+from callnet.wire_encode import _encode_string as _encode_string
+from callnet.wire_encode import encode_call as encode_call
+from callnet.wire_encode import encode_command as encode_command
+from callnet.wire_encode import encode_failure as encode_failure
+from callnet.wire_encode import encode_item as encode_item
+from callnet.wire_encode import encode_json as encode_json
+from callnet.wire_encode import encode_more as encode_more
+from callnet.wire_encode import encode_progress as encode_progress
+from callnet.wire_encode import encode_simple_call as encode_simple_call
+from callnet.wire_encode import encode_success as encode_success
+from callnet.wire_encode import encode_text as encode_text
+from callnet.wire_encode import format_seconds as format_seconds
+from callnet.wire_encode import valid_procedure_name as valid_procedure_name
 
 # Re-exported: the rest of callnet imports the codec's names from here.
 from callnet.wire_events import COMMANDS as COMMANDS
@@ -48,8 +61,8 @@ from callnet.wire_events import RESERVED_NAMES as RESERVED_NAMES
 from callnet.wire_events import BadLine as BadLine
 from callnet.wire_events import Call as Call
 from callnet.wire_events import Command as Command
+from callnet.wire_events import ErrorReply as ErrorReply
 from callnet.wire_events import Event as Event
-from callnet.wire_events import Failure as Failure
 from callnet.wire_events import Item as Item
 from callnet.wire_events import Progress as Progress
 from callnet.wire_events import Success as Success
@@ -65,51 +78,27 @@ from callnet.wire_fast import NUMBER_RE as _NUMBER_RE
 from callnet.wire_fast import _parse_long_string as _parse_long_string_with
 from callnet.wire_fast import _parse_simple_call as _parse_simple_call
 from callnet.wire_fast import _parse_simple_success as _parse_simple_success
-
-#: The version of the node-to-node handshake (C{HELLO}); a peer that speaks
-#: another is refused.
-PROTOCOL_VERSION = 1
-
-#: The longest line a decoder accepts by default, newline excluded.  Big
-#: enough for a 1 MiB argument after JSON escaping, small enough that one
-#: connection cannot make the node buffer more than a few MiB.
-DEFAULT_MAX_LINE = 2 * 1024 * 1024
-#: A call's deadline in seconds when nothing names one: the client's default
-#: and the node's C{[limits] default_timeout} (a call from a plain telnet
-#: session names none).  Long enough for any ordinary call, short enough that
-#: a call to a hung procedure fails while its caller still cares.
-DEFAULT_CALL_TIMEOUT = 30.0
-
-
-#: Options a request may carry before its procedure name.
-OPTIONS = frozenset({"timeout", "cast", "key", "trace", "hops", "caller", "window", "progress"})
-#: The largest window a caller may grant in one word (C{+window=N}, C{MORE}).
-MAX_WINDOW = 999_999_999
-
-_TAG_RE = re.compile(r"[A-Za-z0-9_.:\-]{1,64}\Z")
-_PROCEDURE_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_.\-]{0,127}(@[A-Za-z0-9_.\-]{1,128})?\Z")
-_KEYWORD_RE = re.compile(r"([A-Za-z_][A-Za-z0-9_]*)=")
-_IDENTIFIER_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
-_OPTION_VALUE_RE = re.compile(r"[\x21-\x7e]{1,256}\Z")
-_HOPS_RE = re.compile(r"[0-9]{1,3}\Z")
-_WINDOW_RE = re.compile(r"[1-9][0-9]{0,8}\Z")
-#: An identity, as config names them (a token's name, a certificate's name).
-_IDENTITY_RE = re.compile(r"[A-Za-z0-9_.\-]{1,128}\Z")
-_SECONDS_RE = re.compile(r"[0-9]{1,9}(?:\.[0-9]{1,9})?\Z")
-#: An error's trace id ends its message as C{" [trace ID]"}.  ID is any
-#: C{+trace} value (no spaces), brackets included: the suffix is read from the
-#: last space of the line, so a C{]} inside the id cannot end it early.
-_TRACE_SUFFIX = re.compile(r" \[trace ([\x21-\x7e]{1,256})\]\Z")
-_CODE_RE = re.compile(r"[A-Z][A-Z_]{0,63}\Z")
-_WHITESPACE = " \t"
-_JSON_OPENERS = frozenset('"[{')
-_BARE_CONSTANTS: dict[str, Any] = {"true": True, "false": False, "null": None}
-_OUTCOMES = {outcome.value: outcome for outcome in Outcome}
-
-
-def is_procedure_name(name: str) -> bool:
-    """Whether a word may name a procedure (C{name} or C{name@node})."""
-    return bool(_PROCEDURE_RE.match(name)) and name.partition("@")[0].lower() not in RESERVED_NAMES
+from callnet.wire_grammar import (
+    BARE_CONSTANTS,
+    CODE_RE,
+    HOPS_RE,
+    IDENTITY_RE,
+    JSON_OPENERS,
+    KEYWORD_RE,
+    OPTION_VALUE_RE,
+    OUTCOMES,
+    SECONDS_RE,
+    TAG_RE,
+    TRACE_SUFFIX,
+    WHITESPACE,
+    WINDOW_RE,
+)
+from callnet.wire_grammar import DEFAULT_CALL_TIMEOUT as DEFAULT_CALL_TIMEOUT
+from callnet.wire_grammar import DEFAULT_MAX_LINE as DEFAULT_MAX_LINE
+from callnet.wire_grammar import MAX_WINDOW as MAX_WINDOW
+from callnet.wire_grammar import OPTIONS as OPTIONS
+from callnet.wire_grammar import PROTOCOL_VERSION as PROTOCOL_VERSION
+from callnet.wire_grammar import is_procedure_name as is_procedure_name
 
 
 def _refuse_constant(name: str) -> Any:
@@ -124,8 +113,6 @@ def _finite_float(text: str) -> float:
 
 
 _DECODER = json.JSONDecoder(parse_constant=_refuse_constant, parse_float=_finite_float)
-_ENCODE = json.JSONEncoder(ensure_ascii=False, allow_nan=False, separators=(",", ":")).encode
-_ENCODE_ASCII = json.JSONEncoder(ensure_ascii=True, allow_nan=False, separators=(",", ":")).encode
 
 
 # --- Decoding ---------------------------------------------------------------
@@ -271,7 +258,7 @@ def _peek_tag(line: bytes, complete: bool = True) -> str | None:
         tag = head[0].decode("ascii")
     except UnicodeDecodeError:
         return None
-    return tag if _TAG_RE.match(tag) else None
+    return tag if TAG_RE.match(tag) else None
 
 
 def parse_line(line: bytes | memoryview) -> Event | None:
@@ -324,14 +311,14 @@ def _next_word(text: str, pos: int) -> tuple[str, int]:
     """Return the word starting at C{pos} and the position after it."""
     end = pos
     length = len(text)
-    while end < length and text[end] not in _WHITESPACE:
+    while end < length and text[end] not in WHITESPACE:
         end += 1
     return text[pos:end], end
 
 
 def _skip_space(text: str, pos: int) -> int:
     length = len(text)
-    while pos < length and text[pos] in _WHITESPACE:
+    while pos < length and text[pos] in WHITESPACE:
         pos += 1
     return pos
 
@@ -346,7 +333,7 @@ def _parse_text(text: str) -> Event | None:
     word, pos = _next_word(text, pos)
     if word.startswith("#"):
         tag = word[1:]
-        if not _TAG_RE.match(tag):
+        if not TAG_RE.match(tag):
             raise _MalformedError(
                 "a tag is # and 1 to 64 letters, digits or _.:- characters", None
             )
@@ -394,27 +381,27 @@ def _parse_option(word: str, options: dict[str, Any], tag: str | None) -> None:
     if not value:
         raise _MalformedError(f"+{name} needs a value: +{name}=...", tag)
     if name == "timeout":
-        if not _SECONDS_RE.match(value):
+        if not SECONDS_RE.match(value):
             raise _MalformedError(f"+timeout takes seconds such as 2.5, not {value[:40]!r}", tag)
         options["timeout"] = float(value)
     elif name == "window":
-        if not _WINDOW_RE.match(value):
+        if not WINDOW_RE.match(value):
             raise _MalformedError(
                 f"+window takes a whole number of items from 1 to {MAX_WINDOW:,}", tag
             )
         options["window"] = int(value)
     elif name == "hops":
-        if not _HOPS_RE.match(value):
+        if not HOPS_RE.match(value):
             raise _MalformedError("+hops takes a small whole number", tag)
         options["hops"] = int(value)
     elif name == "caller":
-        if not _IDENTITY_RE.match(value):
+        if not IDENTITY_RE.match(value):
             raise _MalformedError(
                 "+caller takes an identity: 1 to 128 letters, digits or _.-", tag
             )
         options["caller"] = value
     else:
-        if not _OPTION_VALUE_RE.match(value):
+        if not OPTION_VALUE_RE.match(value):
             raise _MalformedError(f"+{name} takes 1 to 256 printable ASCII characters", tag)
         options[name] = value
 
@@ -431,7 +418,7 @@ def _parse_arguments(
             return tuple(args), kwargs
         keyword = None
         if allow_keywords:
-            match = _KEYWORD_RE.match(text, pos)
+            match = KEYWORD_RE.match(text, pos)
             if match is not None:
                 keyword = match.group(1)
                 pos = match.end()
@@ -458,7 +445,7 @@ def _long_string(text: str, pos: int) -> str | None:
     surrogates, which the protocol takes).  For what L{_parse_long_string}
     leaves: a keyword argument's value, words apart by tabs.
     """
-    if not text[-_LONG_TAIL:].rstrip(_WHITESPACE).endswith('"'):
+    if not text[-_LONG_TAIL:].rstrip(WHITESPACE).endswith('"'):
         return None  # orjson takes CR and LF after a value; the protocol does not
     try:
         value = orjson.loads(text[pos:])
@@ -472,19 +459,19 @@ def _parse_value(text: str, pos: int, tag: str | None) -> tuple[Any, int]:
         value = _long_string(text, pos)
         if value is not None:
             return value, len(text)
-    if pos < len(text) and text[pos] in _JSON_OPENERS:
+    if pos < len(text) and text[pos] in JSON_OPENERS:
         try:
             value, end = _DECODER.raw_decode(text, pos)
         except ValueError as e:
             raise _MalformedError(f"bad JSON at column {pos + 1}: {_reason(e)}", tag) from None
         except RecursionError:
             raise _MalformedError(f"JSON nested too deeply at column {pos + 1}", tag) from None
-        if end < len(text) and text[end] not in _WHITESPACE:
+        if end < len(text) and text[end] not in WHITESPACE:
             raise _MalformedError(f"unexpected text after JSON value at column {end + 1}", tag)
         return value, end
     word, end = _next_word(text, pos)
-    if word in _BARE_CONSTANTS:
-        return _BARE_CONSTANTS[word], end
+    if word in BARE_CONSTANTS:
+        return BARE_CONSTANTS[word], end
     if _NUMBER_RE.match(word):
         try:
             return _DECODER.decode(word), end
@@ -504,10 +491,10 @@ def parse_words(words: list[str]) -> tuple[tuple[Any, ...], dict[str, Any]]:
     args: list[Any] = []
     kwargs: dict[str, Any] = {}
     for word in words:
-        match = _KEYWORD_RE.match(word)
+        match = KEYWORD_RE.match(word)
         start = match.end() if match else 0
         try:
-            if word[start : start + 1] in _JSON_OPENERS:
+            if word[start : start + 1] in JSON_OPENERS:
                 value = _DECODER.decode(word[start:])
             else:
                 value, end = _parse_value(word, start, None)
@@ -542,7 +529,7 @@ def _parse_reply_value(text: str, pos: int, tag: str | None, word: str) -> Any:
     try:
         # raw_decode reads in place: no copy of a long value to strip it.
         value, end = _DECODER.raw_decode(text, pos)
-        if text[end:].strip(_WHITESPACE):
+        if text[end:].strip(WHITESPACE):
             raise ValueError("Extra data")
     except ValueError as e:
         raise _MalformedError(f"bad JSON in {word} reply: {_reason(e)}", tag) from None
@@ -570,229 +557,19 @@ def _is_amount(value: object) -> bool:
     return type(value) in (int, float) and 0 <= value < math.inf  # type: ignore[operator]
 
 
-def _parse_failure(text: str, pos: int, tag: str | None) -> Failure:
+def _parse_failure(text: str, pos: int, tag: str | None) -> ErrorReply:
     parts = text[pos:].split(None, 2)
-    if len(parts) < 2 or not _CODE_RE.match(parts[0]) or parts[1] not in _OUTCOMES:
+    if len(parts) < 2 or not CODE_RE.match(parts[0]) or parts[1] not in OUTCOMES:
         raise _MalformedError("an ERR reply is: ERR CODE OUTCOME message", tag)
-    code, outcome = parts[0], _OUTCOMES[parts[1]]
+    code, outcome = parts[0], OUTCOMES[parts[1]]
     message = parts[2] if len(parts) > 2 else ""
     node = None
     if message.startswith("@"):
         node, _, message = message[1:].partition(" ")
-        message = message.lstrip(_WHITESPACE)
-    trace = _TRACE_SUFFIX.search(message)
+        message = message.lstrip(WHITESPACE)
+    trace = TRACE_SUFFIX.search(message)
     if trace is not None:
         message = message[: trace.start()]
     error = error_from_wire(code, outcome, message, node or None)
     error.trace = trace.group(1) if trace is not None else None
-    return Failure(error, tag)
-
-
-# --- Encoding ---------------------------------------------------------------
-
-
-def encode_json(value: Any) -> str:
-    """
-    Encode a value as compact one-line JSON.
-
-    @raise TypeError: the value is not JSON (a set, an object, ...).
-    @raise ValueError: it holds NaN or infinity, or nests too deeply.
-    """
-    try:
-        encoded = _ENCODE(value)
-    except RecursionError:
-        raise ValueError("value nests too deeply") from None
-    if not encoded.isascii():
-        try:
-            encoded.encode("utf-8")
-        except UnicodeEncodeError:
-            # Lone surrogates cannot travel as UTF-8; \\u escapes can.
-            encoded = _ENCODE_ASCII(value)
-    return encoded
-
-
-@functools.lru_cache(maxsize=256)
-def format_seconds(seconds: float) -> str:
-    """Write a timeout as +timeout reads it: plain decimal, to the microsecond."""
-    text = f"{min(max(seconds, 0.0), 999_999_999.0):.6f}".rstrip("0")
-    return text + "0" if text.endswith(".") else text
-
-
-def _prefix(tag: str | None) -> str:
-    return f"#{tag} " if tag is not None else ""
-
-
-def _encode_string(value: str) -> str:
-    """A string as L{encode_json} writes it, faster (a property test checks it)."""
-    try:
-        return orjson.dumps(value).decode("utf-8")
-    except orjson.JSONEncodeError:  # lone surrogates
-        return encode_json(value)
-
-
-def _encode_argument(value: Any) -> str:
-    """L{encode_json}, with the commonest argument types done directly."""
-    kind = type(value)
-    if kind is int:
-        return int.__repr__(value)
-    if kind is str:
-        return str(_encode_string(value))
-    return encode_json(value)
-
-
-@functools.lru_cache(maxsize=1024)
-def valid_procedure_name(name: str) -> bool:
-    """L{is_procedure_name}, remembered: a client sends the same few names."""
-    return is_procedure_name(name)
-
-
-def encode_simple_call(tag: str, timeout: float, procedure: str, args: tuple[Any, ...]) -> bytes:
-    """
-    L{encode_call} for the commonest call: a tag, a timeout, positional
-    arguments.  The tag must be valid (the caller made it).
-
-    @raise ValueError: the procedure name is not valid, or an argument is
-        not JSON (also C{TypeError}).
-    """
-    if not valid_procedure_name(procedure):
-        raise ValueError(f"not a procedure name: {procedure[:80]!r}")
-    text = " ".join(
-        [f"#{tag} +timeout={format_seconds(timeout)} {procedure}", *map(_encode_argument, args)]
-    )
-    try:
-        return (text + "\n").encode("utf-8")
-    except UnicodeEncodeError:
-        return encode_call(Call(procedure, args, {}, tag, timeout))
-
-
-def encode_call(call: Call) -> bytes:
-    """
-    Encode a request line.
-
-    @raise ValueError: the procedure name, tag or an option is not valid on
-        the wire, or an argument is not JSON (also C{TypeError}).
-    """
-    if not is_procedure_name(call.procedure):
-        raise ValueError(f"not a procedure name: {call.procedure[:80]!r}")
-    words = []
-    if call.tag is not None:
-        if not _TAG_RE.match(call.tag):
-            raise ValueError(f"not a tag: {call.tag[:80]!r}")
-        words.append(f"#{call.tag}")
-    if call.timeout is not None:
-        words.append(f"+timeout={format_seconds(call.timeout)}")
-    if call.cast:
-        words.append("+cast")
-    for name in ("key", "trace"):
-        value = getattr(call, name)
-        if value is not None:
-            if not _OPTION_VALUE_RE.match(value):
-                raise ValueError(f"+{name} takes 1 to 256 printable ASCII characters")
-            words.append(f"+{name}={value}")
-    if call.hops:
-        if not 0 <= call.hops <= 999:
-            raise ValueError("+hops must be from 0 to 999")
-        words.append(f"+hops={call.hops}")
-    if call.caller is not None:
-        if not _IDENTITY_RE.match(call.caller):
-            raise ValueError(f"not an identity: {call.caller[:80]!r}")
-        words.append(f"+caller={call.caller}")
-    if call.window is not None:
-        if type(call.window) is not int or not 1 <= call.window <= MAX_WINDOW:
-            raise ValueError(f"+window must be a whole number from 1 to {MAX_WINDOW}")
-        words.append(f"+window={call.window}")
-    if call.progress:
-        words.append("+progress")
-    words.append(call.procedure)
-    words.extend(map(_encode_argument, call.args))
-    for name, value in call.kwargs.items():
-        if not _IDENTIFIER_RE.match(name):
-            raise ValueError(f"not a keyword argument name: {name[:80]!r}")
-        words.append(f"{name}={_encode_argument(value)}")
-    line = " ".join(words) + "\n"
-    try:
-        return line.encode("utf-8")
-    except UnicodeEncodeError:
-        # A string held lone surrogates: send every value as ASCII JSON.
-        head = words[: len(words) - len(call.args) - len(call.kwargs)]
-        tail = [encode_json(value) for value in call.args]
-        tail += [f"{name}={encode_json(value)}" for name, value in call.kwargs.items()]
-        return (" ".join(head + tail) + "\n").encode("utf-8")
-
-
-def encode_command(verb: str, args: tuple[Any, ...] = (), tag: str | None = None) -> bytes:
-    """Encode a command line such as C{CANCEL 17}."""
-    words = [verb, *map(encode_json, args)]
-    return (_prefix(tag) + " ".join(words) + "\n").encode("utf-8")
-
-
-def encode_success(value: Any, tag: str | None = None) -> bytes:
-    """Encode an OK reply; C{OK} alone stands for C{None}."""
-    if value is None:
-        body = ""
-    elif type(value) is int:
-        body = " " + int.__repr__(value)  # no JSON encoder for the commonest result
-    elif type(value) is str:
-        # Straight to bytes: a long value is copied once, not three times.
-        try:
-            encoded = orjson.dumps(value)
-        except orjson.JSONEncodeError:  # lone surrogates
-            body = " " + encode_json(value)
-        else:
-            if tag is None:
-                return b"OK %b\n" % encoded
-            return b"#%b OK %b\n" % (tag.encode("ascii"), encoded)
-    else:
-        body = " " + encode_json(value)
-    if tag is None:
-        return f"OK{body}\n".encode()
-    return f"#{tag} OK{body}\n".encode()
-
-
-def encode_failure(error: CallError, tag: str | None = None) -> bytes:
-    """Encode an ERR reply for an error, on one line whatever its message holds."""
-    message = " ".join(error.message.split()) or error.code.lower().replace("_", " ")
-    if message.startswith("@") and not error.node:
-        message = "(at)" + message[1:]
-    node = f"@{error.node} " if error.node else ""
-    if error.trace and _OPTION_VALUE_RE.match(error.trace):
-        message += f" [trace {error.trace}]"
-    line = f"{_prefix(tag)}ERR {error.code} {error.outcome.value} {node}{message}\n"
-    return line.encode("utf-8", "backslashreplace")
-
-
-def encode_item(value: Any, tag: str | None = None) -> bytes:
-    """Encode one item of a stream: C{ITEM json}, before the stream's final reply."""
-    # An item is written as a result is, with the same fast paths.
-    body = encode_success(value).removeprefix(b"OK")
-    if tag is None:
-        return b"ITEM" + body
-    return b"#%b ITEM%b" % (tag.encode("ascii"), body)
-
-
-def encode_progress(
-    done: int | float,
-    total: int | float | None = None,
-    message: str | None = None,
-    tag: str | None = None,
-) -> bytes:
-    """Encode a C{PROGRESS} line; C{message} is cut to one line of text."""
-    report: dict[str, Any] = {"done": done, "total": total}
-    if message is not None:
-        report["message"] = " ".join(message.split())
-    return f"{_prefix(tag)}PROGRESS {encode_json(report)}\n".encode("utf-8", "backslashreplace")
-
-
-def encode_more(tag: str, count: int) -> bytes:
-    """Grant the stream C{tag} C{count} more items: C{MORE #tag count}."""
-    if not _TAG_RE.match(tag) or type(count) is not int or not 1 <= count <= MAX_WINDOW:
-        raise ValueError(f"MORE takes a tag and a count from 1 to {MAX_WINDOW}")
-    return f"MORE #{tag} {count}\n".encode("ascii")
-
-
-def encode_text(text: str) -> bytes:
-    """Encode lines of text for a person, each marked with C{|}."""
-    lines = text.splitlines() or [""]
-    return "".join(f"| {line}".rstrip() + "\n" for line in lines).encode(
-        "utf-8", "backslashreplace"
-    )
+    return ErrorReply(error, tag)

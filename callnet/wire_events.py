@@ -73,8 +73,8 @@ class Success:
 
 
 @dataclass(frozen=True, slots=True)
-class Failure:
-    """An error reply; L{Failure.error} is the exception it stands for."""
+class ErrorReply:
+    """An C{ERR} reply; L{ErrorReply.error} is the exception it stands for."""
 
     error: CallError
     tag: str | None = None
@@ -118,4 +118,4 @@ class BadLine:
     tag: str | None = None
 
 
-Event: TypeAlias = Call | Command | Success | Failure | Item | Progress | Text | BadLine
+Event: TypeAlias = Call | Command | Success | ErrorReply | Item | Progress | Text | BadLine

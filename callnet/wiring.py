@@ -25,11 +25,12 @@ from twisted.internet.interfaces import IStreamClientEndpoint
 
 from callnet.access import AccessPolicy
 from callnet.builtin import builtin_procedures
-from callnet.cluster import Cluster
+from callnet.cluster import Cluster, Router
 from callnet.cluster.multicall import make_multicall
 from callnet.config import NodeConfig
 from callnet.dispatch import Dispatcher
 from callnet.errors import ConfigError
+from callnet.reactors import DispatchReactor
 from callnet.registry import Registry
 from callnet.server import NodeFactory, node_hello
 from callnet.tls import peer_identity
@@ -61,7 +62,7 @@ def load_services(registry: Registry, modules: tuple[str, ...]) -> None:
 
 def _registry(
     config: NodeConfig,
-    reactor: Any,
+    reactor: DispatchReactor,
     procedures: Iterable[Callable[..., Any]],
     reload: bool,
 ) -> Registry:
@@ -103,7 +104,7 @@ class NodeParts:
     factory: NodeFactory
     #: The node's links to its peers, if it has any.
     cluster: Cluster | None
-    _reactor: Any = field(repr=False)
+    _reactor: DispatchReactor = field(repr=False)
     _procedures: tuple[Callable[..., Any], ...] = field(repr=False)
 
     @property
@@ -137,7 +138,7 @@ class NodeParts:
 
 def build_node(
     config: NodeConfig,
-    reactor: Any,
+    reactor: DispatchReactor,
     threads: ThreadRunner,
     *,
     procedures: Iterable[Callable[..., Any]] = (),
@@ -161,6 +162,9 @@ def build_node(
     """
     procedures = tuple(procedures)
     registry = _registry(config, reactor, procedures, reload=False)
+    # A node with peers routes what it does not serve over them: the router
+    # is made first, and given to the dispatcher and to the cluster.
+    router = Router([], reactor, config.name, config.cluster.max_hops) if config.peers else None
     dispatcher = Dispatcher(
         registry,
         reactor,
@@ -170,13 +174,14 @@ def build_node(
         process_pool=process_pool,
         send_tracebacks=config.send_tracebacks,
         access=_access(config),
+        forwarder=router,
     )
     registry.add(make_multicall(dispatcher))
     cluster = None
-    if config.peers:
+    if router is not None:
         cluster = Cluster(
             config,
-            dispatcher,
+            router,
             reactor,
             lambda: node_hello(config.name, dispatcher),
             endpoints=peer_endpoints,

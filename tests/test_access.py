@@ -13,12 +13,13 @@ from twisted.logger import LogEvent, formatEvent, globalLogPublisher
 from twisted.trial.unittest import SynchronousTestCase
 
 from callnet.access import AccessPolicy, Caller
-from callnet.config import NodeConfig, Security, parse_config
+from callnet.config import NodeConfig, Security
+from callnet.config_load import parse_config
 from callnet.context import CallContext
 from callnet.errors import ConfigError, Outcome
 from callnet.registry import procedure
 from callnet.testing import MemoryCluster, MemoryNode, StringConnection
-from callnet.wire import Call, Failure, Success
+from callnet.wire import Call, ErrorReply, Success
 
 ALICE = "alice-token-0123456789"
 CAROL = "carol-token-0123456789"
@@ -68,18 +69,18 @@ def authenticated(node: MemoryNode, token: str) -> StringConnection:
     return conn
 
 
-def reply(conn: StringConnection, line: str) -> Success | Failure:
+def reply(conn: StringConnection, line: str) -> Success | ErrorReply:
     conn.send(line + "\n")
     [event] = conn.events()
-    assert isinstance(event, Success | Failure), event
+    assert isinstance(event, Success | ErrorReply), event
     return event
 
 
 def assert_denied(
-    case: SynchronousTestCase, event: Success | Failure, procedure: str, node: str
+    case: SynchronousTestCase, event: Success | ErrorReply, procedure: str, node: str
 ) -> None:
-    case.assertIsInstance(event, Failure)
-    assert isinstance(event, Failure)
+    case.assertIsInstance(event, ErrorReply)
+    assert isinstance(event, ErrorReply)
     error = event.error
     case.assertEqual((error.code, error.outcome), ("PERMISSION_DENIED", Outcome.NOT_RUN))
     case.assertIn(f"may not call {procedure}", error.message)
@@ -146,7 +147,7 @@ class NestedCallTests(SynchronousTestCase):
         node = guarded()
         alice = authenticated(node, ALICE)
         event = reply(alice, "#1 relay secret")
-        assert isinstance(event, Failure)
+        assert isinstance(event, ErrorReply)
         self.assertEqual(event.error.code, "PERMISSION_DENIED")
         self.assertIn("may not call secret", event.error.message)
         ops = authenticated(node, OPS)
@@ -266,12 +267,12 @@ class ReloadTests(SynchronousTestCase):
             Security(tokens=(("ops", OPS),), acl=(("ops", ("*",)),))
         )
         event = reply(alice, "#2 greet ada")
-        assert isinstance(event, Failure)
+        assert isinstance(event, ErrorReply)
         self.assertEqual(
             (event.error.code, event.error.outcome), ("UNAUTHENTICATED", Outcome.NOT_RUN)
         )
         event = reply(alice, "#3 LIST")
-        assert isinstance(event, Failure)
+        assert isinstance(event, ErrorReply)
         self.assertEqual(event.error.code, "UNAUTHENTICATED")
         messages = [formatEvent(e) for e in self.logged]
         self.assertTrue(any("removed by a reload" in m and "alice" in m for m in messages))

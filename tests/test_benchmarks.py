@@ -8,6 +8,7 @@ nothing here; that the run completes and reports does.
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 import tempfile
@@ -56,6 +57,19 @@ def git(*args: str) -> str:
 
 
 class SmokeTests(SynchronousTestCase):
+    def test_handover_runs(self) -> None:
+        """benchmarks/handover.py runs and gives a figure for each kind of one-shot."""
+        result = subprocess.run(
+            [sys.executable, str(ROOT / "benchmarks" / "handover.py"), "--rounds", "200"],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            cwd=ROOT,
+        )
+        self.assertEqual(result.returncode, 0, result.stderr)
+        for kind in ("_Done", "threading.Event", "concurrent.futures.Future"):
+            self.assertRegex(result.stdout, rf"{re.escape(kind)} +[0-9.]+ us per hand-over")
+
     def test_smoke_run(self) -> None:
         """benchmarks/run.py --smoke runs, and reports a figure for every system and workload."""
         output = run_bench(self, "--smoke", "--systems", SYSTEMS, "--workloads", WORKLOADS)

@@ -31,8 +31,8 @@ from callnet.blocking import (
 )
 from callnet.client import ClientProtocol
 from callnet.errors import (
+    CallCancelledError,
     CallError,
-    CancelledError,
     DeadlineExceededError,
     NotFoundError,
     Outcome,
@@ -742,12 +742,12 @@ class HandleTests(SynchronousTestCase):
         self.assertEqual(seen, [3])
 
     def test_cancel_sent_call(self) -> None:
-        """cancel() cancels the call on the node; the handle fails with CancelledError, may-have-run."""
+        """cancel() cancels the call on the node; the handle fails with CallCancelledError, may-have-run."""
         handle = self.client.call_async("sleep", 5)
         self.world.pump()
         self.assertTrue(handle.cancel())
         self.world.pump()
-        error = self.assertRaises(CancelledError, handle.result, 0)
+        error = self.assertRaises(CallCancelledError, handle.result, 0)
         self.assertIs(error.outcome, Outcome.MAY_HAVE_RUN)
         self.assertEqual(self.world.node.cancelled, [self.world.node.requests[0].tag])
         self.assertFalse(handle.cancel())
@@ -757,7 +757,7 @@ class HandleTests(SynchronousTestCase):
         handle = self.client.call_async("add", 1, 2)
         handle.cancel()
         self.world.pump()
-        error = self.assertRaises(CancelledError, handle.result, 0)
+        error = self.assertRaises(CallCancelledError, handle.result, 0)
         self.assertIs(error.outcome, Outcome.NOT_RUN)
         self.assertEqual(self.world.node.requests, [])
 
@@ -767,7 +767,7 @@ class HandleTests(SynchronousTestCase):
         self.world.pump()
         result = self.world.on_reactor(handle.as_deferred)
         self.world.on_reactor(result.cancel)
-        self.failureResultOf(result, CancelledError)
+        self.failureResultOf(result, CallCancelledError)
         self.world.pump()
         self.assertEqual(len(self.world.node.cancelled), 1)
 

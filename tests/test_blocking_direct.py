@@ -21,7 +21,7 @@ from twisted.python import threadable
 from callnet.blocking import BlockingClient, CallHandle, TLSAddress, reactor_in_use
 from callnet.blocking._direct import DirectPath, parse_address
 from callnet.errors import (
-    CancelledError,
+    CallCancelledError,
     DeadlineExceededError,
     InvalidArgumentError,
     NotFoundError,
@@ -357,7 +357,7 @@ def test_handle_result_callback_and_cancel(server: LineServer) -> None:
     assert not slow.done()  # waiting is not owning
     assert slow.cancel() is True
     assert slow.cancel() is False
-    with pytest.raises(CancelledError) as raised:
+    with pytest.raises(CallCancelledError) as raised:
         slow.result()
     assert raised.value.outcome is Outcome.MAY_HAVE_RUN
     _, line = server.next_line()

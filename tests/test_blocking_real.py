@@ -42,7 +42,7 @@ PRELUDE = """
 import _thread, json, os, signal, socket, sys, threading, time
 from callnet import BlockingClient as _BlockingClient, ForkedProcessError, WrongThreadError
 from callnet.errors import (
-    CancelledError, DeadlineExceededError, NotFoundError, PermissionDeniedError,
+    CallCancelledError, DeadlineExceededError, NotFoundError, PermissionDeniedError,
     UnavailableError,
 )
 
@@ -307,7 +307,7 @@ def test_call_async_handle(node: str, tmp_path: Path, transport: str) -> None:
         cancelled.cancel()
         try:
             cancelled.result()
-        except CancelledError as e:
+        except CallCancelledError as e:
             cancel_outcome = e.outcome.value
         report(done_at_first=done_at_first, timeouts=timeouts, result=result, seen=seen,
                late=late, cancel_outcome=cancel_outcome,

@@ -16,8 +16,8 @@ from zope.interface import implementer
 
 import callnet
 from callnet import (
+    CallCancelledError,
     CallError,
-    CancelledError,
     DeadlineExceededError,
     InternalError,
     InvalidArgumentError,
@@ -179,7 +179,7 @@ class DeadlineTests(SynchronousTestCase):
         d = node.client().call("hold")
         node.flush()
         d.cancel()
-        error = self.failureResultOf(d, CancelledError).value
+        error = self.failureResultOf(d, CallCancelledError).value
         self.assertEqual(error.outcome, Outcome.MAY_HAVE_RUN)
         node.flush()
         self.assertEqual(held.cancelled, 1)
@@ -287,7 +287,7 @@ class ConnectionTests(SynchronousTestCase):
         clock = MemoryReactorClock()
         d = Client(SilentEndpoint(), clock).call("add", 1, 2)
         d.cancel()
-        error = self.failureResultOf(d, CancelledError).value
+        error = self.failureResultOf(d, CallCancelledError).value
         self.assertEqual(error.outcome, Outcome.NOT_RUN)
 
     def test_lost_connection_fails_pending_calls(self) -> None:

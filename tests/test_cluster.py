@@ -17,7 +17,7 @@ from twisted.internet.defer import Deferred
 from twisted.trial.unittest import SynchronousTestCase
 
 from callnet import (
-    CancelledError,
+    CallCancelledError,
     DeadlineExceededError,
     FailedPreconditionError,
     NotFoundError,
@@ -269,7 +269,7 @@ class RoutingTests(SynchronousTestCase):
         cluster.flush()
         d.cancel()
         cluster.flush()
-        self.failureResultOf(d, CancelledError)
+        self.failureResultOf(d, CallCancelledError)
         self.assertEqual(work["gamma"].cancelled, 1)
         cluster.stop()
 
@@ -529,7 +529,7 @@ class NestedCallTests(SynchronousTestCase):
         cluster.flush()
         d.cancel()
         cluster.flush()
-        self.failureResultOf(d, CancelledError)
+        self.failureResultOf(d, CallCancelledError)
         self.assertEqual(work["gamma"].cancelled, 1)
         cluster.stop()
 

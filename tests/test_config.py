@@ -23,12 +23,10 @@ from callnet.config import (
     Security,
     TLSSettings,
     key_label,
-    load_config,
-    merge,
-    parse_config,
     settings,
     settings_table,
 )
+from callnet.config_load import load_config, merge, parse_config
 from callnet.errors import ConfigError
 
 
@@ -170,7 +168,7 @@ class LoadConfigTests(ConfigFileCase):
                 commented, key, value = setting.groups()
                 listed[key] = section
                 if not commented:
-                    default = config_module._KEYS[key].show_default()
+                    default = config_module.SETTINGS_BY_KEY[key].show_default()
                     self.assertEqual(value, default, key)
         schema = {entry.key: entry.section for entry in settings()}
         self.assertEqual(listed, schema)

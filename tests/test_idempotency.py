@@ -33,12 +33,11 @@ from callnet import (
 )
 from callnet.cluster.routing import rendezvous_order
 from callnet.config import Limits, Security
-from callnet.errors import CancelledError
+from callnet.errors import CallCancelledError
 from callnet.errors import DeadlineExceededError as Deadline
 from callnet.idempotency import KeyStore, fingerprint
 from callnet.testing import MemoryCluster, MemoryNode
-from callnet.wire import Failure as FailureEvent
-from callnet.wire import Success
+from callnet.wire import ErrorReply, Success
 
 
 class Counter:
@@ -230,7 +229,7 @@ class KeyedCallTests(SynchronousTestCase):
         retry = node.connect_raw()
         retry.send("#2 +key=k bump_later\n")
         retry.send("CANCEL 2\n")
-        [answer, *_] = [e for e in retry.events() if isinstance(e, FailureEvent)]
+        [answer, *_] = [e for e in retry.events() if isinstance(e, ErrorReply)]
         self.assertEqual((answer.tag, answer.error.code), ("2", "CANCELLED"))
         self.assertEqual(answer.error.outcome, Outcome.MAY_HAVE_RUN)
         self.assertEqual(counter.cancelled, 0)
@@ -420,7 +419,7 @@ class KeyStoreTests(SynchronousTestCase):
         first = store.run("s", "k", P("p"), 60, lambda: held)
         waiter = store.run("s", "k", P("p"), 60, Deferred)
         waiter.cancel()
-        error = self.failureResultOf(waiter, CancelledError).value
+        error = self.failureResultOf(waiter, CallCancelledError).value
         self.assertEqual(error.outcome, Outcome.MAY_HAVE_RUN)
         self.assertEqual(cancelled, [])
         held.callback("v")

@@ -13,7 +13,7 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from callnet.config import Limits
 from callnet.errors import (
-    CancelledError,
+    CallCancelledError,
     DeadlineExceededError,
     InternalError,
     InvalidArgumentError,
@@ -25,7 +25,7 @@ from callnet.errors import (
 from callnet.registry import procedure
 from callnet.server import DRAIN_CHECK_INTERVAL, DRAIN_FLUSH_TIMEOUT
 from callnet.testing import MemoryNode
-from callnet.wire import Failure, Success, Text
+from callnet.wire import ErrorReply, Success, Text
 
 
 class Pending:
@@ -88,7 +88,7 @@ class InlineFormTests(SynchronousTestCase):
         conn = node.connect_raw()
         conn.send("ad 1 2\nadd 1 2\n")
         [error, ok] = conn.events()
-        assert isinstance(error, Failure)
+        assert isinstance(error, ErrorReply)
         self.assertIsInstance(error.error, NotFoundError)
         self.assertEqual(error.error.outcome, Outcome.NOT_RUN)
         self.assertEqual(error.error.node, "test")
@@ -100,7 +100,7 @@ class InlineFormTests(SynchronousTestCase):
         conn = node.connect_raw()
         conn.send("add 1\n")
         [reply] = conn.events()
-        assert isinstance(reply, Failure)
+        assert isinstance(reply, ErrorReply)
         self.assertIsInstance(reply.error, InvalidArgumentError)
         self.assertEqual(reply.error.outcome, Outcome.NOT_RUN)
         self.assertIn("add(a: int, b: int) -> int", reply.error.message)
@@ -113,7 +113,7 @@ class InlineFormTests(SynchronousTestCase):
         events = conn.events()
         self.assertEqual(len(events), 5)
         for event in events[:4]:
-            assert isinstance(event, Failure)
+            assert isinstance(event, ErrorReply)
             self.assertIsInstance(event.error, InvalidArgumentError)
             self.assertEqual(event.error.outcome, Outcome.NOT_RUN)
         self.assertEqual(events[4], Success(3))
@@ -127,7 +127,7 @@ class InlineFormTests(SynchronousTestCase):
         conn.send(b"x" * 1000 + b"\n#8 add 1 2\n")
         self.assertLessEqual(conn.protocol.session.held_input, 100)
         [too_long, ok] = conn.events()
-        assert isinstance(too_long, Failure)
+        assert isinstance(too_long, ErrorReply)
         self.assertIsInstance(too_long.error, ResourceExhaustedError)
         self.assertEqual(too_long.tag, "7")
         self.assertEqual(ok, Success(3, "8"))
@@ -160,7 +160,7 @@ class InlineFormTests(SynchronousTestCase):
         conn = node.connect_raw()
         conn.send("OK 3\n")
         [reply] = conn.events()
-        assert isinstance(reply, Failure)
+        assert isinstance(reply, ErrorReply)
         self.assertIsInstance(reply.error, InvalidArgumentError)
 
 
@@ -202,7 +202,7 @@ class TaggedFormTests(SynchronousTestCase):
         conn = node.connect_raw()
         conn.send("#1 wait a\n#1 add 1 2\n")
         [refused] = conn.events()
-        assert isinstance(refused, Failure)
+        assert isinstance(refused, ErrorReply)
         self.assertIn("already in use", refused.error.message)
         pending.calls["a"].callback("A")
         self.assertEqual(conn.events(), [Success("A", "1")])
@@ -220,7 +220,7 @@ class DeadlineAndCancelTests(SynchronousTestCase):
         self.assertEqual(conn.lines(), [])
         node.clock.advance(0.2)
         [reply] = conn.events()
-        assert isinstance(reply, Failure)
+        assert isinstance(reply, ErrorReply)
         self.assertIsInstance(reply.error, DeadlineExceededError)
         self.assertEqual(reply.error.outcome, Outcome.MAY_HAVE_RUN)
         self.assertEqual(pending.cancelled, ["a"])
@@ -233,7 +233,7 @@ class DeadlineAndCancelTests(SynchronousTestCase):
         conn.send("wait a\n")
         node.clock.advance(5.0)
         [reply] = conn.events()
-        assert isinstance(reply, Failure)
+        assert isinstance(reply, ErrorReply)
         self.assertIsInstance(reply.error, DeadlineExceededError)
 
     def test_spent_deadline_does_not_run(self) -> None:
@@ -242,7 +242,7 @@ class DeadlineAndCancelTests(SynchronousTestCase):
         conn = node.connect_raw()
         conn.send("#1 +timeout=0 wait a\n")
         [reply] = conn.events()
-        assert isinstance(reply, Failure)
+        assert isinstance(reply, ErrorReply)
         self.assertIsInstance(reply.error, DeadlineExceededError)
         self.assertEqual(reply.error.outcome, Outcome.NOT_RUN)
         self.assertEqual(pending.calls, {})
@@ -257,7 +257,7 @@ class DeadlineAndCancelTests(SynchronousTestCase):
         # The job is queued but no thread has taken it: it never runs.
         node.clock.advance(1)
         [reply] = conn.events()
-        assert isinstance(reply, Failure)
+        assert isinstance(reply, ErrorReply)
         self.assertIsInstance(reply.error, DeadlineExceededError)
         self.assertEqual(reply.error.outcome, Outcome.NOT_RUN)
         node.threads.run_all()
@@ -283,9 +283,9 @@ class DeadlineAndCancelTests(SynchronousTestCase):
         events = conn.events()
         self.assertEqual(pending.cancelled, ["a"])
         cancelled = events[0]
-        assert isinstance(cancelled, Failure)
+        assert isinstance(cancelled, ErrorReply)
         self.assertEqual(cancelled.tag, "1")
-        self.assertIsInstance(cancelled.error, CancelledError)
+        self.assertIsInstance(cancelled.error, CallCancelledError)
         self.assertEqual(events[1:], [Success(True, "2"), Success(False, "3")])
 
     def test_connection_lost_cancels_work(self) -> None:
@@ -324,7 +324,7 @@ class ErrorMappingTests(SynchronousTestCase):
         conn = node.connect_raw()
         conn.send("lookup alice\n")
         [reply] = conn.events()
-        assert isinstance(reply, Failure)
+        assert isinstance(reply, ErrorReply)
         self.assertIsInstance(reply.error, NotFoundError)
         self.assertEqual(reply.error.outcome, Outcome.RAN)
         self.assertEqual(reply.error.message, "alice")
@@ -341,12 +341,12 @@ class ErrorMappingTests(SynchronousTestCase):
         conn = node.connect_raw()
         conn.send("broken\nbroken\n")
         [first, second] = conn.events()
-        assert isinstance(first, Failure)
+        assert isinstance(first, ErrorReply)
         self.assertIsInstance(first.error, InternalError)
         self.assertEqual(first.error.outcome, Outcome.RAN)
         self.assertNotIn("secret", first.error.message)
         self.assertNotIn("Traceback", first.error.message)
-        self.assertIsInstance(second, Failure)
+        self.assertIsInstance(second, ErrorReply)
         self.assertEqual(len(self.flushLoggedErrors(ZeroDivisionError)), 2)
         self.assertFalse(conn.transport.disconnecting)
 
@@ -357,7 +357,7 @@ class ErrorMappingTests(SynchronousTestCase):
         conn = node.connect_raw()
         conn.send("aset\n")
         [reply] = conn.events()
-        assert isinstance(reply, Failure)
+        assert isinstance(reply, ErrorReply)
         self.assertIsInstance(reply.error, InternalError)
         self.assertEqual(reply.error.outcome, Outcome.RAN)
 
@@ -376,7 +376,7 @@ class ErrorMappingTests(SynchronousTestCase):
         conn.send("#1 +timeout=3 nap\n")
         node.clock.advance(3)
         [reply] = conn.events()
-        assert isinstance(reply, Failure)
+        assert isinstance(reply, ErrorReply)
         self.assertIsInstance(reply.error, DeadlineExceededError)
         self.assertEqual(cancelled, [True])
 
@@ -424,7 +424,7 @@ class ArgumentTypeTests(SynchronousTestCase):
         conn = node.connect_raw()
         conn.send("#1 greet Ada greeting=3\n")
         [reply] = conn.events()
-        assert isinstance(reply, Failure)
+        assert isinstance(reply, ErrorReply)
         self.assertIsInstance(reply.error, InvalidArgumentError)
         self.assertEqual(reply.error.outcome, Outcome.NOT_RUN)
         self.assertTrue(
@@ -438,7 +438,7 @@ class ArgumentTypeTests(SynchronousTestCase):
         conn = node.connect_raw()
         conn.send("capital [1]\ncapital Japan\n")
         [refused, ok] = conn.events()
-        assert isinstance(refused, Failure)
+        assert isinstance(refused, ErrorReply)
         self.assertIsInstance(refused.error, InvalidArgumentError)
         self.assertEqual(refused.error.outcome, Outcome.NOT_RUN)
         self.assertTrue(
@@ -461,7 +461,7 @@ class ArgumentTypeTests(SynchronousTestCase):
         conn.send('total [1,2,3]\ntotal [1,2,3,"4"]\ntotal [true]\n')
         [ok, wrong, boolean] = conn.events()
         self.assertEqual(ok, Success(6))
-        assert isinstance(wrong, Failure) and isinstance(boolean, Failure)
+        assert isinstance(wrong, ErrorReply) and isinstance(boolean, ErrorReply)
         self.assertTrue(wrong.error.message.startswith("argument 'ids'[3] must be int, not str;"))
         self.assertTrue(
             boolean.error.message.startswith("argument 'ids'[0] must be int, not bool;")
@@ -480,7 +480,7 @@ class ArgumentTypeTests(SynchronousTestCase):
         conn.send('half 3\nhalf 3.0\nhalf "3"\n')
         [whole, real, text] = conn.events()
         self.assertEqual((whole, real), (Success(1.5), Success(1.5)))
-        assert isinstance(text, Failure)
+        assert isinstance(text, ErrorReply)
         self.assertIsInstance(text.error, InvalidArgumentError)
 
     def test_refusal_counted(self) -> None:
@@ -534,8 +534,24 @@ class CommandTests(SynchronousTestCase):
         [described, missing] = conn.events()
         assert isinstance(described, Success)
         self.assertEqual(described.value["signature"], "(a: int, b: int) -> int")
-        assert isinstance(missing, Failure)
+        assert isinstance(missing, ErrorReply)
         self.assertIsInstance(missing.error, NotFoundError)
+
+    def test_help_shows_positional_and_keyword_only_markers(self) -> None:
+        """HELP shows / and * where the signature has them, with annotations unquoted."""
+
+        def span(start: int, stop: int = 10, /, *, step: int = 1, **rest: Any) -> list[int]:
+            return list(range(start, stop, step))
+
+        node = MemoryNode([span])
+        conn = node.connect_raw()
+        conn.send("#1 HELP span\n")
+        [described] = conn.events()
+        assert isinstance(described, Success)
+        self.assertEqual(
+            described.value["signature"],
+            "(start: int, stop: int = 10, /, *, step: int = 1, **rest: Any) -> list[int]",
+        )
 
     def test_stats(self) -> None:
         """STATS counts calls, errors and calls in flight, per procedure, refusals included."""
@@ -619,7 +635,7 @@ class FlowControlTests(SynchronousTestCase):
         node, _ = node_with_pending(Limits(max_connections=2))
         first, second, third = node.connect_raw(), node.connect_raw(), node.connect_raw()
         [refused] = third.events()
-        assert isinstance(refused, Failure)
+        assert isinstance(refused, ErrorReply)
         self.assertIsInstance(refused.error, ResourceExhaustedError)
         self.assertTrue(third.transport.disconnecting)
         first.send("add 1 2\n")
@@ -696,7 +712,7 @@ class HalfCloseTests(SynchronousTestCase):
         conn.send("#5 wait a")
         conn.protocol.readConnectionLost()
         [reply] = conn.events()
-        assert isinstance(reply, Failure)
+        assert isinstance(reply, ErrorReply)
         self.assertEqual(reply.tag, "5")
         self.assertIn("middle of a line", reply.error.message)
         self.assertEqual(pending.calls, {})
@@ -773,7 +789,7 @@ class PeerLinkTests(SynchronousTestCase):
         self.assertEqual(conn.transport.producerState, "producing")
         events = conn.events()
         self.assertEqual(len(pending.calls), 3)
-        refused = [e for e in events if isinstance(e, Failure)]
+        refused = [e for e in events if isinstance(e, ErrorReply)]
         self.assertEqual([e.tag for e in refused], ["3", "4"])
         for event in refused:
             self.assertIsInstance(event.error, UnavailableError)
@@ -792,7 +808,7 @@ class DrainTests(SynchronousTestCase):
         done = node.factory.drain(grace=5)
         conn.send("#3 add 1 1\n")
         [refused] = conn.events()
-        assert isinstance(refused, Failure)
+        assert isinstance(refused, ErrorReply)
         self.assertIsInstance(refused.error, UnavailableError)
         self.assertEqual((refused.tag, refused.error.outcome), ("3", Outcome.NOT_RUN))
         pending.calls["a"].callback("A")
@@ -808,7 +824,7 @@ class DrainTests(SynchronousTestCase):
         cut = conn.events()
         self.assertEqual(sorted(str(e.tag) for e in cut), ["2", "None"])
         for event in cut:
-            assert isinstance(event, Failure)
+            assert isinstance(event, ErrorReply)
             self.assertEqual(event.error.outcome, Outcome.MAY_HAVE_RUN)
             self.assertIn("shut down", event.error.message)
         self.assertTrue(conn.transport.disconnecting)

@@ -18,7 +18,7 @@ from callnet.errors import (
 from callnet.protocol import AUTH_DELAY, MAX_AUTH_FAILURES
 from callnet.registry import procedure
 from callnet.testing import MemoryNode
-from callnet.wire import Failure, Success
+from callnet.wire import ErrorReply, Success
 
 ALICE = "alice-token-0123456789"
 OPS = "ops-token-9876543210ab"
@@ -57,7 +57,7 @@ class AuthenticationTests(SynchronousTestCase):
         events = conn.events()
         first, second = events[0], events[1]
         for event in (first, second):
-            assert isinstance(event, Failure)
+            assert isinstance(event, ErrorReply)
             self.assertIsInstance(event.error, UnauthenticatedError)
             self.assertEqual(event.error.outcome, Outcome.NOT_RUN)
         self.assertEqual(events[2], Success("pong", "3"))
@@ -79,7 +79,7 @@ class AuthenticationTests(SynchronousTestCase):
         self.assertEqual(conn.transport.producerState, "paused")
         node.clock.advance(AUTH_DELAY)
         [refused, pong] = conn.events()
-        assert isinstance(refused, Failure)
+        assert isinstance(refused, ErrorReply)
         self.assertIsInstance(refused.error, UnauthenticatedError)
         self.assertNotIn("wrong-token", refused.error.message)
         self.assertEqual(pong, Success("pong", "2"))
@@ -117,7 +117,7 @@ class AccessRuleTests(SynchronousTestCase):
         conn = node.connect_raw()
         conn.send(f"#1 AUTH {ALICE}\n#2 shutdown\n#3 greet ann\n")
         [_, denied, allowed] = conn.events()
-        assert isinstance(denied, Failure)
+        assert isinstance(denied, ErrorReply)
         self.assertIsInstance(denied.error, PermissionDeniedError)
         self.assertEqual(denied.error.outcome, Outcome.NOT_RUN)
         self.assertEqual(allowed, Success("hello ann", "3"))
@@ -140,7 +140,7 @@ class AccessRuleTests(SynchronousTestCase):
         conn = node.connect_raw()
         conn.send(f'#1 AUTH {ALICE}\n#2 multicall shutdown\n#3 multicall greet ["x"]\n')
         events = conn.events()
-        assert isinstance(events[1], Failure)
+        assert isinstance(events[1], ErrorReply)
         self.assertIsInstance(events[1].error, PermissionDeniedError)
         self.assertEqual(events[2], Success({"guarded": {"ok": "hello x"}}, "3"))
 
@@ -150,7 +150,7 @@ class AccessRuleTests(SynchronousTestCase):
         conn = node.connect_raw()
         conn.send(f'#1 AUTH {ALICE}\n#2 HELLO {{"node": "evil"}}\n')
         hello = conn.events()[1]
-        assert isinstance(hello, Failure)
+        assert isinstance(hello, ErrorReply)
         self.assertIsInstance(hello.error, PermissionDeniedError)
 
 
@@ -183,7 +183,7 @@ class HostileClientTests(SynchronousTestCase):
         self.assertTrue(third.transport.disconnecting)
         self.assertFalse(second.transport.disconnecting)
         [refused] = third.events()
-        assert isinstance(refused, Failure)
+        assert isinstance(refused, ErrorReply)
         self.assertIsInstance(refused.error, ResourceExhaustedError)
         protocol = node.factory.buildProtocol(IPv4Address("TCP", "127.0.0.9", 1))
         other = StringTransport(peerAddress=IPv4Address("TCP", "127.0.0.9", 1))
@@ -219,7 +219,7 @@ class HostileClientTests(SynchronousTestCase):
         conn = node.connect_raw()
         conn.send(b"#1 " + name.encode("utf-8", "surrogatepass") + b"\n")
         for event in conn.events():
-            if isinstance(event, Failure) and event.error.code == "NOT_FOUND":
+            if isinstance(event, ErrorReply) and event.error.code == "NOT_FOUND":
                 self.assertEqual(event.error.outcome, Outcome.NOT_RUN)
         if name.strip() != "trap":
             self.assertEqual(ran, [])
@@ -321,7 +321,7 @@ class TenThousandNamesTests(SynchronousTestCase):
                 conn.send(f"#{i} ".encode() + name.encode("utf-8", "surrogatepass") + b"\n")
             events = conn.events()
         self.assertEqual(len(events), len(names))
-        codes = {event.error.code for event in events if isinstance(event, Failure)}
+        codes = {event.error.code for event in events if isinstance(event, ErrorReply)}
         self.assertLessEqual(codes, {"NOT_FOUND", "INVALID_ARGUMENT"})
         self.assertFalse([e for e in events if isinstance(e, Success)])
         self.assertEqual(ran, [])

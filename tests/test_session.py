@@ -14,7 +14,7 @@ from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, pr
 
 from callnet.config import Limits
 from callnet.errors import (
-    CancelledError,
+    CallCancelledError,
     FailedPreconditionError,
     InvalidArgumentError,
     NotFoundError,
@@ -149,7 +149,7 @@ class FakeNode:
         self.cancelled.append(work.number)
         if work.number in self.running:
             call = self.running[work.number][1]
-            self.finish(work.number, encode_failure(CancelledError("cancelled"), call.tag))
+            self.finish(work.number, encode_failure(CallCancelledError("cancelled"), call.tag))
 
     def detach_cast(self, work: Work) -> None:
         self.detached.append(work.number)

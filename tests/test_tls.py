@@ -50,7 +50,7 @@ from zope.interface import implementer
 
 from callnet import tls
 from callnet.client import ClientProtocol
-from callnet.cluster import Cluster, PeerState
+from callnet.cluster import Cluster, PeerState, Router
 from callnet.config import ClusterSettings, Limits, NodeConfig, Security, TLSSettings
 from callnet.errors import ConfigError, Outcome, UnavailableError
 from callnet.node import NodeService
@@ -555,7 +555,7 @@ def _join(alpha: MemoryNode, beta: MemoryNode, token: str | None) -> Cluster:
     )
     cluster = Cluster(
         config,
-        alpha.dispatcher,
+        Router([], alpha.clock, "alpha", config.cluster.max_hops),
         alpha.clock,
         alpha.factory.hello,
         endpoints={"beta": beta.endpoint("alpha")},

@@ -20,8 +20,8 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from callnet.errors import (
     ERRORS_BY_CODE,
+    CallCancelledError,
     CallError,
-    CancelledError,
     InternalError,
     InvalidArgumentError,
     NotFoundError,
@@ -37,8 +37,8 @@ from callnet.wire import (
     BadLine,
     Call,
     Command,
+    ErrorReply,
     Event,
-    Failure,
     Item,
     LineDecoder,
     Progress,
@@ -138,8 +138,8 @@ def comparable(event: Event | None) -> Any:
         return ("Item", typed(event.value), event.tag)
     if isinstance(event, Progress):
         return ("Progress", typed(event.done), typed(event.total), event.message, event.tag)
-    if isinstance(event, Failure):
-        return ("Failure", comparable_error(event.error), event.tag)
+    if isinstance(event, ErrorReply):
+        return ("ErrorReply", comparable_error(event.error), event.tag)
     if isinstance(event, BadLine):
         return ("BadLine", comparable_error(event.error), event.tag)
     if isinstance(event, Text):
@@ -450,23 +450,31 @@ class ReplyVectorTests(WireTestCase):
             [
                 (
                     b"ERR NOT_FOUND not-run no procedure named 'ad'; try HELP\n",
-                    [Failure(NotFoundError("no procedure named 'ad'; try HELP", Outcome.NOT_RUN))],
+                    [
+                        ErrorReply(
+                            NotFoundError("no procedure named 'ad'; try HELP", Outcome.NOT_RUN)
+                        )
+                    ],
                 ),
                 (
                     b"#4 ERR INTERNAL ran @node-1 boom: it  broke\n",
-                    [Failure(InternalError("boom: it  broke", Outcome.RAN, "node-1"), "4")],
+                    [ErrorReply(InternalError("boom: it  broke", Outcome.RAN, "node-1"), "4")],
                 ),
                 (
                     b"#17 ERR CANCELLED may-have-run cancelled by caller\r\n",
-                    [Failure(CancelledError("cancelled by caller", Outcome.MAY_HAVE_RUN), "17")],
+                    [
+                        ErrorReply(
+                            CallCancelledError("cancelled by caller", Outcome.MAY_HAVE_RUN), "17"
+                        )
+                    ],
                 ),
                 (
                     b"ERR INVALID_ARGUMENT ran\n",
-                    [Failure(InvalidArgumentError("", Outcome.RAN))],
+                    [ErrorReply(InvalidArgumentError("", Outcome.RAN))],
                 ),
                 (
                     b"ERR UNAVAILABLE not-run @n2\n",
-                    [Failure(UnavailableError("", Outcome.NOT_RUN, "n2"))],
+                    [ErrorReply(UnavailableError("", Outcome.NOT_RUN, "n2"))],
                 ),
             ]
         )
@@ -475,9 +483,9 @@ class ReplyVectorTests(WireTestCase):
         """The outcome on the line wins over the class's default outcome."""
         (event,) = self.assertDecodes(
             b"ERR NOT_FOUND ran no such user\n",
-            [Failure(NotFoundError("no such user", Outcome.RAN))],
+            [ErrorReply(NotFoundError("no such user", Outcome.RAN))],
         )
-        assert isinstance(event, Failure)
+        assert isinstance(event, ErrorReply)
         self.assertIs(event.error.outcome, Outcome.RAN)
 
     def test_every_code(self) -> None:
@@ -485,23 +493,23 @@ class ReplyVectorTests(WireTestCase):
         for code, cls in ERRORS_BY_CODE.items():
             (event,) = self.assertDecodes(
                 f"ERR {code} may-have-run x\n".encode(),
-                [Failure(cls("x", Outcome.MAY_HAVE_RUN))],
+                [ErrorReply(cls("x", Outcome.MAY_HAVE_RUN))],
             )
-            assert isinstance(event, Failure)
+            assert isinstance(event, ErrorReply)
             self.assertEqual(event.error.code, code)
 
     def test_unknown_code(self) -> None:
         """An unknown code gives UnknownError, keeping the code in its message."""
         (event,) = self.assertDecodes(
             b"#2 ERR TEAPOT ran @pot I am a teapot\n",
-            [Failure(UnknownError("[TEAPOT] I am a teapot", Outcome.RAN, "pot"), "2")],
+            [ErrorReply(UnknownError("[TEAPOT] I am a teapot", Outcome.RAN, "pot"), "2")],
         )
-        assert isinstance(event, Failure)
+        assert isinstance(event, ErrorReply)
         self.assertIn("TEAPOT", str(event.error))
 
     def test_the_unknown_code_itself(self) -> None:
         """The code UNKNOWN gives UnknownError with its message untouched."""
-        self.assertDecodes(b"ERR UNKNOWN ran x\n", [Failure(UnknownError("x", Outcome.RAN))])
+        self.assertDecodes(b"ERR UNKNOWN ran x\n", [ErrorReply(UnknownError("x", Outcome.RAN))])
 
 
 class StreamVectorTests(WireTestCase):
@@ -1222,7 +1230,7 @@ class EncodeReplyTests(WireTestCase):
             b"#4 ERR INTERNAL ran @n1 boom\n",
         )
         self.assertEqual(
-            encode_failure(CancelledError("cancelled"), "17"),
+            encode_failure(CallCancelledError("cancelled"), "17"),
             b"#17 ERR CANCELLED may-have-run cancelled\n",
         )
 
@@ -1234,21 +1242,21 @@ class EncodeReplyTests(WireTestCase):
                     for tag in [None, "t1"]:
                         error = cls("something failed: x=1 [2]", outcome, node)
                         data = encode_failure(error, tag)
-                        self.assertDecodes(data, [Failure(error, tag)])
+                        self.assertDecodes(data, [ErrorReply(error, tag)])
 
     def test_default_outcomes(self) -> None:
         """An error without an outcome travels with its class's default outcome."""
         for cls in ERRORS_BY_CODE.values():
             (event,) = decode_whole(encode_failure(cls("x")))
-            assert isinstance(event, Failure)
+            assert isinstance(event, ErrorReply)
             self.assertIs(event.error.outcome, cls.default_outcome)
 
     def test_unknown_code_round_trip(self) -> None:
         """An UnknownError read from the wire can be passed on, keeping the original code."""
         (event,) = decode_whole(b"ERR TEAPOT ran short and stout\n")
-        assert isinstance(event, Failure)
+        assert isinstance(event, ErrorReply)
         (again,) = decode_whole(encode_failure(event.error))
-        assert isinstance(again, Failure)
+        assert isinstance(again, ErrorReply)
         self.assertIsInstance(again.error, UnknownError)
         self.assertIn("TEAPOT", again.error.message)
         self.assertIn("short and stout", again.error.message)
@@ -1262,7 +1270,7 @@ class EncodeReplyTests(WireTestCase):
         self.assertEqual(len(decode_whole(data)), 1)
         self.assertDecodes(
             data,
-            [Failure(InternalError("first second third fourth fifth sixth seventh"), "3")],
+            [ErrorReply(InternalError("first second third fourth fifth sixth seventh"), "3")],
         )
 
     def test_failure_empty_message(self) -> None:
@@ -1273,11 +1281,11 @@ class EncodeReplyTests(WireTestCase):
     def test_failure_message_like_a_node(self) -> None:
         """A message starting with @ is not mistaken for a node name."""
         (event,) = decode_whole(encode_failure(InternalError("@home is down")))
-        assert isinstance(event, Failure)
+        assert isinstance(event, ErrorReply)
         self.assertIsNone(event.error.node)
         self.assertIn("home is down", event.error.message)
         (event,) = decode_whole(encode_failure(InternalError("@home is down", node="n")))
-        assert isinstance(event, Failure)
+        assert isinstance(event, ErrorReply)
         self.assertEqual(event.error.node, "n")
         self.assertEqual(event.error.message, "@home is down")
 
@@ -1287,7 +1295,7 @@ class EncodeReplyTests(WireTestCase):
         data.decode("utf-8")
         self.assertEqual(data.count(b"\n"), 1)
         (event,) = decode_whole(data)
-        self.assertIsInstance(event, Failure)
+        self.assertIsInstance(event, ErrorReply)
 
     def test_text(self) -> None:
         """Text encodes as lines marked with | and decodes line by line."""
@@ -1382,8 +1390,8 @@ class TraceSuffixTests(WireTestCase):
             (b"ERR INTERNAL ran boom [trace a b]\n", "boom [trace a b]", None),
             (b"ERR INTERNAL ran boom [trace ]\n", "boom [trace ]", None),
         ]:
-            (event,) = self.assertDecodes(line, [Failure(InternalError(message, Outcome.RAN))])
-            assert isinstance(event, Failure)
+            (event,) = self.assertDecodes(line, [ErrorReply(InternalError(message, Outcome.RAN))])
+            assert isinstance(event, ErrorReply)
             self.assertEqual(event.error.trace, trace, line)
 
     def test_awkward_traces_round_trip(self) -> None:
@@ -1394,9 +1402,9 @@ class TraceSuffixTests(WireTestCase):
                 error.trace = trace
                 (event,) = self.assertDecodes(
                     encode_failure(error, "7"),
-                    [Failure(InternalError("it broke [really]", Outcome.RAN, node), "7")],
+                    [ErrorReply(InternalError("it broke [really]", Outcome.RAN, node), "7")],
                 )
-                assert isinstance(event, Failure)
+                assert isinstance(event, ErrorReply)
                 self.assertEqual(event.error.trace, trace)
 
     def test_trace_option(self) -> None:
@@ -1438,7 +1446,7 @@ class TraceSuffixTests(WireTestCase):
         data = encode_failure(error, tag)
         self.assertIn(f" [trace {trace}]\n".encode(), data)
         (event,) = decode_whole(data)
-        assert isinstance(event, Failure), event
+        assert isinstance(event, ErrorReply), event
         self.assertEqual(event.tag, tag)
         self.assertEqual(event.error.trace, trace)
         self.assertEqual(event.error.message, expected_message(error))

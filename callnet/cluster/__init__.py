@@ -19,7 +19,7 @@ from twisted.logger import Logger
 from callnet.cluster.peers import Peer, PeerState
 from callnet.cluster.routing import Router
 from callnet.config import NodeConfig
-from callnet.dispatch import Dispatcher
+from callnet.reactors import DispatchReactor
 from callnet.tls import links_use_tls, load_credentials, peer_endpoint
 
 __all__ = ["Cluster", "Peer", "PeerState", "Router"]
@@ -36,12 +36,15 @@ class Cluster(Service):
     def __init__(
         self,
         config: NodeConfig,
-        dispatcher: Dispatcher,
-        reactor: Any,
+        router: Router,
+        reactor: DispatchReactor,
         hello: Callable[[], dict[str, Any]],
         endpoints: Mapping[str, IStreamClientEndpoint] | None = None,
     ) -> None:
         """
+        @param router: routes the node's calls over these peers (its
+            dispatcher's forwarder, made before either: see
+            L{callnet.wiring.build_node}).
         @param endpoints: endpoints to reach peers by, instead of parsing
             the configured strings (for tests that join nodes in memory).
         @raise ConfigError: C{[tls]} is set and its files cannot be used, or
@@ -53,8 +56,7 @@ class Cluster(Service):
         self._chosen = dict(endpoints or {})
         self._config = config
         self.peers: list[Peer] = []
-        self.router = Router([], reactor, config.name, config.cluster.max_hops)
-        dispatcher.router = self.router
+        self.router = router
         self.update(config)
 
     def _make_peer(self, name: str, endpoint: str) -> Peer:

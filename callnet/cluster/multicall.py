@@ -46,8 +46,8 @@ GATHER_MARGIN = 0.25
 def serving_nodes(dispatcher: Dispatcher, name: str) -> list[str]:
     """Every node this one knows to serve C{name}, itself included, up or not."""
     nodes = [dispatcher.node_name] if dispatcher.registry.find(name) is not None else []
-    if dispatcher.router is not None:
-        nodes += dispatcher.router.serving(name)
+    if dispatcher.forwarder is not None:
+        nodes += dispatcher.forwarder.serving(name)
     return sorted(nodes)
 
 
@@ -128,7 +128,7 @@ def _is_node(dispatcher: Dispatcher, name: str) -> bool:
     """Whether C{name} is this node or one of its peers."""
     if name == dispatcher.node_name:
         return True
-    return dispatcher.router is not None and dispatcher.router.has_peer(name)
+    return dispatcher.forwarder is not None and dispatcher.forwarder.has_peer(name)
 
 
 class _Answer:

@@ -34,7 +34,7 @@ from callnet.client import ClientProtocol
 from callnet.config import ClusterSettings
 from callnet.errors import CallError, Outcome, UnavailableError
 from callnet.logs import drop_retry_notices
-from callnet.reactors import Clock, DelayedCall
+from callnet.reactors import Clock, DelayedCall, DispatchReactor, twisted_clock
 from callnet.tls import HandshakeEndpoint
 from callnet.wire import PROTOCOL_VERSION, Call, Item, Progress
 
@@ -88,7 +88,7 @@ class Peer:
         self,
         name: str,
         endpoint: str | IStreamClientEndpoint,
-        reactor: Any,
+        reactor: DispatchReactor,
         settings: ClusterSettings,
         hello: Callable[[], dict[str, Any]],
         on_change: Callable[[Peer], None],
@@ -136,7 +136,7 @@ class Peer:
             retryPolicy=backoffPolicy(
                 initialDelay=0.05, maxDelay=settings.reconnect_max_delay, factor=2.0
             ),
-            clock=reactor,
+            clock=twisted_clock(reactor),
         )
 
     @property

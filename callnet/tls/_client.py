@@ -29,6 +29,7 @@ from zope.interface import implementer
 
 from callnet.config import TLSSettings
 from callnet.errors import ConfigError
+from callnet.reactors import DispatchReactor, twisted_clock
 from callnet.tls._credentials import (
     Credentials,
     certificate_names,
@@ -57,6 +58,12 @@ class _ClientCreator:
     Client connections that trust one CA and check the server's name with
     C{service_identity}: a DNS name, or an IP address.  A refusal says why
     in words, as the reason the connection was lost.
+
+    Twisted's C{optionsForClientTLS} makes the same check with the same
+    library, but a mismatch then ends the connection with OpenSSL's alert
+    and no word of which names the certificate holds; this creator runs the
+    check in the verify callback so the caller reads "the certificate names
+    beta, not gamma" (C{tests/test_tls.py} holds the wording).
     """
 
     def __init__(self, options: CertificateOptions, name: str) -> None:
@@ -123,7 +130,7 @@ def _client_creator(
 
 
 def client_endpoint(
-    reactor: Any,
+    reactor: DispatchReactor,
     host: str,
     port: int,
     ca: str | os.PathLike[str],
@@ -166,7 +173,9 @@ def client_endpoint(
     tcp = HostnameEndpoint(reactor, host, port, timeout=timeout)
     shown = f"[{host}]" if ":" in host else host
     label = f"tls:{shown}:{port}" + (f" (as {name})" if name and name != host else "")
-    return HandshakeEndpoint(wrapClientTLS(creator, tcp, reactor), reactor, timeout, label)
+    return HandshakeEndpoint(
+        wrapClientTLS(creator, tcp, twisted_clock(reactor)), reactor, timeout, label
+    )
 
 
 def links_use_tls(settings: TLSSettings) -> bool:
@@ -175,7 +184,7 @@ def links_use_tls(settings: TLSSettings) -> bool:
 
 
 def peer_endpoint(
-    reactor: Any,
+    reactor: DispatchReactor,
     name: str,
     description: str,
     credentials: Credentials,
@@ -218,6 +227,5 @@ def peer_endpoint(
                 why=why,
             )
 
-    return HandshakeEndpoint(
-        wrapClientTLS(creator, inner, reactor), reactor, timeout, f"tls+{description}", refused
-    )
+    secured = wrapClientTLS(creator, inner, twisted_clock(reactor))
+    return HandshakeEndpoint(secured, reactor, timeout, f"tls+{description}", refused)

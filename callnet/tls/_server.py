@@ -20,6 +20,7 @@ from zope.interface import implementer
 
 from callnet.config import Limits, TLSSettings
 from callnet.errors import ConfigError
+from callnet.reactors import DispatchReactor
 from callnet.tls._credentials import AEAD_CIPHERS, certificate_names, load_credentials
 from callnet.tls._deadline import with_handshake_deadline
 from callnet.tls._listen import parse_listen
@@ -124,7 +125,7 @@ def _server_creator(settings: TLSSettings, description: str) -> _ServerCreator:
 
 
 def server_endpoint(
-    reactor: Any,
+    reactor: DispatchReactor,
     description: str,
     settings: TLSSettings,
     handshake_timeout: float = Limits.tls_handshake_timeout,
