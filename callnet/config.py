@@ -290,6 +290,41 @@ class ClusterSettings:
         ends a routing loop however the catalogs disagree.""",
         option="--max-hops",
     )
+    discover: str | None = setting(
+        None,
+        checks.discover,
+        """Find more peers in DNS: SRV records, or the A and AAAA records of a name
+        whose nodes all listen on one port.  Written "dns-srv:NAME" (a Kubernetes
+        headless Service's _port._tcp name, Consul's NAME.service.consul) or
+        "dns-a:NAME:PORT".  Peers that appear are dialled, peers that go are
+        drained and dropped; a discovered peer's name is the one its handshake
+        gives.""",
+        option="--discover",
+        shown="none",
+    )
+    discover_min_interval: float = setting(
+        5.0,
+        checks.seconds,
+        """Shortest time in seconds between two DNS lookups of discover, whatever the
+        records' TTL (Consul answers with TTL 0): the load on DNS stays bounded,
+        and a failed lookup is retried after it, doubling up to
+        discover_max_interval.""",
+    )
+    discover_max_interval: float = setting(
+        60.0,
+        checks.seconds,
+        """Longest time in seconds between two DNS lookups of discover, whatever the
+        records' TTL: a record cached for a day still leaves a new node found
+        within a minute.""",
+    )
+    discover_nameservers: tuple[str, ...] = setting(
+        (),
+        checks.nameservers,
+        """DNS servers to ask for discover, as "HOST" or "HOST:PORT" (Consul's DNS
+        interface listens on 127.0.0.1:8600); empty, the servers of
+        /etc/resolv.conf.""",
+        shown="[]",
+    )
 
 
 @dataclass(frozen=True)
