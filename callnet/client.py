@@ -17,6 +17,7 @@ import heapq
 import itertools
 import math
 from collections.abc import Callable, Iterable
+from dataclasses import replace
 from typing import Any, Protocol, cast
 
 from twisted.internet.defer import Deferred, fail, succeed
@@ -44,10 +45,13 @@ from callnet.wire import (
     BadLine,
     Call,
     ErrorReply,
+    Item,
     LineDecoder,
+    Progress,
     Success,
     encode_call,
     encode_command,
+    encode_more,
     encode_simple_call,
 )
 
@@ -173,6 +177,9 @@ class ClientProtocol(TwistedProtocol):
         #: finds the node silent compares it again after the reactor has read
         #: its sockets: a busy reactor's clock moves on while bytes wait unread.
         self.reads = 0
+        #: Per tag, what takes the ITEM and PROGRESS lines of a call in
+        #: flight that has them (see L{call_with_events}).
+        self.listeners: dict[str, Callable[[Item | Progress], object]] = {}
 
     @property
     def in_flight(self) -> int:
@@ -230,6 +237,31 @@ class ClientProtocol(TwistedProtocol):
             return fail(InvalidArgumentError(f"arguments are not JSON: {e}", Outcome.NOT_RUN))
         return self._send(tag, line, procedure, timeout)
 
+    def call_with_events(
+        self, call: Call, timeout: float, listener: Callable[[Item | Progress], object]
+    ) -> tuple[str, Deferred[Any]]:
+        """
+        Send a call (a stream's, with C{+window}, or one with C{+progress})
+        under a new tag, whose C{ITEM} and C{PROGRESS} lines go to
+        C{listener} as they come, before its final reply.
+
+        @return: the tag (for L{more}) and the Deferred of the final reply.
+        """
+        if not self._connected:
+            return "", fail(UnavailableError("not connected", Outcome.NOT_RUN, self.node_name))
+        tag = next(self._tags)
+        try:
+            line = encode_call(replace(call, tag=tag, timeout=timeout))
+        except (TypeError, ValueError) as e:
+            return tag, fail(InvalidArgumentError(f"arguments are not JSON: {e}", Outcome.NOT_RUN))
+        self.listeners[tag] = listener
+        return tag, self._send(tag, line, call.procedure, timeout)
+
+    def more(self, tag: str, count: int) -> None:
+        """Grant the stream C{tag} C{count} more items (C{MORE}), if it is in flight."""
+        if self._connected and tag in self._pending:
+            self._outbox.write(encode_more(tag, count))
+
     def _send(self, tag: str, line: bytes, procedure: str, timeout: float) -> Deferred[Any]:
         pending = _Pending(Deferred(lambda d: self._abandon(tag, "cancelled")), procedure, timeout)
         pending.bucket = self._deadlines.add(tag, timeout)
@@ -280,6 +312,7 @@ class ClientProtocol(TwistedProtocol):
         if pending is None:
             return
         self._deadlines.remove(tag, pending.bucket)
+        self.listeners.pop(tag, None)
         if why == "deadline":
             error: CallError = DeadlineExceededError(
                 f"no reply to {pending.procedure} within {pending.timeout:g}s",
@@ -308,10 +341,16 @@ class ClientProtocol(TwistedProtocol):
                 if pending is None:
                     continue  # a late reply to a call given up on, or an untagged answer
                 self._deadlines.remove(tag, pending.bucket)  # type: ignore[arg-type]
+                if self.listeners:
+                    self.listeners.pop(tag, None)  # type: ignore[arg-type]
                 if type(event) is Success:
                     pending.deferred.callback(event.value)
                 else:
                     pending.deferred.errback(Failure(cast(ErrorReply, event).error))
+            elif type(event) is Item or type(event) is Progress:
+                listener = self.listeners.get(event.tag) if event.tag is not None else None
+                if listener is not None:
+                    listener(event)
             elif type(event) is BadLine:
                 log.warn(
                     "unreadable line from {node}: {error}", node=self.node_name, error=event.error
@@ -354,6 +393,7 @@ class ClientProtocol(TwistedProtocol):
     def _fail_pending(self, message: str, outcome: Outcome) -> None:
         """Fail every call awaiting a reply, with C{message} naming each one."""
         pending, self._pending = self._pending, {}
+        self.listeners.clear()
         for tag, entry in pending.items():
             self._deadlines.remove(tag, entry.bucket)
             entry.deferred.errback(

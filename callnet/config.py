@@ -163,6 +163,13 @@ class Limits:
         """Seconds a connection may hold an unfinished line: a client that sends
         part of a line and stalls (slowloris) is closed after this.""",
     )
+    progress_interval: float = setting(
+        0.2,
+        checks.seconds,
+        """Seconds between two PROGRESS reports of one call, at least (the newest
+        report waiting wins): five a second is as often as a person can read
+        them, while a procedure may report as often as it likes.""",
+    )
     max_connections_per_address: int = setting(
         64,
         checks.whole(1),

@@ -323,7 +323,7 @@ def peer_states(client: LineClient) -> dict[str, str]:
     return {name: peer["state"] for name, peer in stats_of(client).get("peers", {}).items()}
 
 
-_REPLY = re.compile(r"(#\S+ )?(OK|ERR)\b|\|")
+_REPLY = re.compile(r"(#\S+ )?(OK|ERR|ITEM|PROGRESS)\b|\|")
 
 
 def is_reply(line: str) -> bool:

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import enum
 from collections.abc import Callable
+from functools import partial
 from typing import Any
 
 from twisted.application.internet import ClientService, backoffPolicy
@@ -35,7 +36,7 @@ from callnet.errors import CallError, Outcome, UnavailableError
 from callnet.logs import drop_retry_notices
 from callnet.reactors import Clock, DelayedCall, DispatchReactor, twisted_clock
 from callnet.tls import HandshakeEndpoint
-from callnet.wire import PROTOCOL_VERSION
+from callnet.wire import PROTOCOL_VERSION, Call, Item, Progress
 
 log = Logger()
 
@@ -242,6 +243,26 @@ class Peer:
             return d
         return protocol.call(procedure, args, kwargs, timeout, key, trace, hops, caller)
 
+    def call_with_events(
+        self, call: Call, timeout: float, listener: Callable[[Item | Progress], object]
+    ) -> tuple[Callable[[int], None], Deferred[Any]]:
+        """
+        Forward a call whose C{ITEM} and C{PROGRESS} lines go to C{listener}
+        (a stream, or a call that asked C{+progress}).
+
+        @return: how to grant the stream more items (C{MORE}), and the
+            Deferred of the final reply.
+        """
+        protocol = self._protocol
+        if protocol is None or self.state is not PeerState.UP or not protocol.is_connected:
+            d: Deferred[Any] = Deferred()
+            d.errback(
+                Failure(UnavailableError(f"peer {self.name} is down", Outcome.NOT_RUN, self.name))
+            )
+            return _no_more, d
+        tag, d = protocol.call_with_events(call, timeout, listener)
+        return partial(protocol.more, tag), d
+
     # --- Handshake --------------------------------------------------------------
 
     def _handshake(self, protocol: ClientProtocol) -> Deferred[None]:
@@ -383,6 +404,10 @@ MAX_SIGNATURE = 1024
 MAX_DOC = 4096
 
 
+def _no_more(count: int) -> None:
+    """A call that was never sent takes no grants."""
+
+
 def _read_hello(info: Any) -> tuple[str, dict[str, dict[str, Any]]]:
     """Check a peer's handshake reply; return its name and procedures."""
     if not isinstance(info, dict):
@@ -399,6 +424,7 @@ def _read_hello(info: Any) -> tuple[str, dict[str, dict[str, Any]]]:
             signature, doc = entry.get("signature"), entry.get("doc")
             catalog[entry["name"]] = {
                 "idempotent": bool(entry.get("idempotent")),
+                "stream": entry.get("stream") is True,
                 # What HELP shows of it on this node; bounded, as the peer's
                 # word is only shown, never acted on.
                 "signature": signature[:MAX_SIGNATURE] if isinstance(signature, str) else "",
