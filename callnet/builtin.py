@@ -6,12 +6,12 @@ try every kind of call from a terminal.
 from __future__ import annotations
 
 import time as _time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 from twisted.internet.task import deferLater
 
-from callnet.errors import ERRORS_BY_CODE, InvalidArgumentError
+from callnet.errors import ERRORS_BY_CODE, InvalidArgumentError, Outcome
 from callnet.reactors import Clock, twisted_clock
 from callnet.registry import procedure
 
@@ -89,4 +89,21 @@ def builtin_procedures(clock: Clock) -> list[Callable[..., Any]]:
         await deferLater(twisted_clock(clock), seconds)
         return seconds
 
-    return [echo, add, sleep, time, fail, block, fib]
+    @procedure(run="reactor", idempotent=True)
+    async def count(n: int, interval: float = 0) -> AsyncIterator[int]:
+        """Stream 0 ... n-1, an item every interval seconds; end with n."""
+        # Checked before the first item: nothing was made, so nothing ran.
+        if isinstance(n, bool) or not isinstance(n, int) or n < 0:
+            raise InvalidArgumentError(
+                f"n must be a whole number >= 0, not {n!r}", Outcome.NOT_RUN
+            )
+        try:
+            interval = _seconds(interval)
+        except InvalidArgumentError as e:
+            raise InvalidArgumentError(e.message, Outcome.NOT_RUN) from None
+        for i in range(n):
+            if i and interval:
+                await deferLater(twisted_clock(clock), interval)
+            yield i
+
+    return [echo, add, sleep, time, fail, block, fib, count]

@@ -163,6 +163,13 @@ class Limits:
         """Seconds a connection may hold an unfinished line: a client that sends
         part of a line and stalls (slowloris) is closed after this.""",
     )
+    progress_interval: float = setting(
+        0.2,
+        checks.seconds,
+        """Seconds between two PROGRESS reports of one call, at least (the newest
+        report waiting wins): five a second is as often as a person can read
+        them, while a procedure may report as often as it likes.""",
+    )
     max_connections_per_address: int = setting(
         64,
         checks.whole(1),
@@ -282,6 +289,41 @@ class ClusterSettings:
         """How many times a call may be forwarded: past this it is refused, which
         ends a routing loop however the catalogs disagree.""",
         option="--max-hops",
+    )
+    discover: str | None = setting(
+        None,
+        checks.discover,
+        """Find more peers in DNS: SRV records, or the A and AAAA records of a name
+        whose nodes all listen on one port.  Written "dns-srv:NAME" (a Kubernetes
+        headless Service's _port._tcp name, Consul's NAME.service.consul) or
+        "dns-a:NAME:PORT".  Peers that appear are dialled, peers that go are
+        drained and dropped; a discovered peer's name is the one its handshake
+        gives.""",
+        option="--discover",
+        shown="none",
+    )
+    discover_min_interval: float = setting(
+        5.0,
+        checks.seconds,
+        """Shortest time in seconds between two DNS lookups of discover, whatever the
+        records' TTL (Consul answers with TTL 0): the load on DNS stays bounded,
+        and a failed lookup is retried after it, doubling up to
+        discover_max_interval.""",
+    )
+    discover_max_interval: float = setting(
+        60.0,
+        checks.seconds,
+        """Longest time in seconds between two DNS lookups of discover, whatever the
+        records' TTL: a record cached for a day still leaves a new node found
+        within a minute.""",
+    )
+    discover_nameservers: tuple[str, ...] = setting(
+        (),
+        checks.nameservers,
+        """DNS servers to ask for discover, as "HOST" or "HOST:PORT" (Consul's DNS
+        interface listens on 127.0.0.1:8600); empty, the servers of
+        /etc/resolv.conf.""",
+        shown="[]",
     )
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import re
+import socket
 from collections.abc import Callable, Iterable
 
 #: A check: the value as given -> the value as held.
@@ -103,6 +104,80 @@ def peers(value: object) -> object:
     if len(set(names)) != len(names):
         raise ExpectationError("pairs with each peer name once")
     return tuple(checked)
+
+
+#: The ways a node may find its peers besides C{[peers]}: C{dns-srv:NAME}
+#: (SRV records give each peer's host and port) and C{dns-a:NAME:PORT} (the
+#: A and AAAA records of a headless service, every peer on one port).
+DISCOVER_SCHEMES = ("dns-srv", "dns-a")
+
+DNS_NAME = re.compile(
+    r"(?=.{1,253}\.?\Z)([A-Za-z0-9_]([A-Za-z0-9_\-]{0,61}[A-Za-z0-9_])?\.)*"
+    r"[A-Za-z0-9_]([A-Za-z0-9_\-]{0,61}[A-Za-z0-9_])?\.?\Z"
+)
+
+
+def discover_target(text: str) -> tuple[str, str, int | None]:
+    """
+    Read a C{discover} string: its scheme, the DNS name to look up, and for
+    C{dns-a} the port every peer listens on.
+
+    @raise ValueError: saying what the string must be instead.
+    """
+    scheme, _, rest = text.partition(":")
+    if scheme == "dns-srv" and DNS_NAME.match(rest):
+        return scheme, rest, None
+    if scheme == "dns-a":
+        name, _, port = rest.rpartition(":")
+        if DNS_NAME.match(name) and port.isdigit() and 0 < int(port) < 65536:
+            return scheme, name, int(port)
+    raise ValueError(
+        '"dns-srv:NAME" (SRV records) or "dns-a:NAME:PORT" (A/AAAA records, one port),'
+        " NAME a DNS name"
+    )
+
+
+def discover(value: object) -> object:
+    if not isinstance(value, str):
+        raise ExpectationError('a string such as "dns-srv:_callnet._tcp.callnet.example"')
+    try:
+        discover_target(value)
+    except ValueError as e:
+        raise ExpectationError(str(e)) from None
+    return value
+
+
+def nameservers(value: object) -> object:
+    """A list of C{HOST:PORT} or C{HOST} (port 53) of DNS servers."""
+    expectation = 'a list of DNS servers as "HOST" or "HOST:PORT" (IPv6 as "[HOST]:PORT")'
+    if not isinstance(value, list | tuple):
+        raise ExpectationError(expectation)
+    checked = []
+    for item in value:
+        if not isinstance(item, str):
+            raise ExpectationError(expectation)
+        found = re.fullmatch(r"\[([0-9A-Fa-f:.]+)\](?::(\d{1,5}))?|([0-9.]+)(?::(\d{1,5}))?", item)
+        if found is None:
+            raise ExpectationError(expectation)
+        host = found.group(1) or found.group(3)
+        port = int(found.group(2) or found.group(4) or 53)
+        try:
+            socket.inet_pton(socket.AF_INET6 if found.group(1) else socket.AF_INET, host)
+        except OSError:
+            raise ExpectationError(expectation) from None
+        if not 0 < port < 65536:
+            raise ExpectationError(expectation)
+        checked.append(item)
+    return tuple(checked)
+
+
+def nameserver_address(text: str) -> tuple[str, int]:
+    """The host and port of a checked C{discover_nameservers} entry."""
+    if text.startswith("["):
+        host, _, port = text[1:].partition("]")
+        return host, int(port[1:]) if port else 53
+    host, _, port = text.partition(":")
+    return host, int(port) if port else 53
 
 
 #: A token must be long enough that guessing it is hopeless.

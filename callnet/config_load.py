@@ -96,6 +96,12 @@ def _build(
             f"{_prefix(source)}{label('default_timeout')} ({default:g}) must not be greater"
             f" than {label('max_timeout')} ({longest:g})"
         )
+    low, high = config.cluster.discover_min_interval, config.cluster.discover_max_interval
+    if low > high:
+        raise ConfigError(
+            f"{_prefix(source)}{label('discover_min_interval')} ({low:g}) must not be greater"
+            f" than {label('discover_max_interval')} ({high:g})"
+        )
     _check_endpoints(config, _prefix(source), label)
     return config
 

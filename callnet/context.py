@@ -17,11 +17,16 @@ node would send them (here, or a peer), and are cancelled when the call is:
 by its caller, its deadline, or its caller's departure.
 A plain (thread-pool) procedure uses L{CallContext.call_blocking} instead,
 and can poll L{CallContext.cancelled} to stop early.
+
+A long call may say how far it has got with L{CallContext.progress}, from
+any thread; the node sends the newest report to a caller that asked for
+them, at most one every C{progress_interval} seconds.
 """
 
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 from typing import Any, Protocol
 
 from twisted.internet.defer import Deferred, fail, succeed
@@ -29,7 +34,7 @@ from twisted.python.failure import Failure
 
 from callnet.access import NODE_CALLER, Caller
 from callnet.errors import DeadlineExceededError, Outcome, WrongThreadError
-from callnet.reactors import Clock, DispatchReactor
+from callnet.reactors import Clock, DelayedCall, DispatchReactor
 from callnet.tracing import TraceIds
 from callnet.wire import Call
 
@@ -49,6 +54,9 @@ class Dispatcher(Protocol):
     def start(self, call: Call, caller: Caller = ...) -> Any: ...
 
 
+#: Takes a call's progress reports: done, total, message.
+ProgressSink = Callable[[float, "float | None", "str | None"], None]
+
 #: How much longer than the time left a thread waits for a nested call's
 #: answer: the node's own deadline normally answers first.
 _GRACE = 0.25
@@ -64,6 +72,8 @@ class CallContext:
         procedure: str,
         deadline: float,
         caller: Caller = NODE_CALLER,
+        progress: ProgressSink | None = None,
+        progress_interval: float = 0.2,
     ) -> None:
         self._dispatcher = dispatcher
         self._call = call
@@ -82,6 +92,15 @@ class CallContext:
         self.cancelled = False
         self._children: set[Deferred[Any]] = set()
         self._reactor_thread = threading.get_ident()
+        # Progress: where reports go (None: the caller did not ask), the
+        # newest one not yet sent, and when the last one went.
+        self._progress = progress
+        self._progress_interval = progress_interval
+        self._progress_lock = threading.Lock()
+        self._pending: tuple[float, float | None, str | None] | None = None
+        self._progress_due = False
+        self._progress_timer: DelayedCall | None = None
+        self._progress_sent = float("-inf")
 
     def remaining(self) -> float:
         """Seconds left before the call's deadline."""
@@ -165,6 +184,65 @@ class CallContext:
             result.raiseException()
         return result
 
+    def progress(
+        self, done: float, total: float | None = None, message: str | None = None
+    ) -> None:
+        """
+        Say how far the call has got: C{done} of C{total} (C{None}: not
+        known), with an optional line of text.  Callable from any thread,
+        and cheap: the node sends the newest report at most once every
+        C{progress_interval}, and only to a caller that asked for them
+        (C{+progress}).  Advisory: reports may be dropped, never waited for.
+
+        @raise ValueError: C{done} or C{total} is not a number C{>= 0}.
+        """
+        for value in (done,) if total is None else (done, total):
+            if isinstance(value, bool) or not isinstance(value, int | float) or not value >= 0:
+                raise ValueError(f"progress counts are numbers >= 0, not {value!r}")
+            if value == float("inf"):
+                raise ValueError("progress counts are finite")
+        if message is not None and not isinstance(message, str):
+            raise ValueError(f"a progress message is text, not {message!r}")
+        if self._progress is None:
+            return
+        with self._progress_lock:
+            self._pending = (done, total, message)
+            if self._progress_due:
+                return  # the report waiting to go is replaced: the newest wins
+            self._progress_due = True
+        if threading.get_ident() == self._reactor_thread:
+            self._schedule_progress()
+        else:
+            self._dispatcher.reactor.callFromThread(self._schedule_progress)
+
+    def _schedule_progress(self) -> None:
+        """(In the reactor.)  Send the waiting report now, or when the interval allows."""
+        if self.cancelled or self._progress is None:
+            return
+        wait = self._progress_sent + self._progress_interval - self._dispatcher.clock.seconds()
+        if wait > 0:
+            self._progress_timer = self._dispatcher.clock.callLater(wait, self._send_progress)
+        else:
+            self._send_progress()
+
+    def _send_progress(self) -> None:
+        self._progress_timer = None
+        with self._progress_lock:
+            report, self._pending = self._pending, None
+            self._progress_due = False
+        sink = self._progress
+        if report is None or sink is None or self.cancelled:
+            return
+        self._progress_sent = self._dispatcher.clock.seconds()
+        sink(*report)
+
+    def ended(self) -> None:
+        """The call has ended: no report goes after its answer."""
+        self._progress = None
+        timer, self._progress_timer = self._progress_timer, None
+        if timer is not None:
+            timer.cancel()
+
     def _child_done(self, result: Any, child: Deferred[Any]) -> Any:
         self._children.discard(child)
         return result
@@ -179,6 +257,7 @@ class CallContext:
     def cancel(self) -> None:
         """The call ended early: cancel every nested call still running."""
         self.cancelled = True
+        self.ended()
         children, self._children = self._children, set()
         for child in children:
             child.cancel()

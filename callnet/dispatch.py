@@ -9,7 +9,7 @@ connections: the protocol hands it calls and writes what comes back.
 from __future__ import annotations
 
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from concurrent.futures import Executor
 from typing import Any
 
@@ -20,7 +20,7 @@ from twisted.python.failure import Failure
 
 from callnet.access import NODE_CALLER, AccessPolicy, Caller
 from callnet.config import Limits, Security
-from callnet.context import CallContext
+from callnet.context import CallContext, ProgressSink
 from callnet.errors import (
     CallCancelledError,
     CallError,
@@ -43,10 +43,11 @@ from callnet.execution import (
 from callnet.forwarding import Forwarder
 from callnet.idempotency import KeyStore, fingerprint
 from callnet.reactors import DelayedCall, DispatchReactor
-from callnet.registry import Registry
+from callnet.registry import Procedure, Registry
 from callnet.stats import UNKNOWN_PROCEDURE, NodeStats, ProcedureStats, duration_buckets
+from callnet.streaming import InReactorSource, InThreadSource, Source, Stream
 from callnet.tracing import TraceIds, with_trace
-from callnet.wire import Call, encode_json
+from callnet.wire import Call, encode_item, encode_json
 from callnet.workers import ThreadRunner
 
 log = Logger()
@@ -103,9 +104,11 @@ class Dispatcher:
         self._limits = limits
         self.node_name = node_name
         #: Where procedures run, by their C{run}.
+        self._threads = threadpool
+        self._thread_results = ThreadResults(reactor)
         self._executions: dict[str, Execution] = {
             "reactor": InReactor(),
-            "thread": InThread(threadpool, ThreadResults(reactor)),
+            "thread": InThread(threadpool, self._thread_results),
             "process": InProcess(reactor, process_pool),
         }
         self._send_tracebacks = send_tracebacks
@@ -188,7 +191,13 @@ class Dispatcher:
             return fail(outcome)
         return succeed(outcome)
 
-    def start(self, call: Call, caller: Caller = NODE_CALLER) -> Any:
+    def start(
+        self,
+        call: Call,
+        caller: Caller = NODE_CALLER,
+        streams: bool = False,
+        progress: ProgressSink | None = None,
+    ) -> Any:
         """
         Like L{dispatch}, but a call that ends at once is not wrapped.
 
@@ -198,8 +207,14 @@ class Dispatcher:
         @param caller: who makes the call, as its connection authenticated
             (the node itself by default).  A call a peer forwards for another
             caller (C{+caller}) is judged as that caller's.
-        @return: a L{Deferred} for work still running; a L{Failure} of a
-            L{CallError} for a call that failed at once; otherwise the result.
+        @param streams: the caller can take a stream's items (a connection
+            can; a multicall or a nested call cannot, and a stream is
+            refused to them).
+        @param progress: where the call's progress reports go, if its caller
+            asked for them.
+        @return: a L{Deferred} for work still running; a L{Stream} for a
+            stream; a L{Failure} of a L{CallError} for a call that failed at
+            once; otherwise the result.
         """
         if call.caller is not None:
             caller = self.access.on_behalf(caller, call.caller, caller.name)
@@ -216,6 +231,8 @@ class Dispatcher:
                 return Failure(refusal)
         if call.key is not None:
             return self._start_keyed(call, caller)
+        if streams or progress is not None:
+            return self._start(call, caller, None, streams, progress)
         return self._start(call, caller)
 
     def _refusal(self, call: Call, caller: Caller) -> CallError | None:
@@ -269,25 +286,39 @@ class Dispatcher:
             return Failure(e)
         return self.keys.run(scope, call.key, called, timeout, lambda: self._start(call, caller))
 
-    def _start(self, call: Call, caller: Caller, owner_scope: str | None = None) -> Any:
+    def _start(
+        self,
+        call: Call,
+        caller: Caller,
+        owner_scope: str | None = None,
+        streams: bool = False,
+        progress: ProgressSink | None = None,
+    ) -> Any:
         """
         Start a call here, or forward it.
 
         @param owner_scope: forward this keyed call to the owner of its key
             for this caller, a peer, even if this node serves the procedure.
+        @param streams: see L{start}.
         """
         name, target = call.procedure, None
         if "@" in name:
             name, _, target = name.partition("@")
         local = (target is None or target == self.node_name) and owner_scope is None
         entry = self.registry.find(name) if local else None
+        stream = False
         try:
             if entry is not None:
                 entry.check_arguments(call.args, call.kwargs)
+                stream = entry.stream
             elif target == self.node_name:
                 raise NotFoundError(f"no procedure named {name[:80]!r} on {target}; try HELP")
             else:
                 self._check_routable(call, name, target)
+                assert self.forwarder is not None
+                stream = self.forwarder.streams(name, target)
+            if stream:
+                _check_stream(call, name, streams)
             timeout = self._budget(call)
         except CallError as e:
             self.stats.refused(self.label(name), e.code)
@@ -300,15 +331,35 @@ class Dispatcher:
             # traceparent with this hop's own parent id.
             call = with_trace(call, self.trace_ids.next_hop(call.trace))
             stats = self.stats.started(name)
+            if stream:
+                relayed = Stream()
+                source = self.forwarder.forward_stream(
+                    call, name, timeout, target, caller, relayed.deliver, progress
+                )
+                running = _RunningCall(self, name, (), stats, source.done, timeout, began)
+                relayed.attach(source, running.result)
+                return relayed
             here = owner_scope is not None and self.registry.find(name) is not None
-            work = self.forwarder.forward(call, name, timeout, target, caller, owner_scope, here)
+            work = self.forwarder.forward(
+                call, name, timeout, target, caller, owner_scope, here, progress
+            )
             return _RunningCall(self, name, (), stats, work, timeout, began).result
         stats = self.stats.started(entry.name)
         kwargs = call.kwargs
         context = None
         if entry.context_param is not None:
-            context = CallContext(self, call, entry.name, self.reactor.seconds() + timeout, caller)
+            context = CallContext(
+                self,
+                call,
+                entry.name,
+                self.reactor.seconds() + timeout,
+                caller,
+                progress,
+                self._limits.progress_interval,
+            )
             kwargs = {**kwargs, entry.context_param: context}
+        if stream:
+            return self._start_stream(entry, call, kwargs, context, stats, timeout, began)
         try:
             result = self._executions[entry.run].start(entry.function, call.args, kwargs)
         except BaseException:
@@ -325,6 +376,38 @@ class Dispatcher:
             self, entry.name, entry.errors, stats, result, timeout, began, context
         )
         return running.result
+
+    def _start_stream(
+        self,
+        entry: Procedure,
+        call: Call,
+        kwargs: Mapping[str, Any],
+        context: CallContext | None,
+        stats: ProcedureStats,
+        timeout: float,
+        began: float,
+    ) -> Stream:
+        """Start a generator procedure: its items are pulled as the caller grants them."""
+        stream = Stream()
+        tag = call.tag
+
+        def encode(value: Any) -> bytes:
+            return encode_item(value, tag)
+
+        # Calling a generator function runs none of its code.
+        generator = entry.function(*call.args, **kwargs)
+        source: Source
+        if entry.run == "thread":
+            source = InThreadSource(
+                generator, encode, stream.deliver, self._threads, self._thread_results.put
+            )
+        else:
+            source = InReactorSource(generator, encode, stream.deliver)
+        running = _RunningCall(
+            self, entry.name, entry.errors, stats, source.done, timeout, began, context
+        )
+        stream.attach(source, running.result)
+        return stream
 
     def _check_routable(self, call: Call, name: str, target: str | None) -> None:
         """Refuse a call that is not for this node and cannot be forwarded."""
@@ -384,6 +467,27 @@ class Dispatcher:
                 error = InternalError(message, Outcome.RAN)
         error.node = error.node or self.node_name
         return error
+
+
+def _check_stream(call: Call, name: str, streams: bool) -> None:
+    """
+    Refuse a call of a stream that could not take its items as streams
+    are sent (see docs/protocol.md, Streams).
+    """
+    if call.cast:
+        why = f"{name} is a stream: it cannot be cast"
+    elif call.key is not None:
+        why = f"{name} is a stream: it cannot carry an idempotency key (+key)"
+    elif not streams:
+        why = f"{name} is a stream: a multicall or a nested call cannot take its items"
+    elif call.tag is not None and call.window is None:
+        why = (
+            f"{name} is a stream: ask for it with +window=N (Client.stream),"
+            " and grant more items with MORE"
+        )
+    else:
+        return
+    raise InvalidArgumentError(why, Outcome.NOT_RUN)
 
 
 def _describe(error: BaseException) -> str:
@@ -488,6 +592,8 @@ class _RunningCall:
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
+        if self._context is not None:
+            self._context.ended()
         failed = isinstance(outcome, Failure)
         dispatcher = self._dispatcher
         code = outcome.value.code if failed else None

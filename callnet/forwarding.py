@@ -7,13 +7,18 @@ the cluster.
 
 from __future__ import annotations
 
-from typing import Any, Protocol
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, Protocol
 
 from twisted.internet.defer import Deferred
 
 from callnet.access import Caller
 from callnet.errors import CallError
 from callnet.wire import Call
+
+if TYPE_CHECKING:
+    from callnet.context import ProgressSink
+    from callnet.streaming import Source
 
 
 class Forwarder(Protocol):
@@ -49,5 +54,29 @@ class Forwarder(Protocol):
         caller: Caller,
         owner_scope: str | None,
         here: bool,
+        progress: ProgressSink | None = None,
     ) -> Deferred[Any]:
-        """Forward a call; cancelling the Deferred cancels it downstream."""
+        """
+        Forward a call; cancelling the Deferred cancels it downstream.
+
+        @param progress: takes the call's progress reports, if its caller
+            asked for them.
+        """
+
+    def streams(self, procedure: str, target: str | None = None) -> bool:
+        """Whether the peers serving C{procedure} (node C{target}) say it is a stream."""
+
+    def forward_stream(
+        self,
+        call: Call,
+        procedure: str,
+        timeout: float,
+        target: str | None,
+        caller: Caller,
+        emit: Callable[[bytes], None],
+        progress: ProgressSink | None = None,
+    ) -> Source:
+        """
+        Forward a stream: its items are relayed to C{emit} as lines for
+        C{call}'s tag, as far as the credit granted to the source goes.
+        """

@@ -10,6 +10,7 @@ import multiprocessing
 import signal
 from collections.abc import Callable
 from concurrent.futures import Executor, ProcessPoolExecutor
+from dataclasses import replace
 from multiprocessing import resource_tracker
 from multiprocessing.process import BaseProcess
 from typing import Any
@@ -22,6 +23,7 @@ from twisted.internet.error import CannotListenError
 from twisted.internet.task import deferLater
 from twisted.logger import Logger
 
+from callnet.cluster import DISCOVER_SETTINGS
 from callnet.config import NodeConfig
 from callnet.errors import ConfigError, StartError
 from callnet.metrics import Metrics, metrics_service
@@ -144,11 +146,18 @@ class NodeService(MultiService):
             changes.append("tokens or access rules")
         if added or removed:
             changes.append(f"peers +{added} -{removed}")
+        found_by = {key: getattr(new.cluster, key) for key in DISCOVER_SETTINGS}
+        if found_by != {key: getattr(old.cluster, key) for key in DISCOVER_SETTINGS}:
+            changes.append(f"discover {new.cluster.discover or 'off'}")
         unapplied = [
             key
-            for key in ("listen", "name", "threads", "processes", "limits", "tls", "cluster")
+            for key in ("listen", "name", "threads", "processes", "limits", "tls")
             if getattr(new, key) != getattr(old, key)
         ]
+        # The discover settings apply on reload; the cluster's timings wait.
+        kept = {key: getattr(old.cluster, key) for key in DISCOVER_SETTINGS}
+        if replace(new.cluster, **kept) != old.cluster:
+            unapplied.append("cluster")
         log.info(
             "reloaded: {changes}{later}",
             changes="; ".join(changes) or "nothing changed",

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import replace
+from functools import partial
 from typing import Any, cast
 from typing import Protocol as Interface
 
@@ -38,9 +39,10 @@ from callnet.reactors import DelayedCall, DispatchReactor, set_no_delay
 from callnet.replies import encode_result, log_access, trace_failure
 from callnet.sending import Outbox
 from callnet.session import AUTH_DELAY, MAX_AUTH_FAILURES, ORDINARY_ENDS, Session, Slot
+from callnet.streaming import Stream
 from callnet.telnet import TelnetFilter
 from callnet.tracing import with_trace
-from callnet.wire import Call, Command
+from callnet.wire import Call, Command, encode_progress
 
 
 class Listener(Interface):
@@ -93,6 +95,8 @@ class NodeProtocol(Protocol):
         self._host: str | None = None
         self._counted = False
         self._timers: dict[str, DelayedCall] = {}
+        # The progress reports of the call being started, until followed.
+        self._watch: _Watch | None = None
 
     # --- Connection lifecycle (Twisted's events) ----------------------------------
 
@@ -219,7 +223,15 @@ class NodeProtocol(Protocol):
             call = factory.dispatcher.traced(call)
         elif factory.access_log:
             call = with_trace(call, factory.dispatcher.trace_ids.new())
-        outcome = factory.dispatcher.start(call, caller)
+        watch = self._watch = _Watch(self.session, call.tag) if call.progress else None
+        outcome = factory.dispatcher.start(call, caller, True, watch.report if watch else None)
+        if type(outcome) is Stream:
+            result = outcome.result
+            if factory.access_log:
+                log_access(call, result, factory.clock, str(caller), self._host)
+            if call.trace is not None or call.tag is not None:
+                result.addErrback(trace_failure, call, factory.dispatcher.trace_ids)
+            return outcome
         if factory.access_log:
             outcome = log_access(call, outcome, factory.clock, str(caller), self._host)
         if isinstance(outcome, Deferred):
@@ -233,22 +245,33 @@ class NodeProtocol(Protocol):
             trace_failure(outcome, call, factory.dispatcher.trace_ids)
         return self._reply(outcome, call.tag)
 
-    def follow(self, work: Deferred[Any], call: Call, slot: Slot | None) -> None:
+    def follow(self, work: Any, call: Call, slot: Slot | None) -> Stream | None:
+        watch, self._watch = self._watch, None
+        if watch is not None:
+            watch.work, watch.slot = work, slot
+        if type(work) is Stream:
+            work.on_item = partial(self.session.stream_item, work)
+            if slot is not None:
+                work.result.addBoth(self._untagged_done, slot)
+            else:
+                work.result.addBoth(self._tagged_done, call.tag, work)
+            return work
         if call.cast:
             work.addBoth(self._cast_done, call, work)
         elif slot is not None:
             work.addBoth(self._untagged_done, slot)
         else:
             work.addBoth(self._tagged_done, call.tag, work)
+        return None
 
     def _untagged_done(self, result: Any, slot: Slot) -> None:
         self.session.untagged_finished(slot, encode_result(result, None, self.factory.node_name))
 
-    def _tagged_done(self, result: Any, tag: str | None, work: Deferred[Any]) -> None:
+    def _tagged_done(self, result: Any, tag: str | None, work: Any) -> None:
         line = encode_result(result, tag, self.factory.node_name)
         self.session.tagged_finished(tag, work, line)
 
-    def cancel_call(self, work: Deferred[Any]) -> None:
+    def cancel_call(self, work: Deferred[Any] | Stream) -> None:
         work.cancel()
 
     def detach_cast(self, work: Deferred[Any]) -> None:
@@ -327,3 +350,20 @@ class NodeProtocol(Protocol):
             )
         if work is not None:
             self.session.cast_finished(work)
+
+
+class _Watch:
+    """Where a call's progress reports go: its line, through the session, in its turn."""
+
+    __slots__ = ("session", "slot", "tag", "work")
+
+    def __init__(self, session: Session, tag: str | None) -> None:
+        self.session = session
+        self.tag = tag
+        self.work: Any = None
+        self.slot: Slot | None = None
+
+    def report(self, done: float, total: float | None, message: str | None) -> None:
+        if self.work is not None:
+            line = encode_progress(done, total, message, self.tag)
+            self.session.progress(self.work, self.tag, self.slot, line)

@@ -20,6 +20,11 @@ C{async def} function, or one declared C{run="reactor"} (for example one that
 returns a Deferred), runs in the reactor and must not block; one declared
 C{run="process"} runs in a pool of worker processes, for CPU-bound work.
 
+A function that yields is a stream (L{Procedure.stream}): a generator
+(C{def ... yield}) is pulled in the thread pool, an async generator
+(C{async def ... yield}) in the reactor, one item at a time as the caller
+grants them (see L{callnet.streaming}).
+
 The parameters' annotations say which JSON values each takes, and a call
 whose arguments do not fit is refused before the procedure runs (see
 L{callnet.argtypes}).
@@ -64,6 +69,9 @@ class Procedure:
     #: C{multicall}'s C{procedure} does), so that access rules judge that
     #: procedure too, however the argument is passed.
     calls: str | None = None
+    #: Whether it yields its result as a stream of items (a generator or an
+    #: async generator function) rather than returning one value.
+    stream: bool = False
     # How many positional arguments a call may pass with no keywords, when
     # that alone decides whether they fit (see check_arguments).
     _positional: range | None = field(init=False, repr=False, compare=False)
@@ -162,6 +170,7 @@ class Procedure:
             "doc": self.doc,
             "run": self.run,
             "idempotent": self.idempotent,
+            **({"stream": True} if self.stream else {}),
         }
 
 
@@ -281,8 +290,13 @@ def _resolve_errors(
     return tuple(resolved)
 
 
+def _is_stream(function: Callable[..., Any]) -> bool:
+    """Whether calling the function makes a generator or an async generator."""
+    return inspect.isgeneratorfunction(function) or inspect.isasyncgenfunction(function)
+
+
 def _default_run(function: Callable[..., Any], signature: inspect.Signature) -> Run:
-    if inspect.iscoroutinefunction(function):
+    if inspect.iscoroutinefunction(function) or inspect.isasyncgenfunction(function):
         return "reactor"
     returns = signature.return_annotation
     if isinstance(returns, str) and returns.startswith("Deferred"):
@@ -333,6 +347,16 @@ class Registry:
             raise ValueError(f"procedure {name}: run must be thread, reactor or process")
         if declared.calls is not None and declared.calls not in signature.parameters:
             raise ValueError(f"procedure {name}: calls={declared.calls!r} names no parameter")
+        stream = _is_stream(function)
+        if stream:
+            # A generator runs where its kind says: pulled in a thread, or
+            # resumed in the reactor; neither crosses to a process.
+            kind: Run = "reactor" if inspect.isasyncgenfunction(function) else "thread"
+            if run != kind:
+                raise ValueError(
+                    f"procedure {name}: a{'n async' if kind == 'reactor' else ''} generator"
+                    f" runs in the {kind}, not run={run!r}"
+                )
         entry = Procedure(
             name=name,
             function=function,
@@ -342,6 +366,7 @@ class Registry:
             signature=signature,
             context_param=context_param,
             calls=declared.calls,
+            stream=stream,
         )
         self._procedures[name] = entry
         return entry
@@ -403,16 +428,21 @@ class Registry:
             if entry.doc:
                 lines += ["", *("    " + line if line else "" for line in entry.doc.splitlines())]
             notes = [f"runs in: {entry.run}"]
+            if entry.stream:
+                notes.insert(0, "a stream: answers with ITEM lines, then OK")
             if entry.idempotent:
                 notes.append("idempotent")
             lines += ["", "; ".join(notes)]
             return "\n".join(lines)
-        rows = sorted([(e.usage, e.summary) for e in self.procedures()] + list(others))
+        rows = sorted(
+            [(e.usage + (" [stream]" if e.stream else ""), e.summary) for e in self.procedures()]
+            + list(others)
+        )
         width = min(max((len(usage) for usage, _ in rows), default=0), 48)
         lines = [f"{usage:<{width}}  {summary}".rstrip() for usage, summary in rows]
         lines += [
             "",
-            "Commands: HELP [name], LIST, PING, STATS, CANCEL tag, QUIT",
+            "Commands: HELP [name], LIST, PING, STATS, CANCEL tag, MORE #tag n, QUIT",
             "Call with: name arg1 arg2 key=value   (arguments are JSON or bare words)",
         ]
         return "\n".join(lines)

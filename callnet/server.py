@@ -252,6 +252,7 @@ class NodeFactory(Factory):
                     "signature": info["signature"],
                     "doc": info["doc"],
                     "idempotent": info["idempotent"],
+                    **({"stream": True} if info.get("stream") else {}),
                     "nodes": info["nodes"],
                 }
         if tag is not None:
@@ -292,6 +293,8 @@ def _remote_help(entry: dict[str, Any]) -> str:
     if entry["doc"]:
         lines += ["", *("    " + line if line else "" for line in entry["doc"].splitlines())]
     notes = [f"runs on: {', '.join(entry['nodes'])}"]
+    if entry.get("stream"):
+        notes.insert(0, "a stream: answers with ITEM lines, then OK")
     if entry["idempotent"]:
         notes.append("idempotent")
     return "\n".join([*lines, "", "; ".join(notes)])
@@ -303,5 +306,8 @@ def _remote_lines(described: dict[str, dict[str, Any]], local: list[str]) -> lis
     for name in sorted(set(described) - set(local)):
         entry = described[name]
         summary = entry["doc"].strip().splitlines()[0] if entry["doc"].strip() else ""
-        rows.append((f"{name}{entry['signature']}", f"[on {', '.join(entry['nodes'])}] {summary}"))
+        stream = " [stream]" if entry.get("stream") else ""
+        rows.append(
+            (f"{name}{entry['signature']}{stream}", f"[on {', '.join(entry['nodes'])}] {summary}")
+        )
     return rows

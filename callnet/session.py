@@ -39,6 +39,13 @@ The connection's life, in the manner of h11's state table::
 
 Casts never hold a connection open: they are counted against the calls in
 flight while it is open, and left to run on once it closes.
+
+Streams: a call whose work yields items (L{Producer}) makes them only as far
+as the session grants.  A tagged stream is granted its C{+window}, then what
+each C{MORE} grants, and its items are written as they come.  An untagged
+stream is granted one item at a time, and its items wait in its slot until
+its turn comes, one at most.  While the connection's output is backed up
+every stream is held, so a reader that does not read stops the producers.
 """
 
 from __future__ import annotations
@@ -60,6 +67,7 @@ from callnet.errors import (
     UnimplementedError,
 )
 from callnet.wire import (
+    MAX_WINDOW,
     BadLine,
     Call,
     Command,
@@ -139,12 +147,14 @@ class Actions(Protocol):
         session gives back to L{follow}, L{cancel_call} and L{detach_cast}.
         """
 
-    def follow(self, work: Any, call: Call, slot: Slot | None) -> None:
+    def follow(self, work: Any, call: Call, slot: Slot | None) -> Producer | None:
         """
         Report the running C{work}'s end to the session: by
         L{Session.tagged_finished}, L{Session.untagged_finished} (with
         C{slot}) or L{Session.cast_finished}, as C{call} is tagged, untagged
-        or a cast.
+        or a cast; and, for a stream, each item by L{Session.stream_item}.
+
+        @return: for a stream, how the session grants it items; else C{None}.
         """
 
     def cancel_call(self, work: Any) -> None:
@@ -172,14 +182,40 @@ class Actions(Protocol):
         """Close the connection after what was written (or at once, if C{abort})."""
 
 
+class Producer(Protocol):
+    """A stream's work as the session drives it: items only as far as granted."""
+
+    def grant(self, count: int) -> None:
+        """It may make C{count} more items."""
+
+    def hold(self) -> None:
+        """Make none for now: the connection's output is backed up."""
+
+    def release(self) -> None:
+        """Make items again, as far as the grants go."""
+
+
 class Slot:
     """A place in the queue of untagged replies, filled when its call ends."""
 
-    __slots__ = ("line", "work")
+    __slots__ = ("items", "line", "work")
 
     def __init__(self, work: Any = None, line: bytes | None = None) -> None:
         self.work = work
         self.line = line
+        #: A stream's items waiting for its turn (one at most); None for a call.
+        self.items: list[bytes] | None = None
+
+
+class _Flow:
+    """A stream in flight: how to grant it items, and where they go."""
+
+    __slots__ = ("producer", "slot", "tag")
+
+    def __init__(self, producer: Producer, tag: str | None, slot: Slot | None) -> None:
+        self.producer = producer
+        self.tag = tag
+        self.slot = slot
 
 
 # --- Commands -------------------------------------------------------------------
@@ -210,6 +246,10 @@ def _auth(session: Session, command: Command) -> None:
     session._auth(command)
 
 
+def _more(session: Session, command: Command) -> None:
+    session._more(command)
+
+
 #: Every command a node answers.  A verb the decoder knows and this table
 #: does not is answered C{UNIMPLEMENTED}.
 COMMANDS: Final[dict[str, Verb]] = {
@@ -219,6 +259,7 @@ COMMANDS: Final[dict[str, Verb]] = {
     "STATS": Verb(_node_command, False, "STATS: the node's counters"),
     "HELLO": Verb(_node_command, False, "HELLO {info}: a peer node's handshake"),
     "CANCEL": Verb(_cancel, False, "CANCEL tag: cancel a tagged call in flight"),
+    "MORE": Verb(_more, False, "MORE #tag n: grant a stream n more items (never answered)"),
     "QUIT": Verb(_quit, True, "QUIT: answer what is owed, say bye, close"),
     "AUTH": Verb(_auth, True, "AUTH token: say who is calling"),
 }
@@ -270,6 +311,8 @@ class Session:
         #: waiting for an earlier one.
         self._untagged: deque[Slot] = deque()
         self._casts: set[Any] = set()
+        #: Streams in flight (tagged or untagged), by their work.
+        self._streams: dict[Any, _Flow] = {}
         self._quit_slot: Slot | None = None
         self._quit_tag: str | None = None
         self.input_ended = False
@@ -308,6 +351,19 @@ class Session:
     def queued(self) -> int:
         """Entries in the queue of untagged replies."""
         return len(self._untagged)
+
+    @property
+    def streams(self) -> int:
+        """Streams in flight."""
+        return len(self._streams)
+
+    def held_items(self) -> dict[str | None, int]:
+        """Items of each stream waiting in the session, by tag (None: untagged)."""
+        held: dict[str | None, int] = {}
+        for flow in self._streams.values():
+            count = len(flow.slot.items or ()) if flow.slot is not None else 0
+            held[flow.tag] = held.get(flow.tag, 0) + count
+        return held
 
     @property
     def timers(self) -> frozenset[str]:
@@ -376,12 +432,15 @@ class Session:
         casts, self._casts = self._casts, set()
         for work in casts:
             self._actions.detach_cast(work)
+        self._streams.clear()
 
     def tagged_finished(self, tag: str | None, work: Any, line: bytes) -> None:
         """A tagged call ended; C{line} is its reply."""
         if tag is None or self._tagged.get(tag) is not work:
             return  # cancelled without a reply, or the connection is gone
         del self._tagged[tag]
+        if self._streams:
+            self._streams.pop(work, None)
         self._keyed.discard(tag)
         self._write(line)
         self._after_call()
@@ -391,6 +450,8 @@ class Session:
         if self.state is CLOSED or slot.line is not None:
             return
         slot.line = line
+        if slot.items is not None:
+            self._streams.pop(slot.work, None)
         self._flush_untagged()
         self._after_call()
 
@@ -400,11 +461,44 @@ class Session:
             self._casts.discard(work)
             self._after_call()
 
+    def stream_item(self, work: Any, line: bytes) -> None:
+        """A stream made an item; C{line} is its C{ITEM} line."""
+        flow = self._streams.get(work)
+        if flow is None or self.state is CLOSED:
+            return  # ended, or cancelled without a reply
+        slot = flow.slot
+        if slot is None:
+            self._write(line)
+        elif self._untagged[0] is slot:
+            self._write(line)
+            flow.producer.grant(1)
+        else:
+            # Not its turn: it waits in its slot, and its producer, granted
+            # one item at a time, makes no more until it is written.
+            assert slot.items is not None
+            slot.items.append(line)
+
+    def progress(self, work: Any, tag: str | None, slot: Slot | None, line: bytes) -> None:
+        """
+        A call that asked C{+progress} reported how far it got (C{line}).
+        Advisory: dropped while output is backed up, and, for an untagged
+        call, unless it is its turn to be answered.
+        """
+        if self.state is CLOSED or self._output_paused:
+            return
+        if slot is None:
+            if tag is not None and self._tagged.get(tag) is work:
+                self._write(line)
+        elif self._untagged and self._untagged[0] is slot and slot.line is None:
+            self._write(line)
+
     def output_paused(self) -> None:
         """The transport's output is full: stop reading until it drains."""
         if self.state is CLOSED:
             return
         self._output_paused = True
+        for flow in list(self._streams.values()):
+            flow.producer.hold()
         self._update_reading()
         self._start_timer(STALL_TIMER, self._limits.write_stall_timeout)
 
@@ -413,6 +507,8 @@ class Session:
         self._stop_timer(STALL_TIMER)
         self._output_paused = False
         self.unsent = 0
+        for flow in list(self._streams.values()):
+            flow.producer.release()
         self._update_reading()
 
     def timer_fired(self, timer: str) -> None:
@@ -451,12 +547,14 @@ class Session:
         tagged, self._tagged = self._tagged, {}
         self._keyed.clear()
         for tag, work in tagged.items():
+            self._streams.pop(work, None)
             self._actions.cancel_call(work)
             self._write(self._encode_error(error, tag))
         for slot in self._untagged:
             if slot.line is None:
                 slot.line = self._encode_error(error, None)
                 if slot.work is not None:
+                    self._streams.pop(slot.work, None)
                     self._actions.cancel_call(slot.work)
         self._flush_untagged()
         self._close(SHUTTING_DOWN, False)
@@ -544,15 +642,29 @@ class Session:
         elif tag is None:
             slot = Slot(work)
             self._untagged.append(slot)
-            self._actions.follow(work, call, slot)
+            producer = self._actions.follow(work, call, slot)
+            if producer is not None and slot.line is None:
+                slot.items = []
+                self._open_stream(work, producer, None, slot, 1)
         else:
             self._tagged[tag] = work
             if call.key is not None:
                 self._keyed.add(tag)
-            self._actions.follow(work, call, None)
+            producer = self._actions.follow(work, call, None)
+            if producer is not None and self._tagged.get(tag) is work:
+                self._open_stream(work, producer, tag, None, call.window or 1)
         # Checked here without a call, as this runs once per call.
         if len(self._untagged) + len(self._tagged) + len(self._casts) >= self._max_in_flight:
             self._check_load()
+
+    def _open_stream(
+        self, work: Any, producer: Producer, tag: str | None, slot: Slot | None, credit: int
+    ) -> None:
+        """A stream started: give it its first credit (and hold it if output is backed up)."""
+        self._streams[work] = _Flow(producer, tag, slot)
+        if self._output_paused:
+            producer.hold()
+        producer.grant(credit)
 
     def _handle_command(self, command: Command) -> None:
         verb = COMMANDS.get(command.verb)
@@ -584,6 +696,8 @@ class Session:
         tagged, self._tagged = self._tagged, {}
         keyed, self._keyed = self._keyed, set()
         for tag, work in tagged.items():
+            if self._streams:
+                self._streams.pop(work, None)
             if tag not in keyed:
                 self._actions.cancel_call(work)
 
@@ -599,6 +713,11 @@ class Session:
             self._quit_tag = tag
         # What follows QUIT is never acted on: let go of it now.
         self._decoder.end_of_input()
+        # No MORE can follow, so a tagged stream is granted the rest of its
+        # items, paced from now on by the connection's own backpressure.
+        for flow in list(self._streams.values()):
+            if flow.tag is not None:
+                flow.producer.grant(MAX_WINDOW)
         self._stop_timer(LINE_TIMER)
         self._maybe_finish()
 
@@ -610,6 +729,25 @@ class Session:
         if work is not None:
             self._actions.cancel_call(work)
         self._reply_line(encode_success(work is not None, command.tag), command.tag)
+
+    def _more(self, command: Command) -> None:
+        """
+        C{MORE #tag count}: grant a stream more items.  Never answered; one
+        for a tag with no stream in flight is ignored (it may have just
+        ended).  Only a malformed one is answered, with an error.
+        """
+        args = command.args
+        count = args[1] if len(args) == 2 else None
+        if type(count) is not int or not 1 <= count <= MAX_WINDOW:
+            self._reply_error(
+                InvalidArgumentError(f"usage: MORE #tag count (count from 1 to {MAX_WINDOW:,})"),
+                command.tag,
+            )
+            return
+        work = self._tagged.get(str(args[0]).removeprefix("#"))
+        flow = self._streams.get(work) if work is not None else None
+        if flow is not None:
+            flow.producer.grant(count)
 
     def _auth(self, command: Command) -> None:
         """
@@ -684,7 +822,22 @@ class Session:
 
     def _flush_untagged(self) -> None:
         queue = self._untagged
-        while queue and (line := queue[0].line) is not None:
+        while queue:
+            head = queue[0]
+            items = head.items
+            if items:
+                # A stream's turn came: what it made is written, and it may
+                # make the next item.
+                head.items = []
+                for item in items:
+                    self._write(item)
+                flow = self._streams.get(head.work) if head.line is None else None
+                if flow is not None:
+                    flow.producer.grant(len(items))
+                continue  # the grant may have ended it: look at the head again
+            line = head.line
+            if line is None:
+                break
             queue.popleft()
             self._write(line)
 

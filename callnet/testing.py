@@ -37,7 +37,7 @@ from twisted.test import iosim
 from zope.interface import implementer
 
 from callnet.client import DEFAULT_TIMEOUT, Client
-from callnet.cluster import Cluster
+from callnet.cluster import Cluster, PeerSource
 from callnet.config import ClusterSettings, Limits, NodeConfig, Security
 from callnet.protocol import NodeProtocol
 from callnet.registry import Registry
@@ -126,21 +126,31 @@ class MemoryNode:
         security: Security | None = None,
         peers: Mapping[str, IStreamClientEndpoint] | None = None,
         cluster: ClusterSettings | None = None,
+        config: NodeConfig | None = None,
+        discovery: Callable[[ClusterSettings], PeerSource | None] | None = None,
     ) -> None:
+        """
+        @param config: the whole config, instead of the one the other
+            arguments make (C{peers} then gives endpoints for its peers, by
+            name, and for discovered ones, by endpoint string).
+        @param discovery: makes the source of discovered peers (a test's
+            own resolver).
+        """
         self.clock = clock or MemoryReactor()
-        self.name = name
-        self.limits = limits or Limits()
+        if config is None:
+            config = NodeConfig(
+                name=name,
+                builtins=False,
+                send_tracebacks=send_tracebacks,
+                peers=tuple((peer, f"memory:{peer}") for peer in peers or {}),
+                limits=limits or Limits(),
+                cluster=cluster or ClusterSettings(),
+                security=security or Security(),
+            )
+        self.name = config.name
+        self.limits = config.limits
         self.threads: InlineThreadPool | ManualThreadPool = (
             ManualThreadPool() if threads == "manual" else InlineThreadPool()
-        )
-        config = NodeConfig(
-            name=name,
-            builtins=False,
-            send_tracebacks=send_tracebacks,
-            peers=tuple((peer, f"memory:{peer}") for peer in peers or {}),
-            limits=self.limits,
-            cluster=cluster or ClusterSettings(),
-            security=security or Security(),
         )
         #: The node's parts, wired as a real node's are (L{callnet.wiring}).
         self.parts = build_node(
@@ -149,6 +159,7 @@ class MemoryNode:
             self.threads,  # type: ignore[arg-type]
             procedures=procedures,
             peer_endpoints=peers,
+            discovery=discovery,
         )
         self.dispatcher = self.parts.dispatcher
         self.factory = self.parts.factory

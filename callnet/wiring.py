@@ -25,9 +25,10 @@ from twisted.internet.interfaces import IStreamClientEndpoint
 
 from callnet.access import AccessPolicy
 from callnet.builtin import builtin_procedures
-from callnet.cluster import Cluster, Router
+from callnet.cluster import Cluster, PeerSource, Router
+from callnet.cluster.discovery import dns_source
 from callnet.cluster.multicall import make_multicall
-from callnet.config import NodeConfig
+from callnet.config import ClusterSettings, NodeConfig
 from callnet.dispatch import Dispatcher
 from callnet.errors import ConfigError
 from callnet.reactors import DispatchReactor
@@ -125,8 +126,11 @@ class NodeParts:
         registry = _registry(config, self._reactor, self._procedures, reload=True)
         registry.add(make_multicall(self.dispatcher))
         access = _access(config)
-        if config.peers and self.cluster is None:
-            raise ConfigError("peers can be added on reload only to a node started with some")
+        if (config.peers or config.cluster.discover) and self.cluster is None:
+            raise ConfigError(
+                "peers can be added on reload only to a node started with some (in [peers]"
+                " or by [cluster] discover)"
+            )
         # Cluster.update makes every new link before it changes anything, so
         # a peer that cannot be used leaves the old state as it was.
         added, removed = self.cluster.update(config) if self.cluster is not None else ([], [])
@@ -144,6 +148,7 @@ def build_node(
     procedures: Iterable[Callable[..., Any]] = (),
     process_pool: Callable[[], Executor] | None = None,
     peer_endpoints: Mapping[str, IStreamClientEndpoint] | None = None,
+    discovery: Callable[[ClusterSettings], PeerSource | None] | None = None,
 ) -> NodeParts:
     """
     Build a node's parts from its config: nothing listens or connects yet.
@@ -156,7 +161,11 @@ def build_node(
     @param process_pool: gives the pool for C{run="process"} procedures,
         started on first use.
     @param peer_endpoints: endpoints to reach peers by, instead of parsing
-        the configured strings (nodes joined in memory).
+        the configured strings (nodes joined in memory): by name, or for
+        discovered peers by endpoint string.
+    @param discovery: makes the source of discovered peers from the
+        C{[cluster]} settings (a test's own resolver); by default DNS asked
+        through the system's resolver, when C{discover} is set.
     @raise ConfigError: a service module cannot be used, or the C{[tls]}
         material for links to peers cannot be loaded.
     """
@@ -164,7 +173,8 @@ def build_node(
     registry = _registry(config, reactor, procedures, reload=False)
     # A node with peers routes what it does not serve over them: the router
     # is made first, and given to the dispatcher and to the cluster.
-    router = Router([], reactor, config.name, config.cluster.max_hops) if config.peers else None
+    clustered = bool(config.peers or config.cluster.discover)
+    router = Router([], reactor, config.name, config.cluster.max_hops) if clustered else None
     dispatcher = Dispatcher(
         registry,
         reactor,
@@ -185,6 +195,7 @@ def build_node(
             reactor,
             lambda: node_hello(config.name, dispatcher),
             endpoints=peer_endpoints,
+            discovery=discovery or (lambda settings: dns_source(settings, reactor)),
         )
     factory = NodeFactory(
         dispatcher,

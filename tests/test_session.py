@@ -13,7 +13,12 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
 
 from callnet.config import Limits
-from callnet.errors import CallCancelledError, FailedPreconditionError, NotFoundError
+from callnet.errors import (
+    CallCancelledError,
+    FailedPreconditionError,
+    InvalidArgumentError,
+    NotFoundError,
+)
 from callnet.session import (
     AUTH_TIMER,
     CLOSED,
@@ -25,7 +30,14 @@ from callnet.session import (
     Session,
     Slot,
 )
-from callnet.wire import Call, Command, encode_failure, encode_success
+from callnet.wire import (
+    Call,
+    Command,
+    encode_failure,
+    encode_item,
+    encode_progress,
+    encode_success,
+)
 
 
 class Work:
@@ -36,6 +48,30 @@ class Work:
 
     def __repr__(self) -> str:
         return f"Work({self.number})"
+
+
+class StreamWork(Work):
+    """A stream running in the fake node: it makes items only as far as granted."""
+
+    def __init__(self, number: int) -> None:
+        super().__init__(number)
+        self.granted = 0
+        self.made = 0
+        self.held = False
+
+    @property
+    def credit(self) -> int:
+        return self.granted - self.made
+
+    def grant(self, count: int) -> None:
+        assert count > 0
+        self.granted += count
+
+    def hold(self) -> None:
+        self.held = True
+
+    def release(self) -> None:
+        self.held = False
 
 
 class FakeNode:
@@ -68,15 +104,34 @@ class FakeNode:
 
     def start_call(self, call: Call) -> Any:
         self.calls.append(call)
-        if call.procedure not in ("now", "slow") or not call.args:
+        if call.procedure not in ("now", "slow", "stream") or not call.args:
             return encode_failure(NotFoundError(f"no {call.procedure}"), call.tag)
         number = int(call.args[0])
         if call.procedure == "now":
             return encode_success(number, call.tag)
+        if call.procedure == "stream":
+            # As the dispatcher refuses them (callnet.dispatch._check_stream).
+            if call.cast or call.key is not None or (call.tag is not None and not call.window):
+                return encode_failure(InvalidArgumentError("a stream"), call.tag)
+            return StreamWork(number)
         return Work(number)
 
-    def follow(self, work: Work, call: Call, slot: Slot | None) -> None:
+    def follow(self, work: Work, call: Call, slot: Slot | None) -> StreamWork | None:
         self.running[work.number] = (work, call, slot)
+        return work if isinstance(work, StreamWork) else None
+
+    def produce(self, number: int) -> None:
+        """A running stream makes its next item."""
+        work = self.running[number][0]
+        assert isinstance(work, StreamWork)
+        work.made += 1
+        tag = self.running[number][1].tag
+        self.session.stream_item(work, encode_item(number, tag))
+
+    def report(self, number: int) -> None:
+        """A running call reports its progress."""
+        work, call, slot = self.running[number]
+        self.session.progress(work, call.tag, slot, encode_progress(number, None, None, call.tag))
 
     def finish(self, number: int, line: bytes | None = None) -> None:
         work, call, slot = self.running.pop(number)
@@ -136,9 +191,20 @@ def make_session(limits: Limits = LIMITS, authenticated: bool = True) -> tuple[S
     return session, node
 
 
-def replies(node: FakeNode) -> list[bytes]:
-    """Every reply line written so far (text lines excluded)."""
+def lines_written(node: FakeNode) -> list[bytes]:
+    """Every line written so far (text lines excluded)."""
     return [line for chunk in node.written for line in chunk.splitlines() if line[:1] != b"|"]
+
+
+def _word(line: bytes) -> bytes:
+    """The reply word of a line: OK, ERR, ITEM or PROGRESS."""
+    words = line.split(b" ", 2)
+    return words[1] if line.startswith(b"#") and len(words) > 1 else words[0]
+
+
+def replies(node: FakeNode) -> list[bytes]:
+    """Every final reply written so far (no text, ITEM or PROGRESS lines)."""
+    return [line for line in lines_written(node) if _word(line) not in (b"ITEM", b"PROGRESS")]
 
 
 class SessionMachine(RuleBasedStateMachine):
@@ -156,6 +222,9 @@ class SessionMachine(RuleBasedStateMachine):
         self.lost = False
         #: An unfinished line is held: the next line sent is glued to it.
         self.partial = False
+        #: Each tagged stream's window, and what MORE granted it since.
+        self.windows: dict[int, int] = {}
+        self.more: dict[int, int] = {}
 
     def _next(self) -> int:
         self.number += 1
@@ -173,11 +242,21 @@ class SessionMachine(RuleBasedStateMachine):
     @precondition(lambda self: self.open and not self.session.input_ended)
     @rule(
         tagged=st.booleans(),
-        slow=st.booleans(),
+        slow=st.sampled_from(["now", "slow", "stream"]),
         cast=st.booleans(),
         keyed=st.booleans(),
+        window=st.sampled_from([None, 1, 2, 5]),
+        progress=st.booleans(),
     )
-    def call(self, tagged: bool, slow: bool, cast: bool, keyed: bool) -> None:
+    def call(
+        self,
+        tagged: bool,
+        slow: str,
+        cast: bool,
+        keyed: bool,
+        window: int | None,
+        progress: bool,
+    ) -> None:
         number = self._next()
         words = []
         if tagged:
@@ -192,7 +271,12 @@ class SessionMachine(RuleBasedStateMachine):
             words.append("+cast")
         if keyed:
             words.append(f"+key=k{number}")
-        words += ["slow" if slow else "now", str(number)]
+        if window is not None:
+            words.append(f"+window={window}")
+            self.windows[number] = window
+        if progress:
+            words.append("+progress")
+        words += [slow, str(number)]
         self._send(" ".join(words) + "\n")
 
     @precondition(lambda self: self.open and not self.session.input_ended)
@@ -229,6 +313,43 @@ class SessionMachine(RuleBasedStateMachine):
     def finish(self, data: st.DataObject) -> None:
         number = data.draw(st.sampled_from(sorted(self.node.running)))
         self.node.finish(number)
+
+    def _streams(self, producing: bool = False) -> list[int]:
+        return sorted(
+            number
+            for number, (work, _, _) in self.node.running.items()
+            if isinstance(work, StreamWork)
+            and (not producing or (work.credit > 0 and not work.held))
+        )
+
+    @precondition(lambda self: self._streams(producing=True))
+    @rule(data=st.data())
+    def produce(self, data: st.DataObject) -> None:
+        """A stream with credit, not held, makes an item."""
+        self.node.produce(data.draw(st.sampled_from(self._streams(producing=True))))
+
+    @precondition(lambda self: self.open and not self.session.input_ended)
+    @rule(data=st.data(), count=st.sampled_from([1, 3, 0]))
+    def more(self, data: st.DataObject, count: int) -> None:
+        """MORE for a stream in flight, for a tag with none, or malformed (count 0)."""
+        numbers = self._streams()
+        number = data.draw(st.sampled_from(numbers)) if numbers else 0
+        tag = self.node.running[number][1].tag if number else None
+        if count and tag is not None:
+            self.more[number] = self.more.get(number, 0) + count
+        # Never answered, unless malformed or before AUTH: then once, with an error.
+        self.untagged_sent += 1
+        self.partial = False
+        self._send(f"MORE #{tag or 'none'} {count}\n")
+
+    def _asked_progress(self) -> list[int]:
+        return sorted(n for n, (_, call, _) in self.node.running.items() if call.progress)
+
+    @precondition(lambda self: self._asked_progress())
+    @rule(data=st.data())
+    def report(self, data: st.DataObject) -> None:
+        """A running call that asked +progress reports it (sent in its turn, if not backed up)."""
+        self.node.report(data.draw(st.sampled_from(self._asked_progress())))
 
     @precondition(lambda self: self.open)
     @rule()
@@ -306,6 +427,70 @@ class SessionMachine(RuleBasedStateMachine):
             assert self.session.held_input == 0, "input after QUIT is not held"
 
     @invariant()
+    def streams_bounded(self) -> None:
+        """No stream holds more than one item in the session, and a tagged one none."""
+        if self.session.state is CLOSED:
+            return
+        for tag, held in self.session.held_items().items():
+            assert held <= (0 if tag is not None else self.session.streams), (tag, held)
+        for work, _, slot in self.node.running.values():
+            if isinstance(work, StreamWork) and slot is not None:
+                assert len(slot.items or ()) <= 1, slot.items
+
+    @invariant()
+    def streams_granted(self) -> None:
+        """A tagged stream is granted its window and each MORE; an untagged one one at a time."""
+        for number, (work, call, slot) in self.node.running.items():
+            if not isinstance(work, StreamWork) or self.session.state is CLOSED:
+                continue
+            if call.tag is not None and self.session.state is not QUITTING:
+                # MORE lines not read yet (reading paused) have granted nothing yet.
+                window = self.windows[number]
+                assert window <= work.granted <= window + self.more.get(number, 0)
+            else:
+                held = len(slot.items or ()) if slot is not None else 0
+                assert work.credit + held == 1, (work.credit, held)
+
+    @invariant()
+    def held_while_output_paused(self) -> None:
+        """While output is backed up every stream is held; once it drains none is."""
+        if self.session.state is CLOSED:
+            return
+        for work, _, _ in self.node.running.values():
+            if isinstance(work, StreamWork):
+                assert work.held == self.session._output_paused
+
+    @invariant()
+    def items_in_place(self) -> None:
+        """Items and progress come before their call's reply; untagged ones in its turn."""
+        ended: set[bytes] = set()
+        current: bytes | None = None
+        for line in lines_written(self.node):
+            word = _word(line)
+            if line.startswith(b"#"):
+                tag = line.split(b" ", 1)[0]
+                assert tag not in ended, f"{line!r} after its reply"
+                if word not in (b"ITEM", b"PROGRESS"):
+                    ended.add(tag)
+                continue
+            number = line.split(b" ")[-1] if word in (b"ITEM", b"OK") else None
+            if word in (b"ITEM", b"PROGRESS"):
+                if word == b"ITEM":
+                    assert current in (None, number), f"{line!r} out of its turn"
+                    current = number
+            else:
+                assert current in (None, number) or word == b"ERR", f"{line!r} inside a stream"
+                current = None
+
+    @invariant()
+    def progress_only_when_asked(self) -> None:
+        """PROGRESS lines go only to calls that asked +progress."""
+        asked = {c.tag for c in self.node.calls if c.progress}
+        for line in lines_written(self.node):
+            if _word(line) == b"PROGRESS" and line.startswith(b"#"):
+                assert line.split(b" ", 1)[0][1:].decode() in asked, line
+
+    @invariant()
     def reading_agrees(self) -> None:
         if self.session.state is not CLOSED:
             assert self.node.reading == self.session.reading
@@ -334,6 +519,9 @@ class SessionMachine(RuleBasedStateMachine):
             return
         for _ in range(100):
             if self.node.running:
+                streams = self._streams(producing=True)
+                if streams:
+                    self.node.produce(streams[0])
                 self.node.finish(min(self.node.running))
             elif self.node.timers:
                 timer = min(self.node.timers)

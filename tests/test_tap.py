@@ -465,7 +465,11 @@ class OptionsTests(SynchronousTestCase):
                 or entry.key == "metrics_listen"
             ):
                 continue
-            value = {"name": "beta", "max_timeout": "7000"}.get(entry.key, "7")
+            value = {
+                "name": "beta",
+                "max_timeout": "7000",
+                "discover": "dns-a:callnet.example:7600",
+            }.get(entry.key, "7")
             options = tap.Options()
             options.parseOptions([entry.option, value])
             config = options["node_config"]

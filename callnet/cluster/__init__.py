@@ -4,6 +4,14 @@ The cluster: a node's peers, what they serve, and calls forwarded to them.
 L{Cluster} is the service a node runs when it has peers.  It keeps a
 L{Peer} link to each, tells subscribers when one goes up or down, and gives
 the node's dispatcher a L{Router} for calls the node does not serve itself.
+
+Peers come from sources (L{callnet.cluster.discovery}): the C{[peers]} table,
+whose peers are named in advance, and DNS, whose peers are named by their
+handshake.  A discovered address that turns out to be this node is skipped;
+one that gives a name another peer already has is refused; either is
+forgotten when DNS stops naming it.  A discovered peer DNS no longer names is
+drained: no new calls go to it, and its link ends once the calls in flight
+have their answers, or after the node's C{shutdown_grace}.
 """
 
 from __future__ import annotations
@@ -16,13 +24,28 @@ from twisted.internet.defer import Deferred, DeferredList
 from twisted.internet.interfaces import IStreamClientEndpoint
 from twisted.logger import Logger
 
+from callnet.cluster.discovery import PeerEntry, PeerSource, StaticPeers
 from callnet.cluster.peers import Peer, PeerState
 from callnet.cluster.routing import Router
-from callnet.config import NodeConfig
+from callnet.config import ClusterSettings, NodeConfig
+from callnet.errors import ConfigError
 from callnet.reactors import DispatchReactor
 from callnet.tls import links_use_tls, load_credentials, peer_endpoint
 
-__all__ = ["Cluster", "Peer", "PeerState", "Router"]
+__all__ = ["Cluster", "Peer", "PeerSource", "PeerState", "Router"]
+
+#: Makes the source of discovered peers a node's cluster settings ask for,
+#: or C{None} when they ask for none.
+SourceMaker = Callable[[ClusterSettings], PeerSource | None]
+
+#: The settings that make the discovery source: a change to any starts a new
+#: one, on reload as at start.
+DISCOVER_SETTINGS = (
+    "discover",
+    "discover_min_interval",
+    "discover_max_interval",
+    "discover_nameservers",
+)
 
 log = Logger()
 
@@ -40,13 +63,18 @@ class Cluster(Service):
         reactor: DispatchReactor,
         hello: Callable[[], dict[str, Any]],
         endpoints: Mapping[str, IStreamClientEndpoint] | None = None,
+        discovery: SourceMaker | None = None,
     ) -> None:
         """
         @param router: routes the node's calls over these peers (its
             dispatcher's forwarder, made before either: see
             L{callnet.wiring.build_node}).
         @param endpoints: endpoints to reach peers by, instead of parsing
-            the configured strings (for tests that join nodes in memory).
+            the configured strings (for tests that join nodes in memory):
+            by name for configured peers, by endpoint string for
+            discovered ones.
+        @param discovery: makes the source of discovered peers from the
+            cluster settings (L{callnet.cluster.discovery.dns_source}).
         @raise ConfigError: C{[tls]} is set and its files cannot be used, or
             a peer's endpoint cannot be dialled over TLS.
         """
@@ -55,18 +83,28 @@ class Cluster(Service):
         self._hello = hello
         self._chosen = dict(endpoints or {})
         self._config = config
+        self._static: list[Peer] = []
+        #: Discovered peers by endpoint string, named or not yet.
+        self._found: dict[str, Peer] = {}
+        #: Discovered endpoints not dialled, and why: this node itself, or
+        #: the name another peer has.  Forgotten when DNS stops naming them.
+        self.skipped: dict[str, str] = {}
+        self._draining: list[Peer] = []
+        self._discovery = discovery
+        self._source: PeerSource | None = None
         self.peers: list[Peer] = []
         self.router = router
         self.update(config)
 
-    def _make_peer(self, name: str, endpoint: str) -> Peer:
+    def _make_peer(self, name: str, endpoint: str, discovered: bool = False) -> Peer:
         config = self._config
         # With [tls] cert, key and ca, every link is mutual TLS: this node's
         # certificate out, and the peer's checked against the CA and its name.
         credentials = load_credentials(config.tls) if links_use_tls(config.tls) else None
-        where: str | IStreamClientEndpoint = self._chosen.get(name, endpoint)
+        key = endpoint if discovered else name
+        where: str | IStreamClientEndpoint = self._chosen.get(key, endpoint)
         connector = None
-        if credentials is not None and name not in self._chosen:
+        if credentials is not None and key not in self._chosen:
             connector = peer_endpoint(
                 self._reactor, name, endpoint, credentials, config.cluster.down_after
             )
@@ -79,6 +117,7 @@ class Cluster(Service):
             self._changed,
             connector=connector,
             token=config.security.cluster_token,
+            on_named=self._named if discovered else None,
         )
         peer.configured = endpoint
         return peer
@@ -91,9 +130,17 @@ class Cluster(Service):
         @return: the names of the peers added and of those removed.
         @raise ConfigError: a new peer's TLS material cannot be used.
         """
-        self._config = config
-        wanted = dict(config.peers)
-        current = {peer.name: peer for peer in self.peers}
+        if config.cluster.discover is not None and links_use_tls(config.tls):
+            raise ConfigError(
+                "[cluster] discover with TLS links to peers is not supported yet: a"
+                " discovered peer's certificate cannot be checked against a name known"
+                " in advance; use the cluster token on a private network"
+            )
+        before, self._config = self._config, config
+        wanted = {
+            entry.name: entry.endpoint for entry in StaticPeers(config.peers).entries if entry.name
+        }
+        current = {peer.name: peer for peer in self._static}
         removed = [name for name, peer in current.items() if wanted.get(name) != peer.configured]
         added = [name for name in wanted if name not in current or name in removed]
         new_peers = {name: self._make_peer(name, wanted[name]) for name in added}
@@ -102,12 +149,101 @@ class Cluster(Service):
             if self.running:
                 peer.stop()
         current.update(new_peers)
-        self.peers = [current[name] for name in wanted if name in current]
-        self.router.set_peers(self.peers)
+        self._static = [current[name] for name in wanted if name in current]
+        self._route()
         if self.running:
             for name in added:
                 new_peers[name].start()
+        changed = any(
+            getattr(before.cluster, key) != getattr(config.cluster, key)
+            for key in DISCOVER_SETTINGS
+        )
+        if self._source is None or changed:
+            self._replace_source(config.cluster)
         return added, [name for name in removed if name not in wanted]
+
+    # --- Discovered peers -------------------------------------------------------
+
+    def _replace_source(self, settings: ClusterSettings) -> None:
+        """Follow the discovery source these settings ask for; a reload keeps what it found."""
+        if self._source is not None:
+            self._source.stop()
+        self._source = self._discovery(settings) if self._discovery is not None else None
+        if self._source is None:
+            self._discovered(frozenset())
+        elif self.running:
+            self._source.start(self._discovered)
+
+    def _discovered(self, entries: frozenset[PeerEntry]) -> None:
+        """Dial the endpoints that appeared; drain the peers whose endpoint went."""
+        wanted = {entry.endpoint: entry for entry in entries}
+        for endpoint in [endpoint for endpoint in self.skipped if endpoint not in wanted]:
+            del self.skipped[endpoint]
+        for endpoint in [endpoint for endpoint in self._found if endpoint not in wanted]:
+            self._drain(self._found.pop(endpoint))
+        for endpoint, entry in sorted(wanted.items()):
+            if endpoint not in self._found and endpoint not in self.skipped:
+                peer = self._make_peer(entry.address or endpoint, endpoint, discovered=True)
+                self._found[endpoint] = peer
+                if self.running:
+                    peer.start()
+        self._route()
+
+    def _drain(self, peer: Peer) -> None:
+        log.info(
+            "peer {peer} at {endpoint} is no longer in DNS: draining it",
+            peer=peer.name,
+            endpoint=peer.configured,
+        )
+        # The holder of a name leaving lets an endpoint refused for it try
+        # again: _discovered, which drains, dials it next.
+        retry = [endpoint for endpoint, why in self.skipped.items() if why == f"name {peer.name}"]
+        for endpoint in retry:
+            del self.skipped[endpoint]
+        if not self.running:
+            return
+        self._draining.append(peer)
+        done = peer.drain(self._config.shutdown_grace)
+        done.addBoth(lambda _: self._draining.remove(peer) if peer in self._draining else None)
+
+    def _named(self, peer: Peer, name: str) -> bool:
+        """
+        A discovered peer's handshake gave C{name}: let it take the name, or
+        skip its endpoint if that name is this node's or another peer's.
+        """
+        endpoint = peer.configured
+        if name == self._config.name:
+            why = "this node"
+            log.info(
+                "{endpoint} is this node itself ({name}): not dialling it",
+                endpoint=endpoint,
+                name=name,
+            )
+        elif any(other.name == name for other in self._static) or any(
+            other.name == name and other is not peer for other in self._found.values()
+        ):
+            why = f"name {name}"
+            log.warn(
+                "refusing the node at {endpoint}: it says it is {name}, a name another"
+                " peer already has",
+                endpoint=endpoint,
+                name=name,
+            )
+        else:
+            peer.name = name
+            self._route()
+            return True
+        if self._found.get(endpoint) is peer:
+            del self._found[endpoint]
+            self.skipped[endpoint] = why
+        peer.stop()
+        self._route()
+        return False
+
+    def _route(self) -> None:
+        """Route over the configured peers and the discovered ones not draining."""
+        self.peers = self._static + list(self._found.values())
+        self.router.set_peers(self.peers)
 
     def subscribe(self, listener: Listener) -> Callable[[], None]:
         """
@@ -133,7 +269,12 @@ class Cluster(Service):
         super().startService()
         for peer in self.peers:
             peer.start()
+        if self._source is not None:
+            self._source.start(self._discovered)
 
     def stopService(self) -> Deferred[Any]:
         super().stopService()
-        return DeferredList([peer.stop() for peer in self.peers])
+        if self._source is not None:
+            self._source.stop()
+        draining, self._draining = self._draining, []
+        return DeferredList([peer.stop() for peer in self.peers + draining])

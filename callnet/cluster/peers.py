@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import enum
 from collections.abc import Callable
+from functools import partial
 from typing import Any
 
 from twisted.application.internet import ClientService, backoffPolicy
@@ -35,7 +36,7 @@ from callnet.errors import CallError, Outcome, UnavailableError
 from callnet.logs import drop_retry_notices
 from callnet.reactors import Clock, DelayedCall, DispatchReactor, twisted_clock
 from callnet.tls import HandshakeEndpoint
-from callnet.wire import PROTOCOL_VERSION
+from callnet.wire import PROTOCOL_VERSION, Call, Item, Progress
 
 log = Logger()
 
@@ -43,6 +44,11 @@ log = Logger()
 #: three of 1 s may add up to 2.9999999999999996 s.  Silence this close to
 #: C{down_after} counts as reaching it.
 _TICK = 1e-6
+
+
+#: How often a draining peer's calls in flight are counted, in seconds: a
+#: peer leaves within this of its last answer.
+DRAIN_POLL = 0.05
 
 
 class PeerState(enum.Enum):
@@ -93,6 +99,7 @@ class Peer:
         on_change: Callable[[Peer], None],
         connector: IStreamClientEndpoint | None = None,
         token: str | None = None,
+        on_named: Callable[[Peer, str], bool] | None = None,
     ) -> None:
         """
         @param endpoint: where the peer is: an endpoint string, as
@@ -100,8 +107,17 @@ class Peer:
         @param connector: the endpoint to dial it by, when not C{endpoint}
             itself (a TLS link to the address C{endpoint} names).
         @param token: the cluster token, sent (C{AUTH}) before the handshake.
+        @param on_named: for a peer whose name is not known in advance (one
+            found in DNS): asked, when a handshake gives a name other than
+            C{name}, whether the peer may take it (it is not this node, nor
+            another peer's); if not, the link is dropped.  Without it, a
+            peer must give C{name}.
         """
         self.name = name
+        self._on_named = on_named
+        #: Whether calls are still sent here; a peer being dropped is not.
+        self.draining = False
+        self._drain_check: DelayedCall | None = None
         #: The endpoint as configured, to tell whether a new config changed it.
         self.configured = endpoint if isinstance(endpoint, str) else repr(endpoint)
         if isinstance(endpoint, str):
@@ -169,14 +185,40 @@ class Peer:
             self._set_state(PeerState.DOWN)
 
     def stop(self) -> Deferred[None]:
-        if self._heartbeat is not None:
-            self._heartbeat.cancel()
-            self._heartbeat = None
-        if self._second_look is not None:
-            self._second_look.cancel()
-            self._second_look = None
+        self._stop_timers()
         d: Deferred[None] = self._service.stopService()
         return d
+
+    def _stop_timers(self) -> None:
+        for name in ("_heartbeat", "_second_look", "_drain_check"):
+            timer = getattr(self, name)
+            if timer is not None:
+                timer.cancel()
+                setattr(self, name, None)
+
+    def drain(self, grace: float) -> Deferred[None]:
+        """
+        Stop the link once the calls in flight on it have their answers, or
+        C{grace} seconds from now, whichever comes first: as a node that
+        stops gives its own calls.  The caller stops sending calls here
+        first; heartbeats stop now, so that their own questions end too.
+        """
+        self.draining = True
+        self._stop_timers()
+        deadline = self._clock.seconds() + grace
+        done: Deferred[None] = Deferred()
+
+        def check() -> None:
+            self._drain_check = None
+            if self.in_flight == 0 or self._clock.seconds() >= deadline:
+                self.stop().chainDeferred(done)
+            else:
+                self._drain_check = self._clock.callLater(
+                    min(DRAIN_POLL, max(deadline - self._clock.seconds(), 0.0)), check
+                )
+
+        check()
+        return done
 
     # --- Calls ----------------------------------------------------------------
 
@@ -201,6 +243,26 @@ class Peer:
             return d
         return protocol.call(procedure, args, kwargs, timeout, key, trace, hops, caller)
 
+    def call_with_events(
+        self, call: Call, timeout: float, listener: Callable[[Item | Progress], object]
+    ) -> tuple[Callable[[int], None], Deferred[Any]]:
+        """
+        Forward a call whose C{ITEM} and C{PROGRESS} lines go to C{listener}
+        (a stream, or a call that asked C{+progress}).
+
+        @return: how to grant the stream more items (C{MORE}), and the
+            Deferred of the final reply.
+        """
+        protocol = self._protocol
+        if protocol is None or self.state is not PeerState.UP or not protocol.is_connected:
+            d: Deferred[Any] = Deferred()
+            d.errback(
+                Failure(UnavailableError(f"peer {self.name} is down", Outcome.NOT_RUN, self.name))
+            )
+            return _no_more, d
+        tag, d = protocol.call_with_events(call, timeout, listener)
+        return partial(protocol.more, tag), d
+
     # --- Handshake --------------------------------------------------------------
 
     def _handshake(self, protocol: ClientProtocol) -> Deferred[None]:
@@ -219,7 +281,7 @@ class Peer:
         def learned(info: Any) -> None:
             try:
                 name, procedures = _read_hello(info)
-                if name != self.name:
+                if name != self.name and self._on_named is None:
                     raise HandshakeError(f"it says it is {name!r}")
             except HandshakeError as e:
                 log.warn(
@@ -229,6 +291,9 @@ class Peer:
                     why=str(e),
                 )
                 protocol.abort()
+                return
+            if name != self.name and not (self._on_named and self._on_named(self, name)):
+                protocol.abort()  # refused and logged by on_named
                 return
             self._protocol = protocol
             self.procedures = procedures
@@ -263,8 +328,9 @@ class Peer:
         if state is not self.state:
             before, self.state = self.state, state
             # Once per change, not per attempt to reconnect: see _PeerService.
+            # A peer drained on purpose going down is no news worth a warning.
             log.emit(
-                LogLevel.warn if state is PeerState.DOWN else LogLevel.info,
+                LogLevel.warn if state is PeerState.DOWN and not self.draining else LogLevel.info,
                 "peer {peer} is {after} (was {before})",
                 peer=self.name,
                 before=before.value,
@@ -338,6 +404,10 @@ MAX_SIGNATURE = 1024
 MAX_DOC = 4096
 
 
+def _no_more(count: int) -> None:
+    """A call that was never sent takes no grants."""
+
+
 def _read_hello(info: Any) -> tuple[str, dict[str, dict[str, Any]]]:
     """Check a peer's handshake reply; return its name and procedures."""
     if not isinstance(info, dict):
@@ -354,6 +424,7 @@ def _read_hello(info: Any) -> tuple[str, dict[str, dict[str, Any]]]:
             signature, doc = entry.get("signature"), entry.get("doc")
             catalog[entry["name"]] = {
                 "idempotent": bool(entry.get("idempotent")),
+                "stream": entry.get("stream") is True,
                 # What HELP shows of it on this node; bounded, as the peer's
                 # word is only shown, never acted on.
                 "signature": signature[:MAX_SIGNATURE] if isinstance(signature, str) else "",

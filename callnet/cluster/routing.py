@@ -23,13 +23,16 @@ from __future__ import annotations
 import hashlib
 import itertools
 import json
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
+from functools import partial
 from typing import Any
 
 from twisted.internet.defer import Deferred, ensureDeferred
+from twisted.python.failure import Failure
 
 from callnet.access import NODE_CALLER, Caller
 from callnet.cluster.peers import Peer, PeerState, is_link_failure
+from callnet.context import ProgressSink
 from callnet.errors import (
     CallError,
     DeadlineExceededError,
@@ -38,7 +41,8 @@ from callnet.errors import (
     UnavailableError,
 )
 from callnet.reactors import Clock
-from callnet.wire import Call
+from callnet.streaming import Source
+from callnet.wire import Call, Item, Progress, encode_item
 
 
 def rendezvous_order(scope: str, key: str, nodes: Iterable[str]) -> list[str]:
@@ -138,6 +142,7 @@ class Router:
         caller: Caller = NODE_CALLER,
         owner_scope: str | None = None,
         here: bool = False,
+        progress: ProgressSink | None = None,
     ) -> Deferred[Any]:
         """
         Forward a call; the Deferred fires with its result or fails with the
@@ -154,7 +159,9 @@ class Router:
         deadline = self._clock.seconds() + timeout
         for_caller = None if caller.peer else caller.name
         return ensureDeferred(
-            self._forward(call, procedure, deadline, target, for_caller, owner_scope, here)
+            self._forward(
+                call, procedure, deadline, target, for_caller, owner_scope, here, progress
+            )
         )
 
     async def _forward(
@@ -166,6 +173,7 @@ class Router:
         caller: str | None,
         owner_scope: str | None,
         here: bool,
+        progress: ProgressSink | None = None,
     ) -> Any:
         tried: set[str] = set()
         last_error: CallError | None = None
@@ -186,6 +194,21 @@ class Router:
                 raise last_error or self.nowhere(procedure, target)
             tried.add(peer.name)
             try:
+                if progress is not None:
+                    forwarded = Call(
+                        procedure,
+                        call.args,
+                        call.kwargs,
+                        key=call.key,
+                        trace=call.trace,
+                        hops=call.hops + 1,
+                        caller=caller,
+                        progress=True,
+                    )
+                    _, reply = peer.call_with_events(
+                        forwarded, remaining, partial(_relay_progress, progress)
+                    )
+                    return await reply
                 return await peer.call(
                     procedure,
                     call.args,
@@ -207,6 +230,36 @@ class Router:
                     last_error = error
                     continue
                 raise
+
+    def streams(self, procedure: str, target: str | None = None) -> bool:
+        """Whether the peers serving C{procedure} (node C{target}) say it is a stream."""
+        if target is not None:
+            peer = self._peers.get(target)
+            return peer is not None and bool(peer.procedures.get(procedure, {}).get("stream"))
+        return any(
+            peer.procedures.get(procedure, {}).get("stream") for peer in self._peers.values()
+        )
+
+    def forward_stream(
+        self,
+        call: Call,
+        procedure: str,
+        timeout: float,
+        target: str | None,
+        caller: Caller,
+        emit: Callable[[bytes], None],
+        progress: ProgressSink | None = None,
+    ) -> Source:
+        """
+        Forward a stream to a peer that serves it.  Nothing is sent until the
+        caller grants the first items; then the peer is asked with that
+        C{+window}, and each later grant is passed on to it as C{MORE}, so
+        the peer never sends more than this node's caller has asked for.
+        Failover as for calls, and only before the first item.
+        """
+        return _StreamRelay(
+            self, call, procedure, self._clock.seconds() + timeout, target, caller, emit, progress
+        )
 
     def _may_retry(self, peer: Peer, procedure: str, call: Call) -> bool:
         """A call lost after it was sent may run again elsewhere only if that is safe."""
@@ -252,3 +305,140 @@ class Router:
 
     def peers(self) -> list[Peer]:
         return list(self._peers.values())
+
+
+def _relay_progress(progress: ProgressSink, event: Item | Progress) -> None:
+    if isinstance(event, Progress):
+        progress(event.done, event.total, event.message)
+
+
+class _StreamRelay:
+    """
+    A stream a peer runs, relayed item by item: a L{Source} whose credit is
+    passed on to the peer.
+    """
+
+    def __init__(
+        self,
+        router: Router,
+        call: Call,
+        procedure: str,
+        deadline: float,
+        target: str | None,
+        caller: Caller,
+        emit: Callable[[bytes], None],
+        progress: ProgressSink | None,
+    ) -> None:
+        self._router = router
+        self._call = call
+        self._procedure = procedure
+        self._deadline = deadline
+        self._target = target
+        self._for = None if caller.peer else caller.name
+        self._emit = emit
+        self._progress = progress
+        self._granted = 0
+        self._items = 0
+        self._tried: set[str] = set()
+        self._sent = False
+        self._last_error: CallError | None = None
+        self._more: Callable[[int], None] | None = None
+        self._reply: Deferred[Any] | None = None
+        self.done: Deferred[Any] = Deferred(self._cancel)
+
+    def grant(self, count: int) -> None:
+        if self.done.called:
+            return
+        self._granted += count
+        if self._more is not None:
+            self._more(count)
+        elif self._granted == count:
+            self._next_peer()
+
+    def hold(self) -> None:
+        """Nothing to do: the peer sends only what this node's caller granted."""
+
+    def release(self) -> None:
+        """Nothing to do (see L{hold})."""
+
+    def _next_peer(self) -> None:
+        router, procedure = self._router, self._procedure
+        remaining = self._deadline - router._clock.seconds()
+        if remaining <= 0:
+            self._fail(
+                DeadlineExceededError(
+                    f"the deadline passed while routing {procedure}",
+                    Outcome.MAY_HAVE_RUN if self._sent else Outcome.NOT_RUN,
+                    router._node_name,
+                )
+            )
+            return
+        peer = router.choose(procedure, self._tried, self._target)
+        if peer is None:
+            self._fail(self._last_error or router.nowhere(procedure, self._target))
+            return
+        self._tried.add(peer.name)
+        call = self._call
+        forwarded = Call(
+            procedure,
+            call.args,
+            call.kwargs,
+            trace=call.trace,
+            hops=call.hops + 1,
+            caller=self._for,
+            window=self._granted,
+            progress=self._progress is not None,
+        )
+        self._more, reply = peer.call_with_events(forwarded, remaining, self._event)
+        self._reply = reply
+        reply.addCallbacks(self._ended, self._failed, errbackArgs=(peer,))
+
+    def _event(self, event: Item | Progress) -> None:
+        if self.done.called:
+            return
+        if isinstance(event, Item):
+            self._items += 1
+            try:
+                line = encode_item(event.value, self._call.tag)
+            except (TypeError, ValueError):  # pragma: no cover - it was JSON when read
+                return
+            self._emit(line)
+        elif self._progress is not None:
+            self._progress(event.done, event.total, event.message)
+
+    def _ended(self, value: Any) -> None:
+        self._reply = None
+        if not self.done.called:
+            self.done.callback(value)
+
+    def _failed(self, failure: Failure, peer: Peer) -> None:
+        self._reply = None
+        self._more = None
+        if self.done.called:
+            return
+        error = failure.value
+        if not isinstance(error, CallError):
+            self.done.errback(failure)
+            return
+        if is_link_failure(error) and self._target is None and not self._items:
+            # Failover, only before the first item, and only when safe.
+            if error.outcome is Outcome.NOT_RUN:
+                self._last_error = error
+                self._next_peer()
+                return
+            self._sent = True
+            if self._router._may_retry(peer, self._procedure, self._call):
+                self._last_error = error
+                self._next_peer()
+                return
+        self.done.errback(failure)
+
+    def _fail(self, error: CallError) -> None:
+        if not self.done.called:
+            self.done.errback(Failure(error))
+
+    def _cancel(self, done: Deferred[Any]) -> None:
+        reply, self._reply = self._reply, None
+        self._more = None
+        if reply is not None:
+            reply.cancel()  # CANCEL to the peer: it closes the generator
