@@ -188,8 +188,8 @@ def test_calls_share_an_idle_connection(server: LineServer) -> None:
 
 
 def test_threads_get_connections_of_their_own(server: LineServer) -> None:
-    """Two calls in flight at once, from two threads, travel on two connections."""
-    client = BlockingClient(server.endpoint, timeout=WAIT)
+    """With threads_per_connection=1, two calls in flight at once, from two threads, travel on two connections."""
+    client = BlockingClient(server.endpoint, timeout=WAIT, threads_per_connection=1)
     results: queue.Queue[Any] = queue.Queue()
     thread = threading.Thread(
         target=lambda: results.put(_outcome(lambda: client.call("sleep", 1)))
@@ -384,7 +384,7 @@ def test_direct_path_limits(server: LineServer) -> None:
     """No more idle connections are kept than the limit; the rest are closed as they come back."""
     address = parse_address(server.endpoint)
     assert address is not None
-    direct = DirectPath(address, max_idle=1)
+    direct = DirectPath(address, max_idle=1, threads_per_connection=1)
     results: queue.Queue[Any] = queue.Queue()
     thread = threading.Thread(
         target=lambda: results.put(_outcome(lambda: direct.call("sleep", (1,), {}, WAIT)))

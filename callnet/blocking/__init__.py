@@ -35,6 +35,7 @@ from callnet.blocking._reactor_thread import (
     ReactorThread,
     default_reactor_thread,
 )
+from callnet.blocking._shared import THREADS_PER_CONNECTION
 from callnet.blocking._stream import BlockingStream
 from callnet.blocking._wait import GRACE, INTERRUPT_CHECK_INTERVAL, _Done
 from callnet.errors import ForkedProcessError, WrongThreadError
@@ -45,6 +46,7 @@ __all__ = [
     "GRACE",
     "INTERRUPT_CHECK_INTERVAL",
     "MAX_IDLE_CONNECTIONS",
+    "THREADS_PER_CONNECTION",
     "THREAD_NAME",
     "BlockingClient",
     "BlockingStream",

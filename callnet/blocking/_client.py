@@ -19,6 +19,7 @@ from callnet.answers import MULTICALL, unpack
 from callnet.blocking._direct import (
     ASYNC_THREADS,
     MAX_IDLE_CONNECTIONS,
+    THREADS_PER_CONNECTION,
     DirectCallHandle,
     DirectPath,
     TLSAddress,
@@ -91,6 +92,10 @@ class BlockingClient:
         connections to keep for reuse (L{MAX_IDLE_CONNECTIONS}).
     @param async_threads: on the plain-socket path, how many threads run
         the calls of L{call_async} (L{ASYNC_THREADS}).
+    @param threads_per_connection: on the plain-socket path, how many
+        threads calling at once share one connection, their tagged calls
+        pipelined on it (L{THREADS_PER_CONNECTION}); 1 gives each calling
+        thread a connection of its own.
     @raise ValueError: C{transport="direct"} with an endpoint that the
         plain-socket path cannot reach.
     """
@@ -106,13 +111,17 @@ class BlockingClient:
         transport: Transport | None = None,
         max_idle_connections: int = MAX_IDLE_CONNECTIONS,
         async_threads: int = ASYNC_THREADS,
+        threads_per_connection: int = THREADS_PER_CONNECTION,
     ) -> None:
         _check_seconds("timeout", timeout, positive=True)
         _check_seconds("grace", grace, positive=False)
         if transport not in (None, "direct", "reactor"):
             raise ValueError(f"transport must be 'direct', 'reactor' or None, not {transport!r}")
-        if max_idle_connections < 0 or async_threads < 1:
-            raise ValueError("max_idle_connections must be 0 or more, async_threads 1 or more")
+        if max_idle_connections < 0 or async_threads < 1 or threads_per_connection < 1:
+            raise ValueError(
+                "max_idle_connections must be 0 or more, async_threads and"
+                " threads_per_connection 1 or more"
+            )
         self.timeout = timeout
         self.grace = grace
         self._endpoint = endpoint
@@ -138,6 +147,7 @@ class BlockingClient:
                 connect_timeout=timeout,
                 max_idle=max_idle_connections,
                 async_threads=async_threads,
+                threads_per_connection=threads_per_connection,
             )
         if address is not None:
             self.address = address.text

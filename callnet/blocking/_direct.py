@@ -40,6 +40,13 @@ from twisted.logger import Logger
 from twisted.python import threadable
 
 from callnet.blocking._handle import CallHandle
+from callnet.blocking._shared import (
+    THREADS_PER_CONNECTION,
+    LostError,
+    Multiplexer,
+    NotSentError,
+    SendTimeoutError,
+)
 from callnet.blocking._stream import BlockingStream
 from callnet.blocking._wait import INTERRUPT_CHECK_INTERVAL, _Done
 from callnet.errors import (
@@ -220,8 +227,8 @@ def _report(on_progress: Callable[[Progress], object], report: Progress) -> None
         log.failure("progress callback {fn!r} failed", fn=on_progress)
 
 
-class _LostError(Exception):
-    """The connection ended (EOF or a socket error) while a call used it."""
+#: The connection ended (EOF or a socket error) while a call used it.
+_LostError = LostError
 
 
 class Connection:
@@ -236,6 +243,7 @@ class Connection:
         self.decoder = LineDecoder(max_line)
         self._tags = map(str, itertools.count(1))
         self._monotonic = monotonic
+        self.monotonic = monotonic
         #: Serialises writes: a call's own, and a C{CANCEL} from L{close}.
         self.write_lock = threading.Lock()
         #: The tag of the call waiting on this connection, for L{abort}.
@@ -320,9 +328,6 @@ class Connection:
         @raise _LostError: the connection ended first.
         """
         decoder = self.decoder
-        sock = self.sock
-        poller = self._poll_in
-        monotonic = self._monotonic
         while True:
             event = decoder.next_event()
             while event is not None:
@@ -338,28 +343,46 @@ class Connection:
                 elif kind is Progress and on_progress is not None and event.tag == tag:  # type: ignore[union-attr]
                     _report(on_progress, event)  # type: ignore[arg-type]
                 event = decoder.next_event()
-            remaining = deadline - monotonic()
-            if remaining <= 0:
-                raise TimeoutError
-            if interruptible and remaining > INTERRUPT_CHECK_INTERVAL:
-                remaining = INTERRUPT_CHECK_INTERVAL
-            try:
-                if poller is not None:
-                    if not poller.poll(remaining * 1000):
-                        continue
-                    data = sock.recv(READ_SIZE)
-                else:
-                    sock.settimeout(remaining)
-                    data = sock.recv(READ_SIZE)
-            except TimeoutError:
-                continue
-            except OSError as e:
-                raise _LostError(e.strerror or str(e)) from None
-            if not data:
-                raise _LostError("the node closed the connection")
-            decoder.feed(data)
+            self.read_more(deadline, interruptible)
 
-    def cancel(self, tag: str, timeout: float) -> None:
+    def read_more(self, deadline: float, interruptible: bool) -> None:
+        """
+        Wait for more bytes from the node, by C{deadline}, and feed them to
+        the decoder (a wake to check for Ctrl-C may feed nothing).
+
+        @raise TimeoutError: the deadline passed first.
+        @raise _LostError: the connection ended first.
+        """
+        remaining = deadline - self._monotonic()
+        if remaining <= 0:
+            raise TimeoutError
+        if interruptible and remaining > INTERRUPT_CHECK_INTERVAL:
+            remaining = INTERRUPT_CHECK_INTERVAL
+        sock = self.sock
+        try:
+            poller = self._poll_in
+            if poller is not None:
+                if not poller.poll(remaining * 1000):
+                    return
+                data = sock.recv(READ_SIZE)
+            else:
+                sock.settimeout(remaining)
+                data = sock.recv(READ_SIZE)
+        except TimeoutError:
+            return
+        except OSError as e:
+            raise _LostError(e.strerror or str(e)) from None
+        if not data:
+            raise _LostError("the node closed the connection")
+        self.decoder.feed(data)
+
+    def kill(self, why: str) -> str:
+        """End the connection from any thread (its reader wakes at once); return C{why}."""
+        with contextlib.suppress(OSError):
+            self.sock.shutdown(socket.SHUT_RDWR)
+        return why
+
+    def cancel(self, tag: str, timeout: float = CANCEL_WRITE_TIMEOUT) -> None:
         """Ask the node to cancel C{tag}, best effort, within C{timeout}."""
         with contextlib.suppress(OSError, ValueError):
             self.send(encode_command("CANCEL", (tag,)), self._monotonic() + timeout)
@@ -456,6 +479,8 @@ class DirectPath:
     @param connect_timeout: the deadline of a connection's C{AUTH}.
     @param max_idle: how many idle connections to keep.
     @param async_threads: how many threads run C{call_async()} calls.
+    @param threads_per_connection: how many calling threads share one
+        connection before the next opens another; 1 gives each its own.
     """
 
     def __init__(
@@ -467,6 +492,7 @@ class DirectPath:
         max_line: int = DEFAULT_MAX_LINE,
         max_idle: int = MAX_IDLE_CONNECTIONS,
         async_threads: int = ASYNC_THREADS,
+        threads_per_connection: int = THREADS_PER_CONNECTION,
         monotonic: Callable[[], float] = time.monotonic,
         atexit_register: Callable[[Callable[[], None]], object] = atexit.register,
     ) -> None:
@@ -477,12 +503,19 @@ class DirectPath:
         self._max_line = max_line
         self._max_idle = max_idle
         self._async_threads = async_threads
+        self._per_connection = threads_per_connection
+        # TLS sockets cannot be read in one thread while written in another,
+        # and without poll() reads and writes would race on the socket's
+        # timeout: such connections carry one call at a time.
+        self._can_share = threads_per_connection > 1 and address.tls is None and _POLL is not None
         self.monotonic = monotonic
         self._ssl_context = address.tls.ssl_context() if address.tls is not None else None
         self._pid = os.getpid()
         self._lock = threading.Lock()
         self._idle: list[Connection] = []
         self._busy: set[Connection] = set()
+        #: Connections carrying the calls of several threads now.
+        self._shared: list[Multiplexer] = []
         self._executor: _AsyncThreads | None = None
         self._handles: set[DirectCallHandle] = set()
         self.closed = False
@@ -506,10 +539,11 @@ class DirectPath:
         """
         # Another thread may have held the lock at the fork: it never lets go here.
         self._lock = threading.Lock()
-        for connection in [*self._idle, *self._busy]:
+        for connection in [*self._idle, *self._busy, *(m.connection for m in self._shared)]:
             connection.close()
         self._idle = []
         self._busy = set()
+        self._shared = []
         self._executor = None
         self._handles = set()
         self._pid = os.getpid()
@@ -541,6 +575,52 @@ class DirectPath:
         with self._lock:
             self._busy.discard(connection)
             if not self.closed and not connection.closed and len(self._idle) < self._max_idle:
+                self._idle.append(connection)
+                return
+        connection.close()
+
+    def _take_shared(self, deadline: float, what: str) -> Multiplexer:
+        """
+        A connection to carry one call beside others: the least busy one
+        that carries fewer than C{threads_per_connection} calls, or an
+        idle or new one.
+        """
+        self._check_pid()
+        with self._lock:
+            if self.closed:
+                raise self._closed_error(what, Outcome.NOT_RUN)
+            best = None
+            for mux in self._shared:
+                if mux.lost is None and (best is None or mux.users < best.users):
+                    best = mux
+            if best is not None and best.users < self._per_connection:
+                best.users += 1
+                return best
+        connection = self._take(deadline, what)
+        mux = Multiplexer(connection)
+        with self._lock:
+            self._busy.discard(connection)
+            if self.closed:
+                connection.close()
+                raise self._closed_error(what, Outcome.NOT_RUN)
+            mux.users = 1
+            self._shared.append(mux)
+        return mux
+
+    def _give_back_shared(self, mux: Multiplexer) -> None:
+        """A call placed on C{mux} is over; the last one keeps or closes the connection."""
+        connection = mux.connection
+        with self._lock:
+            mux.users -= 1
+            if mux.users:
+                return
+            self._shared.remove(mux)
+            if (
+                mux.lost is None
+                and not self.closed
+                and not connection.closed
+                and len(self._idle) < self._max_idle
+            ):
                 self._idle.append(connection)
                 return
         connection.close()
@@ -646,6 +726,8 @@ class DirectPath:
     ) -> Any:
         """Call a procedure in this thread; return its result or raise its error."""
         deadline = self.monotonic() + timeout
+        if handle is None and self._can_share:
+            return self._call_shared(procedure, args, kwargs, timeout, deadline, key, trace)
         connection = self._take(deadline, procedure)
         tag = connection.next_tag()
         try:
@@ -662,6 +744,58 @@ class DirectPath:
             self._give_back(connection)
             raise InvalidArgumentError(f"arguments are not JSON: {e}", Outcome.NOT_RUN) from None
         return self._exchange(connection, tag, line, procedure, timeout, deadline, handle)
+
+    def _call_shared(
+        self,
+        procedure: str,
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        timeout: float,
+        deadline: float,
+        key: str | None,
+        trace: str | None,
+    ) -> Any:
+        """A call on a connection that may carry other threads' calls too."""
+        mux = self._take_shared(deadline, procedure)
+        try:
+            tag = mux.connection.next_tag()
+            try:
+                if kwargs or key is not None or trace is not None:
+                    line = encode_call(
+                        Call(procedure, args, kwargs, tag, timeout, False, key, trace)
+                    )
+                else:
+                    line = encode_simple_call(tag, timeout, procedure, args)
+            except (TypeError, ValueError) as e:
+                raise InvalidArgumentError(
+                    f"arguments are not JSON: {e}", Outcome.NOT_RUN
+                ) from None
+            try:
+                reply = mux.exchange(
+                    tag, line, deadline, threading.current_thread() is threading.main_thread()
+                )
+            except SendTimeoutError:
+                raise DeadlineExceededError(
+                    f"{procedure} could not be sent within {timeout:g}s: the node does not read",
+                    Outcome.NOT_RUN,
+                ) from None
+            except NotSentError as e:
+                raise self._lost_error(procedure, str(e), Outcome.NOT_RUN) from None
+            except TimeoutError:
+                raise DeadlineExceededError(
+                    f"no reply to {procedure} within {timeout:g}s", Outcome.MAY_HAVE_RUN
+                ) from None
+            except LostError as e:
+                raise self._lost_error(procedure, str(e), Outcome.MAY_HAVE_RUN) from None
+        finally:
+            self._give_back_shared(mux)
+        if self.closed:
+            # close() began while this call waited: its CANCEL may have been
+            # answered first, but a closed client's waiters all hear the same.
+            raise self._closed_error(procedure, Outcome.MAY_HAVE_RUN)
+        if type(reply) is Success:
+            return reply.value
+        raise reply.error
 
     def stream(
         self,
@@ -835,12 +969,17 @@ class DirectPath:
             self.closed = True
             idle, self._idle = self._idle, []
             busy = list(self._busy)
+            shared = list(self._shared)
             handles = list(self._handles)
             executor, self._executor = self._executor, None
         for connection in idle:
             connection.close()
         for connection in busy:
             connection.abort()
+        for mux in shared:
+            for tag in mux.tags():
+                mux.connection.cancel(tag)
+            mux.fail(mux.connection.kill("the client was closed"))
         for handle in handles:
             handle._closed()
         if executor is not None:
