@@ -12,6 +12,7 @@ import contextlib
 import queue
 import socket
 import threading
+import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -19,7 +20,9 @@ import pytest
 from twisted.python import threadable
 
 from callnet.blocking import BlockingClient, CallHandle, TLSAddress, reactor_in_use
-from callnet.blocking._direct import DirectPath, parse_address
+from callnet.blocking._direct import Connection, DirectPath, parse_address
+from callnet.blocking._shared import LostError, Multiplexer, NotSentError
+from callnet.blocking._wait import _Done
 from callnet.errors import (
     CallCancelledError,
     DeadlineExceededError,
@@ -407,3 +410,285 @@ def test_client_limits_are_checked() -> None:
     assert (client._direct._max_idle, client._direct._async_threads) == (0, 2)
     with pytest.raises(ValueError, match="async_threads"):
         BlockingClient("tcp:127.0.0.1:1", async_threads=0)
+
+
+# --- Several threads on one connection ----------------------------------------
+
+
+class _Peer:
+    """The node's end of a socket pair: reads request lines, writes scripted replies."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+        sock.settimeout(WAIT)
+        self._buffer = b""
+
+    def line(self) -> bytes:
+        while b"\n" not in self._buffer:
+            data = self.sock.recv(65536)
+            assert data, "the client closed the connection"
+            self._buffer += data
+        line, self._buffer = self._buffer.split(b"\n", 1)
+        return line
+
+    def tag(self) -> str:
+        """The tag of the next request line."""
+        return self.line().split()[0][1:].decode()
+
+
+@pytest.fixture
+def pair() -> Iterator[tuple[Multiplexer, _Peer]]:
+    ours, theirs = socket.socketpair()
+    mux = Multiplexer(Connection(ours, 65536, time.monotonic))
+    yield mux, _Peer(theirs)
+    ours.close()
+    theirs.close()
+
+
+def _in_thread(f: Callable[[], Any]) -> tuple[threading.Thread, queue.Queue[Any]]:
+    """Run C{f} in a thread; its outcome (result or exception) goes in the queue."""
+    results: queue.Queue[Any] = queue.Queue()
+
+    def run() -> None:
+        try:
+            results.put(f())
+        except BaseException as e:
+            results.put(e)
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    return thread, results
+
+
+def _exchange(mux: Multiplexer, tag: str, timeout: float = WAIT) -> Callable[[], Any]:
+    line = b"#%b echo %b\n" % (tag.encode(), tag.encode())
+    return lambda: mux.exchange(tag, line, time.monotonic() + timeout, False)
+
+
+def test_lone_call_reads_its_own_reply_with_no_hand_off(
+    pair: tuple[Multiplexer, _Peer], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A thread alone on a shared connection sends, reads its own reply and returns: no waiter is ever woken."""
+    mux, peer = pair
+    sets: list[object] = []
+    original = _Done.set
+
+    def counted(self: Any) -> None:
+        sets.append(self)
+        original(self)
+
+    monkeypatch.setattr(_Done, "set", counted)
+    peer.sock.sendall(b"#1 OK 1\n")  # the reply is there before the request is read
+    reply = _exchange(mux, "1")()
+    assert (reply.tag, reply.value) == ("1", 1)
+    assert peer.line() == b"#1 echo 1"
+    assert sets == []
+    assert mux.tags() == [] and mux._reader is None
+
+
+def test_replies_in_any_order_reach_their_callers(pair: tuple[Multiplexer, _Peer]) -> None:
+    """Three threads' calls pipelined on one connection each get their own reply, whatever order the node answers in."""
+    mux, peer = pair
+    running = [_in_thread(_exchange(mux, tag)) for tag in ("1", "2", "3")]
+    tags = sorted(peer.tag() for _ in range(3))
+    assert tags == ["1", "2", "3"]
+    peer.sock.sendall(b"#3 OK 30\n#1 OK 10\n#9 OK 90\n#2 OK 20\n")
+    values = {}
+    for thread, results in running:
+        reply = results.get(timeout=WAIT)
+        values[reply.tag] = reply.value
+        thread.join(WAIT)
+    assert values == {"1": 10, "2": 20, "3": 30}
+    assert mux.tags() == [] and mux._reader is None
+
+
+def test_reader_past_its_deadline_hands_the_role_on(pair: tuple[Multiplexer, _Peer]) -> None:
+    """The reader whose deadline passes cancels its own call only and makes a waiting thread the reader, which then gets its reply."""
+    mux, peer = pair
+    first, first_results = _in_thread(_exchange(mux, "1", timeout=0.3))
+    assert peer.tag() == "1"
+    assert mux._reader is not None and mux._reader.tag == "1"
+    second, second_results = _in_thread(_exchange(mux, "2"))
+    assert peer.tag() == "2"
+    assert isinstance(first_results.get(timeout=WAIT), TimeoutError)
+    assert peer.line() == b'CANCEL "1"'
+    peer.sock.sendall(b"#1 ERR CANCELLED may-have-run cancelled\n#2 OK 2\n")
+    assert second_results.get(timeout=WAIT).value == 2
+    first.join(WAIT)
+    second.join(WAIT)
+
+
+def test_follower_past_its_deadline_leaves_alone(pair: tuple[Multiplexer, _Peer]) -> None:
+    """A waiting thread whose deadline passes cancels its call; the reader reads on for its own."""
+    mux, peer = pair
+    first, first_results = _in_thread(_exchange(mux, "1"))
+    assert peer.tag() == "1"
+    second, second_results = _in_thread(_exchange(mux, "2", timeout=0.3))
+    assert peer.tag() == "2"
+    assert isinstance(second_results.get(timeout=WAIT), TimeoutError)
+    assert peer.line() == b'CANCEL "2"'
+    peer.sock.sendall(b"#1 OK 1\n")
+    assert first_results.get(timeout=WAIT).value == 1
+    first.join(WAIT)
+    second.join(WAIT)
+
+
+def test_ctrl_c_in_the_reader_hands_the_role_on(pair: tuple[Multiplexer, _Peer]) -> None:
+    """KeyboardInterrupt in the main thread while it reads cancels its call only; a waiting thread becomes the reader and gets its reply."""
+    import _thread
+
+    mux, peer = pair
+    waiting: list[tuple[threading.Thread, queue.Queue[Any]]] = []
+
+    def script() -> None:
+        assert peer.tag() == "1"
+        waiting.append(_in_thread(_exchange(mux, "2")))
+        assert peer.tag() == "2"
+        _thread.interrupt_main()
+
+    helper, helper_results = _in_thread(script)
+    with pytest.raises(KeyboardInterrupt):
+        mux.exchange("1", b"#1 echo 1\n", time.monotonic() + WAIT, True)
+    helper.join(WAIT)
+    assert helper_results.get(timeout=WAIT) is None
+    assert peer.line() == b'CANCEL "1"'
+    peer.sock.sendall(b"#2 OK 2\n")
+    thread, results = waiting[0]
+    assert results.get(timeout=WAIT).value == 2
+    thread.join(WAIT)
+
+
+def test_lost_connection_fails_every_waiter(pair: tuple[Multiplexer, _Peer]) -> None:
+    """When the node ends a shared connection, the reader and every waiting thread fail at once, and no call is placed on it again."""
+    mux, peer = pair
+    running = [_in_thread(_exchange(mux, tag)) for tag in ("1", "2", "3")]
+    for _ in range(3):
+        peer.tag()
+    peer.sock.shutdown(socket.SHUT_RDWR)
+    for thread, results in running:
+        assert isinstance(results.get(timeout=WAIT), LostError)
+        thread.join(WAIT)
+    assert mux.lost is not None
+    with pytest.raises(NotSentError):
+        _exchange(mux, "4")()
+
+
+def test_threads_share_a_connection(server: LineServer) -> None:
+    """By default two calls in flight at once, from two threads, travel pipelined on one connection with their own tags."""
+    client = BlockingClient(server.endpoint, timeout=WAIT)
+    thread, results = _in_thread(lambda: client.call("sleep", 1))
+    assert server.next_line() == (1, b"#1 +timeout=5.0 sleep 1")
+    assert client.call("add", 2, 2) == 4
+    assert server.next_line() == (1, b"#2 +timeout=5.0 add 2 2")
+    server.connections[0].sendall(b"#1 OK 7\n")
+    assert results.get(timeout=WAIT) == 7
+    thread.join(WAIT)
+    assert client._direct is not None and client._direct._shared == []
+    assert len(client._direct._idle) == 1
+    client.close()
+
+
+def test_threads_per_connection_bounds_sharing(server: LineServer) -> None:
+    """With threads_per_connection=2, a third thread calling at once opens a second connection."""
+    client = BlockingClient(server.endpoint, timeout=WAIT, threads_per_connection=2)
+    running = []
+    seen = []
+    for _ in range(3):
+        running.append(_in_thread(lambda: client.call("sleep", 1)))
+        seen.append(server.next_line()[0])
+    assert seen == [1, 1, 2]
+    client.close()
+    for thread, results in running:
+        assert isinstance(results.get(timeout=WAIT), UnavailableError)
+        thread.join(WAIT)
+
+
+def test_close_releases_every_shared_caller(server: LineServer) -> None:
+    """close() cancels every call waiting on a shared connection and releases all their threads at once, may-have-run."""
+    client = BlockingClient(server.endpoint, timeout=60)
+    running = [_in_thread(lambda: client.call("sleep", 30)) for _ in range(2)]
+    assert {server.next_line() for _ in range(2)} == {
+        (1, b"#1 +timeout=60.0 sleep 30"),
+        (1, b"#2 +timeout=60.0 sleep 30"),
+    }
+    client.close()
+    for thread, results in running:
+        error = results.get(timeout=WAIT)
+        assert isinstance(error, UnavailableError)
+        assert error.outcome is Outcome.MAY_HAVE_RUN
+        assert "closed" in error.message
+        thread.join(WAIT)
+    assert {server.next_line() for _ in range(2)} == {(1, b'CANCEL "1"'), (1, b'CANCEL "2"')}
+    assert server.ended.get(timeout=WAIT) == 1
+
+
+def test_lost_shared_connection_fails_every_caller(server: LineServer) -> None:
+    """A shared connection lost in flight fails every caller on it may-have-run; the next call opens a new one."""
+    client = BlockingClient(server.endpoint, timeout=60)
+    running = [_in_thread(lambda: client.call("sleep", 9)) for _ in range(2)]
+    server.next_line()
+    server.next_line()
+    server.connections[0].shutdown(socket.SHUT_RDWR)
+    for thread, results in running:
+        error = results.get(timeout=WAIT)
+        assert isinstance(error, UnavailableError)
+        assert error.outcome is Outcome.MAY_HAVE_RUN
+        assert "lost" in error.message
+        thread.join(WAIT)
+    assert client.call("add", 1, 1) == 2
+    assert server.next_line()[0] == 2
+    client.close()
+
+
+def test_stream_keeps_a_connection_of_its_own(server: LineServer) -> None:
+    """A stream started while another thread's call waits on a shared connection is sent on a connection of its own."""
+    address = parse_address(server.endpoint)
+    assert address is not None
+    direct = DirectPath(address)
+    thread, results = _in_thread(lambda: direct.call("sleep", (1,), {}, WAIT))
+    assert server.next_line()[0] == 1
+    stream = direct.stream("count", (3,), {}, WAIT, 4)
+    number, line = server.next_line()
+    assert number == 2 and b"count 3" in line
+    stream.close()
+    direct.close()
+    assert isinstance(results.get(timeout=WAIT), UnavailableError)
+    thread.join(WAIT)
+
+
+def test_fork_forgets_shared_connections(
+    server: LineServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """In a (simulated) forked child the pool forgets the parent's shared connections, in use by the parent's threads, and opens one of its own."""
+    client = BlockingClient(server.endpoint, timeout=WAIT)
+    path = client._direct
+    assert path is not None
+    thread, results = _in_thread(lambda: client.call("sleep", 1))
+    assert server.next_line()[0] == 1
+    inherited = path._shared[0]
+    monkeypatch.setattr("callnet.blocking._direct.os.getpid", lambda: path._pid + 1)
+    assert client.call("add", 2, 2) == 4
+    assert server.next_line() == (2, b"#1 +timeout=5.0 add 2 2")
+    assert inherited.connection.closed and inherited not in path._shared
+    results.get(timeout=WAIT)  # the parent's thread (here, not in a child) ends too
+    thread.join(WAIT)
+    client.close()
+
+
+def test_threads_starting_together_share_one_new_connection(server: LineServer) -> None:
+    """Threads that call at once on a fresh client wait for the one connection being opened instead of opening one each."""
+    client = BlockingClient(server.endpoint, timeout=WAIT)
+    start = threading.Barrier(4)
+
+    def call() -> Any:
+        start.wait(WAIT)
+        return client.call("sleep", 1)
+
+    running = [_in_thread(call) for _ in range(4)]
+    assert sorted(server.next_line() for _ in range(4)) == [
+        (1, b"#%d +timeout=5.0 sleep 1" % k) for k in range(1, 5)
+    ]
+    client.close()
+    for thread, results in running:
+        assert isinstance(results.get(timeout=WAIT), UnavailableError)
+        thread.join(WAIT)

@@ -19,7 +19,6 @@ from callnet.answers import MULTICALL, unpack
 from callnet.blocking._direct import (
     ASYNC_THREADS,
     MAX_IDLE_CONNECTIONS,
-    THREADS_PER_CONNECTION,
     DirectCallHandle,
     DirectPath,
     TLSAddress,
@@ -28,6 +27,7 @@ from callnet.blocking._direct import (
 )
 from callnet.blocking._handle import CallHandle, _Send
 from callnet.blocking._reactor_thread import ReactorThread, default_reactor_thread
+from callnet.blocking._shared import THREADS_PER_CONNECTION
 from callnet.blocking._stream import BlockingStream, BridgedStream
 from callnet.blocking._wait import GRACE
 from callnet.client import DEFAULT_TIMEOUT, Client

@@ -540,7 +540,8 @@ class DirectPath:
         # Another thread may have held the lock at the fork: it never lets go here.
         self._lock = threading.Lock()
         for connection in [*self._idle, *self._busy, *(m.connection for m in self._shared)]:
-            connection.close()
+            if connection is not None:
+                connection.close()
         self._idle = []
         self._busy = set()
         self._shared = []
@@ -586,6 +587,7 @@ class DirectPath:
         idle or new one.
         """
         self._check_pid()
+        opening = False
         with self._lock:
             if self.closed:
                 raise self._closed_error(what, Outcome.NOT_RUN)
@@ -595,17 +597,67 @@ class DirectPath:
                     best = mux
             if best is not None and best.users < self._per_connection:
                 best.users += 1
-                return best
-        connection = self._take(deadline, what)
-        mux = Multiplexer(connection)
+                mux = best
+            else:
+                mux = Multiplexer()
+                mux.users = 1
+                self._shared.append(mux)
+                opening = True
+        if mux.connection is None:
+            if opening:
+                self._open_shared(mux, deadline, what)
+            else:
+                self._wait_shared(mux, deadline, what)
+        return mux
+
+    def _open_shared(self, mux: Multiplexer, deadline: float, what: str) -> None:
+        """Open the connection of C{mux}, for the calls placed on it meanwhile too."""
+        try:
+            connection = self._take(deadline, what)
+        except BaseException as e:
+            with self._lock:
+                mux.lost = str(e)
+                mux.failure = e
+                mux.users -= 1
+                if mux in self._shared:
+                    self._shared.remove(mux)
+            mux.ready.set()
+            raise
         with self._lock:
             self._busy.discard(connection)
+            mux.connection = connection
             if self.closed:
-                connection.close()
-                raise self._closed_error(what, Outcome.NOT_RUN)
-            mux.users = 1
-            self._shared.append(mux)
-        return mux
+                mux.lost = "the client was closed"
+        mux.ready.set()
+        if mux.lost is not None:
+            self._give_back_shared(mux)
+            raise self._closed_error(what, Outcome.NOT_RUN)
+
+    def _wait_shared(self, mux: Multiplexer, deadline: float, what: str) -> None:
+        """Wait, by C{deadline}, for another thread to open the connection of C{mux}."""
+        poll = threading.current_thread() is threading.main_thread()
+        try:
+            while not mux.ready.is_set():
+                remaining = deadline - self.monotonic()
+                if remaining <= 0:
+                    raise DeadlineExceededError(
+                        f"the deadline of {what} passed while connecting to {self.address.text}",
+                        Outcome.NOT_RUN,
+                    )
+                mux.ready.wait(min(remaining, INTERRUPT_CHECK_INTERVAL) if poll else remaining)
+            failure = mux.failure
+            if failure is not None:
+                if isinstance(failure, CallError):
+                    raise type(failure)(failure.message, Outcome.NOT_RUN) from None
+                raise UnavailableError(
+                    f"cannot connect to {self.address.text}: {failure!r}", Outcome.NOT_RUN
+                )
+        except BaseException:
+            self._give_back_shared(mux)
+            raise
+        if mux.lost is not None:
+            self._give_back_shared(mux)
+            raise self._closed_error(what, Outcome.NOT_RUN)
 
     def _give_back_shared(self, mux: Multiplexer) -> None:
         """A call placed on C{mux} is over; the last one keeps or closes the connection."""
@@ -614,7 +666,10 @@ class DirectPath:
             mux.users -= 1
             if mux.users:
                 return
-            self._shared.remove(mux)
+            if mux in self._shared:
+                self._shared.remove(mux)
+            if connection is None:
+                return
             if (
                 mux.lost is None
                 and not self.closed
@@ -758,6 +813,7 @@ class DirectPath:
         """A call on a connection that may carry other threads' calls too."""
         mux = self._take_shared(deadline, procedure)
         try:
+            assert mux.connection is not None
             tag = mux.connection.next_tag()
             try:
                 if kwargs or key is not None or trace is not None:
@@ -977,9 +1033,12 @@ class DirectPath:
         for connection in busy:
             connection.abort()
         for mux in shared:
+            carrier = mux.connection
+            if carrier is None:
+                continue  # being opened: its opener sees the client closed
             for tag in mux.tags():
-                mux.connection.cancel(tag)
-            mux.fail(mux.connection.kill("the client was closed"))
+                carrier.cancel(tag)
+            mux.fail(carrier.kill("the client was closed"))
         for handle in handles:
             handle._closed()
         if executor is not None:

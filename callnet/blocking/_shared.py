@@ -77,8 +77,16 @@ class Multiplexer:
     path's lock); everything else by this object's own lock.
     """
 
-    def __init__(self, connection: Connection) -> None:
+    def __init__(self, connection: Connection | None = None) -> None:
+        #: C{None} while the thread that placed the first call here opens
+        #: it; the calls placed meanwhile wait for L{ready}, so that threads
+        #: starting together share one new connection, not one each.
         self.connection = connection
+        self.ready = threading.Event()
+        if connection is not None:
+            self.ready.set()
+        #: Why opening the connection failed, for the calls that waited.
+        self.failure: BaseException | None = None
         self.users = 0
         #: Why the connection is gone, once it is: no call is placed here then.
         self.lost: str | None = None
@@ -106,6 +114,7 @@ class Multiplexer:
         """
         waiter = _Waiter(tag)
         connection = self.connection
+        assert connection is not None
         with self._lock:
             if self.lost is not None:
                 raise NotSentError(self.lost)
@@ -129,7 +138,7 @@ class Multiplexer:
             with self._lock:
                 if self._reader is None and waiter.reply is None and waiter.lost is None:
                     self._reader = waiter
-            return self._await(waiter, deadline, interruptible)
+            return self._await(connection, waiter, deadline, interruptible)
         except LostError:
             raise
         except BaseException:
@@ -137,8 +146,10 @@ class Multiplexer:
             connection.cancel(tag)
             raise
 
-    def _await(self, waiter: _Waiter, deadline: float, interruptible: bool) -> Any:
-        monotonic = self.connection.monotonic
+    def _await(
+        self, connection: Connection, waiter: _Waiter, deadline: float, interruptible: bool
+    ) -> Any:
+        monotonic = connection.monotonic
         done = waiter.done
         while self._reader is not waiter:
             remaining = deadline - monotonic()
@@ -159,14 +170,15 @@ class Multiplexer:
                 if remaining <= 0:
                     self._leave_locked(waiter)
                     raise TimeoutError
-        return self._read(waiter, deadline, interruptible)
+        return self._read(connection, waiter, deadline, interruptible)
 
-    def _read(self, waiter: _Waiter, deadline: float, interruptible: bool) -> Any:
+    def _read(
+        self, connection: Connection, waiter: _Waiter, deadline: float, interruptible: bool
+    ) -> Any:
         """As the reader: read and hand out replies until C{waiter}'s own."""
-        connection = self.connection
         try:
             while True:
-                own = self._dispatch(waiter)
+                own = self._dispatch(connection, waiter)
                 if own is not None:
                     self._leave(waiter)
                     return own
@@ -178,12 +190,12 @@ class Multiplexer:
             self._leave(waiter)
             raise
 
-    def _dispatch(self, waiter: _Waiter) -> Any:
+    def _dispatch(self, connection: Connection, waiter: _Waiter) -> Any:
         """
         Hand out every reply the decoder holds; return C{waiter}'s own if
         among them.  Replies to calls given up on are dropped.
         """
-        decoder = self.connection.decoder
+        decoder = connection.decoder
         own = None
         event = decoder.next_event()
         while event is not None:
