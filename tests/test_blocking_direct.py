@@ -460,6 +460,17 @@ def _in_thread(f: Callable[[], Any]) -> tuple[threading.Thread, queue.Queue[Any]
     return thread, results
 
 
+def _until(predicate: Callable[[], bool]) -> bool:
+    """Whether C{predicate} holds within L{WAIT} (checked every millisecond)."""
+    deadline = time.monotonic() + WAIT
+    pause = threading.Event()
+    while not predicate():
+        if time.monotonic() > deadline:
+            return False
+        pause.wait(0.001)
+    return True
+
+
 def _exchange(mux: Multiplexer, tag: str, timeout: float = WAIT) -> Callable[[], Any]:
     line = b"#%b echo %b\n" % (tag.encode(), tag.encode())
     return lambda: mux.exchange(tag, line, time.monotonic() + timeout, False)
@@ -507,7 +518,7 @@ def test_reader_past_its_deadline_hands_the_role_on(pair: tuple[Multiplexer, _Pe
     mux, peer = pair
     first, first_results = _in_thread(_exchange(mux, "1", timeout=0.3))
     assert peer.tag() == "1"
-    assert mux._reader is not None and mux._reader.tag == "1"
+    assert _until(lambda: mux._reader is not None and mux._reader.tag == "1")
     second, second_results = _in_thread(_exchange(mux, "2"))
     assert peer.tag() == "2"
     assert isinstance(first_results.get(timeout=WAIT), TimeoutError)
@@ -663,14 +674,16 @@ def test_fork_forgets_shared_connections(
     client = BlockingClient(server.endpoint, timeout=WAIT)
     path = client._direct
     assert path is not None
-    thread, results = _in_thread(lambda: client.call("sleep", 1))
+    # A short deadline: the parent's thread, which a real child would not
+    # have, may poll a descriptor number the child reuses until then.
+    thread, results = _in_thread(lambda: client.call("sleep", 1, timeout=1))
     assert server.next_line()[0] == 1
     inherited = path._shared[0]
     monkeypatch.setattr("callnet.blocking._direct.os.getpid", lambda: path._pid + 1)
     assert client.call("add", 2, 2) == 4
     assert server.next_line() == (2, b"#1 +timeout=5.0 add 2 2")
     assert inherited.connection.closed and inherited not in path._shared
-    results.get(timeout=WAIT)  # the parent's thread (here, not in a child) ends too
+    assert isinstance(results.get(timeout=WAIT), UnavailableError | DeadlineExceededError)
     thread.join(WAIT)
     client.close()
 

@@ -57,6 +57,9 @@ def reactor_in_use() -> bool:
     # A reactor that ran in a parent process still says it runs in a forked
     # child; it runs only if its thread is alive here.
     io_thread = threadable.ioThread
+    if io_thread is None:
+        return False
+    # (A thread still starting has no ident yet: None must not match it.)
     return any(thread.ident == io_thread for thread in threading.enumerate())
 
 
