@@ -278,6 +278,65 @@ def test_many_threads_share_one_client(node: str, tmp_path: Path, transport: str
     assert out["counts"] == [500] * 32
 
 
+def test_threads_sharing_a_connection_keep_every_promise(node: str, tmp_path: Path) -> None:
+    """Threads whose calls ride the connection the main thread reads for get their results, a deadline among them cancels its call only, and Ctrl-C in the reader cancels its own call and leaves the connection to the others."""
+    out = run_script(
+        node,
+        """
+        client = BlockingClient(ADDRESS, timeout=30)
+        client.ping()
+        wrong = []
+        seen = {}
+
+        def worker(k):
+            for i in range(200):
+                if client.call("add", k, i) != k + i:
+                    wrong.append([k, i])
+
+        def short():
+            try:
+                client.call("sleep", 5, timeout=0.3)
+            except DeadlineExceededError as e:
+                seen["deadline"] = e.outcome.value
+
+        def script():
+            seen["reading"] = until(lambda: sleeps_in_flight() == 1)
+            threads = [threading.Thread(target=worker, args=(k,)) for k in range(8)]
+            threads.append(threading.Thread(target=short))
+            for thread in threads:
+                thread.start()
+            for thread in threads:
+                thread.join(20)
+            seen["alive"] = sum(thread.is_alive() for thread in threads)
+            seen["connections"] = len(client._direct._shared)
+            _thread.interrupt_main()
+
+        helper = threading.Thread(target=script)
+        helper.start()
+        try:
+            client.call("sleep", 30)
+            what = "returned"
+        except KeyboardInterrupt:
+            what = "interrupted"
+        helper.join(20)
+        after = client.call("add", 1, 1)
+        report(what=what, wrong=wrong, after=after, idle=len(client._direct._idle),
+               in_flight=until(lambda: sleeps_in_flight() == 0), **seen)
+        """,
+        tmp_path,
+        "direct",
+    )
+    assert out["reading"] is True
+    assert out["what"] == "interrupted"
+    assert out["alive"] == 0
+    assert out["wrong"] == []
+    assert out["deadline"] == "may-have-run"
+    assert out["connections"] == 1
+    assert out["after"] == 2
+    assert out["idle"] == 1
+    assert out["in_flight"] is True
+
+
 def test_call_async_handle(node: str, tmp_path: Path, transport: str) -> None:
     """A handle is polled from plain code, calls back on the thread that finished it, and outlives a short result() timeout."""
     out = run_script(
