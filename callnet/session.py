@@ -40,12 +40,8 @@ The connection's life, in the manner of h11's state table::
 Casts never hold a connection open: they are counted against the calls in
 flight while it is open, and left to run on once it closes.
 
-Streams: a call whose work yields items (L{Producer}) makes them only as far
-as the session grants.  A tagged stream is granted its C{+window}, then what
-each C{MORE} grants, and its items are written as they come.  An untagged
-stream is granted one item at a time, and its items wait in its slot until
-its turn comes, one at most.  While the connection's output is backed up
-every stream is held, so a reader that does not read stops the producers.
+Streams: a call whose work yields items makes them only as far as the
+session grants (L{callnet.session_streams}).
 """
 
 from __future__ import annotations
@@ -66,6 +62,9 @@ from callnet.errors import (
     UnavailableError,
     UnimplementedError,
 )
+from callnet.session_streams import Producer as Producer
+from callnet.session_streams import Slot as Slot
+from callnet.session_streams import Streams
 from callnet.wire import (
     MAX_WINDOW,
     BadLine,
@@ -182,42 +181,6 @@ class Actions(Protocol):
         """Close the connection after what was written (or at once, if C{abort})."""
 
 
-class Producer(Protocol):
-    """A stream's work as the session drives it: items only as far as granted."""
-
-    def grant(self, count: int) -> None:
-        """It may make C{count} more items."""
-
-    def hold(self) -> None:
-        """Make none for now: the connection's output is backed up."""
-
-    def release(self) -> None:
-        """Make items again, as far as the grants go."""
-
-
-class Slot:
-    """A place in the queue of untagged replies, filled when its call ends."""
-
-    __slots__ = ("items", "line", "work")
-
-    def __init__(self, work: Any = None, line: bytes | None = None) -> None:
-        self.work = work
-        self.line = line
-        #: A stream's items waiting for its turn (one at most); None for a call.
-        self.items: list[bytes] | None = None
-
-
-class _Flow:
-    """A stream in flight: how to grant it items, and where they go."""
-
-    __slots__ = ("producer", "slot", "tag")
-
-    def __init__(self, producer: Producer, tag: str | None, slot: Slot | None) -> None:
-        self.producer = producer
-        self.tag = tag
-        self.slot = slot
-
-
 # --- Commands -------------------------------------------------------------------
 
 
@@ -312,7 +275,7 @@ class Session:
         self._untagged: deque[Slot] = deque()
         self._casts: set[Any] = set()
         #: Streams in flight (tagged or untagged), by their work.
-        self._streams: dict[Any, _Flow] = {}
+        self._streams = Streams()
         self._quit_slot: Slot | None = None
         self._quit_tag: str | None = None
         self.input_ended = False
@@ -359,11 +322,7 @@ class Session:
 
     def held_items(self) -> dict[str | None, int]:
         """Items of each stream waiting in the session, by tag (None: untagged)."""
-        held: dict[str | None, int] = {}
-        for flow in self._streams.values():
-            count = len(flow.slot.items or ()) if flow.slot is not None else 0
-            held[flow.tag] = held.get(flow.tag, 0) + count
-        return held
+        return self._streams.held_items()
 
     @property
     def timers(self) -> frozenset[str]:
@@ -497,8 +456,7 @@ class Session:
         if self.state is CLOSED:
             return
         self._output_paused = True
-        for flow in list(self._streams.values()):
-            flow.producer.hold()
+        self._streams.hold()
         self._update_reading()
         self._start_timer(STALL_TIMER, self._limits.write_stall_timeout)
 
@@ -507,8 +465,7 @@ class Session:
         self._stop_timer(STALL_TIMER)
         self._output_paused = False
         self.unsent = 0
-        for flow in list(self._streams.values()):
-            flow.producer.release()
+        self._streams.release()
         self._update_reading()
 
     def timer_fired(self, timer: str) -> None:
@@ -645,26 +602,18 @@ class Session:
             producer = self._actions.follow(work, call, slot)
             if producer is not None and slot.line is None:
                 slot.items = []
-                self._open_stream(work, producer, None, slot, 1)
+                self._streams.open(work, producer, None, slot, 1, self._output_paused)
         else:
             self._tagged[tag] = work
             if call.key is not None:
                 self._keyed.add(tag)
             producer = self._actions.follow(work, call, None)
             if producer is not None and self._tagged.get(tag) is work:
-                self._open_stream(work, producer, tag, None, call.window or 1)
+                window = call.window or 1
+                self._streams.open(work, producer, tag, None, window, self._output_paused)
         # Checked here without a call, as this runs once per call.
         if len(self._untagged) + len(self._tagged) + len(self._casts) >= self._max_in_flight:
             self._check_load()
-
-    def _open_stream(
-        self, work: Any, producer: Producer, tag: str | None, slot: Slot | None, credit: int
-    ) -> None:
-        """A stream started: give it its first credit (and hold it if output is backed up)."""
-        self._streams[work] = _Flow(producer, tag, slot)
-        if self._output_paused:
-            producer.hold()
-        producer.grant(credit)
 
     def _handle_command(self, command: Command) -> None:
         verb = COMMANDS.get(command.verb)
@@ -715,9 +664,7 @@ class Session:
         self._decoder.end_of_input()
         # No MORE can follow, so a tagged stream is granted the rest of its
         # items, paced from now on by the connection's own backpressure.
-        for flow in list(self._streams.values()):
-            if flow.tag is not None:
-                flow.producer.grant(MAX_WINDOW)
+        self._streams.grant_tagged(MAX_WINDOW)
         self._stop_timer(LINE_TIMER)
         self._maybe_finish()
 
@@ -745,9 +692,8 @@ class Session:
             )
             return
         work = self._tagged.get(str(args[0]).removeprefix("#"))
-        flow = self._streams.get(work) if work is not None else None
-        if flow is not None:
-            flow.producer.grant(count)
+        if work is not None:
+            self._streams.grant(work, count)
 
     def _auth(self, command: Command) -> None:
         """
@@ -831,9 +777,8 @@ class Session:
                 head.items = []
                 for item in items:
                     self._write(item)
-                flow = self._streams.get(head.work) if head.line is None else None
-                if flow is not None:
-                    flow.producer.grant(len(items))
+                if head.line is None:
+                    self._streams.grant(head.work, len(items))
                 continue  # the grant may have ended it: look at the head again
             line = head.line
             if line is None:
