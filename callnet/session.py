@@ -1,14 +1,16 @@
 """
 One connection's rules, as a state machine without I/O.
 
-L{Session} owns everything a node keeps per connection: the tagged calls in
-flight, the queue of untagged replies (answered in request order), C{QUIT},
-end of input, authentication and its back-off, admission of each call, and
-every reason to stop reading.  It is fed events by its adapter (bytes read,
-a call finished, output paused or drained, a timer fired, input ended, the
-connection lost) and answers each with actions, which it performs by calling
-the adapter's L{Actions}: write bytes, pause or resume reading, start, follow,
-cancel or detach a call, start or stop a timer, close with a reason.
+L{Session} is what a node keeps per connection.  Its adapter feeds it events
+(bytes read, a call finished, output paused or drained, a timer fired, input
+ended, the connection lost) and it answers each with actions, through the
+adapter's L{Actions}.  This module holds its core: the states, reading and
+every reason to stop, admission of each call, and the end.  Its other parts
+are written apart, below it: the calls in flight and the ordered queue of
+untagged replies (L{callnet.session_calls}), the commands and AUTH's back-off
+(L{callnet.session_commands}), streams' grants (L{callnet.session_streams}),
+the adapter's interface (L{callnet.session_actions}) and the table of states
+(L{callnet.session_states}).
 
 It imports nothing from Twisted, so it is driven in tests by plain objects,
 and its rules hold whatever the transport (TCP, TLS, memory) does.
@@ -39,17 +41,12 @@ The connection's life, in the manner of h11's state table::
 
 Casts never hold a connection open: they are counted against the calls in
 flight while it is open, and left to run on once it closes.
-
-Streams: a call whose work yields items makes them only as far as the
-session grants (L{callnet.session_streams}).
 """
 
 from __future__ import annotations
 
 import re
-from collections import deque
 from collections.abc import Callable
-from typing import Any, Final
 
 from callnet.config import Limits
 from callnet.errors import (
@@ -69,6 +66,7 @@ from callnet.session_actions import (
     STALL_TIMER,
     Actions,
 )
+from callnet.session_calls import CallsInFlight
 from callnet.session_commands import (
     AUTH_DELAY,
     AUTH_DELAY_MAX,
@@ -79,15 +77,14 @@ from callnet.session_commands import (
     refuse_auth,
     unauthenticated,
 )
-from callnet.session_streams import Producer, Slot, Streams
+from callnet.session_states import CLOSED, ENDING, OPEN, QUITTING, next_state
+from callnet.session_streams import Producer, Slot
 from callnet.wire import (
-    MAX_WINDOW,
     BadLine,
     Call,
     Command,
     Event,
     LineDecoder,
-    encode_failure,
     encode_success,
 )
 
@@ -114,30 +111,6 @@ __all__ = [
     "Verb",
 ]
 
-# --- States -------------------------------------------------------------------------
-
-OPEN: Final = "OPEN"
-QUITTING: Final = "QUITTING"
-ENDING: Final = "ENDING"
-CLOSED: Final = "CLOSED"
-
-#: What moves a session from one state to another.  Any pair not here is a
-#: bug in the session, and raises.  A table and a state attribute rather than
-#: Automat: benchmarks/statemachine.py measures one input to an Automat
-#: TypeMachine at about 2.3-3.5 us against 0.08-0.2 us for a state checked by
-#: identity, and the session takes several inputs for every line it reads.
-_TRANSITIONS: Final = {
-    (OPEN, "quit"): QUITTING,
-    (OPEN, "input done"): ENDING,
-    (OPEN, "close"): CLOSED,
-    (QUITTING, "close"): CLOSED,
-    (ENDING, "close"): CLOSED,
-    (OPEN, "lost"): CLOSED,
-    (QUITTING, "lost"): CLOSED,
-    (ENDING, "lost"): CLOSED,
-    (CLOSED, "lost"): CLOSED,
-}
-
 _HTTP_REQUEST = re.compile(rb"[A-Z]{3,7} \S+ HTTP/\d")
 _HTTP_METHODS = frozenset(
     {"GET", "HEAD", "POST", "PUT", "DELETE", "OPTIONS", "PATCH", "CONNECT", "TRACE"}
@@ -151,7 +124,7 @@ _NOT_HTTP = (
 # --- The session ------------------------------------------------------------------
 
 
-class Session:
+class Session(CallsInFlight):
     """
     The state of one connection and its rules.
 
@@ -171,6 +144,7 @@ class Session:
         authenticated: bool = True,
         byte_filter: Callable[[bytes], bytes] | None = None,
     ) -> None:
+        super().__init__()
         self._limits = limits
         self._max_in_flight = limits.max_calls_in_flight
         self._node_name = node_name
@@ -187,15 +161,6 @@ class Session:
         self.peer = False
         #: Set while the node shuts down: new calls are refused.
         self.draining = False
-        #: Tagged calls in flight, by tag.
-        self._tagged: dict[str, Any] = {}
-        self._keyed: set[str] = set()
-        #: Untagged replies in request order: calls running, and answers
-        #: waiting for an earlier one.
-        self._untagged: deque[Slot] = deque()
-        self._casts: set[Any] = set()
-        #: Streams in flight (tagged or untagged), by their work.
-        self._streams = Streams()
         self._quit_slot: Slot | None = None
         self._quit_tag: str | None = None
         self.input_ended = False
@@ -224,25 +189,6 @@ class Session:
     def held_input(self) -> int:
         """Bytes read and not yet handled."""
         return self._decoder.buffered
-
-    @property
-    def load(self) -> int:
-        """Calls in flight plus untagged answers waiting: what C{max_calls_in_flight} bounds."""
-        return len(self._tagged) + len(self._casts) + len(self._untagged)
-
-    @property
-    def queued(self) -> int:
-        """Entries in the queue of untagged replies."""
-        return len(self._untagged)
-
-    @property
-    def streams(self) -> int:
-        """Streams in flight."""
-        return len(self._streams)
-
-    def held_items(self) -> dict[str | None, int]:
-        """Items of each stream waiting in the session, by tag (None: untagged)."""
-        return self._streams.held_items()
 
     @property
     def timers(self) -> frozenset[str]:
@@ -297,79 +243,7 @@ class Session:
         """The connection is gone: cancel what runs for it, detach the rest."""
         self._move("lost")
         self._stop_timers()
-        tagged, self._tagged = self._tagged, {}
-        keyed, self._keyed = self._keyed, set()
-        for tag, work in tagged.items():
-            if tag not in keyed:
-                self._actions.cancel_call(work)
-            # A keyed call runs on to its deadline, so that the caller's
-            # retry with the same key finds its outcome instead of a cancel.
-        slots, self._untagged = self._untagged, deque()
-        for slot in slots:
-            if slot.work is not None and slot.line is None:
-                self._actions.cancel_call(slot.work)
-        casts, self._casts = self._casts, set()
-        for work in casts:
-            self._actions.detach_cast(work)
-        self._streams.clear()
-
-    def tagged_finished(self, tag: str | None, work: Any, line: bytes) -> None:
-        """A tagged call ended; C{line} is its reply."""
-        if tag is None or self._tagged.get(tag) is not work:
-            return  # cancelled without a reply, or the connection is gone
-        del self._tagged[tag]
-        if self._streams:
-            self._streams.pop(work, None)
-        self._keyed.discard(tag)
-        self._write(line)
-        self._after_call()
-
-    def untagged_finished(self, slot: Slot, line: bytes) -> None:
-        """An untagged call ended; C{line} is its reply."""
-        if self.state is CLOSED or slot.line is not None:
-            return
-        slot.line = line
-        if slot.items is not None:
-            self._streams.pop(slot.work, None)
-        self._flush_untagged()
-        self._after_call()
-
-    def cast_finished(self, work: Any) -> None:
-        """A cast ended."""
-        if work in self._casts:
-            self._casts.discard(work)
-            self._after_call()
-
-    def stream_item(self, work: Any, line: bytes) -> None:
-        """A stream made an item; C{line} is its C{ITEM} line."""
-        flow = self._streams.get(work)
-        if flow is None or self.state is CLOSED:
-            return  # ended, or cancelled without a reply
-        slot = flow.slot
-        if slot is None:
-            self._write(line)
-        elif self._untagged[0] is slot:
-            self._write(line)
-            flow.producer.grant(1)
-        else:
-            # Not its turn: it waits in its slot, and its producer, granted
-            # one item at a time, makes no more until it is written.
-            assert slot.items is not None
-            slot.items.append(line)
-
-    def progress(self, work: Any, tag: str | None, slot: Slot | None, line: bytes) -> None:
-        """
-        A call that asked C{+progress} reported how far it got (C{line}).
-        Advisory: dropped while output is backed up, and, for an untagged
-        call, unless it is its turn to be answered.
-        """
-        if self.state is CLOSED or self._output_paused:
-            return
-        if slot is None:
-            if tag is not None and self._tagged.get(tag) is work:
-                self._write(line)
-        elif self._untagged and self._untagged[0] is slot and slot.line is None:
-            self._write(line)
+        self._let_go()
 
     def output_paused(self) -> None:
         """The transport's output is full: stop reading until it drains."""
@@ -407,33 +281,11 @@ class Session:
         elif timer == AUTH_TIMER:
             refuse_auth(self)
 
-    def interrupt(self) -> None:
-        """
-        The person at the other end pressed Ctrl-C (telnet's C{IAC IP}):
-        cancel the untagged calls running now, which then answer
-        C{CANCELLED} in their turn.  Tagged calls are a program's, and run on.
-        """
-        for slot in list(self._untagged):
-            if slot.line is None and slot.work is not None:
-                self._actions.cancel_call(slot.work)
-
     def shut_down(self, error: CallError) -> None:
         """The node is stopping: answer what runs with C{error}, cancel it, close."""
         if self.state is CLOSED:
             return
-        tagged, self._tagged = self._tagged, {}
-        self._keyed.clear()
-        for tag, work in tagged.items():
-            self._streams.pop(work, None)
-            self._actions.cancel_call(work)
-            self._write(self._encode_error(error, tag))
-        for slot in self._untagged:
-            if slot.line is None:
-                slot.line = self._encode_error(error, None)
-                if slot.work is not None:
-                    self._streams.pop(slot.work, None)
-                    self._actions.cancel_call(slot.work)
-        self._flush_untagged()
+        self._answer_all(error)
         self._close(SHUTTING_DOWN, False)
 
     # --- Reading ----------------------------------------------------------------------
@@ -552,53 +404,6 @@ class Session:
         self._move("input done")
         self._maybe_finish()
 
-    def _cancel_tagged(self) -> None:
-        """Cancel tagged calls without a reply; keyed ones run on, detached."""
-        tagged, self._tagged = self._tagged, {}
-        keyed, self._keyed = self._keyed, set()
-        for tag, work in tagged.items():
-            if self._streams:
-                self._streams.pop(work, None)
-            if tag not in keyed:
-                self._actions.cancel_call(work)
-
-    # --- QUIT, which moves the session -------------------------------------------
-
-    def _quit(self, tag: str | None) -> None:
-        """Answer C{QUIT} once every earlier call is answered, then close."""
-        self._move("quit")
-        if tag is None:
-            self._quit_slot = Slot()
-            self._untagged.append(self._quit_slot)
-        else:
-            self._quit_tag = tag
-        # What follows QUIT is never acted on: let go of it now.
-        self._decoder.end_of_input()
-        # No MORE can follow, so a tagged stream is granted the rest of its
-        # items, paced from now on by the connection's own backpressure.
-        self._streams.grant_tagged(MAX_WINDOW)
-        self._stop_timer(LINE_TIMER)
-        self._maybe_finish()
-
-    # --- Replies ----------------------------------------------------------------------
-
-    def _reply_line(self, line: bytes, tag: str | None) -> None:
-        """Reply to a request handled without waiting: in order if untagged."""
-        if tag is None and self._untagged:
-            self._untagged.append(Slot(None, line))
-            self._flush_untagged()
-            self._check_load()
-        else:
-            self._write(line)
-
-    def _reply_error(self, error: CallError, tag: str | None) -> None:
-        self._reply_line(self._encode_error(error, tag), tag)
-
-    def _encode_error(self, error: CallError, tag: str | None) -> bytes:
-        if error.node is None:
-            error.node = self._node_name
-        return encode_failure(error, tag)
-
     def _write(self, line: bytes) -> None:
         if self.state is CLOSED:
             return
@@ -608,26 +413,6 @@ class Session:
                 self._close("its unread replies passed the limit", True)
                 return
         self._actions.write(line)
-
-    def _flush_untagged(self) -> None:
-        queue = self._untagged
-        while queue:
-            head = queue[0]
-            items = head.items
-            if items:
-                # A stream's turn came: what it made is written, and it may
-                # make the next item.
-                head.items = []
-                for item in items:
-                    self._write(item)
-                if head.line is None:
-                    self._streams.grant(head.work, len(items))
-                continue  # the grant may have ended it: look at the head again
-            line = head.line
-            if line is None:
-                break
-            queue.popleft()
-            self._write(line)
 
     def _error_and_close(self, error: CallError, reason: str) -> None:
         self._write(self._encode_error(error, None))
@@ -700,10 +485,8 @@ class Session:
         self._actions.close(reason, abort)
 
     def _move(self, event: str) -> None:
-        try:
-            self.state = _TRANSITIONS[self.state, event]
-        except KeyError:
-            raise RuntimeError(f"session: {event} in state {self.state}") from None
+        # Its own table, not Automat: see callnet/session_states.py.
+        self.state = next_state(self.state, event)
 
     # --- Timers -----------------------------------------------------------------------
 

@@ -23,9 +23,9 @@ from callnet.errors import (
     UnauthenticatedError,
     UnimplementedError,
 )
-from callnet.session_actions import AUTH_TIMER, Actions
+from callnet.session_actions import AUTH_TIMER, LINE_TIMER, Actions
 from callnet.session_streams import Slot, Streams
-from callnet.wire import MAX_WINDOW, Command, encode_success
+from callnet.wire import MAX_WINDOW, Command, LineDecoder, encode_success
 
 #: The delay before a wrong token is answered; it doubles with each failure
 #: on a connection, up to AUTH_DELAY_MAX, so guessing is slow.
@@ -47,8 +47,13 @@ class Host(Protocol):
     _auth_slot: Slot | None
     _auth_tag: str | None
     _auth_wait: bool
+    _quit_slot: Slot | None
+    _quit_tag: str | None
+    _decoder: LineDecoder
 
-    def _quit(self, tag: str | None) -> None: ...
+    def _move(self, event: str) -> None: ...
+    def _maybe_finish(self) -> None: ...
+    def _stop_timer(self, timer: str) -> None: ...
     def _reply_line(self, line: bytes, tag: str | None) -> None: ...
     def _reply_error(self, error: CallError, tag: str | None) -> None: ...
     def _encode_error(self, error: CallError, tag: str | None) -> bytes: ...
@@ -92,7 +97,21 @@ def _node_command(session: Host, command: Command) -> None:
 
 
 def _quit(session: Host, command: Command) -> None:
-    session._quit(command.tag)
+    """Answer C{QUIT} once every earlier call is answered, then close."""
+    tag = command.tag
+    session._move("quit")
+    if tag is None:
+        session._quit_slot = Slot()
+        session._untagged.append(session._quit_slot)
+    else:
+        session._quit_tag = tag
+    # What follows QUIT is never acted on: let go of it now.
+    session._decoder.end_of_input()
+    # No MORE can follow, so a tagged stream is granted the rest of its
+    # items, paced from now on by the connection's own backpressure.
+    session._streams.grant_tagged(MAX_WINDOW)
+    session._stop_timer(LINE_TIMER)
+    session._maybe_finish()
 
 
 def _cancel(session: Host, command: Command) -> None:
