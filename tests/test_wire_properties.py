@@ -376,6 +376,16 @@ class LongValueProperties(SynchronousTestCase):
         self.assertEqual(encode_success(value, tag), expected)
 
     @EXAMPLES
+    @given(texts | long_texts, tags)
+    def test_item_encoding(self, value: str, tag: str | None) -> None:
+        """An ITEM line with a string is written as with encode_json, as an OK reply is."""
+        from callnet.wire import encode_json
+
+        prefix = "" if tag is None else f"#{tag} "
+        expected = f"{prefix}ITEM {encode_json(value)}\n".encode()
+        self.assertEqual(encode_item(value, tag), expected)
+
+    @EXAMPLES
     @given(
         st.sampled_from(
             [
