@@ -45,6 +45,12 @@ DIRECT_MAX_BYTES = 64 * 1024
 #: made during one read of C{MORE} piled up a window's worth (tens of MiB) in
 #: memory before the first byte went out.
 SEND_BYTES = 64 * 1024
+#: Bytes a socket transport hands the kernel in one C{send}, at most.
+#: Twisted's own limit (128 KiB) made a 1 MiB line take eight turns of the
+#: reactor, each a poll and a send; the kernel takes what its buffer holds
+#: (up to 4 MiB on Linux by default) either way, and the transport slices
+#: its buffer without copying.
+SOCKET_SEND_LIMIT = 1024 * 1024
 
 
 class Outbox:
@@ -68,6 +74,8 @@ class Outbox:
         # Only a socket connection's buffers are known well enough to write
         # past them; TLS and test transports are written to as usual.
         self._socket = isinstance(transport, Connection)
+        if self._socket:
+            transport.SEND_LIMIT = SOCKET_SEND_LIMIT
         self._can_write_now = IWriteDescriptor.providedBy(transport)
 
     def write(self, line: bytes) -> None:

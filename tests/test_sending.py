@@ -22,7 +22,13 @@ from zope.interface import implementer
 from callnet.client import ClientProtocol, _tag_text
 from callnet.protocol import NodeProtocol
 from callnet.registry import procedure
-from callnet.sending import DIRECT_MAX_BYTES, SEND_BYTES, SEND_EVERY, Outbox
+from callnet.sending import (
+    DIRECT_MAX_BYTES,
+    SEND_BYTES,
+    SEND_EVERY,
+    SOCKET_SEND_LIMIT,
+    Outbox,
+)
 from callnet.testing import MemoryNode
 from callnet.wire import encode_success
 
@@ -296,6 +302,13 @@ class SocketOutboxTests(SynchronousTestCase):
         self.reactor_sends()
         self.assertEqual(len(made), 33)
         self.assertEqual(self.socket.received.count(b"#1 ITEM "), 32)
+
+    def test_a_large_line_in_one_send(self) -> None:
+        """A line of SOCKET_SEND_LIMIT goes to a socket that takes it in one send, not in slices."""
+        line = b"x" * (SOCKET_SEND_LIMIT - 1) + b"\n"
+        self.outbox.write(line)
+        self.assertEqual([len(sent) for sent in self.socket.sends], [SOCKET_SEND_LIMIT])
+        self.assertFalse(self.writing())
 
     def test_closing(self) -> None:
         """A closing connection's lines go through the transport, before it closes."""
