@@ -21,7 +21,7 @@ from pathlib import Path
 
 from twisted.trial.unittest import SynchronousTestCase
 
-from benchmarks.common import STREAM_WINDOW, Spec, raw_stream
+from benchmarks.common import STREAM_WINDOW, LineReader, Spec, raw_stream
 from benchmarks.run import baseline_ratios, stream_ratios
 from benchmarks.systems.socketcopy_sys import _echo_lines
 from callnet.client_stream import DEFAULT_WINDOW
@@ -283,10 +283,10 @@ class RawStreamTests(SynchronousTestCase):
 
     def test_whole_streams(self) -> None:
         """A stream of ints and one of large strings are taken whole, one after the other."""
-        buf = bytearray()
-        small = raw_stream(self.client, buf, 1, Spec("stream", 0, 30.0), 5000, 30.0)
+        reader = LineReader(self.client, 1 << 16)
+        small = raw_stream(reader, 1, Spec("stream", 0, 30.0), 5000, 30.0)
         self.assertEqual((small.calls, small.errors), (5000, 0))
-        big = raw_stream(self.client, buf, 2, Spec("stream-1m", 0, 30.0, size=MIB), 5, 30.0)
+        big = raw_stream(reader, 2, Spec("stream-1m", 0, 30.0, size=MIB), 5, 30.0)
         self.assertEqual((big.calls, big.errors), (5, 0))
 
     def test_time_bound_cancels(self) -> None:
@@ -294,10 +294,10 @@ class RawStreamTests(SynchronousTestCase):
         Past its time bound the client cancels the stream and reads on to its
         final reply, with no error; the connection then serves the next stream.
         """
-        buf = bytearray()
-        cut = raw_stream(self.client, buf, 1, Spec("stream", 0, 0.0), 10**9, 0.0)
+        reader = LineReader(self.client, 1 << 16)
+        cut = raw_stream(reader, 1, Spec("stream", 0, 0.0), 10**9, 0.0)
         self.assertEqual(cut.errors, 0)
         self.assertGreater(cut.calls, 0)
         self.assertLess(cut.calls, 10**9)
-        after = raw_stream(self.client, buf, 2, Spec("stream", 0, 30.0), 100, 30.0)
+        after = raw_stream(reader, 2, Spec("stream", 0, 30.0), 100, 30.0)
         self.assertEqual((after.calls, after.errors), (100, 0))
