@@ -81,6 +81,19 @@ class SmokeTests(SynchronousTestCase):
         for kind in ("_Done", "threading.Event", "concurrent.futures.Future"):
             self.assertRegex(result.stdout, rf"{re.escape(kind)} +[0-9.]+ us per hand-over")
 
+    def test_statemachine_runs(self) -> None:
+        """benchmarks/statemachine.py runs and gives a figure for Automat and the session's way."""
+        result = subprocess.run(
+            [sys.executable, str(ROOT / "benchmarks" / "statemachine.py"), "--inputs", "1000"],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            cwd=ROOT,
+        )
+        self.assertEqual(result.returncode, 0, result.stderr)
+        for kind in ("Automat TypeMachine", "state attribute"):
+            self.assertRegex(result.stdout, rf"{kind} +[0-9]+ ns per input")
+
     def test_smoke_run(self) -> None:
         """
         benchmarks/run.py --smoke runs, and reports a figure for every system
