@@ -391,6 +391,8 @@ class LongValueProperties(SynchronousTestCase):
             [
                 b"#t OK",
                 b"OK",
+                b"#t ITEM",
+                b"ITEM",
                 b"#t echo",
                 b"echo",
                 b"#a.b +timeout=5 +cast f 1 x true",
@@ -418,6 +420,15 @@ class LongValueProperties(SynchronousTestCase):
         line = before + b" " + encode_json(value).encode() + after
         given_line: bytes | memoryview = memoryview(line) if as_view else line
         self.assertEqual(comparable(parse_line(given_line)), comparable(_parse_general(line)))
+
+    @EXAMPLES
+    @given(long_texts, tags)
+    def test_long_items_read_in_place(self, value: str, tag: str | None) -> None:
+        """A stream's long string item is read by orjson in place, not by the general parser."""
+        from callnet.wire import _parse_long_string
+
+        line = encode_item(value, tag)[:-1]
+        self.assertEqual(_parse_long_string(memoryview(line)), Item(value, tag))
 
     @EXAMPLES
     @given(
