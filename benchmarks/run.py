@@ -527,7 +527,7 @@ def report(data: dict[str, Any]) -> str:
     lines.append(
         f"machine: {m.get('machine')}, {m.get('nproc')} CPUs; python {m.get('python')},"
         f" twisted {m.get('twisted')}; crochet {m.get('crochet')}, rpyc {m.get('rpyc')},"
-        f" Pyro5 {m.get('Pyro5')}"
+        f" Pyro5 {m.get('Pyro5')}, grpcio {m.get('grpc')}"
     )
     lines.append(f"callnet: {_revision(data['callnet'])}")
     base = data.get("baseline")
@@ -896,7 +896,8 @@ def run_suite(args: argparse.Namespace, sources: dict[str, dict[str, Any]]) -> i
                         srv = servers[srv.label] = start(srv.label)
                     result = run_client(python, system, specs[workload], srv)
                     collected[workload][name].append(result)
-                    shown = result.get("error") or f"{result['calls_per_s']:,.0f} calls/s"
+                    unit = "items" if workload in STREAM else "calls"
+                    shown = result.get("error") or f"{result['calls_per_s']:,.0f} {unit}/s"
                     log(f"[run {run + 1}/{runs}] {workload:<8} {name:<21} {shown}")
     finally:
         for srv in servers.values():
