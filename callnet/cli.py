@@ -10,7 +10,10 @@ The C{callnet} command: call a node from a shell.
     callnet certs node certs alpha --ip 127.0.0.1
 
 Each argument is one value: JSON where it parses as JSON, a string otherwise;
-C{name=value} passes a keyword argument.  The result is printed as JSON.
+C{name=value} passes a keyword argument.  The result is printed as JSON; a
+procedure that streams has each item printed as it comes (one JSON value a
+line), then its result.  A call's progress reports are drawn as a bar on
+stderr when it is a terminal.
 C{status} prints a node's counters and its peers as a table instead.
 C{shell} is an interactive session (see L{callnet.shell}).
 C{certs} makes a development CA and node certificates for TLS (see
@@ -34,7 +37,7 @@ import signal
 import sys
 from collections.abc import Collection, Mapping, Sequence
 from importlib.metadata import PackageNotFoundError, version
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TextIO
 
 from callnet.errors import (
     CallError,
@@ -53,7 +56,7 @@ from callnet.terminal import (
     explain_error,
     format_description,
 )
-from callnet.wire import DEFAULT_CALL_TIMEOUT, parse_words
+from callnet.wire import DEFAULT_CALL_TIMEOUT, Progress, parse_words
 
 if TYPE_CHECKING:
     from callnet.client import Client
@@ -175,7 +178,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     _connection_options(shell)
     for name, help_text in (
-        ("call", "call a procedure and print its result as JSON"),
+        ("call", "call a procedure and print its result (a stream's items first) as JSON"),
         ("cast", "send a call that wants no reply"),
     ):
         sub = command(name, help_text)
@@ -399,6 +402,77 @@ async def _ping_until(
             pause = min(pause * 2, PING_RETRY_MAX)
 
 
+#: The width of C{callnet call}'s progress bar, in characters.
+PROGRESS_BAR_WIDTH = 30
+
+
+def format_progress(report: Progress, width: int = PROGRESS_BAR_WIDTH) -> str:
+    """
+    One line showing a L{Progress} report: a bar and a percentage when the
+    total is known, else the count alone; then the message, if any.
+    """
+    done = report.done
+    if report.total:
+        fraction = min(max(done / report.total, 0.0), 1.0)
+        filled = round(fraction * width)
+        text = (
+            f"[{'#' * filled}{'.' * (width - filled)}] {fraction:4.0%} {done:g}/{report.total:g}"
+        )
+    else:
+        text = f"{done:g} done"
+    if report.message:
+        text += f" {report.message}"
+    return text
+
+
+class ProgressLine:
+    """
+    C{callnet call}'s progress bar: one line on a terminal, redrawn in place
+    with each report and wiped before anything else is printed.  Nothing is
+    drawn on what is not a terminal.
+    """
+
+    def __init__(self, stream: TextIO) -> None:
+        self._stream = stream
+        self._shown = False
+        self.enabled = stream.isatty()
+
+    def show(self, report: Progress) -> None:
+        if not self.enabled:
+            return
+        self._stream.write("\r\x1b[K" + format_progress(report))
+        self._stream.flush()
+        self._shown = True
+
+    def clear(self) -> None:
+        if self._shown:
+            self._stream.write("\r\x1b[K")
+            self._stream.flush()
+            self._shown = False
+
+
+async def _call(client: Any, options: argparse.Namespace, bar: ProgressLine) -> Any:
+    """
+    C{callnet call}: the call's result, asking for progress; a procedure
+    that streams (the node refuses a plain call to it) is asked again as a
+    stream, and its items printed as they come.
+    """
+    from callnet.client_stream import asks_for_a_stream
+
+    args, kwargs = parse_words(options.arguments)
+    calls = client.with_progress(bar.show)
+    try:
+        return await calls.call(options.procedure, *args, **kwargs)
+    except CallError as e:
+        if not asks_for_a_stream(e):
+            raise
+    stream = calls.stream(options.procedure, *args, **kwargs)
+    async for item in stream:
+        bar.clear()
+        print(json.dumps(item, ensure_ascii=False), flush=True)
+    return stream.result
+
+
 async def _run(options: argparse.Namespace, reactor: DispatchReactor) -> Any:
     from callnet.client import Client
 
@@ -410,8 +484,11 @@ async def _run(options: argparse.Namespace, reactor: DispatchReactor) -> Any:
     )
     try:
         if options.command == "call":
-            args, kwargs = parse_words(options.arguments)
-            return await client.call(options.procedure, *args, **kwargs)
+            bar = ProgressLine(sys.stderr)
+            try:
+                return await _call(client, options, bar)
+            finally:
+                bar.clear()
         if options.command == "cast":
             args, kwargs = parse_words(options.arguments)
             await client.cast(options.procedure, *args, **kwargs)

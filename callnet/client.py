@@ -29,6 +29,13 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from callnet.answers import MULTICALL, unpack
+from callnet.client_stream import (
+    DEFAULT_WINDOW,
+    CallStream,
+    ProgressCallback,
+    ProgressCalls,
+    _listener,
+)
 from callnet.errors import (
     CallCancelledError,
     CallError,
@@ -56,6 +63,7 @@ from callnet.wire import (
 )
 
 log = Logger()
+
 
 #: A call's deadline when neither the call nor the client names one.
 DEFAULT_TIMEOUT = DEFAULT_CALL_TIMEOUT
@@ -588,17 +596,94 @@ class Client:
         @return: a Deferred firing with the result, or failing with a
             L{CallError} subclass.  Cancelling it cancels the call on the node.
         """
+        return self._call(procedure, args, kwargs, timeout, key, trace, None)
+
+    def _call(
+        self,
+        procedure: str,
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        timeout: float | None,
+        key: str | None,
+        trace: str | None,
+        on_progress: ProgressCallback | None,
+    ) -> Deferred[Any]:
         budget = self.timeout if timeout is None else timeout
         deadline = self._reactor.seconds() + budget
         protocol = self._protocol
-        if protocol is not None and protocol.is_connected:
-            return protocol.call(procedure, args, kwargs, budget, key, trace)
+        if on_progress is None:
+            if protocol is not None and protocol.is_connected:
+                return protocol.call(procedure, args, kwargs, budget, key, trace)
+            return self._when_connected(
+                deadline,
+                lambda p: p.call(
+                    procedure, args, kwargs, deadline - self._reactor.seconds(), key, trace
+                ),
+            )
+        call = Call(procedure, args, kwargs, key=key, trace=trace, progress=True)
+        listener = _listener(None, on_progress)
         return self._when_connected(
             deadline,
-            lambda p: p.call(
-                procedure, args, kwargs, deadline - self._reactor.seconds(), key, trace
-            ),
+            lambda p: _open(p, call, deadline - self._reactor.seconds(), listener)[1],
         )
+
+    def stream(
+        self,
+        procedure: str,
+        /,
+        *args: Any,
+        timeout: float | None = None,
+        window: int | None = None,
+        trace: str | None = None,
+        **kwargs: Any,
+    ) -> CallStream:
+        """
+        Call a procedure that yields, and take its items as they come
+        (C{async for item in client.stream("count", 5)}); see L{CallStream}.
+
+        @param timeout: the deadline of the whole stream, in seconds.
+        @param window: how many items the node may send before the reader
+            takes them (L{DEFAULT_WINDOW} when C{None}): what the client holds
+            at most.
+        """
+        return self._stream(procedure, args, kwargs, timeout, window, trace, None)
+
+    def _stream(
+        self,
+        procedure: str,
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        timeout: float | None,
+        window: int | None,
+        trace: str | None,
+        on_progress: ProgressCallback | None,
+        stream: CallStream | None = None,
+    ) -> CallStream:
+        if stream is None:
+            stream = CallStream(procedure, DEFAULT_WINDOW if window is None else window)
+        deadline = self._reactor.seconds() + (self.timeout if timeout is None else timeout)
+        call = Call(
+            procedure, args, kwargs, trace=trace, window=stream.window, progress=bool(on_progress)
+        )
+        listener = _listener(stream, on_progress)
+
+        def send(protocol: ClientProtocol) -> Deferred[Any]:
+            tag, reply = _open(protocol, call, deadline - self._reactor.seconds(), listener)
+            stream._sent(protocol, tag)
+            return reply
+
+        stream._follow(self._when_connected(deadline, send))
+        return stream
+
+    def with_progress(self, on_progress: ProgressCallback) -> ProgressCalls:
+        """
+        Calls and streams that ask for C{+progress} and hand each
+        L{Progress} report to C{on_progress} (on the reactor thread) before
+        their result: C{client.with_progress(show).call("build", "site")}.
+        A method of its own, so that no keyword argument of a procedure is
+        ever taken for it.
+        """
+        return ProgressCalls(self, on_progress)
 
     def multicall(
         self,
@@ -713,3 +798,17 @@ class Client:
         if self._protocol is not None:
             self._protocol.close()
             self._protocol = None
+
+
+def _open(
+    protocol: ClientProtocol,
+    call: Call,
+    timeout: float,
+    listener: Callable[[Item | Progress], object],
+) -> tuple[str, Deferred[Any]]:
+    """Send a call whose lines come before its reply, if its deadline has not passed."""
+    if timeout <= 0:
+        return "", fail(
+            DeadlineExceededError("the deadline passed before the call was sent", Outcome.NOT_RUN)
+        )
+    return protocol.call_with_events(call, timeout, listener)

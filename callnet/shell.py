@@ -21,8 +21,12 @@ the terminal takes colour.  Line editing, history and completion come from
 Python's C{readline}.  A line with an open bracket or an open string goes on
 at the next (the continuation prompt is C{...}).
 
-Ctrl-C at the prompt clears the line; during a call it cancels the call on
-the node and comes back to the prompt.  Ctrl-D (or C{QUIT}) leaves, with
+A procedure that streams prints each item as it comes, then its result;
+the shell learns that it streams from the node's refusal of a plain call,
+and asks for it as a stream from then on.
+
+Ctrl-C at the prompt clears the line; during a call (or a stream) it
+cancels the call on the node and comes back to the prompt.  Ctrl-D (or C{QUIT}) leaves, with
 status 0.
 """
 
@@ -38,6 +42,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Protocol, TextIO, cast
 
+from callnet.client_stream import asks_for_a_stream
 from callnet.errors import (
     CallError,
     DeadlineExceededError,
@@ -71,6 +76,7 @@ class Requester(Protocol):
     """What the shell needs of a client (a L{callnet.BlockingClient})."""
 
     def call(self, procedure: str, /, *args: Any, **kwargs: Any) -> Any: ...
+    def stream(self, procedure: str, /, *args: Any, **kwargs: Any) -> Any: ...
     def cast(self, procedure: str, /, *args: Any, **kwargs: Any) -> None: ...
     def command(self, verb: str, *args: Any, timeout: float | None = None) -> Any: ...
 
@@ -209,6 +215,8 @@ class Shell:
         self.token_set = token_set
         #: The node's procedures, for completion.
         self.names: list[str] = []
+        #: Procedures found to stream: asked for as streams at once.
+        self.streams: set[str] = set()
         #: Complete requests as typed, for the history.
         self.on_request: Callable[[str], object] = lambda text: None
 
@@ -284,8 +292,23 @@ class Shell:
             options["key"] = call.key
         if call.trace is not None:
             options["trace"] = call.trace
-        result = self.client.call(call.procedure, *call.args, **options, **call.kwargs)
-        self.show(format_value(result))
+        if call.procedure not in self.streams:
+            try:
+                result = self.client.call(call.procedure, *call.args, **options, **call.kwargs)
+            except CallError as e:
+                if not asks_for_a_stream(e):
+                    raise
+                self.streams.add(call.procedure)  # ask it as a stream from now on
+            else:
+                self.show(format_value(result))
+                return
+        if options.pop("key", None) is not None:
+            self.show_error(f"{call.procedure} streams, and a stream takes no +key")
+            return
+        with self.client.stream(call.procedure, *call.args, **options, **call.kwargs) as items:
+            for item in items:
+                self.show(format_value(item))
+            self.show(format_value(items.result))
 
     def _command(self, command: Command) -> bool:
         verb = command.verb.upper()

@@ -60,6 +60,12 @@ CHECKED_ELSEWHERE = {
     ("docs/cluster.md", "status", "cluster"): _CLUSTER,
     ("docs/security.md", "calls", "cluster-tls"): "tests/test_tls.py::test_tls_cluster_example",
     ("README.md", "shell", "session"): "tests/test_shell.py::test_readme_session",
+    ("README.md", "calls", "readme-count"): "tests/test_cli_stream.py::test_docs_call_a_stream",
+    (
+        "docs/clients.md",
+        "calls",
+        "call-count",
+    ): "tests/test_cli_stream.py::test_docs_call_a_stream",
 }
 
 #: The markers that tie a text block to the test that produces it.

@@ -35,6 +35,7 @@ from callnet.blocking._reactor_thread import (
     ReactorThread,
     default_reactor_thread,
 )
+from callnet.blocking._stream import BlockingStream
 from callnet.blocking._wait import GRACE, INTERRUPT_CHECK_INTERVAL, _Done
 from callnet.errors import ForkedProcessError, WrongThreadError
 
@@ -46,6 +47,7 @@ __all__ = [
     "MAX_IDLE_CONNECTIONS",
     "THREAD_NAME",
     "BlockingClient",
+    "BlockingStream",
     "BridgeReactor",
     "CallHandle",
     "ForkedProcessError",

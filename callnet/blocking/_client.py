@@ -27,8 +27,10 @@ from callnet.blocking._direct import (
 )
 from callnet.blocking._handle import CallHandle, _Send
 from callnet.blocking._reactor_thread import ReactorThread, default_reactor_thread
+from callnet.blocking._stream import BlockingStream, BridgedStream
 from callnet.blocking._wait import GRACE
 from callnet.client import DEFAULT_TIMEOUT, Client
+from callnet.client_stream import DEFAULT_WINDOW, CallStream, Credit
 from callnet.errors import Outcome, UnavailableError
 
 #: The ways a client may be told to reach its node (C{None}: it chooses).
@@ -250,14 +252,60 @@ class BlockingClient:
             )
             direct.call_async(handle)
             return handle
-        return self._submit(
+        made: list[CallHandle] = []  # filled before any report can come
+        bridged = self._submit(
             None,
             procedure,
             timeout,
-            lambda client, left: client.call(
-                procedure, *args, timeout=left, key=key, trace=trace, **kwargs
+            lambda client, left: client._call(
+                procedure, args, kwargs, left, key, trace, lambda report: made[0]._progress(report)
             ),
         )
+        made.append(bridged)
+        return bridged
+
+    def stream(
+        self,
+        procedure: str,
+        /,
+        *args: Any,
+        timeout: float | None = None,
+        window: int | None = None,
+        trace: str | None = None,
+        **kwargs: Any,
+    ) -> BlockingStream:
+        """
+        Call a procedure that yields; iterate over the returned
+        L{BlockingStream} for its items as they come.  Use it in a C{with}
+        block: leaving the block cancels the stream on the node if it still
+        runs.
+
+        @param timeout: the deadline of the whole stream, in seconds.
+        @param window: how many items the node may send before they are
+            taken (L{DEFAULT_WINDOW} when C{None}): what the client holds at
+            most.
+        @raise WrongThreadError: called on the reactor thread.
+        """
+        window = DEFAULT_WINDOW if window is None else window
+        Credit(window)  # a bad window is refused before anything is sent
+        direct = self._direct_path()
+        if direct is not None:
+            budget = self._budget(timeout)
+            refuse_reactor_thread("BlockingClient.stream()")
+            self._check_open(procedure)
+            return direct.stream(procedure, args, kwargs, budget, window, trace)
+        budget = self._budget(timeout)
+        thread = self._thread
+        thread.ensure_running()
+        thread.refuse_reactor_thread("BlockingClient.stream()")
+        self._check_open(procedure)
+
+        def open_stream(client: Client, left: float, bridge: CallStream) -> object:
+            return client._stream(procedure, args, kwargs, left, window, trace, None, bridge)
+
+        stream = BridgedStream(self, procedure, window, budget, open_stream)
+        thread._submit(stream._handle, False)
+        return stream
 
     def cast(self, procedure: str, /, *args: Any, **kwargs: Any) -> None:
         """

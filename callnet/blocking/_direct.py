@@ -40,6 +40,7 @@ from twisted.logger import Logger
 from twisted.python import threadable
 
 from callnet.blocking._handle import CallHandle
+from callnet.blocking._stream import BlockingStream
 from callnet.blocking._wait import INTERRUPT_CHECK_INTERVAL, _Done
 from callnet.errors import (
     CallCancelledError,
@@ -56,10 +57,13 @@ from callnet.wire import (
     BadLine,
     Call,
     ErrorReply,
+    Item,
     LineDecoder,
+    Progress,
     Success,
     encode_call,
     encode_command,
+    encode_more,
     encode_simple_call,
 )
 
@@ -208,6 +212,14 @@ def refuse_reactor_thread(what: str) -> None:
         )
 
 
+def _report(on_progress: Callable[[Progress], object], report: Progress) -> None:
+    """Hand a progress report to its callback; what the callback raises is logged."""
+    try:
+        on_progress(report)
+    except Exception:
+        log.failure("progress callback {fn!r} failed", fn=on_progress)
+
+
 class _LostError(Exception):
     """The connection ended (EOF or a socket error) while a call used it."""
 
@@ -288,13 +300,22 @@ class Connection:
                 with contextlib.suppress(BlockingIOError):
                     sent += sock.send(view[sent:], _DONTWAIT)
 
-    def read_reply(self, tag: str, deadline: float, interruptible: bool) -> Any:
+    def read_reply(
+        self,
+        tag: str,
+        deadline: float,
+        interruptible: bool,
+        items: bool = False,
+        on_progress: Callable[[Progress], object] | None = None,
+    ) -> Any:
         """
         Read until the reply to C{tag}; return its event (L{Success} or a
         failure reply).
 
         @param interruptible: wake every L{INTERRUPT_CHECK_INTERVAL} so that
             a pending KeyboardInterrupt is raised (the main thread).
+        @param items: return each L{Item} of C{tag} too (a stream).
+        @param on_progress: hand each L{Progress} report of C{tag} to this.
         @raise TimeoutError: the deadline passed first.
         @raise _LostError: the connection ended first.
         """
@@ -311,6 +332,11 @@ class Connection:
                         return event
                 elif kind is BadLine:
                     log.warn("unreadable line from the node: {error}", error=event.error)  # type: ignore[union-attr]
+                elif kind is Item:
+                    if items and event.tag == tag:  # type: ignore[union-attr]
+                        return event
+                elif kind is Progress and on_progress is not None and event.tag == tag:  # type: ignore[union-attr]
+                    _report(on_progress, event)  # type: ignore[arg-type]
                 event = decoder.next_event()
             remaining = deadline - monotonic()
             if remaining <= 0:
@@ -623,7 +649,12 @@ class DirectPath:
         connection = self._take(deadline, procedure)
         tag = connection.next_tag()
         try:
-            if kwargs or key is not None or trace is not None:
+            if handle is not None:
+                # A handle may be given progress callbacks at any time: ask for reports.
+                line = encode_call(
+                    Call(procedure, args, kwargs, tag, timeout, False, key, trace, progress=True)
+                )
+            elif kwargs or key is not None or trace is not None:
                 line = encode_call(Call(procedure, args, kwargs, tag, timeout, False, key, trace))
             else:
                 line = encode_simple_call(tag, timeout, procedure, args)
@@ -631,6 +662,43 @@ class DirectPath:
             self._give_back(connection)
             raise InvalidArgumentError(f"arguments are not JSON: {e}", Outcome.NOT_RUN) from None
         return self._exchange(connection, tag, line, procedure, timeout, deadline, handle)
+
+    def stream(
+        self,
+        procedure: str,
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        timeout: float,
+        window: int,
+        trace: str | None = None,
+    ) -> DirectStream:
+        """
+        Send a stream's request in this thread; its items are read as the
+        returned stream is iterated, on a connection it holds until it ends.
+        """
+        deadline = self.monotonic() + timeout
+        connection = self._take(deadline, procedure)
+        tag = connection.next_tag()
+        try:
+            line = encode_call(
+                Call(procedure, args, kwargs, tag, timeout, trace=trace, window=window)
+            )
+        except (TypeError, ValueError) as e:
+            self._give_back(connection)
+            raise InvalidArgumentError(f"arguments are not JSON: {e}", Outcome.NOT_RUN) from None
+        connection.tag = tag
+        try:
+            connection.send(line, deadline)
+        except TimeoutError:
+            self._drop(connection)  # a part of the line may have gone
+            raise DeadlineExceededError(
+                f"{procedure} could not be sent within {timeout:g}s: the node does not read",
+                Outcome.NOT_RUN,
+            ) from None
+        except OSError as e:
+            self._drop(connection)
+            raise self._lost_error(procedure, str(e), Outcome.NOT_RUN) from None
+        return DirectStream(self, connection, tag, procedure, window, timeout, deadline)
 
     def command(self, verb: str, args: tuple[Any, ...], timeout: float) -> Any:
         """Send a protocol command with a tag and return its answer."""
@@ -683,7 +751,10 @@ class DirectPath:
                 # Cancelled while it was being sent: the cancel is ours to send.
                 connection.cancel(tag, CANCEL_WRITE_TIMEOUT)
             reply = connection.read_reply(
-                tag, deadline, threading.current_thread() is threading.main_thread()
+                tag,
+                deadline,
+                threading.current_thread() is threading.main_thread(),
+                on_progress=None if handle is None else handle._progress,
             )
         except TimeoutError:
             if not sent:
@@ -776,6 +847,87 @@ class DirectPath:
             executor.stop()
 
 
+class DirectStream(BlockingStream):
+    """A stream on the plain-socket path, read in the calling thread."""
+
+    def __init__(
+        self,
+        path: DirectPath,
+        connection: Connection,
+        tag: str,
+        procedure: str,
+        window: int,
+        timeout: float,
+        deadline: float,
+    ) -> None:
+        super().__init__(procedure, window)
+        self._path = path
+        self._connection: Connection | None = connection
+        self._tag = tag
+        self.timeout = timeout
+        self._deadline = deadline
+
+    def _next(self) -> Any:
+        connection = self._connection
+        assert connection is not None
+        path = self._path
+        try:
+            event = connection.read_reply(
+                self._tag,
+                self._deadline,
+                threading.current_thread() is threading.main_thread(),
+                items=True,
+            )
+            if type(event) is Item:
+                self.received += 1
+                grant = self._credit.took()
+                if grant:
+                    connection.send(encode_more(self._tag, grant), self._deadline)
+                return event.value
+        except TimeoutError:
+            connection.cancel(self._tag, CANCEL_WRITE_TIMEOUT)
+            self._release(path._give_back)
+            return self._ended(
+                error=DeadlineExceededError(
+                    f"the stream of {self.procedure} did not end within {self.timeout:g}s",
+                    Outcome.MAY_HAVE_RUN,
+                )
+            )
+        except (_LostError, OSError) as e:
+            self._release(path._drop)
+            lost = path._lost_error(self.procedure, str(e), Outcome.MAY_HAVE_RUN)
+            return self._ended(error=lost)
+        except BaseException:
+            # Ctrl-C: cancel on the node; what was half read cannot be trusted.
+            connection.cancel(self._tag, CANCEL_WRITE_TIMEOUT)
+            self._done = True
+            self._release(path._drop)
+            raise
+        self._release(path._give_back)
+        if path.closed:
+            return self._ended(error=path._closed_error(self.procedure, Outcome.MAY_HAVE_RUN))
+        if type(event) is Success:
+            return self._ended(value=event.value)
+        return self._ended(error=event.error)
+
+    def _release(self, how: Callable[[Connection], None]) -> None:
+        connection, self._connection = self._connection, None
+        if connection is not None:
+            how(connection)
+
+    def close(self) -> None:
+        self._closed = True
+        connection = self._connection
+        if connection is None:
+            return
+        self._done = True
+        # The node answers the CANCEL with the rest of its window and an
+        # error, all under a tag never used again: the next call on this
+        # connection reads past them.
+        connection.cancel(self._tag, CANCEL_WRITE_TIMEOUT)
+        self._release(self._path._give_back)
+
+
 class DirectCallHandle(CallHandle):
     """
     A L{CallHandle} whose call runs on the plain-socket path, in one of the
@@ -805,6 +957,7 @@ class DirectCallHandle(CallHandle):
         self._value: Any = None
         self._error: BaseException | None = None
         self._callbacks: list[Callable[[CallHandle], object]] = []
+        self._progress_callbacks: list[Callable[[Progress], object]] = []
         #: Awaiters of the reactor path's handle; none here (no reactor).
         self._waiters: list[Any] = []
 

@@ -23,6 +23,7 @@ from callnet.errors import (
     Outcome,
     WrongThreadError,
 )
+from callnet.wire import Progress
 
 if TYPE_CHECKING:
     from callnet.blocking._reactor_thread import ReactorThread
@@ -74,6 +75,7 @@ class CallHandle:
         self._value: Any = None
         self._error: BaseException | None = None
         self._callbacks: list[Callable[[CallHandle], object]] = []
+        self._progress_callbacks: list[Callable[[Progress], object]] = []
         # Reactor thread only:
         self._deferred: Deferred[Any] | None = None
         self._abort_as: tuple[type[CallError], str] | None = None
@@ -139,6 +141,27 @@ class CallHandle:
                 self._callbacks.append(fn)
                 return
         self._run_callback(fn)
+
+    def add_progress_callback(self, fn: Callable[[Progress], object]) -> None:
+        """
+        Have C{fn(report)} called with each L{Progress} report the procedure
+        makes from now on (the call asks for them with C{+progress}).
+
+        Like a done callback, it is called on the thread that reads the reply
+        (the reactor's, or the plain-socket path's call thread), so it must
+        not block; what it raises is logged.  Reports are advisory: some may
+        be skipped, and none come after the call is done.
+        """
+        with self._lock:
+            self._progress_callbacks = [*self._progress_callbacks, fn]
+
+    def _progress(self, report: Progress) -> None:
+        """A progress report came for this call."""
+        for fn in self._progress_callbacks:
+            try:
+                fn(report)
+            except Exception:
+                log.failure("progress callback {fn!r} of {handle!r} failed", fn=fn, handle=self)
 
     # --- The reactor thread -------------------------------------------------
 

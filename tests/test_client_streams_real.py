@@ -1,0 +1,277 @@
+"""
+The clients' streams and progress against a real node (a C{twistd callnet}
+daemon serving a module of producers), the blocking client on both of its
+paths: items and the result, a break that cancels and runs the producer's
+C{finally}, a deadline mid-stream, Ctrl-C, and progress reports.  As in
+tests/test_blocking_real.py, each client runs in a fresh Python process.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from .test_blocking_real import SCRIPT_TIMEOUT, TWISTD, free_port, run_script, wait_for_listener
+
+pytestmark = pytest.mark.skipif(
+    not TWISTD.exists(),
+    reason=f"no twistd next to {sys.executable}: cannot start a node to test against",
+)
+
+#: A module of producers the node serves: their ends are counted, to be asked.
+PRODUCERS = '''
+import time
+
+from callnet import procedure
+from callnet.context import CallContext
+
+ENDED = []
+
+
+@procedure
+def rows(n: int, pause: float = 0):
+    """Yield n items from a worker thread, counting the generator's end."""
+    try:
+        for i in range(n):
+            if pause:
+                time.sleep(pause)
+            yield i
+    finally:
+        ENDED.append("rows")
+
+
+@procedure
+def ended() -> int:
+    """How many producers have ended."""
+    return len(ENDED)
+
+
+@procedure
+def build(steps: int, context: CallContext) -> str:
+    """Take 0.3 s a step, reporting each."""
+    for step in range(1, steps + 1):
+        time.sleep(0.3)
+        context.progress(step, steps, f"step {step}")
+    return "built"
+'''
+
+
+@pytest.fixture(scope="module")
+def node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A running node with the built-ins and the producers; its client endpoint string."""
+    directory = tmp_path_factory.mktemp("producers")
+    (directory / "producers.py").write_text(PRODUCERS)
+    port = free_port()
+    env = {key: value for key, value in os.environ.items() if key != "PYTHONPATH"}
+    with open(directory / "node.log", "wb") as log:
+        process = subprocess.Popen(
+            [
+                str(TWISTD),
+                "-n",
+                "--pidfile=",
+                "callnet",
+                "--listen",
+                f"tcp:{port}:interface=127.0.0.1",
+                "--service",
+                "producers",
+            ],
+            cwd=directory,
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+        try:
+            wait_for_listener(process, port, directory / "node.log")
+            yield f"tcp:127.0.0.1:{port}"
+        finally:
+            process.terminate()
+            try:
+                process.wait(10)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait(10)
+
+
+@pytest.fixture(params=["direct", "reactor"])
+def transport(request: pytest.FixtureRequest) -> str:
+    """The path the blocking client takes."""
+    value: str = request.param
+    return value
+
+
+def test_count(node: str, tmp_path: Path, transport: str) -> None:
+    """A for loop takes count's items in order, and the result is how many it sent."""
+    out = run_script(
+        node,
+        """
+        with BlockingClient(ADDRESS, timeout=10) as client:
+            with client.stream("count", 5, window=2) as items:
+                report(items=list(items), result=items.result)
+        """,
+        tmp_path,
+        transport,
+    )
+    assert out == {"items": [0, 1, 2, 3, 4], "result": 5}
+
+
+def test_break_cancels_and_runs_finally(node: str, tmp_path: Path, transport: str) -> None:
+    """A break out of the with block cancels the stream; the producer's finally runs on the node."""
+    out = run_script(
+        node,
+        """
+        with BlockingClient(ADDRESS, timeout=10) as client:
+            before = client.call("ended")
+            with client.stream("rows", 100000, window=8) as items:
+                for item in items:
+                    if item == 3:
+                        break
+            report(
+                last=item,
+                closed=until(lambda: client.call("ended") == before + 1),
+                # The connection serves the next call (the direct path's is reused).
+                after=client.call("add", 1, 2),
+            )
+        """,
+        tmp_path,
+        transport,
+    )
+    assert out == {"last": 3, "closed": True, "after": 3}
+
+
+def test_deadline_mid_stream(node: str, tmp_path: Path, transport: str) -> None:
+    """The deadline covers the whole stream: it ends mid-way, ran, and the producer is closed."""
+    out = run_script(
+        node,
+        """
+        with BlockingClient(ADDRESS, timeout=10) as client:
+            before = client.call("ended")
+            seen = []
+            start = time.monotonic()
+            try:
+                with client.stream("rows", 50, 0.1, timeout=0.55) as items:
+                    for item in items:
+                        seen.append(item)
+            except DeadlineExceededError as e:
+                error = [e.outcome.value, time.monotonic() - start]
+            report(
+                error=error,
+                some=0 < len(seen) < 50,
+                closed=until(lambda: client.call("ended") == before + 1),
+            )
+        """,
+        tmp_path,
+        transport,
+    )
+    assert out["error"][0] == "ran"
+    assert out["error"][1] < 2
+    assert out["some"] is True
+    assert out["closed"] is True
+
+
+def test_ctrl_c_cancels(node: str, tmp_path: Path, transport: str) -> None:
+    """Ctrl-C while a stream waits for its next item cancels it on the node and is raised."""
+    out = run_script(
+        node,
+        """
+        client = BlockingClient(ADDRESS, timeout=60)
+        before = client.call("ended")
+        items = client.stream("rows", 1000, 0.5)
+        first = next(items)
+        threading.Timer(0.2, _thread.interrupt_main).start()
+        try:
+            for item in items:
+                pass
+            what = "ended"
+        except KeyboardInterrupt:
+            what = "interrupted"
+        report(
+            first=first,
+            what=what,
+            closed=until(lambda: client.call("ended") == before + 1),
+        )
+        client.close()
+        """,
+        tmp_path,
+        transport,
+    )
+    assert out == {"first": 0, "what": "interrupted", "closed": True}
+
+
+def test_progress_on_the_handle(node: str, tmp_path: Path, transport: str) -> None:
+    """A call_async handle's progress callback gets the procedure's reports before the result."""
+    out = run_script(
+        node,
+        """
+        with BlockingClient(ADDRESS, timeout=10) as client:
+            reports = []
+            handle = client.call_async("build", 3)
+            handle.add_progress_callback(
+                lambda r: reports.append([r.done, r.total, r.message, handle.done()])
+            )
+            report(result=handle.result(), reports=reports)
+        """,
+        tmp_path,
+        transport,
+    )
+    assert out["result"] == "built"
+    assert out["reports"] == [
+        [1, 3, "step 1", False],
+        [2, 3, "step 2", False],
+        [3, 3, "step 3", False],
+    ]
+
+
+def test_async_client(node: str, tmp_path: Path) -> None:
+    """The async client streams from a real node, cancels by leaving async with, and watches progress."""
+    script = textwrap.dedent(
+        """
+        import json, sys
+        from twisted.internet import defer, task
+        from callnet import Client
+
+        async def main(reactor):
+            client = Client(sys.argv[1], reactor, timeout=10)
+            out = {}
+            stream = client.stream("count", 5)
+            out["items"] = [item async for item in stream]
+            out["result"] = stream.result
+            before = await client.call("ended")
+            async with client.stream("rows", 100000, window=8) as stream:
+                async for item in stream:
+                    if item == 2:
+                        break
+            for _ in range(100):
+                if await client.call("ended") == before + 1:
+                    break
+                await task.deferLater(reactor, 0.05)
+            out["closed"] = await client.call("ended") == before + 1
+            reports = []
+            out["built"] = await client.with_progress(reports.append).call("build", 2)
+            out["reports"] = [report.done for report in reports]
+            client.close()
+            print(json.dumps(out))
+
+        task.react(lambda reactor: defer.ensureDeferred(main(reactor)))
+        """
+    )
+    env = {key: value for key, value in os.environ.items() if key != "PYTHONPATH"}
+    result = subprocess.run(
+        [sys.executable, "-c", script, node],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=SCRIPT_TIMEOUT,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == (
+        '{"items": [0, 1, 2, 3, 4], "result": 5, "closed": true, "built": "built",'
+        ' "reports": [1, 2]}'
+    )
