@@ -7,6 +7,11 @@ the three client drivers:
   - L{run_blocking}: blocking calls from one or more threads;
   - L{run_raw}: a plain-socket client (no Twisted) writing tagged lines.
 
+The stream workloads (L{STREAM_WORKLOADS}) take one stream of items instead
+of making calls: L{run_raw_stream} (the plain-socket client), and in each
+adapter a client that takes the stream its own way; they report items as
+calls, and the bytes/s of large items (L{summarize_stream}).
+
 A client process prints one line C{RESULT <json>} on stdout and exits; the
 runner (C{benchmarks/run.py}) collects it.  Every wait is bounded: a client
 process gives up after its workload's time plus L{CLIENT_GRACE} seconds, and
@@ -28,7 +33,7 @@ import socket
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Coroutine, Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any, Protocol
 
@@ -139,7 +144,7 @@ class Spec:
 
     #: The workload's name: seq, pipe, conc, sync1, sync16, large-1k, ...
     name: str
-    #: Measured calls, at most.
+    #: Measured calls (a stream workload: items of its one stream), at most.
     count: int
     #: Seconds the measured part may last, at most (calls in flight finish).
     seconds: float
@@ -149,9 +154,10 @@ class Spec:
     inflight: int = 1
     #: Calling threads (blocking driver).
     threads: int = 1
-    #: Size in bytes of the string echoed; 0 calls add(1, 2) instead.
+    #: Size in bytes of the string echoed (or of each item streamed); 0 calls
+    #: add(1, 2) (streams the ints from 0) instead.
     size: int = 0
-    #: Calls made before measuring, untimed.
+    #: Calls made (items streamed) before measuring, untimed.
     warmup: int = 200
     #: Extra numbers some workloads need (idle-mem: connection counts; leak:
     #: call counts at which to read the server's memory).
@@ -379,15 +385,31 @@ def twisted_window(
     return done
 
 
-def run_async(ops: AsyncOps, spec: Spec, port: int, server_pid: int) -> dict[str, Any]:
-    """Run a workload with a Twisted client: spec.conns connections, spec.inflight each."""
+def run_twisted(main: Callable[[Any], Coroutine[Any, Any, dict[str, Any]]]) -> dict[str, Any]:
+    """Run the global reactor until C{main(reactor)} is done; return its result."""
     from twisted.internet import reactor
     from twisted.internet.defer import ensureDeferred
     from twisted.python.failure import Failure
 
     outcome: list[Any] = []
 
-    async def main() -> dict[str, Any]:
+    def finish(result: Any) -> None:
+        outcome.append(result)
+        reactor.stop()
+
+    reactor.callWhenRunning(lambda: ensureDeferred(main(reactor)).addBoth(finish))
+    reactor.run(installSignalHandlers=False)
+    result = outcome[0]
+    if isinstance(result, Failure):
+        result.raiseException()
+    assert isinstance(result, dict)
+    return result
+
+
+def run_async(ops: AsyncOps, spec: Spec, port: int, server_pid: int) -> dict[str, Any]:
+    """Run a workload with a Twisted client: spec.conns connections, spec.inflight each."""
+
+    async def main(reactor: Any) -> dict[str, Any]:
         conns = [await ops.connect(reactor, port) for _ in range(spec.conns)]
         if spec.size:
             payload = spec.payload
@@ -408,16 +430,7 @@ def run_async(ops: AsyncOps, spec: Spec, port: int, server_pid: int) -> dict[str
             ops.close(conn)
         return summarize(tally, used)
 
-    def finish(result: Any) -> None:
-        outcome.append(result)
-        reactor.stop()
-
-    reactor.callWhenRunning(lambda: ensureDeferred(main()).addBoth(finish))
-    reactor.run(installSignalHandlers=False)
-    result = outcome[0]
-    if isinstance(result, Failure):
-        result.raiseException()
-    return result
+    return run_twisted(main)
 
 
 # --- The blocking driver ------------------------------------------------------------
@@ -617,7 +630,9 @@ def raw_window(
 
 
 def run_raw(spec: Spec, port: int, server_pid: int) -> dict[str, Any]:
-    """Run a workload with the plain-socket client."""
+    """Run a workload with the plain-socket client (a stream workload: L{run_raw_stream})."""
+    if is_stream(spec):
+        return run_raw_stream(spec, port, server_pid)
     socks = [raw_connect(port) for _ in range(spec.conns)]
     request = raw_request(spec)
     tags = itertools.count(1)
@@ -631,3 +646,161 @@ def run_raw(spec: Spec, port: int, server_pid: int) -> dict[str, Any]:
     for sock in socks:
         sock.close()
     return summarize(tally, used)
+
+
+# --- Streams ------------------------------------------------------------------------
+
+#: The workloads that take one stream of items rather than make calls.
+STREAM_WORKLOADS = ("stream", "stream-1m")
+#: The procedure the plain-socket client streams (benchmarks/procs.py): an
+#: async generator, resumed in the node's reactor.
+STREAM_PROCEDURE = "stream_items"
+#: The window of the plain-socket stream reader, in items, granted again half
+#: a window at a time: what callnet's async client does when asked for no
+#: window (callnet.client_stream.DEFAULT_WINDOW; a test holds the two equal).
+STREAM_WINDOW = 64
+#: Small items taken between two looks at the clock, which would otherwise
+#: cost the reader a share of what it measures.
+CLOCK_EVERY = 64
+
+
+def is_stream(spec: Spec) -> bool:
+    """Whether a workload takes a stream of items (items/s) rather than calls."""
+    return spec.name in STREAM_WORKLOADS
+
+
+def stream_args(spec: Spec, count: int) -> list[int]:
+    """
+    The arguments of the benchmark's stream procedures: C{count} items, each
+    a string of C{spec.size} characters (or, for size 0, the ints from 0).
+    """
+    return [count, spec.size] if spec.size else [count]
+
+
+def check_item(spec: Spec, item: Any) -> None:
+    """Fail loudly if the first item of a stream (str, int or bytes) is not what was asked."""
+    expected = len(item) == spec.size if spec.size else item in (0, b"0")
+    if not expected:
+        shown = item if not isinstance(item, str | bytes) else f"{item[:40]!r}..."
+        raise RuntimeError(f"unexpected first item {shown} ({type(item).__name__})")
+
+
+def summarize_stream(spec: Spec, tally: Tally, used: dict[str, Any]) -> dict[str, Any]:
+    """
+    The figures a client reports for one measured stream: its items count
+    as calls (C{calls_per_s} is items/s, the CPU figures are per item), with
+    the bytes/s of the items' payload for a stream of strings.  A stream has
+    no per-call latency.
+    """
+    result = summarize(tally, used)
+    result["bytes_per_s"] = result["calls_per_s"] * spec.size if spec.size else None
+    return result
+
+
+class LineReader:
+    """
+    A socket's lines, read into one buffer and found where they lie: nothing
+    is copied but by the kernel (and an unfinished line, when the buffer is
+    full, moved to its front), so that the reader of a stream of 1 MiB lines
+    costs as little as it can beside what it measures.  The unread bytes
+    are C{store[start:end]}; no line ends in C{store[start:scan]}.
+    """
+
+    def __init__(self, sock: socket.socket, size: int = 4 << 20) -> None:
+        self.sock = sock
+        self.store = bytearray(size)
+        self.start = self.end = self.scan = 0
+
+    def fill(self) -> None:
+        """Read what the socket has, waiting for some."""
+        store = self.store
+        if self.start == self.end:
+            self.start = self.end = self.scan = 0
+        elif len(store) - self.end < len(store) // 4:
+            if self.start:
+                kept = self.end - self.start
+                store[:kept] = store[self.start : self.end]
+                self.scan -= self.start
+                self.start, self.end = 0, kept
+            else:
+                store.extend(bytes(len(store)))  # a line longer than the buffer
+        read = self.sock.recv_into(memoryview(store)[self.end :])
+        if not read:
+            raise ConnectionError("the server closed the connection")
+        self.end += read
+
+
+def raw_stream(reader: LineReader, tag: int, spec: Spec, count: int, seconds: float) -> Tally:
+    """
+    Take one stream as a plain-socket program does: ask with C{+window},
+    grant what was taken with C{MORE} each time half a window has been,
+    until the final reply; or, past C{seconds}, send C{CANCEL} and read on
+    to the final reply, counting no more items.  The time measured ends at
+    the last item counted.
+    """
+    tally = Tally()
+    sock = reader.sock
+    store = reader.store
+    args = b" ".join(b"%d" % arg for arg in stream_args(spec, count))
+    prefix = b"#%d " % tag
+    item = prefix + b"ITEM "
+    step = max(1, STREAM_WINDOW // 2)
+    now = time.perf_counter
+    start = last = now()
+    end = start + seconds
+    give_up = end + CLIENT_GRACE / 2
+    items = taken = 0
+    cancelled = False
+    sock.sendall(b"#%d +window=%d %s %s\n" % (tag, STREAM_WINDOW, STREAM_PROCEDURE.encode(), args))
+    while True:
+        if now() > give_up:
+            raise TimeoutError(f"the stream did not end; {items} items taken")
+        reader.fill()
+        final = None
+        at, scan, filled = reader.start, reader.scan, reader.end
+        while (newline := store.find(b"\n", scan, filled)) >= 0:
+            if store.startswith(item, at, newline):
+                if not cancelled:
+                    if not items:
+                        check_item(spec, json.loads(store[at + len(item) : newline]))
+                    items += 1
+                    taken += 1
+            elif store.startswith(prefix, at, newline):
+                final = bytes(store[at + len(prefix) : newline])
+            at = scan = newline + 1
+            if final is not None:
+                break
+        reader.start = at
+        reader.scan = scan if final is not None else filled
+        if not cancelled:
+            last = now()
+        if final is not None:
+            if final.startswith(b"ERR ") and not (cancelled and b" CANCELLED " in final):
+                tally.fail(final[:200].decode(errors="replace"))
+            break
+        if cancelled:
+            continue
+        if last >= end:
+            sock.sendall(b"CANCEL #%d\n" % tag)
+            cancelled = True
+        elif taken >= step:
+            sock.sendall(b"MORE #%d %d\n" % (tag, taken))
+            taken = 0
+    tally.calls = items
+    tally.elapsed = last - start
+    return tally
+
+
+def run_raw_stream(spec: Spec, port: int, server_pid: int) -> dict[str, Any]:
+    """Run a stream workload with the plain-socket client: a warm-up stream, then one measured."""
+    sock = raw_connect(port)
+    sock.settimeout(CLIENT_GRACE)
+    reader = LineReader(sock)
+    warm = raw_stream(reader, 1, spec, spec.warmup, spec.seconds)
+    if warm.errors or warm.calls != spec.warmup:
+        raise RuntimeError(f"the warm-up stream failed: {warm.first_error}")
+    meter = Meter(server_pid)
+    tally = raw_stream(reader, 2, spec, spec.count, spec.seconds)
+    used = meter.read()
+    sock.close()
+    return summarize_stream(spec, tally, used)

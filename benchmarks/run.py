@@ -35,7 +35,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from benchmarks.common import CLIENT_GRACE, HOST, RESULT_PREFIX, Spec  # noqa: E402
-from benchmarks.systems import MEMORY, SERVERS, SYSTEMS, System  # noqa: E402
+from benchmarks.systems import MEMORY, SERVERS, STREAM, SYSTEMS, System  # noqa: E402
 
 #: Seconds a server has to start listening.
 SERVER_START_TIMEOUT = 30.0
@@ -57,8 +57,10 @@ WORKLOAD_TITLES = {
     "idle-mem": "callnet node RSS per idle connection",
     "leak": "callnet node RSS as calls accumulate",
     "large-mem": "callnet node peak RSS while echoing 1 MiB values",
+    "stream": "one stream of small items (ints), taken as fast as the client can",
+    "stream-1m": "one stream of 1 MiB strings",
 }
-THROUGHPUT = ("seq", "pipe", "conc", "sync1", "sync16", "large-1k", "large-1m")
+THROUGHPUT = ("seq", "pipe", "conc", "sync1", "sync16", "large-1k", "large-1m", *STREAM)
 WORKLOADS = THROUGHPUT + MEMORY
 
 
@@ -90,6 +92,10 @@ def _specs(seconds: float, scale: float, warmup: int, idle: list[int], leak: lis
         "idle-mem": Spec("idle-mem", 0, 120.0, steps=idle, warmup=0),
         "leak": Spec("leak", 0, 300.0, inflight=100, warmup=warmup, steps=leak),
         "large-mem": Spec("large-mem", max(5, n(200)), 60.0, size=MIB, warmup=0),
+        "stream": Spec("stream", n(1_000_000), seconds, warmup=warmup),
+        "stream-1m": Spec(
+            "stream-1m", max(5, n(2000)), seconds, size=MIB, warmup=max(1, warmup // 100)
+        ),
     }
 
 
@@ -328,7 +334,7 @@ def machine(python: str, callnet_path: Path) -> dict[str, str]:
     probe = (
         "import platform, twisted, json, callnet; v = {'python': platform.python_version(),"
         " 'twisted': twisted.__version__, 'callnet_path': callnet.__path__[0]}\n"
-        "for m in ('crochet', 'rpyc', 'Pyro5', 'matplotlib', 'psutil'):\n"
+        "for m in ('crochet', 'rpyc', 'Pyro5', 'grpc', 'matplotlib', 'psutil'):\n"
         "    try:\n"
         "        v[m] = __import__(m).__version__\n"
         "    except Exception:\n"
@@ -366,6 +372,7 @@ def aggregate(runs: list[dict[str, Any]]) -> dict[str, Any]:
     return {
         "runs": runs,
         "calls_per_s": spread([r["calls_per_s"] for r in good]),
+        "bytes_per_s": spread([r["bytes_per_s"] for r in good if r.get("bytes_per_s")]),
         "p50_us": median("p50_us"),
         "p99_us": median("p99_us"),
         "server_cpu_us_per_call": median("server_cpu_us_per_call"),
@@ -402,6 +409,76 @@ def ratios(results: dict[str, dict[str, Any]]) -> dict[str, dict[str, float] | N
         for peer in (n for n in names if not system_of(n).callnet):
             out[f"{mine}/{peer}"] = paired_ratio(results[mine]["runs"], results[peer]["runs"])
     return out
+
+
+#: What issue 16 (item 8) holds streams to: a stream's items/s at least this
+#: many times the node's pipelined calls/s ...
+STREAM_OVER_PIPE = 1.5
+#: ... and gRPC Python's server streaming items/s;
+STREAM_OVER_GRPC = 5.0
+#: and a stream of 1 MiB items at least this share of a raw socket copy's bytes/s.
+STREAM_1M_OVER_COPY = 0.8
+#: The system whose stream-1m is the ceiling.
+COPY = "socket-copy"
+
+
+def stream_ratios(results: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
+    """
+    Streams against their targets, run by run as every ratio: each callnet
+    system's C{stream} items/s over C{callnet-async}'s C{pipe} calls/s (and
+    over its own C{pipe}, where it ran one), over each gRPC system's
+    C{stream} items/s; and its C{stream-1m} bytes/s over C{socket-copy}'s.
+    C{results} holds the aggregates by workload, then system.
+    """
+    rows: list[dict[str, Any]] = []
+
+    def add(mine: tuple[str, str], other: tuple[str, str], target: float) -> None:
+        """One row: (system, workload) over (system, workload)."""
+        (s1, w1), (s2, w2) = mine, other
+        if s1 not in results.get(w1, {}) or s2 not in results.get(w2, {}):
+            return
+        ratio = paired_ratio(results[w1][s1]["runs"], results[w2][s2]["runs"])
+        rows.append(
+            {
+                "what": f"{s1} {w1} / {s2} {w2}",
+                "ratio": ratio,
+                "target": target,
+                "met": None if ratio is None else ratio["median"] >= target,
+            }
+        )
+
+    def callnet_in(workload: str) -> list[str]:
+        return [n for n in results.get(workload, {}) if system_of(n).callnet and not variant(n)]
+
+    grpc = [n for n in results.get("stream", {}) if n.startswith("grpc-")]
+    for name in callnet_in("stream"):
+        add((name, "stream"), ("callnet-async", "pipe"), STREAM_OVER_PIPE)
+        if name != "callnet-async":
+            add((name, "stream"), (name, "pipe"), STREAM_OVER_PIPE)
+        for peer in grpc:
+            add((name, "stream"), (peer, "stream"), STREAM_OVER_GRPC)
+    for name in callnet_in("stream-1m"):
+        add((name, "stream-1m"), (COPY, "stream-1m"), STREAM_1M_OVER_COPY)
+    return rows
+
+
+def stream_lines(data: dict[str, Any]) -> list[str]:
+    """The section "streams against their targets", as text (nothing without stream runs)."""
+    rows = data.get("stream_ratios") or []
+    if not rows:
+        return []
+    width = max(len(row["what"]) for row in rows)
+    lines = [
+        "== streams against their targets (issue 16, item 8)",
+        "(items/s over calls/s or items/s, stream-1m: bytes/s over bytes/s; paired runs:"
+        " median [min..max])",
+    ]
+    for row in rows:
+        s = row["ratio"]
+        shown = f"{s['median']:>6.2f}  [{s['min']:.2f}..{s['max']:.2f}]" if s else "failed"
+        verdict = {True: "met", False: "missed", None: "-"}[row["met"]]
+        lines.append(f"{row['what']:<{width}} {shown:<22} target >= {row['target']:g}: {verdict}")
+    return lines
 
 
 def baseline_ratios(results: dict[str, dict[str, Any]]) -> dict[str, dict[str, float] | None]:
@@ -450,7 +527,7 @@ def report(data: dict[str, Any]) -> str:
     lines.append(
         f"machine: {m.get('machine')}, {m.get('nproc')} CPUs; python {m.get('python')},"
         f" twisted {m.get('twisted')}; crochet {m.get('crochet')}, rpyc {m.get('rpyc')},"
-        f" Pyro5 {m.get('Pyro5')}"
+        f" Pyro5 {m.get('Pyro5')}, grpcio {m.get('grpc')}"
     )
     lines.append(f"callnet: {_revision(data['callnet'])}")
     base = data.get("baseline")
@@ -469,9 +546,10 @@ def report(data: dict[str, Any]) -> str:
     for workload, results in data["results"].items():
         lines.append("")
         lines.append(f"== {workload}: {WORKLOAD_TITLES[workload]}")
+        unit = "item" if workload in STREAM else "call"
         lines.append(
-            f"{'system':<{width}} {'calls/s median [min..max]':<32} {'p50 us':>9} {'p99 us':>9}"
-            f" {'CPU us/call: server':>19} {'client':>7}"
+            f"{'system':<{width}} {unit + 's/s median [min..max]':<32} {'p50 us':>9}"
+            f" {'p99 us':>9} {'CPU us/' + unit + ': server':>19} {'client':>7}"
         )
         for system, r in results.items():
             flag = ""
@@ -489,7 +567,7 @@ def report(data: dict[str, Any]) -> str:
         mine = list(dict.fromkeys(k.split("/")[0] for k in pairs))
         peers = list(dict.fromkeys(k.split("/")[1] for k in pairs))
         if mine and peers:
-            lines.append("ratio of calls/s, callnet / peer (median of paired runs):")
+            lines.append(f"ratio of {unit}s/s, callnet / peer (median of paired runs):")
             lines.append(f"{'':<{width}} " + " ".join(f"{p:>13}" for p in peers))
             for a in mine:
                 cells = []
@@ -497,6 +575,14 @@ def report(data: dict[str, Any]) -> str:
                     s = pairs.get(f"{a}/{p}")
                     cells.append(f"{s['median']:>13.2f}" if s else f"{'-':>13}")
                 lines.append(f"{a:<{width}} " + " ".join(cells))
+        moved = {n: r["bytes_per_s"] for n, r in results.items() if r.get("bytes_per_s")}
+        if moved:
+            lines.append("MiB/s of items' payload, median [min..max]:")
+            for system, b in moved.items():
+                lines.append(
+                    f"{system:<{width}} {b['median'] / MIB:,.0f}"
+                    f" [{b['min'] / MIB:,.0f}..{b['max'] / MIB:,.0f}]"
+                )
         size = data["specs"].get(workload, {}).get("size", 0)
         if size >= MIB:
             lines.append(
@@ -508,6 +594,10 @@ def report(data: dict[str, Any]) -> str:
                     lines.append(
                         f"{system:<{width}} {server_peak / size:>6.1f} {client_peak / size:>6.1f}"
                     )
+    streams = stream_lines(data)
+    if streams:
+        lines.append("")
+        lines.extend(streams)
     against = baseline_lines(data)
     if against:
         lines.append("")
@@ -806,7 +896,8 @@ def run_suite(args: argparse.Namespace, sources: dict[str, dict[str, Any]]) -> i
                         srv = servers[srv.label] = start(srv.label)
                     result = run_client(python, system, specs[workload], srv)
                     collected[workload][name].append(result)
-                    shown = result.get("error") or f"{result['calls_per_s']:,.0f} calls/s"
+                    unit = "items" if workload in STREAM else "calls"
+                    shown = result.get("error") or f"{result['calls_per_s']:,.0f} {unit}/s"
                     log(f"[run {run + 1}/{runs}] {workload:<8} {name:<21} {shown}")
     finally:
         for srv in servers.values():
@@ -878,6 +969,7 @@ def run_suite(args: argparse.Namespace, sources: dict[str, dict[str, Any]]) -> i
         "skipped": skipped,
         "results": results,
         "ratios": {w: ratios(r) for w, r in results.items()},
+        "stream_ratios": stream_ratios(results),
         "against_baseline": {w: baseline_ratios(r) for w, r in results.items()} if base else {},
         "memory": memory,
         "wall_seconds": time.monotonic() - started,

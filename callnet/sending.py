@@ -15,6 +15,9 @@ An L{Outbox} sends instead:
   - outside a read (a procedure finishing in a thread, a call made by a
     timer), at the end of the reactor's turn, together with whatever else
     was written in it;
+  - in either case at once when the lines kept reach L{SEND_BYTES}, so that
+    large lines (a stream's items) go out as they are made, and a full
+    transport pauses their producer before it makes many more;
   - straight to the socket (C{writeSomeData}) when the transport has
     nothing queued, which is nearly always; else through the transport,
     after what it holds.
@@ -36,6 +39,18 @@ SEND_EVERY = 32
 #: Larger writes go through the transport, which sends them piece by piece
 #: without copying.
 DIRECT_MAX_BYTES = 64 * 1024
+#: Bytes of lines kept (during a read, or until the end of the reactor's turn)
+#: before they are sent there and then: a transport's own buffer size, past
+#: which it tells its producer to pause.  Without it a stream of 1 MiB items
+#: made during one read of C{MORE} piled up a window's worth (tens of MiB) in
+#: memory before the first byte went out.
+SEND_BYTES = 64 * 1024
+#: Bytes a socket transport hands the kernel in one C{send}, at most.
+#: Twisted's own limit (128 KiB) made a 1 MiB line take eight turns of the
+#: reactor, each a poll and a send; the kernel takes what its buffer holds
+#: (up to 4 MiB on Linux by default) either way, and the transport slices
+#: its buffer without copying.
+SOCKET_SEND_LIMIT = 1024 * 1024
 
 
 class Outbox:
@@ -53,11 +68,14 @@ class Outbox:
         self._transport = transport
         self._clock = clock
         self._lines: list[bytes] = []
+        self._bytes = 0
         self._holding = False
         self._scheduled: DelayedCall | None = None
         # Only a socket connection's buffers are known well enough to write
         # past them; TLS and test transports are written to as usual.
         self._socket = isinstance(transport, Connection)
+        if self._socket:
+            transport.SEND_LIMIT = SOCKET_SEND_LIMIT
         self._can_write_now = IWriteDescriptor.providedBy(transport)
 
     def write(self, line: bytes) -> None:
@@ -65,11 +83,15 @@ class Outbox:
         lines = self._lines
         if self._holding:
             lines.append(line)
-            if len(lines) >= SEND_EVERY:
+            self._bytes += len(line)
+            if len(lines) >= SEND_EVERY or self._bytes >= SEND_BYTES:
                 self.send()
         elif self._socket:
             lines.append(line)
-            if self._scheduled is None:
+            self._bytes += len(line)
+            if self._bytes >= SEND_BYTES:
+                self.send()
+            elif self._scheduled is None:
                 self._scheduled = self._clock.callLater(0, self._send_scheduled)
         else:
             self._transport.write(line)
@@ -99,6 +121,7 @@ class Outbox:
         if not lines:
             return
         self._lines = []
+        self._bytes = 0
         transport = self._transport
         if self._socket and _idle(transport):
             data = b"".join(lines)
@@ -119,6 +142,7 @@ class Outbox:
     def discard(self) -> None:
         """The connection is gone: drop what is unsent, and the scheduled send."""
         self._lines = []
+        self._bytes = 0
         if self._scheduled is not None:
             self._scheduled.cancel()
             self._scheduled = None

@@ -1,14 +1,16 @@
 """
 One connection's rules, as a state machine without I/O.
 
-L{Session} owns everything a node keeps per connection: the tagged calls in
-flight, the queue of untagged replies (answered in request order), C{QUIT},
-end of input, authentication and its back-off, admission of each call, and
-every reason to stop reading.  It is fed events by its adapter (bytes read,
-a call finished, output paused or drained, a timer fired, input ended, the
-connection lost) and answers each with actions, which it performs by calling
-the adapter's L{Actions}: write bytes, pause or resume reading, start, follow,
-cancel or detach a call, start or stop a timer, close with a reason.
+L{Session} is what a node keeps per connection.  Its adapter feeds it events
+(bytes read, a call finished, output paused or drained, a timer fired, input
+ended, the connection lost) and it answers each with actions, through the
+adapter's L{Actions}.  This module holds its core: the states, reading and
+every reason to stop, admission of each call, and the end.  Its other parts
+are written apart, below it: the calls in flight and the ordered queue of
+untagged replies (L{callnet.session_calls}), the commands and AUTH's back-off
+(L{callnet.session_commands}), streams' grants (L{callnet.session_streams}),
+the adapter's interface (L{callnet.session_actions}) and the table of states
+(L{callnet.session_states}).
 
 It imports nothing from Twisted, so it is driven in tests by plain objects,
 and its rules hold whatever the transport (TCP, TLS, memory) does.
@@ -39,22 +41,12 @@ The connection's life, in the manner of h11's state table::
 
 Casts never hold a connection open: they are counted against the calls in
 flight while it is open, and left to run on once it closes.
-
-Streams: a call whose work yields items (L{Producer}) makes them only as far
-as the session grants.  A tagged stream is granted its C{+window}, then what
-each C{MORE} grants, and its items are written as they come.  An untagged
-stream is granted one item at a time, and its items wait in its slot until
-its turn comes, one at most.  While the connection's output is backed up
-every stream is held, so a reader that does not read stops the producers.
 """
 
 from __future__ import annotations
 
 import re
-from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass
-from typing import Any, Final, Protocol
 
 from callnet.config import Limits
 from callnet.errors import (
@@ -62,61 +54,62 @@ from callnet.errors import (
     InvalidArgumentError,
     Outcome,
     ResourceExhaustedError,
-    UnauthenticatedError,
     UnavailableError,
-    UnimplementedError,
 )
+from callnet.session_actions import (
+    AUTH_TIMER,
+    INPUT_ENDED,
+    LINE_TIMER,
+    ORDINARY_ENDS,
+    SAID_QUIT,
+    SHUTTING_DOWN,
+    STALL_TIMER,
+    Actions,
+)
+from callnet.session_calls import CallsInFlight
+from callnet.session_commands import (
+    AUTH_DELAY,
+    AUTH_DELAY_MAX,
+    COMMANDS,
+    MAX_AUTH_FAILURES,
+    Verb,
+    handle_command,
+    refuse_auth,
+    unauthenticated,
+)
+from callnet.session_states import CLOSED, ENDING, OPEN, QUITTING, next_state
+from callnet.session_streams import Producer, Slot
 from callnet.wire import (
-    MAX_WINDOW,
     BadLine,
     Call,
     Command,
     Event,
     LineDecoder,
-    encode_failure,
     encode_success,
 )
 
-# --- States and timers --------------------------------------------------------
-
-OPEN: Final = "OPEN"
-QUITTING: Final = "QUITTING"
-ENDING: Final = "ENDING"
-CLOSED: Final = "CLOSED"
-
-#: What moves a session from one state to another.  Any pair not here is a
-#: bug in the session, and raises.
-_TRANSITIONS: Final = {
-    (OPEN, "quit"): QUITTING,
-    (OPEN, "input done"): ENDING,
-    (OPEN, "close"): CLOSED,
-    (QUITTING, "close"): CLOSED,
-    (ENDING, "close"): CLOSED,
-    (OPEN, "lost"): CLOSED,
-    (QUITTING, "lost"): CLOSED,
-    (ENDING, "lost"): CLOSED,
-    (CLOSED, "lost"): CLOSED,
-}
-
-#: A line begun and not finished within C{line_timeout} (slowloris).
-LINE_TIMER: Final = "line"
-#: Output backed up for C{write_stall_timeout} (a client that does not read).
-STALL_TIMER: Final = "stall"
-#: The delay before a wrong token is answered.
-AUTH_TIMER: Final = "auth"
-
-#: The delay before a wrong token is answered; it doubles with each failure
-#: on a connection, up to AUTH_DELAY_MAX, so guessing is slow.
-AUTH_DELAY = 0.5
-AUTH_DELAY_MAX = 8.0
-#: Wrong tokens after which a connection is closed.
-MAX_AUTH_FAILURES = 5
-
-#: Why a connection closes when nothing went wrong.
-SAID_QUIT: Final = "it said QUIT"
-INPUT_ENDED: Final = "its input ended"
-SHUTTING_DOWN: Final = "the node is shutting down"
-ORDINARY_ENDS: Final = frozenset({SAID_QUIT, INPUT_ENDED, SHUTTING_DOWN})
+__all__ = [
+    "AUTH_DELAY",
+    "AUTH_DELAY_MAX",
+    "AUTH_TIMER",
+    "CLOSED",
+    "COMMANDS",
+    "ENDING",
+    "INPUT_ENDED",
+    "LINE_TIMER",
+    "MAX_AUTH_FAILURES",
+    "OPEN",
+    "ORDINARY_ENDS",
+    "QUITTING",
+    "SAID_QUIT",
+    "SHUTTING_DOWN",
+    "STALL_TIMER",
+    "Actions",
+    "Producer",
+    "Session",
+    "Slot",
+    "Verb",
+]
 
 _HTTP_REQUEST = re.compile(rb"[A-Z]{3,7} \S+ HTTP/\d")
 _HTTP_METHODS = frozenset(
@@ -128,147 +121,10 @@ _NOT_HTTP = (
 )
 
 
-class Actions(Protocol):
-    """What a session asks of its adapter: the only way it acts on the world."""
-
-    def write(self, line: bytes) -> None:
-        """Send bytes (one or more whole lines) to the client."""
-
-    def pause_reading(self) -> None:
-        """Stop reading from the connection."""
-
-    def resume_reading(self) -> None:
-        """Read from the connection again."""
-
-    def start_call(self, call: Call) -> Any:
-        """
-        Start a call.  Return its reply line if it was answered at once
-        (C{bytes}; anything for a cast), else the running work, which the
-        session gives back to L{follow}, L{cancel_call} and L{detach_cast}.
-        """
-
-    def follow(self, work: Any, call: Call, slot: Slot | None) -> Producer | None:
-        """
-        Report the running C{work}'s end to the session: by
-        L{Session.tagged_finished}, L{Session.untagged_finished} (with
-        C{slot}) or L{Session.cast_finished}, as C{call} is tagged, untagged
-        or a cast; and, for a stream, each item by L{Session.stream_item}.
-
-        @return: for a stream, how the session grants it items; else C{None}.
-        """
-
-    def cancel_call(self, work: Any) -> None:
-        """Cancel running work (its end may be reported at once)."""
-
-    def detach_cast(self, work: Any) -> None:
-        """The connection is gone; this cast runs on without it."""
-
-    def run_command(self, command: Command) -> bytes:
-        """Answer a node command (C{PING}, C{HELP}, ...): its reply line(s)."""
-
-    def authenticate(self, args: tuple[Any, ...]) -> Any:
-        """
-        Check C{AUTH}'s arguments: the reply value if they name a caller,
-        C{None} for a wrong token, or a L{CallError} if no token can help.
-        """
-
-    def start_timer(self, timer: str, delay: float) -> None:
-        """Call L{Session.timer_fired} with C{timer} after C{delay} seconds."""
-
-    def stop_timer(self, timer: str) -> None:
-        """Forget a timer started with L{start_timer}."""
-
-    def close(self, reason: str, abort: bool) -> None:
-        """Close the connection after what was written (or at once, if C{abort})."""
-
-
-class Producer(Protocol):
-    """A stream's work as the session drives it: items only as far as granted."""
-
-    def grant(self, count: int) -> None:
-        """It may make C{count} more items."""
-
-    def hold(self) -> None:
-        """Make none for now: the connection's output is backed up."""
-
-    def release(self) -> None:
-        """Make items again, as far as the grants go."""
-
-
-class Slot:
-    """A place in the queue of untagged replies, filled when its call ends."""
-
-    __slots__ = ("items", "line", "work")
-
-    def __init__(self, work: Any = None, line: bytes | None = None) -> None:
-        self.work = work
-        self.line = line
-        #: A stream's items waiting for its turn (one at most); None for a call.
-        self.items: list[bytes] | None = None
-
-
-class _Flow:
-    """A stream in flight: how to grant it items, and where they go."""
-
-    __slots__ = ("producer", "slot", "tag")
-
-    def __init__(self, producer: Producer, tag: str | None, slot: Slot | None) -> None:
-        self.producer = producer
-        self.tag = tag
-        self.slot = slot
-
-
-# --- Commands -------------------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class Verb:
-    """A wire command: who answers it, whether it is allowed before AUTH, its help."""
-
-    handler: Callable[[Session, Command], None]
-    before_auth: bool
-    help: str
-
-
-def _node_command(session: Session, command: Command) -> None:
-    session._reply_line(session._actions.run_command(command), command.tag)
-
-
-def _quit(session: Session, command: Command) -> None:
-    session._quit(command.tag)
-
-
-def _cancel(session: Session, command: Command) -> None:
-    session._cancel(command)
-
-
-def _auth(session: Session, command: Command) -> None:
-    session._auth(command)
-
-
-def _more(session: Session, command: Command) -> None:
-    session._more(command)
-
-
-#: Every command a node answers.  A verb the decoder knows and this table
-#: does not is answered C{UNIMPLEMENTED}.
-COMMANDS: Final[dict[str, Verb]] = {
-    "PING": Verb(_node_command, True, "PING: answers pong"),
-    "HELP": Verb(_node_command, True, "HELP [name]: the procedures, or one in full"),
-    "LIST": Verb(_node_command, False, "LIST: the procedures' names"),
-    "STATS": Verb(_node_command, False, "STATS: the node's counters"),
-    "HELLO": Verb(_node_command, False, "HELLO {info}: a peer node's handshake"),
-    "CANCEL": Verb(_cancel, False, "CANCEL tag: cancel a tagged call in flight"),
-    "MORE": Verb(_more, False, "MORE #tag n: grant a stream n more items (never answered)"),
-    "QUIT": Verb(_quit, True, "QUIT: answer what is owed, say bye, close"),
-    "AUTH": Verb(_auth, True, "AUTH token: say who is calling"),
-}
-
-
 # --- The session ------------------------------------------------------------------
 
 
-class Session:
+class Session(CallsInFlight):
     """
     The state of one connection and its rules.
 
@@ -288,6 +144,7 @@ class Session:
         authenticated: bool = True,
         byte_filter: Callable[[bytes], bytes] | None = None,
     ) -> None:
+        super().__init__()
         self._limits = limits
         self._max_in_flight = limits.max_calls_in_flight
         self._node_name = node_name
@@ -304,15 +161,6 @@ class Session:
         self.peer = False
         #: Set while the node shuts down: new calls are refused.
         self.draining = False
-        #: Tagged calls in flight, by tag.
-        self._tagged: dict[str, Any] = {}
-        self._keyed: set[str] = set()
-        #: Untagged replies in request order: calls running, and answers
-        #: waiting for an earlier one.
-        self._untagged: deque[Slot] = deque()
-        self._casts: set[Any] = set()
-        #: Streams in flight (tagged or untagged), by their work.
-        self._streams: dict[Any, _Flow] = {}
         self._quit_slot: Slot | None = None
         self._quit_tag: str | None = None
         self.input_ended = False
@@ -341,29 +189,6 @@ class Session:
     def held_input(self) -> int:
         """Bytes read and not yet handled."""
         return self._decoder.buffered
-
-    @property
-    def load(self) -> int:
-        """Calls in flight plus untagged answers waiting: what C{max_calls_in_flight} bounds."""
-        return len(self._tagged) + len(self._casts) + len(self._untagged)
-
-    @property
-    def queued(self) -> int:
-        """Entries in the queue of untagged replies."""
-        return len(self._untagged)
-
-    @property
-    def streams(self) -> int:
-        """Streams in flight."""
-        return len(self._streams)
-
-    def held_items(self) -> dict[str | None, int]:
-        """Items of each stream waiting in the session, by tag (None: untagged)."""
-        held: dict[str | None, int] = {}
-        for flow in self._streams.values():
-            count = len(flow.slot.items or ()) if flow.slot is not None else 0
-            held[flow.tag] = held.get(flow.tag, 0) + count
-        return held
 
     @property
     def timers(self) -> frozenset[str]:
@@ -418,87 +243,14 @@ class Session:
         """The connection is gone: cancel what runs for it, detach the rest."""
         self._move("lost")
         self._stop_timers()
-        tagged, self._tagged = self._tagged, {}
-        keyed, self._keyed = self._keyed, set()
-        for tag, work in tagged.items():
-            if tag not in keyed:
-                self._actions.cancel_call(work)
-            # A keyed call runs on to its deadline, so that the caller's
-            # retry with the same key finds its outcome instead of a cancel.
-        slots, self._untagged = self._untagged, deque()
-        for slot in slots:
-            if slot.work is not None and slot.line is None:
-                self._actions.cancel_call(slot.work)
-        casts, self._casts = self._casts, set()
-        for work in casts:
-            self._actions.detach_cast(work)
-        self._streams.clear()
-
-    def tagged_finished(self, tag: str | None, work: Any, line: bytes) -> None:
-        """A tagged call ended; C{line} is its reply."""
-        if tag is None or self._tagged.get(tag) is not work:
-            return  # cancelled without a reply, or the connection is gone
-        del self._tagged[tag]
-        if self._streams:
-            self._streams.pop(work, None)
-        self._keyed.discard(tag)
-        self._write(line)
-        self._after_call()
-
-    def untagged_finished(self, slot: Slot, line: bytes) -> None:
-        """An untagged call ended; C{line} is its reply."""
-        if self.state is CLOSED or slot.line is not None:
-            return
-        slot.line = line
-        if slot.items is not None:
-            self._streams.pop(slot.work, None)
-        self._flush_untagged()
-        self._after_call()
-
-    def cast_finished(self, work: Any) -> None:
-        """A cast ended."""
-        if work in self._casts:
-            self._casts.discard(work)
-            self._after_call()
-
-    def stream_item(self, work: Any, line: bytes) -> None:
-        """A stream made an item; C{line} is its C{ITEM} line."""
-        flow = self._streams.get(work)
-        if flow is None or self.state is CLOSED:
-            return  # ended, or cancelled without a reply
-        slot = flow.slot
-        if slot is None:
-            self._write(line)
-        elif self._untagged[0] is slot:
-            self._write(line)
-            flow.producer.grant(1)
-        else:
-            # Not its turn: it waits in its slot, and its producer, granted
-            # one item at a time, makes no more until it is written.
-            assert slot.items is not None
-            slot.items.append(line)
-
-    def progress(self, work: Any, tag: str | None, slot: Slot | None, line: bytes) -> None:
-        """
-        A call that asked C{+progress} reported how far it got (C{line}).
-        Advisory: dropped while output is backed up, and, for an untagged
-        call, unless it is its turn to be answered.
-        """
-        if self.state is CLOSED or self._output_paused:
-            return
-        if slot is None:
-            if tag is not None and self._tagged.get(tag) is work:
-                self._write(line)
-        elif self._untagged and self._untagged[0] is slot and slot.line is None:
-            self._write(line)
+        self._let_go()
 
     def output_paused(self) -> None:
         """The transport's output is full: stop reading until it drains."""
         if self.state is CLOSED:
             return
         self._output_paused = True
-        for flow in list(self._streams.values()):
-            flow.producer.hold()
+        self._streams.hold()
         self._update_reading()
         self._start_timer(STALL_TIMER, self._limits.write_stall_timeout)
 
@@ -507,8 +259,7 @@ class Session:
         self._stop_timer(STALL_TIMER)
         self._output_paused = False
         self.unsent = 0
-        for flow in list(self._streams.values()):
-            flow.producer.release()
+        self._streams.release()
         self._update_reading()
 
     def timer_fired(self, timer: str) -> None:
@@ -528,35 +279,13 @@ class Session:
                 f"it left its replies unread for {self._limits.write_stall_timeout:g}s", True
             )
         elif timer == AUTH_TIMER:
-            self._refuse_auth()
-
-    def interrupt(self) -> None:
-        """
-        The person at the other end pressed Ctrl-C (telnet's C{IAC IP}):
-        cancel the untagged calls running now, which then answer
-        C{CANCELLED} in their turn.  Tagged calls are a program's, and run on.
-        """
-        for slot in list(self._untagged):
-            if slot.line is None and slot.work is not None:
-                self._actions.cancel_call(slot.work)
+            refuse_auth(self)
 
     def shut_down(self, error: CallError) -> None:
         """The node is stopping: answer what runs with C{error}, cancel it, close."""
         if self.state is CLOSED:
             return
-        tagged, self._tagged = self._tagged, {}
-        self._keyed.clear()
-        for tag, work in tagged.items():
-            self._streams.pop(work, None)
-            self._actions.cancel_call(work)
-            self._write(self._encode_error(error, tag))
-        for slot in self._untagged:
-            if slot.line is None:
-                slot.line = self._encode_error(error, None)
-                if slot.work is not None:
-                    self._streams.pop(slot.work, None)
-                    self._actions.cancel_call(slot.work)
-        self._flush_untagged()
+        self._answer_all(error)
         self._close(SHUTTING_DOWN, False)
 
     # --- Reading ----------------------------------------------------------------------
@@ -611,7 +340,7 @@ class Session:
     def _refusal(self, call: Call) -> CallError | None:
         """Why this connection cannot take the call now, if it cannot."""
         if not self.authenticated:
-            return _unauthenticated()
+            return unauthenticated()
         if self.draining:
             return UnavailableError(f"{self._node_name} is shutting down", Outcome.NOT_RUN)
         tag = call.tag
@@ -645,37 +374,21 @@ class Session:
             producer = self._actions.follow(work, call, slot)
             if producer is not None and slot.line is None:
                 slot.items = []
-                self._open_stream(work, producer, None, slot, 1)
+                self._streams.open(work, producer, None, slot, 1, self._output_paused)
         else:
             self._tagged[tag] = work
             if call.key is not None:
                 self._keyed.add(tag)
             producer = self._actions.follow(work, call, None)
             if producer is not None and self._tagged.get(tag) is work:
-                self._open_stream(work, producer, tag, None, call.window or 1)
+                window = call.window or 1
+                self._streams.open(work, producer, tag, None, window, self._output_paused)
         # Checked here without a call, as this runs once per call.
         if len(self._untagged) + len(self._tagged) + len(self._casts) >= self._max_in_flight:
             self._check_load()
 
-    def _open_stream(
-        self, work: Any, producer: Producer, tag: str | None, slot: Slot | None, credit: int
-    ) -> None:
-        """A stream started: give it its first credit (and hold it if output is backed up)."""
-        self._streams[work] = _Flow(producer, tag, slot)
-        if self._output_paused:
-            producer.hold()
-        producer.grant(credit)
-
     def _handle_command(self, command: Command) -> None:
-        verb = COMMANDS.get(command.verb)
-        if verb is None:
-            self._reply_error(
-                UnimplementedError(f"{command.verb} is not available on this node"), command.tag
-            )
-        elif not self.authenticated and not verb.before_auth:
-            self._reply_error(_unauthenticated(), command.tag)
-        else:
-            verb.handler(self, command)
+        handle_command(self, command)
         self._check_load()
 
     def _refuse_http(self) -> None:
@@ -691,125 +404,6 @@ class Session:
         self._move("input done")
         self._maybe_finish()
 
-    def _cancel_tagged(self) -> None:
-        """Cancel tagged calls without a reply; keyed ones run on, detached."""
-        tagged, self._tagged = self._tagged, {}
-        keyed, self._keyed = self._keyed, set()
-        for tag, work in tagged.items():
-            if self._streams:
-                self._streams.pop(work, None)
-            if tag not in keyed:
-                self._actions.cancel_call(work)
-
-    # --- Commands the session answers itself -------------------------------------------
-
-    def _quit(self, tag: str | None) -> None:
-        """Answer C{QUIT} once every earlier call is answered, then close."""
-        self._move("quit")
-        if tag is None:
-            self._quit_slot = Slot()
-            self._untagged.append(self._quit_slot)
-        else:
-            self._quit_tag = tag
-        # What follows QUIT is never acted on: let go of it now.
-        self._decoder.end_of_input()
-        # No MORE can follow, so a tagged stream is granted the rest of its
-        # items, paced from now on by the connection's own backpressure.
-        for flow in list(self._streams.values()):
-            if flow.tag is not None:
-                flow.producer.grant(MAX_WINDOW)
-        self._stop_timer(LINE_TIMER)
-        self._maybe_finish()
-
-    def _cancel(self, command: Command) -> None:
-        if len(command.args) != 1:
-            self._reply_error(InvalidArgumentError("usage: CANCEL tag"), command.tag)
-            return
-        work = self._tagged.get(str(command.args[0]).removeprefix("#"))
-        if work is not None:
-            self._actions.cancel_call(work)
-        self._reply_line(encode_success(work is not None, command.tag), command.tag)
-
-    def _more(self, command: Command) -> None:
-        """
-        C{MORE #tag count}: grant a stream more items.  Never answered; one
-        for a tag with no stream in flight is ignored (it may have just
-        ended).  Only a malformed one is answered, with an error.
-        """
-        args = command.args
-        count = args[1] if len(args) == 2 else None
-        if type(count) is not int or not 1 <= count <= MAX_WINDOW:
-            self._reply_error(
-                InvalidArgumentError(f"usage: MORE #tag count (count from 1 to {MAX_WINDOW:,})"),
-                command.tag,
-            )
-            return
-        work = self._tagged.get(str(args[0]).removeprefix("#"))
-        flow = self._streams.get(work) if work is not None else None
-        if flow is not None:
-            flow.producer.grant(count)
-
-    def _auth(self, command: Command) -> None:
-        """
-        Check a token.  A wrong one is answered only after a delay that
-        doubles with each failure, while the connection is not read, and
-        after a few the connection is closed: guessing is slow.
-        """
-        tag = command.tag
-        outcome = self._actions.authenticate(command.args)
-        if isinstance(outcome, CallError):
-            self._reply_error(outcome, tag)
-            return
-        if outcome is not None:
-            self.authenticated = True
-            self._auth_failures = 0
-            self._reply_line(encode_success(outcome, tag), tag)
-            return
-        self._auth_failures += 1
-        delay = min(AUTH_DELAY * 2 ** (self._auth_failures - 1), AUTH_DELAY_MAX)
-        # The answer keeps its place among the untagged replies.
-        self._auth_slot = Slot() if tag is None else None
-        self._auth_tag = tag
-        if self._auth_slot is not None:
-            self._untagged.append(self._auth_slot)
-        self._auth_wait = True
-        self._update_reading()
-        self._start_timer(AUTH_TIMER, delay)
-
-    def _refuse_auth(self) -> None:
-        line = self._encode_error(UnauthenticatedError("that token is not valid"), self._auth_tag)
-        slot, self._auth_slot = self._auth_slot, None
-        if slot is not None:
-            slot.line = line
-            self._flush_untagged()
-        else:
-            self._write(line)
-        if self._auth_failures >= MAX_AUTH_FAILURES:
-            self._close(f"{self._auth_failures} failed AUTH attempts", False)
-            return
-        self._auth_wait = False
-        self._update_reading()
-        self._after_call()
-
-    # --- Replies ----------------------------------------------------------------------
-
-    def _reply_line(self, line: bytes, tag: str | None) -> None:
-        """Reply to a request handled without waiting: in order if untagged."""
-        if tag is None and self._untagged:
-            self._untagged.append(Slot(None, line))
-            self._flush_untagged()
-            self._check_load()
-        else:
-            self._write(line)
-
-    def _reply_error(self, error: CallError, tag: str | None) -> None:
-        self._reply_line(self._encode_error(error, tag), tag)
-
-    def _encode_error(self, error: CallError, tag: str | None) -> bytes:
-        if error.node is None:
-            error.node = self._node_name
-        return encode_failure(error, tag)
-
     def _write(self, line: bytes) -> None:
         if self.state is CLOSED:
             return
@@ -819,27 +413,6 @@ class Session:
                 self._close("its unread replies passed the limit", True)
                 return
         self._actions.write(line)
-
-    def _flush_untagged(self) -> None:
-        queue = self._untagged
-        while queue:
-            head = queue[0]
-            items = head.items
-            if items:
-                # A stream's turn came: what it made is written, and it may
-                # make the next item.
-                head.items = []
-                for item in items:
-                    self._write(item)
-                flow = self._streams.get(head.work) if head.line is None else None
-                if flow is not None:
-                    flow.producer.grant(len(items))
-                continue  # the grant may have ended it: look at the head again
-            line = head.line
-            if line is None:
-                break
-            queue.popleft()
-            self._write(line)
 
     def _error_and_close(self, error: CallError, reason: str) -> None:
         self._write(self._encode_error(error, None))
@@ -912,10 +485,8 @@ class Session:
         self._actions.close(reason, abort)
 
     def _move(self, event: str) -> None:
-        try:
-            self.state = _TRANSITIONS[self.state, event]
-        except KeyError:
-            raise RuntimeError(f"session: {event} in state {self.state}") from None
+        # Its own table, not Automat: see callnet/session_states.py.
+        self.state = next_state(self.state, event)
 
     # --- Timers -----------------------------------------------------------------------
 
@@ -942,7 +513,3 @@ def _looks_like_http(event: Event) -> bool:
         and bool(event.args)
         and str(event.args[-1]).startswith("HTTP/")
     )
-
-
-def _unauthenticated() -> CallError:
-    return UnauthenticatedError("authenticate first: AUTH <token>")

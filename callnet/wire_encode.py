@@ -200,6 +200,17 @@ def encode_failure(error: CallError, tag: str | None = None) -> bytes:
 
 def encode_item(value: Any, tag: str | None = None) -> bytes:
     """Encode one item of a stream: C{ITEM json}, before the stream's final reply."""
+    if type(value) is str:
+        # Straight to the line, as encode_success does: a stream of large
+        # strings would otherwise copy each item four times.
+        try:
+            encoded = orjson.dumps(value)
+        except orjson.JSONEncodeError:  # lone surrogates: as any other value, below
+            pass
+        else:
+            if tag is None:
+                return b"ITEM %b\n" % encoded
+            return b"#%b ITEM %b\n" % (tag.encode("ascii"), encoded)
     # An item is written as a result is, with the same fast paths.
     body = encode_success(value).removeprefix(b"OK")
     if tag is None:

@@ -163,7 +163,7 @@ def _parse_long_string(
 ) -> Event | None:
     """
     Read a long line that ends with a long JSON string, as a call's last
-    positional argument or an OK reply's value, without decoding or copying
+    positional argument, an OK reply's value or a stream's item, without decoding or copying
     the line: the words before the string go to C{read_head} (the general
     parser), the string to orjson.  None for any other line, or when either
     refuses (the general parser then reads the whole line, with its own
@@ -182,6 +182,8 @@ def _parse_long_string(
     before = read_head(head[:quote])
     if type(before) is Success and before.value is None:
         return Success(value, before.tag)
+    if type(before) is Item and before.value is None:
+        return Item(value, before.tag)
     if type(before) is Call and not before.kwargs:
         return replace(before, args=(*before.args, value))
     return None

@@ -2,27 +2,38 @@
 A tiny run of the benchmark suite, so that it keeps working: every system
 that needs nothing beyond callnet's own dependencies, on a few workloads,
 once, and one callnet system against a baseline revision.  The figures mean
-nothing here; that the run completes and reports does.
+nothing here; that the run completes and reports does.  The gRPC peers run
+where grpcio is installed (benchmarks/requirements.txt), and are reported as
+skipped where it is not, as in CI.
 """
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import re
+import socket
 import subprocess
 import sys
 import tempfile
+import threading
 from pathlib import Path
 
 from twisted.trial.unittest import SynchronousTestCase
 
-from benchmarks.run import baseline_ratios
+from benchmarks.common import STREAM_WINDOW, LineReader, Spec, raw_stream
+from benchmarks.run import baseline_ratios, stream_ratios
+from benchmarks.systems.socketcopy_sys import _echo_lines
+from callnet.client_stream import DEFAULT_WINDOW
 
 ROOT = Path(__file__).resolve().parent.parent
 
 #: Systems whose servers and clients need only Twisted and callnet.
-SYSTEMS = "callnet-async,callnet-blocking,callnet-raw,amp,lineecho,socket-copy"
-WORKLOADS = "seq,sync1,large-1m,large-mem"
+SYSTEMS = "callnet-async,callnet-thread,callnet-blocking,callnet-raw,amp,lineecho,socket-copy"
+#: gRPC's server streaming, which needs grpcio: skipped by the runner without it.
+GRPC = "grpc-sync,grpc-asyncio"
+WORKLOADS = "seq,pipe,sync1,large-1m,large-mem,stream,stream-1m"
+MIB = 1 << 20
 
 
 def run_bench(test: SynchronousTestCase, *args: str) -> Path:
@@ -84,8 +95,14 @@ class SmokeTests(SynchronousTestCase):
             self.assertRegex(result.stdout, rf"{kind} +[0-9]+ ns per input")
 
     def test_smoke_run(self) -> None:
-        """benchmarks/run.py --smoke runs, and reports a figure for every system and workload."""
-        output = run_bench(self, "--smoke", "--systems", SYSTEMS, "--workloads", WORKLOADS)
+        """
+        benchmarks/run.py --smoke runs, and reports a figure for every system
+        and workload: for a stream its items as calls and the bytes/s of 1 MiB
+        items, and the stream ratios with their targets.
+        """
+        output = run_bench(
+            self, "--smoke", "--systems", f"{SYSTEMS},{GRPC}", "--workloads", WORKLOADS
+        )
         data = json.loads((output / "latest.json").read_text())
         measured = {
             (workload, system)
@@ -100,6 +117,31 @@ class SmokeTests(SynchronousTestCase):
         self.assertIn(("large-1m", "amp"), measured)
         self.assertGreater(data["memory"]["large-mem"]["payloads"]["median"], 0)
         self.assertIn("callnet-async", (output / "latest.txt").read_text())
+        for system in ("callnet-async", "callnet-thread", "callnet-raw", "socket-copy"):
+            self.assertIn(("stream", system), measured)
+            self.assertIn(("stream-1m", system), measured)
+        grpc = importlib.util.find_spec("grpc") is not None
+        for system in GRPC.split(","):
+            if grpc:
+                self.assertIn(("stream", system), measured)
+                self.assertIn(("stream-1m", system), measured)
+            else:
+                self.assertIn("grpc is not available", data["skipped"][system])
+        big = data["results"]["stream-1m"]["callnet-raw"]["runs"][0]
+        self.assertGreater(big["calls"], 0)
+        self.assertAlmostEqual(big["bytes_per_s"], big["calls_per_s"] * MIB)
+        small = data["results"]["stream"]["callnet-async"]["runs"][0]
+        self.assertGreater(small["calls"], 0)
+        self.assertIsNone(small["bytes_per_s"])
+        rows = {row["what"]: row for row in data["stream_ratios"]}
+        self.assertIn("callnet-async stream / callnet-async pipe", rows)
+        self.assertIn("callnet-raw stream-1m / socket-copy stream-1m", rows)
+        self.assertEqual(rows["callnet-raw stream-1m / socket-copy stream-1m"]["target"], 0.8)
+        text = (output / "latest.txt").read_text()
+        self.assertIn("== streams against their targets", text)
+        self.assertRegex(text, r"callnet-async stream / callnet-async pipe +\d+\.\d\d  \[")
+        self.assertIn("items/s median", text)
+        self.assertIn("MiB/s of items' payload", text)
 
     def test_baseline_run(self) -> None:
         """
@@ -154,3 +196,121 @@ class BaselineRatioTests(SynchronousTestCase):
         self.assertEqual(
             baseline_ratios(results), {"callnet-raw": {"median": 0.9, "min": 0.5, "max": 3.0}}
         )
+
+
+def _runs(*rates: float | None) -> dict[str, list[dict[str, object]]]:
+    """An aggregate holding runs of these calls/s (None: a failed run)."""
+    return {
+        "runs": [
+            {"error": "failed"} if r is None else {"calls": 10, "calls_per_s": r} for r in rates
+        ]
+    }
+
+
+class StreamRatioTests(SynchronousTestCase):
+    def test_targets(self) -> None:
+        """
+        Each callnet stream is held to 1.5 times callnet-async's pipelined
+        calls/s (and its own), 5 times each gRPC peer, and stream-1m to 0.8
+        of the socket copy; paired run by run, met or missed by the median.
+        """
+        results = {
+            "pipe": {"callnet-async": _runs(100.0, 100.0), "callnet-raw": _runs(200.0, 200.0)},
+            "stream": {
+                "callnet-async": _runs(140.0, 160.0),
+                "callnet-raw": _runs(400.0, 400.0),
+                "callnet-raw@base": _runs(1.0, 1.0),
+                "grpc-sync": _runs(20.0, 40.0),
+                "socket-copy": _runs(1000.0, 1000.0),
+            },
+            "stream-1m": {"callnet-raw": _runs(90.0, None), "socket-copy": _runs(100.0, 100.0)},
+        }
+        rows = {
+            row["what"]: (row["ratio"], row["target"], row["met"])
+            for row in stream_ratios(results)
+        }
+        self.assertEqual(
+            rows,
+            {
+                "callnet-async stream / callnet-async pipe": (
+                    {"median": 1.5, "min": 1.4, "max": 1.6},
+                    1.5,
+                    True,
+                ),
+                "callnet-async stream / grpc-sync stream": (
+                    {"median": 5.5, "min": 4.0, "max": 7.0},
+                    5.0,
+                    True,
+                ),
+                "callnet-raw stream / callnet-async pipe": (
+                    {"median": 4.0, "min": 4.0, "max": 4.0},
+                    1.5,
+                    True,
+                ),
+                "callnet-raw stream / callnet-raw pipe": (
+                    {"median": 2.0, "min": 2.0, "max": 2.0},
+                    1.5,
+                    True,
+                ),
+                "callnet-raw stream / grpc-sync stream": (
+                    {"median": 15.0, "min": 10.0, "max": 20.0},
+                    5.0,
+                    True,
+                ),
+                "callnet-raw stream-1m / socket-copy stream-1m": (
+                    {"median": 0.9, "min": 0.9, "max": 0.9},
+                    0.8,
+                    True,
+                ),
+            },
+        )
+
+    def test_missed_and_failed(self) -> None:
+        """A median under the target is missed; a ratio with no good pair is failed, not met."""
+        results = {
+            "pipe": {"callnet-async": _runs(100.0)},
+            "stream": {"callnet-async": _runs(120.0), "grpc-asyncio": _runs(None)},
+        }
+        rows = {row["what"]: row["met"] for row in stream_ratios(results)}
+        self.assertEqual(
+            rows,
+            {
+                "callnet-async stream / callnet-async pipe": False,
+                "callnet-async stream / grpc-asyncio stream": None,
+            },
+        )
+
+
+class RawStreamTests(SynchronousTestCase):
+    def setUp(self) -> None:
+        """The plain-socket stream client against the socket copy, over a socket pair."""
+        self.client, server = socket.socketpair()
+        self.client.settimeout(30)
+        self.addCleanup(self.client.close)
+        self.copier = threading.Thread(target=_echo_lines, args=(server,), daemon=True)
+        self.copier.start()
+
+    def test_window_matches_the_async_client(self) -> None:
+        """The plain-socket client grants the window callnet's async client asks by default."""
+        self.assertEqual(STREAM_WINDOW, DEFAULT_WINDOW)
+
+    def test_whole_streams(self) -> None:
+        """A stream of ints and one of large strings are taken whole, one after the other."""
+        reader = LineReader(self.client, 1 << 16)
+        small = raw_stream(reader, 1, Spec("stream", 0, 30.0), 5000, 30.0)
+        self.assertEqual((small.calls, small.errors), (5000, 0))
+        big = raw_stream(reader, 2, Spec("stream-1m", 0, 30.0, size=MIB), 5, 30.0)
+        self.assertEqual((big.calls, big.errors), (5, 0))
+
+    def test_time_bound_cancels(self) -> None:
+        """
+        Past its time bound the client cancels the stream and reads on to its
+        final reply, with no error; the connection then serves the next stream.
+        """
+        reader = LineReader(self.client, 1 << 16)
+        cut = raw_stream(reader, 1, Spec("stream", 0, 0.0), 10**9, 0.0)
+        self.assertEqual(cut.errors, 0)
+        self.assertGreater(cut.calls, 0)
+        self.assertLess(cut.calls, 10**9)
+        after = raw_stream(reader, 2, Spec("stream", 0, 30.0), 100, 30.0)
+        self.assertEqual((after.calls, after.errors), (100, 0))

@@ -1,8 +1,8 @@
 """
 When node and client send what they wrote (L{callnet.sending.Outbox}): during
 a long read every C{SEND_EVERY} lines and at its end; outside a read at the
-end of the reactor's turn; straight to an idle socket, else behind what the
-transport holds.
+end of the reactor's turn; in either case at once past C{SEND_BYTES};
+straight to an idle socket, else behind what the transport holds.
 """
 
 from __future__ import annotations
@@ -10,6 +10,7 @@ from __future__ import annotations
 import errno
 from typing import Any
 
+from twisted.internet.address import IPv4Address
 from twisted.internet.interfaces import IWriteDescriptor
 from twisted.internet.protocol import Protocol
 from twisted.internet.task import Clock
@@ -21,7 +22,13 @@ from zope.interface import implementer
 from callnet.client import ClientProtocol, _tag_text
 from callnet.protocol import NodeProtocol
 from callnet.registry import procedure
-from callnet.sending import DIRECT_MAX_BYTES, SEND_EVERY, Outbox
+from callnet.sending import (
+    DIRECT_MAX_BYTES,
+    SEND_BYTES,
+    SEND_EVERY,
+    SOCKET_SEND_LIMIT,
+    Outbox,
+)
 from callnet.testing import MemoryNode
 from callnet.wire import encode_success
 
@@ -144,6 +151,9 @@ class FakeSocket:
     def fileno(self) -> int:
         return 99
 
+    def setsockopt(self, *option: Any) -> None:
+        pass
+
     def send(self, data: Any) -> int:
         if self.error is not None:
             raise OSError(self.error, "fake")
@@ -156,6 +166,16 @@ class FakeSocket:
     @property
     def received(self) -> bytes:
         return b"".join(self.sends)
+
+
+class PeerConnection(Connection):
+    """A socket connection that can say who its peer is, as a node's protocol asks."""
+
+    def getPeer(self) -> IPv4Address:
+        return IPv4Address("TCP", "127.0.0.1", 40000)
+
+    def getHost(self) -> IPv4Address:
+        return IPv4Address("TCP", "127.0.0.1", 7000)
 
 
 class SocketOutboxTests(SynchronousTestCase):
@@ -230,6 +250,65 @@ class SocketOutboxTests(SynchronousTestCase):
         self.assertEqual(len(self.socket.sends), 1)
         self.reactor_sends()
         self.assertEqual(self.socket.received, value)
+
+    def test_large_lines_during_a_read(self) -> None:
+        """While a read is handled, lines of SEND_BYTES in all go out at once, not at its end."""
+        half = b"x" * (SEND_BYTES // 2 - 1) + b"\n"
+        self.outbox.hold()
+        self.outbox.write(half)
+        self.assertEqual(self.socket.sends, [])
+        self.outbox.write(half)
+        self.assertEqual(self.socket.received, half + half)
+        self.outbox.write(b"small\n")
+        self.assertEqual(self.socket.received, half + half)
+        self.outbox.release()
+        self.assertEqual(self.socket.received, half + half + b"small\n")
+
+    def test_large_lines_outside_a_read(self) -> None:
+        """Outside a read, lines of SEND_BYTES in all go out at once, not at the turn's end."""
+        self.outbox.write(b"first\n")
+        line = b"x" * SEND_BYTES + b"\n"
+        self.outbox.write(line)
+        self.assertEqual(self.socket.received, b"first\n" + line)
+        self.reactor.advance(0)
+        self.assertEqual(self.socket.received, b"first\n" + line)
+
+    def test_a_stream_of_large_items_stops_at_a_full_socket(self) -> None:
+        """
+        A stream of large items granted during one read is sent item by item,
+        so a socket that takes nothing pauses its producer at once: it has
+        made an item (and perhaps the one it looks ahead), not its window.
+        """
+        made: list[int] = []
+
+        @procedure
+        async def blobs(n: int) -> Any:
+            for i in range(n):
+                made.append(i)
+                yield "x" * SEND_BYTES
+
+        node = MemoryNode(name="test", threads="manual")
+        node.registry.add(blobs)
+        protocol = node.factory.buildProtocol(None)
+        assert isinstance(protocol, NodeProtocol)
+        connection = PeerConnection(self.socket, protocol, self.reactor)  # type: ignore[arg-type]
+        connection.connected = True
+        protocol.makeConnection(connection)
+        self.connection = connection  # the one reactor_sends drives
+        self.socket.room = 0
+        protocol.dataReceived(b"#1 +window=32 blobs 64\n")
+        self.assertLessEqual(len(made), 2)
+        self.socket.room = 1 << 30
+        self.reactor_sends()
+        self.assertEqual(len(made), 33)
+        self.assertEqual(self.socket.received.count(b"#1 ITEM "), 32)
+
+    def test_a_large_line_in_one_send(self) -> None:
+        """A line of SOCKET_SEND_LIMIT goes to a socket that takes it in one send, not in slices."""
+        line = b"x" * (SOCKET_SEND_LIMIT - 1) + b"\n"
+        self.outbox.write(line)
+        self.assertEqual([len(sent) for sent in self.socket.sends], [SOCKET_SEND_LIMIT])
+        self.assertFalse(self.writing())
 
     def test_closing(self) -> None:
         """A closing connection's lines go through the transport, before it closes."""

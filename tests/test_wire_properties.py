@@ -376,11 +376,23 @@ class LongValueProperties(SynchronousTestCase):
         self.assertEqual(encode_success(value, tag), expected)
 
     @EXAMPLES
+    @given(texts | long_texts, tags)
+    def test_item_encoding(self, value: str, tag: str | None) -> None:
+        """An ITEM line with a string is written as with encode_json, as an OK reply is."""
+        from callnet.wire import encode_json
+
+        prefix = "" if tag is None else f"#{tag} "
+        expected = f"{prefix}ITEM {encode_json(value)}\n".encode()
+        self.assertEqual(encode_item(value, tag), expected)
+
+    @EXAMPLES
     @given(
         st.sampled_from(
             [
                 b"#t OK",
                 b"OK",
+                b"#t ITEM",
+                b"ITEM",
                 b"#t echo",
                 b"echo",
                 b"#a.b +timeout=5 +cast f 1 x true",
@@ -408,6 +420,15 @@ class LongValueProperties(SynchronousTestCase):
         line = before + b" " + encode_json(value).encode() + after
         given_line: bytes | memoryview = memoryview(line) if as_view else line
         self.assertEqual(comparable(parse_line(given_line)), comparable(_parse_general(line)))
+
+    @EXAMPLES
+    @given(long_texts, tags)
+    def test_long_items_read_in_place(self, value: str, tag: str | None) -> None:
+        """A stream's long string item is read by orjson in place, not by the general parser."""
+        from callnet.wire import _parse_long_string
+
+        line = encode_item(value, tag)[:-1]
+        self.assertEqual(_parse_long_string(memoryview(line)), Item(value, tag))
 
     @EXAMPLES
     @given(

@@ -18,6 +18,8 @@ ASYNC = ("seq", "pipe", "conc", "large-1k", "large-1m")
 BLOCKING = ("sync1", "sync16", "large-1k", "large-1m")
 #: Workloads measuring the callnet node alone: they get a fresh node each.
 MEMORY = ("idle-mem", "leak", "large-mem")
+#: Workloads taking one stream of items (items/s), not calls.
+STREAM = ("stream", "stream-1m")
 
 
 @dataclass(frozen=True)
@@ -45,18 +47,20 @@ SYSTEMS: dict[str, System] = {
             "callnet_sys",
             "callnet",
             "async",
-            ASYNC,
+            ASYNC + STREAM,
             True,
-            note="callnet.client.Client, add (runs in the reactor)",
+            note="callnet.client.Client, add (runs in the reactor); streams: Client.stream"
+            " of stream_items (an async generator)",
         ),
         System(
             "callnet-thread",
             "callnet_sys",
             "callnet",
             "thread",
-            ("seq", "pipe", "conc"),
+            ("seq", "pipe", "conc", *STREAM),
             True,
-            note="callnet.client.Client, add_threaded (a plain function: thread pool)",
+            note="callnet.client.Client, add_threaded (a plain function: thread pool);"
+            " streams: Client.stream of stream_items_threaded (a generator in worker threads)",
         ),
         System(
             "callnet-blocking",
@@ -73,9 +77,10 @@ SYSTEMS: dict[str, System] = {
             "callnet_sys",
             "callnet",
             "raw",
-            ASYNC + MEMORY,
+            ASYNC + STREAM + MEMORY,
             True,
-            note="plain-socket client writing '#tag add 1 2' lines",
+            note="plain-socket client writing '#tag add 1 2' lines; streams: '#tag +window=64"
+            " stream_items ...' and MORE lines",
         ),
         System("amp", "amp_sys", "amp", "async", ASYNC, False, note="Twisted AMP, callRemote"),
         System(
@@ -123,9 +128,30 @@ SYSTEMS: dict[str, System] = {
             "socketcopy_sys",
             "socketcopy",
             "raw",
-            ("seq", "pipe", "large-1k", "large-1m"),
+            ("seq", "pipe", "large-1k", "large-1m", *STREAM),
             False,
-            note="the callnet-raw client against a plain-socket echo server: a raw socket copy",
+            note="the callnet-raw client against a plain-socket echo server: a raw socket copy;"
+            " streams: the lines a node sends, written with no flow control",
+        ),
+        System(
+            "grpc-sync",
+            "grpc_sys",
+            "grpc-sync",
+            "sync",
+            STREAM,
+            False,
+            needs=("grpc",),
+            note="gRPC server streaming: grpc.server (thread pool) and a sync channel, raw bytes",
+        ),
+        System(
+            "grpc-asyncio",
+            "grpcaio_sys",
+            "grpc-asyncio",
+            "asyncio",
+            STREAM,
+            False,
+            needs=("grpc",),
+            note="gRPC server streaming: grpc.aio server and channel, raw bytes",
         ),
         System(
             "rpyc",
@@ -159,4 +185,6 @@ SERVERS: dict[str, str] = {
     "socketcopy": "socketcopy_sys",
     "rpyc": "rpyc_sys",
     "pyro5": "pyro_sys",
+    "grpc-sync": "grpc_sys",
+    "grpc-asyncio": "grpcaio_sys",
 }

@@ -2,12 +2,16 @@
 callnet: a real node (L{NodeService}) serving the built-ins and
 C{benchmarks.procs}, and its clients:
 
-  - C{async}: L{callnet.client.Client} calling C{add} (runs in the reactor);
+  - C{async}: L{callnet.client.Client} calling C{add} (runs in the reactor),
+    and taking the streams of C{stream_items} (an async generator) with
+    L{callnet.client.Client.stream};
   - C{thread}: the same client calling C{add_threaded} (a plain function,
-    run in the node's thread pool);
+    run in the node's thread pool), and taking the streams of
+    C{stream_items_threaded} (a generator, pulled in worker threads);
   - C{blocking}: L{callnet.blocking.BlockingClient}, one client shared by
     every calling thread;
-  - C{raw}: a plain socket writing C{#tag add 1 2} lines, no Twisted; it
+  - C{raw}: a plain socket writing C{#tag add 1 2} lines, no Twisted (and
+    for streams C{#tag +window=N stream_items ...} and C{MORE} lines); it
     also runs the node-only workloads C{idle-mem} and C{leak}.
 """
 
@@ -18,11 +22,17 @@ import itertools
 import json
 import socket
 import time
+from collections.abc import Callable
 from typing import Any
 
 from benchmarks.common import (
+    CLOCK_EVERY,
     HOST,
+    Meter,
     Spec,
+    Tally,
+    check_item,
+    is_stream,
     memory_mark,
     peak_growth,
     raw_connect,
@@ -32,6 +42,9 @@ from benchmarks.common import (
     run_async,
     run_blocking,
     run_raw,
+    run_twisted,
+    stream_args,
+    summarize_stream,
     system_main,
 )
 
@@ -87,6 +100,70 @@ class AsyncClient:
 
     def close(self, conn: Any) -> None:
         conn.close()
+
+
+async def take_stream(
+    client: Any, procedure: str, spec: Spec, count: int, seconds: float
+) -> Tally:
+    """
+    Take one stream with L{callnet.client.Client.stream} (its default
+    window) until it ends, or past C{seconds} close it (which cancels it on
+    the node).  The time measured ends at the last item taken.
+    """
+    from callnet.errors import CallError
+
+    tally = Tally()
+    now = time.perf_counter
+    every = 1 if spec.size else CLOCK_EVERY
+    start = now()
+    end = start + seconds
+    items = 0
+    stream = client.stream(procedure, *stream_args(spec, count))
+    try:
+        async for item in stream:
+            if not items:
+                check_item(spec, item)
+            items += 1
+            if not items % every and now() >= end:
+                break
+    except CallError as e:
+        tally.fail(repr(e))
+    last = now()
+    await stream.aclose()
+    tally.calls = items
+    tally.elapsed = last - start
+    return tally
+
+
+def run_stream(procedure: str, spec: Spec, port: int, server_pid: int) -> dict[str, Any]:
+    """Run a stream workload with the async client: a warm-up stream, then the measured one."""
+
+    async def main(reactor: Any) -> dict[str, Any]:
+        from callnet.client import Client
+
+        client = Client(f"tcp:{HOST}:{port}", reactor, timeout=spec.seconds + 60)
+        await client.connect()
+        warm = await take_stream(client, procedure, spec, spec.warmup, spec.seconds)
+        if warm.errors or warm.calls != spec.warmup:
+            raise RuntimeError(f"the warm-up stream failed: {warm.first_error}")
+        meter = Meter(server_pid)
+        tally = await take_stream(client, procedure, spec, spec.count, spec.seconds)
+        used = meter.read()
+        client.close()
+        return summarize_stream(spec, tally, used)
+
+    return run_twisted(main)
+
+
+def async_flavor(procedure: str, streams: str) -> Callable[[Spec, int, int], dict[str, Any]]:
+    """The async client calling C{procedure}, or in a stream workload streaming C{streams}."""
+
+    def flavor(spec: Spec, port: int, server_pid: int) -> dict[str, Any]:
+        if is_stream(spec):
+            return run_stream(streams, spec, port, server_pid)
+        return run_async(AsyncClient(procedure), spec, port, server_pid)
+
+    return flavor
 
 
 class BlockingClient:
@@ -254,10 +331,8 @@ if __name__ == "__main__":
     system_main(
         serve,
         {
-            "async": lambda spec, port, pid: run_async(AsyncClient("add"), spec, port, pid),
-            "thread": lambda spec, port, pid: run_async(
-                AsyncClient("add_threaded"), spec, port, pid
-            ),
+            "async": async_flavor("add", "stream_items"),
+            "thread": async_flavor("add_threaded", "stream_items_threaded"),
             "blocking": lambda spec, port, pid: run_blocking(BlockingClient(), spec, port, pid),
             "raw": raw,
         },
