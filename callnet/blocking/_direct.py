@@ -248,6 +248,8 @@ class Connection:
         self.write_lock = threading.Lock()
         #: The tag of the call waiting on this connection, for L{abort}.
         self.tag: str | None = None
+        #: The calls of several threads on it, once it has carried them.
+        self.shared: Multiplexer | None = None
         self.closed = False
         self._tls = isinstance(sock, ssl.SSLSocket)
         self._poll_in: Any = None
@@ -598,11 +600,15 @@ class DirectPath:
             if best is not None and best.users < self._per_connection:
                 best.users += 1
                 mux = best
+            elif self._idle:
+                best = None
             else:
                 mux = Multiplexer()
                 mux.users = 1
                 self._shared.append(mux)
                 opening = True
+        if best is None and not opening:
+            return self._share_idle(deadline, what)
         if mux.connection is None:
             if opening:
                 self._open_shared(mux, deadline, what)
@@ -610,8 +616,42 @@ class DirectPath:
                 self._wait_shared(mux, deadline, what)
         return mux
 
+    def _share_idle(self, deadline: float, what: str) -> Multiplexer:
+        """
+        An idle connection, checked before it is shared (nobody else may
+        read it meanwhile), with the multiplexer it keeps; or a new one.
+        """
+        while True:
+            with self._lock:
+                if self.closed:
+                    raise self._closed_error(what, Outcome.NOT_RUN)
+                if not self._idle:
+                    mux = Multiplexer()
+                    mux.users = 1
+                    self._shared.append(mux)
+                    break
+                connection = self._idle.pop()
+            if connection.is_stale():
+                connection.close()
+                continue
+            kept = connection.shared
+            if kept is None:
+                kept = connection.shared = Multiplexer(connection)
+            mux = kept
+            with self._lock:
+                if self.closed:
+                    connection.close()
+                    raise self._closed_error(what, Outcome.NOT_RUN)
+                mux.users = 1
+                self._shared.append(mux)
+            return mux
+        self._open_shared(mux, deadline, what)
+        return mux
+
     def _open_shared(self, mux: Multiplexer, deadline: float, what: str) -> None:
         """Open the connection of C{mux}, for the calls placed on it meanwhile too."""
+        ready = mux.ready
+        assert ready is not None
         try:
             connection = self._take(deadline, what)
         except BaseException as e:
@@ -621,14 +661,15 @@ class DirectPath:
                 mux.users -= 1
                 if mux in self._shared:
                     self._shared.remove(mux)
-            mux.ready.set()
+            ready.set()
             raise
+        connection.shared = mux
         with self._lock:
             self._busy.discard(connection)
             mux.connection = connection
             if self.closed:
                 mux.lost = "the client was closed"
-        mux.ready.set()
+        ready.set()
         if mux.lost is not None:
             self._give_back_shared(mux)
             raise self._closed_error(what, Outcome.NOT_RUN)
@@ -636,15 +677,17 @@ class DirectPath:
     def _wait_shared(self, mux: Multiplexer, deadline: float, what: str) -> None:
         """Wait, by C{deadline}, for another thread to open the connection of C{mux}."""
         poll = threading.current_thread() is threading.main_thread()
+        ready = mux.ready
+        assert ready is not None
         try:
-            while not mux.ready.is_set():
+            while not ready.is_set():
                 remaining = deadline - self.monotonic()
                 if remaining <= 0:
                     raise DeadlineExceededError(
                         f"the deadline of {what} passed while connecting to {self.address.text}",
                         Outcome.NOT_RUN,
                     )
-                mux.ready.wait(min(remaining, INTERRUPT_CHECK_INTERVAL) if poll else remaining)
+                ready.wait(min(remaining, INTERRUPT_CHECK_INTERVAL) if poll else remaining)
             failure = mux.failure
             if failure is not None:
                 if isinstance(failure, CallError):

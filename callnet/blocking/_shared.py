@@ -82,9 +82,7 @@ class Multiplexer:
         #: it; the calls placed meanwhile wait for L{ready}, so that threads
         #: starting together share one new connection, not one each.
         self.connection = connection
-        self.ready = threading.Event()
-        if connection is not None:
-            self.ready.set()
+        self.ready = threading.Event() if connection is None else None
         #: Why opening the connection failed, for the calls that waited.
         self.failure: BaseException | None = None
         self.users = 0
