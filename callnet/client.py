@@ -63,6 +63,14 @@ class Client:
     return Deferreds; all take keyword-only C{timeout} (seconds; every call
     has a deadline) and C{key} (an idempotency key).
 
+    It dials when a call needs a connection, not before, and a call that
+    finds the node unreachable fails at once, C{UNAVAILABLE not-run}, so its
+    caller may retry or go elsewhere.  Twisted's C{ClientService}, which a
+    node's links to its peers use (L{callnet.cluster.peers}), keeps dialling
+    with back-off whether or not anything is waiting, and holds a caller
+    until its next attempt: right for a link that must stay up, wrong for a
+    client that may sit idle or must fail within its deadline.
+
     @param endpoint: a Twisted client endpoint string such as
         C{"tcp:127.0.0.1:7600"} or C{"unix:/run/callnet.sock"}, or an
         L{IStreamClientEndpoint}.
