@@ -33,6 +33,7 @@ from callnet.errors import (
     UnavailableError,
 )
 from callnet.execution import (
+    PLAIN_RESULTS,
     Execution,
     InProcess,
     InReactor,
@@ -348,7 +349,7 @@ class Dispatcher:
             error = self.to_call_error(entry.name, entry.errors, Failure())
             self.stats.finished(stats, error.code, self.reactor.seconds() - began)
             return Failure(error)
-        if not isinstance(result, Deferred):
+        if type(result) in PLAIN_RESULTS or not isinstance(result, Deferred):
             # Ended at once (a reactor procedure's plain value): no Deferred, no timer.
             result = checked_result(entry.name, result, self.node_name)
             error_code = InternalError.code if isinstance(result, Failure) else None

@@ -34,6 +34,7 @@ from callnet.errors import (
     ResourceExhaustedError,
     UnavailableError,
 )
+from callnet.execution import PLAIN_RESULTS
 from callnet.logs import readable
 from callnet.reactors import DelayedCall, DispatchReactor, set_no_delay
 from callnet.replies import encode_result, log_access, trace_failure
@@ -234,7 +235,7 @@ class NodeProtocol(Protocol):
             return outcome
         if factory.access_log:
             outcome = log_access(call, outcome, factory.clock, str(caller), self._host)
-        if isinstance(outcome, Deferred):
+        if type(outcome) not in PLAIN_RESULTS and isinstance(outcome, Deferred):
             if call.trace is not None or call.tag is not None:
                 outcome.addErrback(trace_failure, call, factory.dispatcher.trace_ids)
             return outcome

@@ -28,12 +28,10 @@ from callnet.cli import (
     EXIT_OK,
     EXIT_UNREACHABLE,
     EXIT_USAGE,
-    PROCEDURES_WIDTH,
-    _procedure_list,
     endpoint_string,
-    format_status,
     main,
 )
+from callnet.cli_format import PROCEDURES_WIDTH, _procedure_list, format_status
 from callnet.terminal import _speaks_tls, explain
 
 from .daemon import (

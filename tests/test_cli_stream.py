@@ -20,7 +20,8 @@ import pytest
 from twisted.internet.defer import ensureDeferred
 from twisted.trial.unittest import SynchronousTestCase
 
-from callnet.cli import ProgressLine, _call, format_progress
+from callnet.cli import _call
+from callnet.cli_format import ProgressLine, format_progress
 from callnet.errors import InvalidArgumentError, NotFoundError, Outcome
 from callnet.shell import Shell
 from callnet.wire import Progress
