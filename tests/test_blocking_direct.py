@@ -20,7 +20,9 @@ import pytest
 from twisted.python import threadable
 
 from callnet.blocking import BlockingClient, CallHandle, TLSAddress, reactor_in_use
-from callnet.blocking._direct import Connection, DirectPath, parse_address
+from callnet.blocking._address import parse_address
+from callnet.blocking._connection import Connection
+from callnet.blocking._direct import DirectPath
 from callnet.blocking._shared import LostError, Multiplexer, NotSentError
 from callnet.blocking._wait import _Done
 from callnet.errors import (

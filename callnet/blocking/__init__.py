@@ -25,8 +25,9 @@ C{callFromThread}, and its caller waits on an event.  The rules:
     L{ForkedProcessError} instead of hanging.
 """
 
+from callnet.blocking._address import TLSAddress
 from callnet.blocking._client import BlockingClient, Transport, reactor_in_use
-from callnet.blocking._direct import ASYNC_THREADS, MAX_IDLE_CONNECTIONS, TLSAddress
+from callnet.blocking._direct import ASYNC_THREADS, MAX_IDLE_CONNECTIONS
 from callnet.blocking._handle import CallHandle
 from callnet.blocking._reactor_thread import (
     EXIT_JOIN_TIMEOUT,

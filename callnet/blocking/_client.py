@@ -16,13 +16,12 @@ from twisted.python import threadable
 
 import callnet.blocking._reactor_thread as _reactor_thread
 from callnet.answers import MULTICALL, unpack
+from callnet.blocking._address import TLSAddress, parse_address
 from callnet.blocking._direct import (
     ASYNC_THREADS,
     MAX_IDLE_CONNECTIONS,
     DirectCallHandle,
     DirectPath,
-    TLSAddress,
-    parse_address,
     refuse_reactor_thread,
 )
 from callnet.blocking._handle import CallHandle, _Send

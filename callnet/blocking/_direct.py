@@ -19,12 +19,8 @@ parent's sockets (the pool notices the new pid and starts afresh).
 from __future__ import annotations
 
 import atexit
-import contextlib
-import itertools
 import os
 import queue
-import re
-import select
 import socket
 import ssl
 import sys
@@ -32,13 +28,14 @@ import threading
 import time
 import weakref
 from collections.abc import Callable, Generator
-from dataclasses import dataclass
 from typing import Any
 
 from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 from twisted.python import threadable
 
+from callnet.blocking._address import Address
+from callnet.blocking._connection import _POLL, CANCEL_WRITE_TIMEOUT, Connection, _LostError
 from callnet.blocking._handle import CallHandle
 from callnet.blocking._shared import (
     THREADS_PER_CONNECTION,
@@ -58,14 +55,10 @@ from callnet.errors import (
     UnavailableError,
     WrongThreadError,
 )
-from callnet.reactors import DispatchReactor
 from callnet.wire import (
     DEFAULT_MAX_LINE,
-    BadLine,
     Call,
-    ErrorReply,
     Item,
-    LineDecoder,
     Progress,
     Success,
     encode_call,
@@ -87,117 +80,6 @@ MAX_IDLE_CONNECTIONS = 32
 ASYNC_THREADS = 16
 #: The name prefix of those threads.
 ASYNC_THREAD_NAME = "callnet-call"
-#: Bytes asked of the socket per read: a reply of a small result comes whole
-#: in one read; a large one comes in pieces of this size.
-READ_SIZE = 256 * 1024
-#: How long a call given up on (Ctrl-C) may take to write its C{CANCEL}.
-CANCEL_WRITE_TIMEOUT = 0.5
-
-_POLL = getattr(select, "poll", None)
-_DONTWAIT = getattr(socket, "MSG_DONTWAIT", 0)
-
-
-@dataclass(frozen=True)
-class TLSAddress:
-    """
-    A node's C{tls:} listener, for a L{BlockingClient} on either path.
-
-        client = BlockingClient(TLSAddress("127.0.0.1", 7601, ca="certs/ca.pem"))
-
-    The node's certificate must be signed by C{ca} and name C{name} (by
-    default C{host}), as L{callnet.tls.client_endpoint} checks for the
-    reactor's client; C{cert} and C{key} are a client certificate to present.
-    """
-
-    host: str
-    port: int
-    ca: str | os.PathLike[str]
-    cert: str | os.PathLike[str] | None = None
-    key: str | os.PathLike[str] | None = None
-    name: str | None = None
-
-    def __post_init__(self) -> None:
-        if (self.cert is None) != (self.key is None):
-            raise ValueError(
-                "a client certificate needs its key: give both cert and key, or neither"
-            )
-
-    def __str__(self) -> str:
-        shown = f"[{self.host}]" if ":" in self.host else self.host
-        return f"tls:{shown}:{self.port}"
-
-    def ssl_context(self) -> ssl.SSLContext:
-        """A context that trusts only C{ca} and checks the node's name."""
-        context = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=os.fspath(self.ca))
-        context.minimum_version = ssl.TLSVersion.TLSv1_2
-        context.check_hostname = True
-        context.verify_mode = ssl.CERT_REQUIRED
-        if self.cert is not None and self.key is not None:
-            context.load_cert_chain(os.fspath(self.cert), os.fspath(self.key))
-        context.set_alpn_protocols(["callnet"])
-        return context
-
-    def reactor_endpoint(self, reactor: DispatchReactor) -> Any:
-        """The same address as an endpoint for the reactor's client."""
-        from callnet.tls import client_endpoint
-
-        return client_endpoint(
-            reactor, self.host, self.port, self.ca, self.cert, self.key, name=self.name
-        )
-
-
-@dataclass(frozen=True)
-class Address:
-    """Where the plain-socket path connects: a TCP host and port, a UNIX path, or TLS."""
-
-    text: str
-    family: int
-    target: Any
-    tls: TLSAddress | None = None
-
-
-_UNESCAPED_COLON = re.compile(r"(?<!\\):")
-
-
-def parse_address(endpoint: object) -> Address | None:
-    """
-    The address of a client endpoint that the plain-socket path can reach:
-    a L{TLSAddress}, or a C{tcp:} or C{unix:} endpoint string with nothing
-    but a host and port or a path (and C{timeout}, which deadlines replace).
-    C{None} for anything else, which only the reactor's client can use.
-    """
-    if isinstance(endpoint, TLSAddress):
-        return Address(str(endpoint), socket.AF_INET, (endpoint.host, endpoint.port), endpoint)
-    if not isinstance(endpoint, str):
-        return None
-    kind, _, rest = endpoint.partition(":")
-    positional: list[str] = []
-    named: dict[str, str] = {}
-    for part in _UNESCAPED_COLON.split(rest):
-        part = part.replace("\\:", ":")
-        name, equals, value = part.partition("=")
-        if equals and name.isidentifier():
-            named[name] = value
-        else:
-            positional.append(part)
-    named.pop("timeout", None)
-    if kind == "tcp":
-        fields = dict(zip(("host", "port"), positional, strict=False)) | named
-        if set(fields) != {"host", "port"} or len(positional) > 2:
-            return None
-        try:
-            port = int(fields["port"])
-        except ValueError:
-            return None
-        family = socket.AF_INET6 if ":" in fields["host"] else socket.AF_INET
-        return Address(endpoint, family, (fields["host"], port))
-    if kind == "unix" and hasattr(socket, "AF_UNIX"):
-        named.pop("checkPID", None)
-        fields = dict(zip(("path",), positional, strict=False)) | named
-        if set(fields) != {"path"} or len(positional) > 1:
-            return None
-        return Address(endpoint, socket.AF_UNIX, fields["path"])
-    return None
 
 
 def on_running_reactor_thread() -> bool:
@@ -217,203 +99,6 @@ def refuse_reactor_thread(what: str) -> None:
             f" deadlock. Code running under the reactor must use the asynchronous API:"
             f" callnet.client.Client, whose call() returns a Deferred to await."
         )
-
-
-def _report(on_progress: Callable[[Progress], object], report: Progress) -> None:
-    """Hand a progress report to its callback; what the callback raises is logged."""
-    try:
-        on_progress(report)
-    except Exception:
-        log.failure("progress callback {fn!r} failed", fn=on_progress)
-
-
-#: The connection ended (EOF or a socket error) while a call used it.
-_LostError = LostError
-
-
-class Connection:
-    """
-    One socket to the node, used by one call at a time, and the codec's
-    decoder for what comes back on it.  Tags are never reused on it, so a
-    late reply to a call given up on is recognised and dropped.
-    """
-
-    def __init__(self, sock: socket.socket, max_line: int, monotonic: Callable[[], float]):
-        self.sock = sock
-        self.decoder = LineDecoder(max_line)
-        self._tags = map(str, itertools.count(1))
-        self._monotonic = monotonic
-        self.monotonic = monotonic
-        #: Serialises writes: a call's own, and a C{CANCEL} from L{close}.
-        self.write_lock = threading.Lock()
-        #: The tag of the call waiting on this connection, for L{abort}.
-        self.tag: str | None = None
-        #: The calls of several threads on it, once it has carried them.
-        self.shared: Multiplexer | None = None
-        self.closed = False
-        self._tls = isinstance(sock, ssl.SSLSocket)
-        self._poll_in: Any = None
-        self._poll_out: Any = None
-        if _POLL is not None and not self._tls:
-            # A plain socket stays in blocking mode and waits with poll(): a
-            # socket timeout would cost a system call to set on every read.
-            sock.setblocking(True)
-            self._poll_in = _POLL()
-            self._poll_in.register(sock, select.POLLIN)
-            self._poll_out = _POLL()
-            self._poll_out.register(sock, select.POLLOUT)
-
-    def next_tag(self) -> str:
-        return next(self._tags)
-
-    def is_stale(self) -> bool:
-        """
-        Whether an idle connection has been closed by the node (or holds what
-        nobody asked for): checked before reuse, so that a node restarted
-        meanwhile costs a new connection, not a failed call.
-        """
-        poller = self._poll_in
-        if poller is None:
-            return False
-        if not poller.poll(0):
-            return False
-        try:
-            data = self.sock.recv(READ_SIZE, _DONTWAIT)
-        except BlockingIOError:
-            return False
-        except OSError:
-            return True
-        if not data:
-            return True
-        self.decoder.feed(data)  # late replies: dropped when next read
-        return False
-
-    def send(self, data: bytes, deadline: float) -> None:
-        """Write all of C{data} by C{deadline}; C{TimeoutError} if it cannot."""
-        with self.write_lock:
-            if self._poll_out is None:
-                self.sock.settimeout(max(deadline - self._monotonic(), 1e-6))
-                self.sock.sendall(data)
-                return
-            sock = self.sock
-            try:
-                sent = sock.send(data, _DONTWAIT)
-            except BlockingIOError:
-                sent = 0
-            if sent == len(data):
-                return
-            view = memoryview(data)
-            while sent < len(data):
-                remaining = deadline - self._monotonic()
-                if remaining <= 0 or not self._poll_out.poll(remaining * 1000):
-                    raise TimeoutError("the node does not read what is sent to it")
-                with contextlib.suppress(BlockingIOError):
-                    sent += sock.send(view[sent:], _DONTWAIT)
-
-    def read_reply(
-        self,
-        tag: str,
-        deadline: float,
-        interruptible: bool,
-        items: bool = False,
-        on_progress: Callable[[Progress], object] | None = None,
-    ) -> Any:
-        """
-        Read until the reply to C{tag}; return its event (L{Success} or a
-        failure reply).
-
-        @param interruptible: wake every L{INTERRUPT_CHECK_INTERVAL} so that
-            a pending KeyboardInterrupt is raised (the main thread).
-        @param items: return each L{Item} of C{tag} too (a stream).
-        @param on_progress: hand each L{Progress} report of C{tag} to this.
-        @raise TimeoutError: the deadline passed first.
-        @raise _LostError: the connection ended first.
-        """
-        decoder = self.decoder
-        while True:
-            event = decoder.next_event()
-            while event is not None:
-                kind = type(event)
-                if kind is Success or kind is ErrorReply:
-                    if event.tag == tag:  # type: ignore[union-attr]
-                        return event
-                elif kind is BadLine:
-                    log.warn("unreadable line from the node: {error}", error=event.error)  # type: ignore[union-attr]
-                elif kind is Item:
-                    if items and event.tag == tag:  # type: ignore[union-attr]
-                        return event
-                elif kind is Progress and on_progress is not None and event.tag == tag:  # type: ignore[union-attr]
-                    _report(on_progress, event)  # type: ignore[arg-type]
-                event = decoder.next_event()
-            self.read_more(deadline, interruptible)
-
-    def read_more(self, deadline: float, interruptible: bool) -> None:
-        """
-        Wait for more bytes from the node, by C{deadline}, and feed them to
-        the decoder (a wake to check for Ctrl-C may feed nothing).
-
-        @raise TimeoutError: the deadline passed first.
-        @raise _LostError: the connection ended first.
-        """
-        remaining = deadline - self._monotonic()
-        if remaining <= 0:
-            raise TimeoutError
-        if interruptible and remaining > INTERRUPT_CHECK_INTERVAL:
-            remaining = INTERRUPT_CHECK_INTERVAL
-        sock = self.sock
-        try:
-            poller = self._poll_in
-            if poller is not None:
-                if not poller.poll(remaining * 1000):
-                    return
-                data = sock.recv(READ_SIZE)
-            else:
-                sock.settimeout(remaining)
-                data = sock.recv(READ_SIZE)
-        except TimeoutError:
-            return
-        except OSError as e:
-            raise _LostError(e.strerror or str(e)) from None
-        if not data:
-            raise _LostError("the node closed the connection")
-        self.decoder.feed(data)
-
-    def kill(self, why: str) -> str:
-        """End the connection from any thread (its reader wakes at once); return C{why}."""
-        with contextlib.suppress(OSError):
-            self.sock.shutdown(socket.SHUT_RDWR)
-        return why
-
-    def cancel(self, tag: str, timeout: float = CANCEL_WRITE_TIMEOUT) -> None:
-        """Ask the node to cancel C{tag}, best effort, within C{timeout}."""
-        with contextlib.suppress(OSError, ValueError):
-            self.send(encode_command("CANCEL", (tag,)), self._monotonic() + timeout)
-
-    def abort(self) -> None:
-        """
-        From another thread: cancel the call waiting here and end the
-        connection, which wakes its reader at once.
-        """
-        tag = self.tag
-        # The caller may be in the middle of its own write: wait for it, briefly.
-        if (
-            tag is not None
-            and not self._tls
-            and self.write_lock.acquire(timeout=CANCEL_WRITE_TIMEOUT)
-        ):
-            try:
-                self.sock.send(encode_command("CANCEL", (tag,)), _DONTWAIT)
-            except OSError:
-                pass
-            finally:
-                self.write_lock.release()
-        with contextlib.suppress(OSError):
-            self.sock.shutdown(socket.SHUT_RDWR)
-
-    def close(self) -> None:
-        self.closed = True
-        with contextlib.suppress(OSError):
-            self.sock.close()
 
 
 class _AsyncThreads:
@@ -517,7 +202,7 @@ class DirectPath:
         self._idle: list[Connection] = []
         self._busy: set[Connection] = set()
         #: Connections carrying the calls of several threads now.
-        self._shared: list[Multiplexer] = []
+        self._shared: list[Multiplexer[Connection]] = []
         self._executor: _AsyncThreads | None = None
         self._handles: set[DirectCallHandle] = set()
         self.closed = False
@@ -582,7 +267,7 @@ class DirectPath:
                 return
         connection.close()
 
-    def _take_shared(self, deadline: float, what: str) -> Multiplexer:
+    def _take_shared(self, deadline: float, what: str) -> Multiplexer[Connection]:
         """
         A connection to carry one call beside others: the least busy one
         that carries fewer than C{threads_per_connection} calls, or an
@@ -603,7 +288,7 @@ class DirectPath:
             elif self._idle:
                 best = None
             else:
-                mux = Multiplexer()
+                mux = Multiplexer[Connection]()
                 mux.users = 1
                 self._shared.append(mux)
                 opening = True
@@ -616,7 +301,7 @@ class DirectPath:
                 self._wait_shared(mux, deadline, what)
         return mux
 
-    def _share_idle(self, deadline: float, what: str) -> Multiplexer:
+    def _share_idle(self, deadline: float, what: str) -> Multiplexer[Connection]:
         """
         An idle connection, checked before it is shared (nobody else may
         read it meanwhile), with the multiplexer it keeps; or a new one.
@@ -626,7 +311,7 @@ class DirectPath:
                 if self.closed:
                     raise self._closed_error(what, Outcome.NOT_RUN)
                 if not self._idle:
-                    mux = Multiplexer()
+                    mux = Multiplexer[Connection]()
                     mux.users = 1
                     self._shared.append(mux)
                     break
@@ -648,7 +333,7 @@ class DirectPath:
         self._open_shared(mux, deadline, what)
         return mux
 
-    def _open_shared(self, mux: Multiplexer, deadline: float, what: str) -> None:
+    def _open_shared(self, mux: Multiplexer[Connection], deadline: float, what: str) -> None:
         """Open the connection of C{mux}, for the calls placed on it meanwhile too."""
         ready = mux.ready
         assert ready is not None
@@ -674,7 +359,7 @@ class DirectPath:
             self._give_back_shared(mux)
             raise self._closed_error(what, Outcome.NOT_RUN)
 
-    def _wait_shared(self, mux: Multiplexer, deadline: float, what: str) -> None:
+    def _wait_shared(self, mux: Multiplexer[Connection], deadline: float, what: str) -> None:
         """Wait, by C{deadline}, for another thread to open the connection of C{mux}."""
         poll = threading.current_thread() is threading.main_thread()
         ready = mux.ready
@@ -702,7 +387,7 @@ class DirectPath:
             self._give_back_shared(mux)
             raise self._closed_error(what, Outcome.NOT_RUN)
 
-    def _give_back_shared(self, mux: Multiplexer) -> None:
+    def _give_back_shared(self, mux: Multiplexer[Connection]) -> None:
         """A call placed on C{mux} is over; the last one keeps or closes the connection."""
         connection = mux.connection
         with self._lock:

@@ -22,15 +22,34 @@ connection fails every call waiting on it at once.
 from __future__ import annotations
 
 import threading
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable
+from typing import Any, Generic, Protocol, TypeVar
 
 from twisted.logger import Logger
 
 from callnet.blocking._wait import INTERRUPT_CHECK_INTERVAL, _Done
-from callnet.wire import BadLine, ErrorReply, Success
+from callnet.wire import BadLine, ErrorReply, LineDecoder, Success
 
-if TYPE_CHECKING:
-    from callnet.blocking._direct import Connection
+
+class Connection(Protocol):
+    """What a shared connection's calls need of the socket under them
+    (L{callnet.blocking._connection.Connection} is one)."""
+
+    decoder: LineDecoder
+    monotonic: Callable[[], float]
+
+    def send(self, data: bytes, deadline: float) -> None: ...
+
+    def kill(self, why: str) -> str: ...
+
+    def cancel(self, tag: str) -> None: ...
+
+    def read_more(self, deadline: float, interruptible: bool) -> None: ...
+
+
+#: The connection a multiplexer shares, as its owner knows it.
+_C = TypeVar("_C", bound=Connection)
+
 
 log = Logger()
 
@@ -69,7 +88,7 @@ class _Waiter:
         self.lost: str | None = None
 
 
-class Multiplexer:
+class Multiplexer(Generic[_C]):
     """
     The calls in flight on one connection and which of their threads reads.
 
@@ -77,7 +96,7 @@ class Multiplexer:
     path's lock); everything else by this object's own lock.
     """
 
-    def __init__(self, connection: Connection | None = None) -> None:
+    def __init__(self, connection: _C | None = None) -> None:
         #: C{None} while the thread that placed the first call here opens
         #: it; the calls placed meanwhile wait for L{ready}, so that threads
         #: starting together share one new connection, not one each.
