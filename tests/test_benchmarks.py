@@ -314,3 +314,38 @@ class RawStreamTests(SynchronousTestCase):
         self.assertLess(cut.calls, 10**9)
         after = raw_stream(reader, 2, Spec("stream", 0, 30.0), 100, 30.0)
         self.assertEqual((after.calls, after.errors), (100, 0))
+
+
+class ReadmeTableTests(SynchronousTestCase):
+    """The README's performance figures are those of the run kept beside its chart."""
+
+    def test_readme_table_is_the_kept_run(self) -> None:
+        """README.md shows exactly the table benchmarks/readme_table.py writes from docs/images/benchmarks.json."""
+        from benchmarks.readme_table import plain_procedures, table
+
+        data = json.loads((ROOT / "docs" / "images" / "benchmarks.json").read_text())
+        readme = (ROOT / "README.md").read_text()
+        self.assertIn(table(data), readme)
+        self.assertIn(plain_procedures(data), readme)
+
+    def test_table_reads_a_run(self) -> None:
+        """A run's figures land in their cells, with the ratios worked out from them."""
+        from benchmarks.readme_table import table
+
+        def result(rate: float) -> dict[str, object]:
+            return {"calls_per_s": {"median": rate, "min": rate, "max": rate}}
+
+        data = {
+            "results": {
+                "seq": {
+                    "callnet-async": result(2000),
+                    "amp": result(1000),
+                    "lineecho": result(4000),
+                }
+            }
+        }
+        row = next(line for line in table(data).splitlines() if line.startswith("| seq"))
+        self.assertEqual(
+            row,
+            "| seq (1 connection, 1 in flight), async | 2,000 | 1,000 |  |  |  |  | 4,000 |  | 2.00 | 0.50 |",
+        )

@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 from twisted.trial.unittest import SynchronousTestCase
 
-from callnet.blocking import BlockingClient, BlockingStream, _direct
+from callnet.blocking import BlockingClient, BlockingStream, _wait
 from callnet.errors import (
     DeadlineExceededError,
     InvalidArgumentError,
@@ -183,7 +183,7 @@ def path(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> Ite
         return
     # Play a program with no reactor: the test runner's own, which starts in
     # the main thread when the session's first test runs, is not seen.
-    monkeypatch.setattr(_direct, "on_running_reactor_thread", lambda: False)
+    monkeypatch.setattr(_wait, "on_running_reactor_thread", lambda: False)
     server = StreamServer()
     client = BlockingClient(server.endpoint, 30.0, transport="direct")
     try:

@@ -17,18 +17,13 @@ from twisted.python import threadable
 import callnet.blocking._reactor_thread as _reactor_thread
 from callnet.answers import MULTICALL, unpack
 from callnet.blocking._address import TLSAddress, parse_address
-from callnet.blocking._direct import (
-    ASYNC_THREADS,
-    MAX_IDLE_CONNECTIONS,
-    DirectCallHandle,
-    DirectPath,
-    refuse_reactor_thread,
-)
+from callnet.blocking._direct import ASYNC_THREADS, MAX_IDLE_CONNECTIONS, DirectPath
+from callnet.blocking._direct_calls import DirectCallHandle
 from callnet.blocking._handle import CallHandle, _Send
 from callnet.blocking._reactor_thread import ReactorThread, default_reactor_thread
 from callnet.blocking._shared import THREADS_PER_CONNECTION
 from callnet.blocking._stream import BlockingStream, BridgedStream
-from callnet.blocking._wait import GRACE
+from callnet.blocking._wait import GRACE, refuse_reactor_thread
 from callnet.client import DEFAULT_TIMEOUT, Client
 from callnet.client_stream import DEFAULT_WINDOW, CallStream, Credit
 from callnet.errors import Outcome, UnavailableError

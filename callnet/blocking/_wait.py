@@ -1,12 +1,18 @@
 """
-Waiting for an outcome from another thread: a one-shot event, and the
-bounds every wait of the blocking client keeps.
+Waiting for an outcome from another thread: a one-shot event, the
+bounds every wait of the blocking client keeps, and the one thread on which
+no wait may block: a running reactor's.
 """
 
 from __future__ import annotations
 
+import sys
 import threading
 from typing import Protocol
+
+from twisted.python import threadable
+
+from callnet.errors import WrongThreadError
 
 #: How much longer than a call's deadline its caller waits.  The side that
 #: does the I/O enforces the deadline itself (and tells the node); the grace
@@ -65,3 +71,22 @@ class _Done:
             self._lock.release()  # for the next waiter
             return True
         return self._set
+
+
+def on_running_reactor_thread() -> bool:
+    """Whether the calling thread runs a Twisted reactor that is running now."""
+    io_thread = threadable.ioThread
+    if io_thread is None or io_thread != threading.get_ident():
+        return False
+    reactor = sys.modules.get("twisted.internet.reactor")
+    return bool(getattr(reactor, "running", False))
+
+
+def refuse_reactor_thread(what: str) -> None:
+    """Raise L{WrongThreadError} if called on a running reactor's thread."""
+    if on_running_reactor_thread():
+        raise WrongThreadError(
+            f"{what} blocks, and was called on the reactor thread, which it would"
+            f" deadlock. Code running under the reactor must use the asynchronous API:"
+            f" callnet.client.Client, whose call() returns a Deferred to await."
+        )
