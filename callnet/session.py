@@ -144,9 +144,11 @@ class Session(CallsInFlight):
         authenticated: bool = True,
         byte_filter: Callable[[bytes], bytes] | None = None,
     ) -> None:
+        # Keep the attributes below 30: past that CPython stops sharing the
+        # keys of instance dicts, and each connection's session costs 1.3 KiB
+        # more (benchmarks/run.py --workloads idle-mem).
         super().__init__()
         self._limits = limits
-        self._max_in_flight = limits.max_calls_in_flight
         self._node_name = node_name
         self._actions = actions
         self._filter = byte_filter
@@ -346,7 +348,7 @@ class Session(CallsInFlight):
         tag = call.tag
         if tag is not None and tag in self._tagged:
             return InvalidArgumentError(f"tag #{tag} is already in use by a call in flight")
-        if self.peer and self.load >= self._max_in_flight:
+        if self.peer and self.load >= self._limits.max_calls_in_flight:
             return UnavailableError(
                 f"{self._node_name} is busy: {self.load} calls in flight from this peer",
                 Outcome.NOT_RUN,
@@ -384,7 +386,10 @@ class Session(CallsInFlight):
                 window = call.window or 1
                 self._streams.open(work, producer, tag, None, window, self._output_paused)
         # Checked here without a call, as this runs once per call.
-        if len(self._untagged) + len(self._tagged) + len(self._casts) >= self._max_in_flight:
+        if (
+            len(self._untagged) + len(self._tagged) + len(self._casts)
+            >= self._limits.max_calls_in_flight
+        ):
             self._check_load()
 
     def _handle_command(self, command: Command) -> None:
@@ -429,14 +434,14 @@ class Session(CallsInFlight):
         load = len(self._untagged)
         if not self.peer:
             load += len(self._tagged) + len(self._casts)
-        if load >= self._max_in_flight:
+        if load >= self._limits.max_calls_in_flight:
             self._over_limit = True
             self._update_reading()
 
     def _after_call(self) -> None:
         if self._over_limit:
             load = len(self._untagged) if self.peer else self.load
-            if load <= self._max_in_flight // 2:
+            if load <= self._limits.max_calls_in_flight // 2:
                 self._over_limit = False
                 self._update_reading()
         if self.state is not OPEN:
