@@ -220,6 +220,15 @@ class Router:
                     caller,
                 )
             except CallError as error:
+                if isinstance(error, DeadlineExceededError) and self._clock.seconds() >= deadline:
+                    # The link's own timer and this node's fire at the same
+                    # deadline, in either order: the caller hears that this
+                    # node gave up, whichever ran first.
+                    raise DeadlineExceededError(
+                        f"the deadline passed while {procedure} ran on {peer.name}",
+                        Outcome.MAY_HAVE_RUN,
+                        self._node_name,
+                    ) from None
                 if not is_link_failure(error) or target is not None:
                     raise
                 if error.outcome is Outcome.NOT_RUN:
