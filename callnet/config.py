@@ -18,7 +18,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, fields
 from typing import Any, Literal
 
-from callnet import config_checks as checks
+import callnet.config_checks as checks
 from callnet.wire import DEFAULT_CALL_TIMEOUT, DEFAULT_MAX_LINE
 
 #: Where a node listens when told nothing: loopback only, so that a node
