@@ -34,6 +34,7 @@ from callnet.sending import Outbox
 from callnet.wire import (
     DEFAULT_MAX_LINE,
     BadLine,
+    Bye,
     Call,
     ErrorReply,
     Item,
@@ -168,6 +169,8 @@ class ClientProtocol(TwistedProtocol):
         #: Per tag, what takes the ITEM and PROGRESS lines of a call in
         #: flight that has them (see L{call_with_events}).
         self.listeners: dict[str, Callable[[Item | Progress], object]] = {}
+        #: Why the node closed this connection, if it said C{BYE}.
+        self.said_bye: str | None = None
 
     @property
     def in_flight(self) -> int:
@@ -339,11 +342,28 @@ class ClientProtocol(TwistedProtocol):
                 listener = self.listeners.get(event.tag) if event.tag is not None else None
                 if listener is not None:
                     listener(event)
+            elif type(event) is Bye:
+                self._node_left(event.reason)
+                break
             elif type(event) is BadLine:
                 log.warn(
                     "unreadable line from {node}: {error}", node=self.node_name, error=event.error
                 )
         self._outbox.release()
+
+    def _node_left(self, reason: str) -> None:
+        """
+        The node said C{BYE}: it answered all it read and runs nothing
+        more, so the calls still waiting did not run.  Fail them so, send no
+        more, and close (the node reads until this side closes).
+        """
+        self._connected = False
+        self.said_bye = reason
+        self._deadlines.stop()
+        reason = reason.replace("{", "(").replace("}", ")")
+        self._fail_pending(reason + ": {procedure} was not read", Outcome.NOT_RUN)
+        self._outbox.discard()
+        self._out.loseConnection()
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
         self._connected = False

@@ -26,8 +26,8 @@ log = Logger()
 
 #: How often a draining node looks whether its calls have ended, in seconds.
 DRAIN_CHECK_INTERVAL = 0.05
-#: How long a stopping node waits for its last replies to be written before
-#: it cuts the connections that have not taken them.
+#: How long a stopping node waits, after C{BYE}, for its last replies to be
+#: written and its clients to close, before it cuts the connections left.
 DRAIN_FLUSH_TIMEOUT = 2.0
 
 
@@ -159,10 +159,12 @@ class NodeFactory(Factory):
         """
         Shut down gracefully: refuse new calls (C{UNAVAILABLE}, not run, so
         callers and peers send them elsewhere), let the calls in flight end
-        within C{grace} seconds, then cancel the rest and close every
-        connection.
+        within C{grace} seconds, then cancel the rest, end every connection
+        with C{BYE} and close it once its client has (see
+        L{callnet.session.Session.shut_down}), or after
+        L{DRAIN_FLUSH_TIMEOUT}.
 
-        @return: a Deferred that fires once every connection is closing.
+        @return: a Deferred that fires once every connection is closed.
         """
         self.draining = True
         for protocol in self.open:

@@ -22,6 +22,8 @@ The connection's life, in the manner of h11's state table::
       └──input ended, all of it read──► ENDING ──untagged────┘
                                                   answered
 
+    OPEN, QUITTING or ENDING ──the node shuts down: BYE──► LEAVING ──client closes──► CLOSED
+
     any state ──close (a stated reason) or connection lost──► CLOSED
 
   - C{OPEN}: lines are read and served.
@@ -34,6 +36,13 @@ The connection's life, in the manner of h11's state table::
     were cancelled without a reply when input ended (a program that stops
     sending has gone), except keyed ones, which run on so a retry finds their
     outcome.  Then the node closes.
+  - C{LEAVING}: the node is shutting down.  Every call read was answered
+    (those still running with an error, and cancelled), then C{BYE}: the
+    promise that nothing read after it runs, so a client may send whatever
+    it had not had answered elsewhere.  Input is read and thrown away until
+    the client closes, so that the node's close cannot be a reset that
+    destroys the C{BYE} before the client reads it; the node's drain cuts
+    off a client that does not close.
   - C{CLOSED}: the node asked for the connection to close, saying why, or it
     was lost.  Nothing more is written.  When it is lost, calls still running
     are cancelled, except keyed calls and casts, which are handed to the
@@ -77,7 +86,7 @@ from callnet.session_commands import (
     refuse_auth,
     unauthenticated,
 )
-from callnet.session_states import CLOSED, ENDING, OPEN, QUITTING, next_state
+from callnet.session_states import CLOSED, ENDING, LEAVING, OPEN, QUITTING, next_state
 from callnet.session_streams import Producer, Slot
 from callnet.wire import (
     BadLine,
@@ -85,6 +94,7 @@ from callnet.wire import (
     Command,
     Event,
     LineDecoder,
+    encode_bye,
     encode_success,
 )
 
@@ -96,6 +106,7 @@ __all__ = [
     "COMMANDS",
     "ENDING",
     "INPUT_ENDED",
+    "LEAVING",
     "LINE_TIMER",
     "MAX_AUTH_FAILURES",
     "OPEN",
@@ -234,6 +245,9 @@ class Session(CallsInFlight):
         self.input_ended = True
         if self.state is QUITTING:
             return  # QUIT already said so: what it owes is answered
+        if self.state is LEAVING:
+            self._close(SHUTTING_DOWN, False)  # the client heard BYE and closed
+            return
         self._cancel_tagged()
         self._after_call()
         if not self._reading and not self._decoder.buffered and self.state is OPEN:
@@ -284,11 +298,27 @@ class Session(CallsInFlight):
             refuse_auth(self)
 
     def shut_down(self, error: CallError) -> None:
-        """The node is stopping: answer what runs with C{error}, cancel it, close."""
-        if self.state is CLOSED:
+        """
+        The node is stopping: answer what runs with C{error} and cancel it,
+        say C{BYE}, then read and drop input until the client closes.
+        """
+        if self.state is CLOSED or self.state is LEAVING:
             return
         self._answer_all(error)
-        self._close(SHUTTING_DOWN, False)
+        if self.state is not CLOSED:
+            self._write(encode_bye(f"{self._node_name} is shutting down"))
+        if self.state is CLOSED:
+            # Answering finished a QUIT (which closed with its "bye"), or
+            # passed the bound on replies left unread (which cut it off).
+            return
+        if self.input_ended:
+            self._close(SHUTTING_DOWN, False)  # nothing more can come to be read
+            return
+        self._move("bye")
+        self._stop_timers()
+        if not self._reading:
+            self._reading = True
+            self._actions.resume_reading()
 
     # --- Reading ----------------------------------------------------------------------
 
@@ -410,8 +440,8 @@ class Session(CallsInFlight):
         self._maybe_finish()
 
     def _write(self, line: bytes) -> None:
-        if self.state is CLOSED:
-            return
+        if self.state is CLOSED or self.state is LEAVING:
+            return  # nothing is written after BYE
         if self._output_paused:
             self.unsent += len(line)
             if self.unsent > self._limits.max_unsent_bytes:
@@ -449,8 +479,8 @@ class Session(CallsInFlight):
 
     def _update_reading(self) -> None:
         reading = not (self._over_limit or self._output_paused or self._auth_wait)
-        if reading == self._reading or self.state is CLOSED:
-            return
+        if reading == self._reading or self.state is CLOSED or self.state is LEAVING:
+            return  # after BYE input is read to its end, whatever else happens
         self._reading = reading
         if reading:
             self._actions.resume_reading()

@@ -10,6 +10,7 @@ from typing import Final
 OPEN: Final = "OPEN"
 QUITTING: Final = "QUITTING"
 ENDING: Final = "ENDING"
+LEAVING: Final = "LEAVING"
 CLOSED: Final = "CLOSED"
 
 #: What moves a session from one state to another.  Any pair not here is a
@@ -20,12 +21,17 @@ CLOSED: Final = "CLOSED"
 TRANSITIONS: Final = {
     (OPEN, "quit"): QUITTING,
     (OPEN, "input done"): ENDING,
+    (OPEN, "bye"): LEAVING,
+    (QUITTING, "bye"): LEAVING,
+    (ENDING, "bye"): LEAVING,
     (OPEN, "close"): CLOSED,
     (QUITTING, "close"): CLOSED,
     (ENDING, "close"): CLOSED,
+    (LEAVING, "close"): CLOSED,
     (OPEN, "lost"): CLOSED,
     (QUITTING, "lost"): CLOSED,
     (ENDING, "lost"): CLOSED,
+    (LEAVING, "lost"): CLOSED,
     (CLOSED, "lost"): CLOSED,
 }
 

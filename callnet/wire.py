@@ -10,6 +10,7 @@ is specified with examples in C{docs/protocol.md}; in short::
     error    = [ "#" tag SP ] "ERR" SP CODE SP outcome [ SP "@" node ] SP message
     item     = [ "#" tag SP ] "ITEM" [ SP json ]           ; a stream's items
     progress = [ "#" tag SP ] "PROGRESS" SP json           ; how far a call got
+    bye      = "BYE" SP json-string                       ; the node closes: see Bye
     text     = "|" [ SP text ]                             ; for people only
 
 An argument is a JSON value where the word parses as one and a string
@@ -41,6 +42,7 @@ from callnet.errors import (
     error_from_wire,
 )
 from callnet.wire_encode import _encode_string as _encode_string
+from callnet.wire_encode import encode_bye as encode_bye
 from callnet.wire_encode import encode_call as encode_call
 from callnet.wire_encode import encode_command as encode_command
 from callnet.wire_encode import encode_failure as encode_failure
@@ -59,6 +61,7 @@ from callnet.wire_events import COMMANDS as COMMANDS
 from callnet.wire_events import REPLY_WORDS as REPLY_WORDS
 from callnet.wire_events import RESERVED_NAMES as RESERVED_NAMES
 from callnet.wire_events import BadLine as BadLine
+from callnet.wire_events import Bye as Bye
 from callnet.wire_events import Call as Call
 from callnet.wire_events import Command as Command
 from callnet.wire_events import ErrorReply as ErrorReply
@@ -350,6 +353,8 @@ def _parse_text(text: str) -> Event | None:
         return Item(_parse_reply_value(text, pos, tag, "ITEM"), tag)
     if word == "PROGRESS":
         return _parse_progress(text, pos, tag)
+    if word == "BYE":
+        return _parse_bye(text, pos, tag)
     verb = word.upper()
     if verb in COMMANDS:
         return Command(verb, _parse_arguments(text, pos, tag, allow_keywords=False)[0], tag)
@@ -536,6 +541,14 @@ def _parse_reply_value(text: str, pos: int, tag: str | None, word: str) -> Any:
     except RecursionError:
         raise _MalformedError(f"JSON nested too deeply in {word} reply", tag) from None
     return value
+
+
+def _parse_bye(text: str, pos: int, tag: str | None) -> Bye:
+    """C{BYE "why"}: said once, untagged, by a node closing the connection."""
+    reason = _parse_reply_value(text, pos, tag, "BYE")
+    if tag is not None or not isinstance(reason, str):
+        raise _MalformedError("BYE is untagged and takes a JSON string", tag)
+    return Bye(reason)
 
 
 def _parse_progress(text: str, pos: int, tag: str | None) -> Progress:

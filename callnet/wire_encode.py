@@ -244,3 +244,8 @@ def encode_text(text: str) -> bytes:
     return "".join(f"| {line}".rstrip() + "\n" for line in lines).encode(
         "utf-8", "backslashreplace"
     )
+
+
+def encode_bye(reason: str) -> bytes:
+    """Encode C{BYE "reason"}: the node closes the connection (see L{callnet.wire.Bye})."""
+    return f"BYE {encode_json(' '.join(reason.split()))}\n".encode("utf-8", "backslashreplace")

@@ -21,7 +21,7 @@ COMMANDS = frozenset(
     {"HELP", "LIST", "PING", "CANCEL", "STATS", "QUIT", "HELLO", "AUTH", "MULTI", "MORE"}
 )
 #: The words a reply line starts with (after its tag).
-REPLY_WORDS = frozenset({"OK", "ERR", "ITEM", "PROGRESS"})
+REPLY_WORDS = frozenset({"OK", "ERR", "ITEM", "PROGRESS", "BYE"})
 #: Words that may never name a procedure.
 RESERVED_NAMES = frozenset(word.lower() for word in COMMANDS | REPLY_WORDS)
 
@@ -99,6 +99,17 @@ class Progress:
 
 
 @dataclass(frozen=True, slots=True)
+class Bye:
+    """
+    The node closes this connection (it is shutting down).  Every call it
+    read here was answered before this line, and it runs nothing it reads
+    after it: a call still unanswered did not run, and may go elsewhere.
+    """
+
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
 class Text:
     """A line of text meant for a person, sent before the reply it belongs to."""
 
@@ -118,4 +129,4 @@ class BadLine:
     tag: str | None = None
 
 
-Event: TypeAlias = Call | Command | Success | ErrorReply | Item | Progress | Text | BadLine
+Event: TypeAlias = Call | Command | Success | ErrorReply | Item | Progress | Bye | Text | BadLine

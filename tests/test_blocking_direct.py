@@ -586,6 +586,54 @@ def test_lost_connection_fails_every_waiter(pair: tuple[Multiplexer, _Peer]) -> 
         _exchange(mux, "4")()
 
 
+def test_bye_fails_every_waiter_not_run(pair: tuple[Multiplexer, _Peer]) -> None:
+    """A node's BYE on a shared connection answers every call still waiting there as not run, and no call is placed on it again."""
+    mux, peer = pair
+    running = [_in_thread(_exchange(mux, tag)) for tag in ("1", "2", "3")]
+    for _ in range(3):
+        peer.tag()
+    peer.sock.sendall(b'#2 OK 20\nBYE "alpha is shutting down"\n')
+    replies = {}
+    for thread, results in running:
+        reply = results.get(timeout=WAIT)
+        replies[reply.tag] = reply
+        thread.join(WAIT)
+    assert replies["2"].value == 20
+    for tag in ("1", "3"):
+        error = replies[tag].error
+        assert isinstance(error, UnavailableError) and error.outcome is Outcome.NOT_RUN
+        assert error.message == "alpha is shutting down: the call was not read"
+    assert mux.lost is not None
+    with pytest.raises(NotSentError):
+        _exchange(mux, "4")()
+
+
+def bye_after(line: bytes) -> bytes | None:
+    """Answer C{add} and then say BYE, as a node that stops does; to C{sleep}, only BYE."""
+    bye = b'BYE "alpha is shutting down"\n'
+    if b"sleep" in line.split()[1:]:
+        return bye
+    reply = answer(line)
+    return None if reply is None else reply + bye
+
+
+def test_bye_on_a_connection_of_its_own() -> None:
+    """A call waiting when the node says BYE fails not-run; a connection that said BYE is never used again."""
+    serving = LineServer(bye_after)
+    try:
+        client = BlockingClient(serving.endpoint, timeout=WAIT)
+        with pytest.raises(UnavailableError) as caught:
+            client.call("sleep", 9)
+        assert caught.value.outcome is Outcome.NOT_RUN
+        assert client.call("add", 1, 2) == 3
+        assert client.call("add", 2, 3) == 5
+        numbers = [serving.next_line()[0] for _ in range(3)]
+        assert len(set(numbers)) == 3, "each connection that said BYE is left"
+        client.close()
+    finally:
+        serving.close()
+
+
 def test_threads_share_a_connection(server: LineServer) -> None:
     """By default two calls in flight at once, from two threads, travel pipelined on one connection with their own tags."""
     client = BlockingClient(server.endpoint, timeout=WAIT)

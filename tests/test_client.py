@@ -304,6 +304,31 @@ class ConnectionTests(SynchronousTestCase):
         self.assertEqual(held.cancelled, 3, "the node cancels work for a lost caller")
         self.assertEqual(node.clock.getDelayedCalls(), [])
 
+    def test_bye_means_not_run(self) -> None:
+        """
+        A node that shuts down answers what it read, says BYE, and runs
+        nothing after: a call it had not read fails not-run, the client
+        closes its side, and the node's drain ends.
+        """
+        node, held = make_node()
+        client = node.client()
+        running = client.call("hold", 1)
+        node.flush()
+        self.assertEqual(len(held.calls), 1)
+        unread = client.call("add", 1, 2)
+        node.clock.advance(0)  # written, not yet delivered
+        drained = node.factory.drain(0.0)  # no grace: hold is cancelled at once
+        node.flush()
+        error = self.failureResultOf(running, UnavailableError).value
+        self.assertEqual(error.outcome, Outcome.MAY_HAVE_RUN, "it was running")
+        error = self.failureResultOf(unread, UnavailableError).value
+        self.assertEqual(error.outcome, Outcome.NOT_RUN)
+        self.assertEqual(error.message, "memory is shutting down: add was not read")
+        self.assertEqual(held.cancelled, 1)
+        node.advance(0.1)
+        self.successResultOf(drained)
+        self.assertTrue(node._pumps[0].clientIO.disconnected, "the client closed its side")
+
     def test_reconnects(self) -> None:
         """After a lost connection the next call connects again."""
         node, _ = make_node()

@@ -335,6 +335,29 @@ class FailoverTests(SynchronousTestCase):
         self.assertEqual(self.successResultOf(d), "done once")
         cluster.stop()
 
+    def test_calls_unread_at_a_peers_bye_go_elsewhere(self) -> None:
+        """
+        Calls alpha sent to beta that beta had not read when it shut down
+        and said BYE did not run there: they run on gamma, once each, and
+        beta's link goes down without a warning.
+        """
+        cluster, work = three_nodes()
+        client = cluster["alpha"].client()
+        peers = {peer.name: peer for peer in cluster.clusters["alpha"].peers}
+        cluster.freeze("beta")
+        calls = [client.call("where") for _ in range(6)]
+        cluster.flush()
+        self.assertGreater(peers["beta"].in_flight, 0, "some calls wait, unread, on beta's link")
+        drained = cluster["beta"].factory.drain(5.0)  # says BYE, though nothing moves yet
+        cluster.thaw("beta")
+        self.assertEqual([self.successResultOf(d) for d in calls], ["gamma"] * 6)
+        self.assertEqual(work["beta"].runs, 0)
+        self.assertEqual(work["gamma"].runs, 6)
+        self.assertIs(peers["beta"].state, PeerState.DOWN)
+        cluster.advance(0.1)
+        self.successResultOf(drained)
+        cluster.stop()
+
     def test_all_replicas_down(self) -> None:
         """With every replica down, a call fails UNAVAILABLE at once and did not run."""
         cluster, _ = three_nodes()

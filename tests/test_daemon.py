@@ -317,6 +317,8 @@ def test_daemonized_with_pidfile_and_logfile(tmp_path: Path) -> None:
         client.send("PING")
         assert client.read_line() == 'OK "pong"'
         os.kill(pid, signal.SIGTERM)
+        assert client.read_line().startswith("BYE "), "a stopping node says BYE last"
+        client.sock.shutdown(socket.SHUT_WR)
         assert client.closed_by_peer(timeout=5)
         wait_until(lambda: not pidfile.exists(), 5, "twistd removes its pid file")
         assert "Main loop terminated." in logfile.read_text()
@@ -377,7 +379,7 @@ def test_nested_calls_from_a_thread_and_multicall(tmp_path: Path) -> None:
 
 
 def test_sigterm_drains(tmp_path: Path) -> None:
-    """On SIGTERM a node stops listening, lets a call in flight finish, cancels what outlives the grace, and exits."""
+    """On SIGTERM a node stops listening, lets a call in flight finish, cancels what outlives the grace, says BYE, and exits."""
     import signal
 
     with running_node(tmp_path, "--shutdown-grace", "2") as node:
@@ -393,6 +395,11 @@ def test_sigterm_drains(tmp_path: Path) -> None:
         assert last.startswith("#2 ERR UNAVAILABLE may-have-run"), last
         assert "shut down" in last
         assert 1.5 < time.monotonic() - started < 5
+        # The last line: nothing read after it runs, so #3 is never answered.
+        assert client.read_line() == 'BYE "demo is shutting down"'
+        client.send("#3 echo late")
+        client.sock.shutdown(socket.SHUT_WR)  # as the clients do after BYE
+        assert client.closed_by_peer(), "the node closes once its client has, writing nothing"
         assert node.process.wait(timeout=5) in (-15, 143)
         assert "Traceback" not in node.output()
 

@@ -48,6 +48,7 @@ NOT_TRANSCRIPTS = {
     ("docs/protocol.md", "OK [json]"),
     ("docs/protocol.md", "ERR CODE OUTCOME [@node] message"),
     ("docs/protocol.md", "| text"),
+    ("docs/protocol.md", 'BYE "reason"'),
     ("docs/protocol.md", "line      = ( request / command"),
 }
 

@@ -25,7 +25,7 @@ from callnet.errors import (
 from callnet.registry import procedure
 from callnet.server import DRAIN_CHECK_INTERVAL, DRAIN_FLUSH_TIMEOUT
 from callnet.testing import MemoryNode
-from callnet.wire import ErrorReply, Success, Text
+from callnet.wire import Bye, ErrorReply, Success, Text
 
 
 class Pending:
@@ -816,18 +816,23 @@ class DrainTests(SynchronousTestCase):
         self.assertNoResult(done)
         node.clock.advance(5)
         self.assertEqual(sorted(pending.cancelled), ["b", "c"])
-        # The node waits for its last replies to be written, then cuts off.
-        self.assertNoResult(done)
-        conn.protocol.connectionLost()
-        node.clock.advance(DRAIN_CHECK_INTERVAL)
-        self.successResultOf(done)
-        cut = conn.events()
-        self.assertEqual(sorted(str(e.tag) for e in cut), ["2", "None"])
+        *cut, bye = conn.events()
+        self.assertEqual(sorted(str(e.tag) for e in cut), ["2", "None"])  # type: ignore[union-attr]
         for event in cut:
             assert isinstance(event, ErrorReply)
             self.assertEqual(event.error.outcome, Outcome.MAY_HAVE_RUN)
             self.assertIn("shut down", event.error.message)
+        self.assertEqual(bye, Bye("test is shutting down"))
+        # After BYE the node reads until its client closes, running nothing.
+        conn.send("#4 add 1 1\n")
+        self.assertEqual(conn.events(), [])
+        self.assertFalse(conn.transport.disconnecting)
+        self.assertNoResult(done)
+        conn.protocol.readConnectionLost()
         self.assertTrue(conn.transport.disconnecting)
+        conn.protocol.connectionLost()
+        node.clock.advance(DRAIN_CHECK_INTERVAL)
+        self.successResultOf(done)
 
     def test_drain_ends_early(self) -> None:
         """Drain ends as soon as the last call in flight does."""
@@ -838,11 +843,12 @@ class DrainTests(SynchronousTestCase):
         node.clock.advance(1)
         pending.calls["a"].callback("A")
         node.clock.advance(0.1)
-        self.assertEqual(conn.events(), [Success("A", "1")])
-        self.assertTrue(conn.transport.disconnecting)
-        # A client that does not take its last replies is cut off.
+        self.assertEqual(conn.events(), [Success("A", "1"), Bye("test is shutting down")])
+        # A client that does not close after BYE is cut off.
+        self.assertFalse(conn.transport.disconnecting)
         node.clock.advance(DRAIN_FLUSH_TIMEOUT)
         self.successResultOf(done)
+        self.assertTrue(conn.transport.disconnecting)
 
 
 class AccessLogTests(SynchronousTestCase):

@@ -18,14 +18,19 @@ from callnet.errors import (
     FailedPreconditionError,
     InvalidArgumentError,
     NotFoundError,
+    Outcome,
+    UnavailableError,
 )
 from callnet.session import (
     AUTH_TIMER,
     CLOSED,
     ENDING,
+    LEAVING,
     LINE_TIMER,
     OPEN,
     QUITTING,
+    SAID_QUIT,
+    SHUTTING_DOWN,
     STALL_TIMER,
     Session,
     Slot,
@@ -226,6 +231,8 @@ class SessionMachine(RuleBasedStateMachine):
         #: Each tagged stream's window, and what MORE granted it since.
         self.windows: dict[int, int] = {}
         self.more: dict[int, int] = {}
+        #: How many calls the node had started when the session said BYE.
+        self.started_at_bye: int | None = None
 
     def _next(self) -> int:
         self.number += 1
@@ -373,6 +380,32 @@ class SessionMachine(RuleBasedStateMachine):
     def half_close(self) -> None:
         self.session.end_input()
 
+    @precondition(lambda self: self.open and self.started_at_bye is None)
+    @rule()
+    def shut_down(self) -> None:
+        """The node stops: every call it started here is answered, then BYE, last."""
+        # Tagged calls cancelled at the end of input were left unanswered then.
+        unanswered = set(self.node.cancelled) if self.session.input_ended else set()
+        self.session.shut_down(UnavailableError("stopping", Outcome.MAY_HAVE_RUN))
+        self.started_at_bye = len(self.node.calls)
+        lines = lines_written(self.node)
+        answered = {line.split(b" ", 1)[0][1:].decode() for line in replies(self.node)}
+        started = {
+            c.tag
+            for c in self.node.calls
+            if c.tag is not None and not c.cast and int(c.args[0]) not in unanswered
+        }
+        self.check(started <= answered, "every call started was answered")
+        if self.session.close_reason in (SAID_QUIT, "its unread replies passed the limit"):
+            # Answering them finished a QUIT, which closed with its own "bye",
+            # or passed the bound on replies a client leaves unread.
+            return
+        self.check(lines[-1] == b'BYE "test is shutting down"', "BYE is written last")
+        if self.session.input_ended:
+            self.check(self.node.closed == (SHUTTING_DOWN, False), "nothing more to read")
+        else:
+            self.check(self.session.state is LEAVING and self.node.reading, "input read after BYE")
+
     @precondition(lambda self: not self.lost)
     @rule()
     def connection_lost(self) -> None:
@@ -395,6 +428,15 @@ class SessionMachine(RuleBasedStateMachine):
     @invariant()
     def nothing_written_after_close(self) -> None:
         assert self.node.written_after_close == 0
+
+    @invariant()
+    def nothing_after_bye(self) -> None:
+        """BYE is said once, as the last line, and nothing read after it starts."""
+        lines = lines_written(self.node)
+        byes = [i for i, line in enumerate(lines) if line.startswith(b"BYE ")]
+        assert byes in ([], [len(lines) - 1]), lines
+        if self.started_at_bye is not None:
+            assert len(self.node.calls) == self.started_at_bye, "a call read after BYE started"
 
     @invariant()
     def closed_with_a_reason(self) -> None:
@@ -539,7 +581,7 @@ class SessionMachine(RuleBasedStateMachine):
                     break
             else:
                 break
-        if not self.open or self.quit_sent:
+        if not self.open or self.quit_sent or self.started_at_bye is not None:
             return
         lines = replies(self.node)
         tags = {line.split(b" ", 1)[0][1:].decode() for line in lines if line.startswith(b"#")}
@@ -679,6 +721,53 @@ class SessionEdgeTests(unittest.TestCase):
         session.end_input()
         self.assertIs(session.state, ENDING)
         node.finish(1)
+        self.assertIs(session.state, CLOSED)
+
+    def test_shut_down_says_bye_and_waits_for_the_client(self) -> None:
+        """
+        Shutting down answers the calls in flight, says BYE last, reads and
+        drops what comes after (never starting it), even with reading paused
+        before, and closes when the client closes.
+        """
+        session, node = make_session()
+        session.receive_data(b"#1 slow 1\nslow 2\n#3 slow 3\n#4 slow 4\n#5 now 5\n")
+        self.assertFalse(node.reading, "four calls in flight: the limit")
+        session.shut_down(UnavailableError("stopping", Outcome.MAY_HAVE_RUN))
+        error = b"ERR UNAVAILABLE may-have-run @test stopping"
+        self.assertEqual(
+            lines_written(node),
+            [
+                b"#1 " + error,
+                b"#3 " + error,
+                b"#4 " + error,
+                error,
+                b'BYE "test is shutting down"',
+            ],
+        )
+        self.assertEqual(sorted(node.cancelled), [1, 2, 3, 4])
+        self.assertIs(session.state, LEAVING)
+        self.assertTrue(node.reading, "input is read to its end, so the close is not a reset")
+        self.assertEqual(node.timers, {})
+        session.receive_data(b"#6 now 6\nnow 7\n")
+        session.output_paused()
+        session.output_resumed()
+        self.assertEqual(
+            len(node.calls), 4, "#5, held unread, and what came after BYE never start"
+        )
+        self.assertEqual(len(lines_written(node)), 5, "nothing is written after BYE")
+        self.assertIsNone(node.closed)
+        session.end_input()
+        self.assertEqual(node.closed, (SHUTTING_DOWN, False))
+
+    def test_shut_down_after_quit(self) -> None:
+        """A session that was quitting still says BYE after answering what it owed."""
+        session, node = make_session()
+        session.receive_data(b"#1 slow 1\nQUIT\n")
+        session.shut_down(UnavailableError("stopping", Outcome.MAY_HAVE_RUN))
+        lines = lines_written(node)
+        self.assertEqual(lines[0], b"#1 ERR UNAVAILABLE may-have-run @test stopping")
+        self.assertEqual(lines[-1], b'BYE "test is shutting down"')
+        session.connection_lost()
         self.assertIs(session.state, CLOSED)
 
     def test_refusal_errors_name_the_node(self) -> None:

@@ -398,15 +398,16 @@ class EndingTests(SynchronousTestCase):
         self.assertEqual(sorted(closed), ["rows", "ticks"])
 
     def test_node_stopping_closes(self) -> None:
-        """A stopping node ends its streams UNAVAILABLE and closes their generators."""
+        """A stopping node ends its streams UNAVAILABLE, closes their generators, and says BYE."""
         memory = node()
         conn = memory.connect_raw()
         send(memory, conn, "#1 +window=1 rows 10")
         memory.dispatcher.shut_down()
         conn.protocol.shut_down()
         memory.flush()
-        [line] = conn.lines()
+        line, bye = conn.lines()
         self.assertTrue(line.startswith(b"#1 ERR UNAVAILABLE"), line)
+        self.assertTrue(bye.startswith(b"BYE "), bye)
         self.assertEqual(closed, ["rows"])
 
     def test_ctrl_c_cancels_an_untagged_stream(self) -> None:

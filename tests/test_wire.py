@@ -35,6 +35,7 @@ from callnet.wire import (
     DEFAULT_MAX_LINE,
     RESERVED_NAMES,
     BadLine,
+    Bye,
     Call,
     Command,
     ErrorReply,
@@ -44,6 +45,7 @@ from callnet.wire import (
     Progress,
     Success,
     Text,
+    encode_bye,
     encode_call,
     encode_command,
     encode_failure,
@@ -144,6 +146,8 @@ def comparable(event: Event | None) -> Any:
         return ("BadLine", comparable_error(event.error), event.tag)
     if isinstance(event, Text):
         return ("Text", event.text)
+    if isinstance(event, Bye):
+        return ("Bye", event.reason)
     assert event is None, event
     return None
 
@@ -594,6 +598,35 @@ class StreamVectorTests(WireTestCase):
         self.assertRaises(ValueError, encode_more, "7", 0)
 
 
+class ByeTests(WireTestCase):
+    """BYE: a node's last line on a connection it closes."""
+
+    def test_bye(self) -> None:
+        """BYE carries a JSON string, why the node closes."""
+        self.assertTable(
+            [
+                (b'BYE "alpha is shutting down"\n', [Bye("alpha is shutting down")]),
+                (b'BYE  "x"  \r\n', [Bye("x")]),
+            ]
+        )
+
+    def test_bad_bye(self) -> None:
+        """BYE is never tagged and says why in a string; a bare or numeric BYE is refused."""
+        self.assertTable(
+            [
+                (b'#1 BYE "x"\n', [Bad(tag="1", says="BYE is untagged")]),
+                (b"BYE\n", [Bad(says="BYE is untagged")]),
+                (b"BYE 3\n", [Bad(says="takes a JSON string")]),
+                (b"bye\n", [Bad(says="not a procedure name")]),
+            ]
+        )
+
+    def test_encode_bye(self) -> None:
+        """The encoder keeps the reason on one line, and the decoder reads it back."""
+        self.assertEqual(encode_bye("a is\nshutting  down"), b'BYE "a is shutting down"\n')
+        self.assertDecodes(encode_bye("\u00e9t\u00e9 ends"), [Bye("\u00e9t\u00e9 ends")])
+
+
 class TextAndBlankTests(WireTestCase):
     """Lines for people, and lines with nothing on them."""
 
@@ -667,7 +700,7 @@ class BadLineTests(WireTestCase):
         )
         self.assertEqual(
             RESERVED_NAMES,
-            {verb.lower() for verb in COMMANDS} | {"ok", "err", "item", "progress"},
+            {verb.lower() for verb in COMMANDS} | {"ok", "err", "item", "progress", "bye"},
         )
 
     def test_not_a_procedure_name(self) -> None:

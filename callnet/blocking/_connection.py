@@ -20,10 +20,12 @@ from twisted.logger import Logger
 from callnet.blocking._shared import (
     LostError,
     Multiplexer,
+    not_read,
 )
 from callnet.blocking._wait import INTERRUPT_CHECK_INTERVAL
 from callnet.wire import (
     BadLine,
+    Bye,
     ErrorReply,
     Item,
     LineDecoder,
@@ -76,6 +78,9 @@ class Connection:
         #: The calls of several threads on it, once it has carried them.
         self.shared: Multiplexer[Connection] | None = None
         self.closed = False
+        #: Why the node closed this connection, if it said C{BYE}: it is
+        #: never used again.
+        self.said_bye: str | None = None
         self._tls = isinstance(sock, ssl.SSLSocket)
         self._poll_in: Any = None
         self._poll_out: Any = None
@@ -97,6 +102,8 @@ class Connection:
         nobody asked for): checked before reuse, so that a node restarted
         meanwhile costs a new connection, not a failed call.
         """
+        if self._heard_bye():
+            return True
         poller = self._poll_in
         if poller is None:
             return False
@@ -110,8 +117,19 @@ class Connection:
             return True
         if not data:
             return True
-        self.decoder.feed(data)  # late replies: dropped when next read
-        return False
+        self.decoder.feed(data)
+        return self._heard_bye()
+
+    def _heard_bye(self) -> bool:
+        """
+        Whether what the decoder holds, read while the connection was idle,
+        says BYE; the late replies to calls given up on in it are dropped.
+        """
+        decoder = self.decoder
+        while (event := decoder.next_event()) is not None:
+            if type(event) is Bye:
+                self.said_bye = event.reason
+        return self.said_bye is not None
 
     def send(self, data: bytes, deadline: float) -> None:
         """Write all of C{data} by C{deadline}; C{TimeoutError} if it cannot."""
@@ -162,6 +180,10 @@ class Connection:
                 if kind is Success or kind is ErrorReply:
                     if event.tag == tag:  # type: ignore[union-attr]
                         return event
+                elif kind is Bye:
+                    # Nothing read after it runs: the call did not.
+                    self.said_bye = event.reason  # type: ignore[union-attr]
+                    return not_read(self.said_bye, tag)
                 elif kind is BadLine:
                     log.warn("unreadable line from the node: {error}", error=event.error)  # type: ignore[union-attr]
                 elif kind is Item:

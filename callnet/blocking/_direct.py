@@ -188,7 +188,12 @@ class DirectPath:
         connection.tag = None
         with self._lock:
             self._busy.discard(connection)
-            if not self.closed and not connection.closed and len(self._idle) < self._max_idle:
+            if (
+                not self.closed
+                and not connection.closed
+                and connection.said_bye is None
+                and len(self._idle) < self._max_idle
+            ):
                 self._idle.append(connection)
                 return
         connection.close()

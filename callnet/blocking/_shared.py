@@ -28,7 +28,8 @@ from typing import Any, Generic, Protocol, TypeVar
 from twisted.logger import Logger
 
 from callnet.blocking._wait import INTERRUPT_CHECK_INTERVAL, _Done
-from callnet.wire import BadLine, ErrorReply, LineDecoder, Success
+from callnet.errors import Outcome, UnavailableError
+from callnet.wire import BadLine, Bye, ErrorReply, LineDecoder, Success
 
 
 class Connection(Protocol):
@@ -72,6 +73,14 @@ class NotSentError(Exception):
 
 class LostError(Exception):
     """The connection ended while the call waited for its reply."""
+
+
+def not_read(reason: str, tag: str) -> ErrorReply:
+    """
+    The reply for call C{tag} still waiting when the node said C{BYE}
+    (C{reason}): the node runs nothing it reads after it, so it did not run.
+    """
+    return ErrorReply(UnavailableError(f"{reason}: the call was not read", Outcome.NOT_RUN), tag)
 
 
 class _Waiter:
@@ -227,12 +236,29 @@ class Multiplexer(Generic[_C]):
                         if other is not None:
                             other.reply = event
                             other.done.set()
+            elif kind is Bye:
+                not_run = self._node_left(event.reason, waiter)  # type: ignore[union-attr]
+                return own if own is not None else not_run
             elif kind is BadLine:
                 log.warn("unreadable line from the node: {error}", error=event.error)  # type: ignore[union-attr]
             # Items and progress reports are for streams and handles, which
             # keep connections of their own: none is asked for here.
             event = decoder.next_event()
         return own
+
+    def _node_left(self, reason: str, waiter: _Waiter) -> ErrorReply:
+        """
+        The node said C{BYE}: every call still waiting here, C{waiter}'s
+        among them, did not run; no call is placed here again.
+        """
+        with self._lock:
+            if self.lost is None:
+                self.lost = reason
+            for other in self._waiters.values():
+                if other is not waiter and other.reply is None:
+                    other.reply = not_read(reason, other.tag)
+                    other.done.set()
+        return not_read(reason, waiter.tag)
 
     def _leave(self, waiter: _Waiter) -> None:
         with self._lock:

@@ -322,15 +322,17 @@ class Peer:
     def _lost(self, protocol: ClientProtocol) -> None:
         if protocol is self._protocol:
             self._protocol = None
-            self._set_state(PeerState.DOWN)
+            self._set_state(PeerState.DOWN, expected=protocol.said_bye is not None)
 
-    def _set_state(self, state: PeerState) -> None:
+    def _set_state(self, state: PeerState, expected: bool = False) -> None:
         if state is not self.state:
             before, self.state = self.state, state
             # Once per change, not per attempt to reconnect: see _PeerService.
-            # A peer drained on purpose going down is no news worth a warning.
+            # A peer drained on purpose, or that said it is shutting down,
+            # going down is no news worth a warning.
+            quiet = expected or self.draining
             log.emit(
-                LogLevel.warn if state is PeerState.DOWN and not self.draining else LogLevel.info,
+                LogLevel.warn if state is PeerState.DOWN and not quiet else LogLevel.info,
                 "peer {peer} is {after} (was {before})",
                 peer=self.name,
                 before=before.value,
