@@ -54,6 +54,7 @@ NOT_TRANSCRIPTS = {
 
 #: Marked blocks whose test lives in another file, with that test.
 _CLUSTER = "tests/test_cluster_faults.py::test_readme_cluster"
+_PROGRESS = "tests/test_doc_examples.py::test_progress_examples"
 CHECKED_ELSEWHERE = {
     ("README.md", "transcript", "cluster"): _CLUSTER,
     ("README.md", "status", "cluster"): _CLUSTER,
@@ -67,6 +68,8 @@ CHECKED_ELSEWHERE = {
         "calls",
         "call-count",
     ): "tests/test_cli_stream.py::test_docs_call_a_stream",
+    ("docs/clients.md", "output", "progress-async"): _PROGRESS,
+    ("docs/clients.md", "output", "progress-blocking"): _PROGRESS,
 }
 
 #: The markers that tie a text block to the test that produces it.
@@ -262,6 +265,19 @@ def test_python_example(tmp_path: Path, document: str, name: str) -> None:
         result = run_python(code.replace("127.0.0.1:7600", f"127.0.0.1:{node.port}"), tmp_path)
     assert result.returncode == 0, result.stderr
     assert result.stdout == expected
+
+
+@pytest.mark.parametrize("name", ["progress-async", "progress-blocking"])
+def test_progress_examples(tmp_path: Path, name: str) -> None:
+    """The clients' progress examples print what docs/clients.md shows, against protocol.md's builder."""
+    builder = blocks("docs/protocol.md", "file")["builder.py"]
+    assert blocks("docs/procedures.md", "file")["builder.py"] == builder, "one builder in the docs"
+    (tmp_path / "builder.py").write_text(builder)
+    code = blocks("docs/clients.md", "example")[name]
+    with running_node(tmp_path, "--service", "builder") as node:
+        result = run_python(code.replace("127.0.0.1:7600", f"127.0.0.1:{node.port}"), tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == blocks("docs/clients.md", "output")[name]
 
 
 def test_testing_doc_trial_example(tmp_path: Path) -> None:
