@@ -18,8 +18,15 @@ from callnet.builtin import builtin_procedures
 from callnet.config import Limits
 from callnet.context import CallContext
 from callnet.registry import Registry
-from callnet.testing import MemoryCluster, MemoryNode, MemoryReactor, StringConnection
-from callnet.wire import Call, Item, Progress
+from callnet.streaming import THREAD_STREAM_AHEAD_BYTES, InThreadSource
+from callnet.testing import (
+    ManualThreadPool,
+    MemoryCluster,
+    MemoryNode,
+    MemoryReactor,
+    StringConnection,
+)
+from callnet.wire import Call, Item, Progress, encode_item
 
 # --- Procedures the tests serve ---------------------------------------------------
 
@@ -237,6 +244,42 @@ class WireTests(SynchronousTestCase):
         pool.run_all()  # type: ignore[union-attr]
         memory.flush()
         self.assertEqual(conn.lines()[-1], b"#1 OK 5")
+
+    def test_thread_stream_bounds_what_is_on_its_way(self) -> None:
+        """
+        A pull job stops once THREAD_STREAM_AHEAD_BYTES of items wait for the
+        reactor, however large the window; the next starts as they are
+        written, so the connection's backpressure can hold the stream.
+        """
+        made: list[int] = []
+
+        def big(n: int) -> Iterator[str]:
+            for i in range(n):
+                made.append(i)
+                yield "x" * (300 * 1024)
+
+        pool = ManualThreadPool()
+        handed: list[tuple[Any, tuple[Any, ...]]] = []
+        written: list[bytes] = []
+        source = InThreadSource(
+            big(20), encode_item, written.append, pool, lambda f, *a: handed.append((f, a))
+        )
+        finished: list[Any] = []
+        source.done.addCallback(finished.append)
+        source.grant(50)
+        self.assertEqual(pool.run_all(), 1)
+        self.assertEqual(made, [0, 1, 2, 3], "4 items of 300 KiB pass 1 MiB: the job ends")
+        self.assertEqual(pool.jobs, [])
+        while handed or pool.jobs:
+            for f, args in handed[:]:
+                handed.remove((f, args))
+                f(*args)
+            self.assertLessEqual(len(pool.jobs), 1)
+            pool.run_all()
+            on_the_way = sum(len(a[0]) for f, a in handed if f == source._deliver)
+            self.assertLess(on_the_way, THREAD_STREAM_AHEAD_BYTES + 300 * 1024 + 64)
+        self.assertEqual(len(written), 20)
+        self.assertEqual(finished, [20])
 
     def test_quit_sends_the_rest(self) -> None:
         """After QUIT no MORE can come: a tagged stream is sent the rest, then bye."""
