@@ -14,6 +14,9 @@ So the size follows the reads: a read that filled the buffer says more was
 waiting, and the next may take four times as much, up to L{READ_MAX}; a read
 of less than L{READ_SMALL} says the bytes come a few at a time again, and
 brings the size back to the transport's own.
+
+Twisted also reads C{bufferSize} as the bytes a transport holds before it
+pauses a producer writing to it; a client registers none.
 """
 
 from __future__ import annotations
