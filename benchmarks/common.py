@@ -730,13 +730,23 @@ class LineReader:
         self.end += read
 
 
-def raw_stream(reader: LineReader, tag: int, spec: Spec, count: int, seconds: float) -> Tally:
+def raw_stream(
+    reader: LineReader,
+    tag: int,
+    spec: Spec,
+    count: int,
+    seconds: float,
+    decode: Callable[[memoryview], Any] | None = None,
+) -> Tally:
     """
     Take one stream as a plain-socket program does: ask with C{+window},
     grant what was taken with C{MORE} each time half a window has been,
     until the final reply; or, past C{seconds}, send C{CANCEL} and read on
     to the final reply, counting no more items.  The time measured ends at
     the last item counted.
+
+    @param decode: what reads each item's JSON where it lies, if anything
+        does: without it an item is counted, not read.
     """
     tally = Tally()
     sock = reader.sock
@@ -761,7 +771,11 @@ def raw_stream(reader: LineReader, tag: int, spec: Spec, count: int, seconds: fl
         while (newline := store.find(b"\n", scan, filled)) >= 0:
             if store.startswith(item, at, newline):
                 if not cancelled:
-                    if not items:
+                    if decode is not None:
+                        value = decode(memoryview(store)[at + len(item) : newline])
+                        if not items:
+                            check_item(spec, value)
+                    elif not items:
                         check_item(spec, json.loads(store[at + len(item) : newline]))
                     items += 1
                     taken += 1
@@ -791,16 +805,21 @@ def raw_stream(reader: LineReader, tag: int, spec: Spec, count: int, seconds: fl
     return tally
 
 
-def run_raw_stream(spec: Spec, port: int, server_pid: int) -> dict[str, Any]:
-    """Run a stream workload with the plain-socket client: a warm-up stream, then one measured."""
+def run_raw_stream(
+    spec: Spec, port: int, server_pid: int, decode: Callable[[memoryview], Any] | None = None
+) -> dict[str, Any]:
+    """
+    Run a stream workload with the plain-socket client: a warm-up stream,
+    then one measured; each item read by C{decode}, if given (see L{raw_stream}).
+    """
     sock = raw_connect(port)
     sock.settimeout(CLIENT_GRACE)
     reader = LineReader(sock)
-    warm = raw_stream(reader, 1, spec, spec.warmup, spec.seconds)
+    warm = raw_stream(reader, 1, spec, spec.warmup, spec.seconds, decode)
     if warm.errors or warm.calls != spec.warmup:
         raise RuntimeError(f"the warm-up stream failed: {warm.first_error}")
     meter = Meter(server_pid)
-    tally = raw_stream(reader, 2, spec, spec.count, spec.seconds)
+    tally = raw_stream(reader, 2, spec, spec.count, spec.seconds, decode)
     used = meter.read()
     sock.close()
     return summarize_stream(spec, tally, used)

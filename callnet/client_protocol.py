@@ -30,6 +30,7 @@ from callnet.errors import (
     UnavailableError,
 )
 from callnet.reactors import Clock, DelayedCall, set_no_delay
+from callnet.reading import ReadSize
 from callnet.sending import Outbox
 from callnet.wire import (
     DEFAULT_MAX_LINE,
@@ -156,6 +157,7 @@ class ClientProtocol(TwistedProtocol):
         self._lost: Failure | None = None
         self._abort_reason: str | None = None
         self._outbox: Outbox
+        self._read_size: ReadSize
         self.node_name: str | None = None
         self.on_lost: Callable[[ClientProtocol], None] | None = None
         #: Called with this protocol once it is connected.
@@ -186,6 +188,7 @@ class ClientProtocol(TwistedProtocol):
         self._connected = True
         self._out = cast(_Transport, self.transport)
         self._outbox = Outbox(self.transport, self._clock)
+        self._read_size = ReadSize(self.transport)
         set_no_delay(self.transport)
         self.last_heard = self._clock.seconds()
         if self.on_made is not None:
@@ -320,6 +323,7 @@ class ClientProtocol(TwistedProtocol):
     def dataReceived(self, data: bytes) -> None:
         self.last_heard = self._clock.seconds()
         self.reads += 1
+        self._read_size.read(len(data))
         decoder = self._decoder
         decoder.feed(data)
         # Calls made by the callbacks of these replies are sent as they pile

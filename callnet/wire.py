@@ -128,25 +128,34 @@ class LineDecoder:
     A line longer than C{max_line} yields one L{BadLine} (with the line's tag,
     when it had one) and the rest of that line is dropped as it arrives,
     without being buffered.
+
+    Each byte fed is searched for LF once, and copied at most once: a chunk
+    is read where it lies, and a line that spans chunks is kept as the
+    chunks that hold it, joined once when its LF comes.
     """
 
     def __init__(self, max_line: int = DEFAULT_MAX_LINE) -> None:
         self.max_line = max_line
-        # Bytes to read lines from: a chunk as it came, or (after a line that
-        # spanned chunks) the bytes that completed it.
-        self._buffer: bytes | bytearray = b""
-        # Where the unread part of the buffer starts: lines are sliced out
-        # from here, so a chunk of many lines is not copied once per line.
+        # Bytes to read lines from (a chunk as it came), and where the unread
+        # part of it starts: lines are sliced out from there, so a chunk of
+        # many lines is not copied once per line.
+        self._buffer: bytes = b""
         self._start = 0
-        # A line still waiting for its end, grown in place as chunks come:
-        # a long line is held once, and read where it lies.
-        self._partial = bytearray()
+        # A line that spanned chunks, joined when its LF came: read before
+        # the buffer, which holds what came after it.
+        self._joined: bytes | None = None
+        # The pieces of a line still waiting for its LF, and their length.
+        self._pieces: list[bytes | memoryview] = []
+        self._held = 0
         self._discarding = False
 
     @property
     def buffered(self) -> int:
         """How many bytes are held, waiting to be read as events."""
-        return len(self._buffer) - self._start + len(self._partial)
+        joined = self._joined
+        return (
+            len(self._buffer) - self._start + self._held + (0 if joined is None else len(joined))
+        )
 
     def feed(self, data: bytes) -> None:
         """Take more bytes from the peer."""
@@ -156,28 +165,34 @@ class LineDecoder:
                 return
             self._discarding = False
             data = data[end + 1 :]
-        if self._partial:
+        if self._pieces:
             newline = data.find(b"\n")
-            self._partial += data
             if newline < 0:
+                self._pieces.append(data)
+                self._held += len(data)
                 return
-            # A long line is read where it lies; short ones are sliced from
-            # bytes, which is quicker.
-            line_length = len(self._partial) - len(data) + newline
-            if line_length > _LONG_JSON:
-                self._buffer = self._partial
-            else:
-                self._buffer = bytes(self._partial)
-            self._partial = bytearray()
+            self._pieces.append(memoryview(data)[:newline])
+            self._joined = b"".join(self._pieces)
+            self._pieces = []
+            self._held = 0
+            self._buffer, self._start = data, newline + 1
         elif self._start < len(self._buffer):
             self._buffer = self._buffer[self._start :] + data
+            self._start = 0
         else:
-            self._buffer = data
-        self._start = 0
+            self._buffer, self._start = data, 0
 
     def next_event(self) -> Event | None:
         """Return the next event, or C{None} until more bytes are fed."""
-        if self._partial:
+        joined = self._joined
+        if joined is not None:
+            self._joined = None
+            if len(joined) > self.max_line:
+                return self._overflow(joined, discard_rest=False)
+            event = parse_line(memoryview(joined) if len(joined) > _LONG_JSON else joined)
+            if event is not None:
+                return event
+        if self._pieces:
             return self._check_partial()
         buffer = self._buffer
         while True:
@@ -185,34 +200,32 @@ class LineDecoder:
             end = buffer.find(b"\n", start)
             if end < 0:
                 if start < len(buffer):
-                    self._partial = bytearray(memoryview(buffer)[start:])
+                    # The start of a line: kept where it lies when it is
+                    # most of its chunk, copied out of it when it is not.
+                    rest = len(buffer) - start
+                    if not start:
+                        self._pieces.append(buffer)
+                    elif rest > start:
+                        self._pieces.append(memoryview(buffer)[start:])
+                    else:
+                        self._pieces.append(buffer[start:])
+                    self._held = rest
                 self._buffer, self._start = b"", 0
                 return self._check_partial()
             self._start = end + 1
             if end - start > self.max_line:
-                return self._overflow(bytes(buffer[start:end]), discard_rest=False)
-            if end - start > _LONG_JSON:
-                # Read in place; let go of a buffer that is all read, and
-                # keep the rest of one grown from chunks as bytes.
-                line: bytes | memoryview = memoryview(buffer)[start:end]
-                if self._start == len(buffer):
-                    buffer = self._buffer = b""
-                    self._start = 0
-                elif type(buffer) is bytearray:
-                    buffer = self._buffer = bytes(memoryview(buffer)[self._start :])
-                    self._start = 0
-            elif type(buffer) is bytes:
-                line = buffer[start:end]
-            else:
-                line = bytes(buffer[start:end])
-            event = parse_line(line)
+                return self._overflow(buffer[start:end], discard_rest=False)
+            # A long line is read in place (see parse_line).
+            event = parse_line(
+                memoryview(buffer)[start:end] if end - start > _LONG_JSON else buffer[start:end]
+            )
             if event is not None:
                 return event
 
     def _check_partial(self) -> BadLine | None:
         """An unfinished line past the limit is refused now, and dropped."""
-        if len(self._partial) > self.max_line:
-            return self._overflow(bytes(self._partial), discard_rest=True)
+        if self._held > self.max_line:
+            return self._overflow(_head(self._pieces, _TAG_PEEK), discard_rest=True)
         return None
 
     def end_of_input(self) -> BadLine | None:
@@ -223,19 +236,24 @@ class LineDecoder:
         unterminated line is not acted on, since the peer may have been cut
         off in the middle of it.
         """
-        rest = bytes(self._buffer[self._start :]) + self._partial
-        self._buffer, self._start = b"", 0
-        self._partial = bytearray()
+        rest = self._buffer[self._start :] + b"".join(self._pieces)
+        self._reset()
         if self._discarding or not rest.strip():
             return None
         return BadLine(
             InvalidArgumentError("input ended in the middle of a line"), _peek_tag(rest)
         )
 
+    def _reset(self) -> None:
+        """Let go of every byte held."""
+        self._buffer, self._start = b"", 0
+        self._joined = None
+        self._pieces = []
+        self._held = 0
+
     def _overflow(self, line: bytes, discard_rest: bool) -> BadLine:
         if discard_rest:
-            self._buffer, self._start = b"", 0
-            self._partial = bytearray()
+            self._reset()
             self._discarding = True
         # Read the tag only from what a byte-at-a-time feed would have held
         # when the limit was passed, so the answer does not depend on chunking.
@@ -243,6 +261,20 @@ class LineDecoder:
             ResourceExhaustedError(f"line longer than the limit of {self.max_line} bytes"),
             _peek_tag(line[: self.max_line + 1], complete=False),
         )
+
+
+#: Bytes at the start of a line enough to read its tag: C{#}, 64 characters, a space.
+_TAG_PEEK = 80
+
+
+def _head(pieces: list[bytes | memoryview], size: int) -> bytes:
+    """The first C{size} bytes of a line held in pieces."""
+    head = b""
+    for piece in pieces:
+        head += piece[: size - len(head)]
+        if len(head) >= size:
+            break
+    return head
 
 
 def _peek_tag(line: bytes, complete: bool = True) -> str | None:

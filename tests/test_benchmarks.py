@@ -29,7 +29,10 @@ from callnet.client_stream import DEFAULT_WINDOW
 ROOT = Path(__file__).resolve().parent.parent
 
 #: Systems whose servers and clients need only Twisted and callnet.
-SYSTEMS = "callnet-async,callnet-thread,callnet-blocking,callnet-raw,amp,lineecho,socket-copy"
+SYSTEMS = (
+    "callnet-async,callnet-thread,callnet-blocking,callnet-raw,amp,lineecho,socket-copy,"
+    "socket-copy-json"
+)
 #: gRPC's server streaming, which needs grpcio: skipped by the runner without it.
 GRPC = "grpc-sync,grpc-asyncio"
 WORKLOADS = "seq,pipe,sync1,large-1m,large-mem,stream,stream-1m"
@@ -117,7 +120,13 @@ class SmokeTests(SynchronousTestCase):
         self.assertIn(("large-1m", "amp"), measured)
         self.assertGreater(data["memory"]["large-mem"]["payloads"]["median"], 0)
         self.assertIn("callnet-async", (output / "latest.txt").read_text())
-        for system in ("callnet-async", "callnet-thread", "callnet-raw", "socket-copy"):
+        for system in (
+            "callnet-async",
+            "callnet-thread",
+            "callnet-raw",
+            "socket-copy",
+            "socket-copy-json",
+        ):
             self.assertIn(("stream", system), measured)
             self.assertIn(("stream-1m", system), measured)
         grpc = importlib.util.find_spec("grpc") is not None

@@ -10,6 +10,7 @@ message, since exceptions compare by identity.
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -960,6 +961,97 @@ class LineLimitTests(WireTestCase):
     def test_limit_is_per_line(self) -> None:
         """Many short lines in one chunk are fine even when together they pass the limit."""
         self.assertDecodes(b"PING\n" * 100, [Command("PING")] * 100, max_line=10)
+
+
+class LongLineTests(WireTestCase):
+    """Long lines arriving in pieces, as a stream of large items does."""
+
+    #: A stream's 1 MiB item and the line after it.
+    ITEM = b'#s ITEM "' + b"x" * (1 << 20) + b'"\n'
+    AFTER = b"#s OK 1\n"
+    EVENTS = (Item("x" * (1 << 20), "s"), Success(1, "s"))
+
+    def test_many_pieces(self) -> None:
+        """A 1 MiB line fed in a thousand pieces is read as when fed whole, and held meanwhile."""
+        data = self.ITEM + self.AFTER
+        decoder = LineDecoder()
+        events: list[Event] = []
+        fed = 0
+        for chunk in split_every(data, 1000):
+            decoder.feed(chunk)
+            fed += len(chunk)
+            while (event := decoder.next_event()) is not None:
+                events.append(event)
+            if not events:
+                self.assertEqual(decoder.buffered, fed)
+        self.assertEventsEqual(events, self.EVENTS)
+        self.assertEqual(decoder.buffered, 0)
+
+    def test_split_at_the_lf(self) -> None:
+        """Wherever the pieces of a long line end around its LF, the same events come."""
+        data = self.ITEM + self.AFTER
+        lf = len(self.ITEM) - 1
+        for cuts in [
+            (lf,),  # the LF opens the next piece
+            (lf + 1,),  # the LF ends a piece
+            (lf, lf + 1),  # the LF alone
+            (lf - 1, lf + 1),  # the closing quote and the LF alone
+            (10, lf),
+            (10, lf + 1),
+            (10, lf + 3),  # the LF, then part of the next line
+            (10, lf, lf + 1, lf + 2),
+        ]:
+            bounds = [0, *cuts, len(data)]
+            chunks = [data[a:b] for a, b in itertools.pairwise(bounds)]
+            self.assertEventsEqual(decode_chunks(chunks), self.EVENTS)
+
+    def test_fed_without_pulling(self) -> None:
+        """Pieces fed one after another with no event taken between them give every line, in order."""
+        decoder = LineDecoder()
+        decoder.feed(self.ITEM[:100])
+        decoder.feed(self.ITEM[100:-50])
+        decoder.feed(self.ITEM[-50:] + self.AFTER[:3])
+        decoder.feed(self.AFTER[3:] + b"PING\n")
+        events = [decoder.next_event() for _ in range(4)]
+        self.assertEventsEqual(events, [*self.EVENTS, Command("PING"), None])
+        self.assertEqual(decoder.buffered, 0)
+
+    def test_bound_in_pieces(self) -> None:
+        """A long line past the limit fed in pieces with its LF, unpulled, is one BadLine with its tag."""
+        decoder = LineDecoder(100_000)
+        for chunk in split_every(self.ITEM, 30_000):
+            decoder.feed(chunk)
+        decoder.feed(self.AFTER)
+        (bad, after, none) = [decoder.next_event() for _ in range(3)]
+        assert isinstance(bad, BadLine)
+        self.assertIsInstance(bad.error, ResourceExhaustedError)
+        self.assertEqual(bad.tag, "s")
+        self.assertEventsEqual([after, none], [Success(1, "s"), None])
+
+    def test_bound_while_pulling(self) -> None:
+        """Pulled between pieces, a long line is refused once past the limit and no more is held."""
+        decoder = LineDecoder(100_000)
+        events: list[Event] = []
+        for chunk in split_every(self.ITEM + self.AFTER, 30_000):
+            decoder.feed(chunk)
+            while (event := decoder.next_event()) is not None:
+                events.append(event)
+            self.assertLessEqual(decoder.buffered, 100_000)
+        (bad, after) = events
+        assert isinstance(bad, BadLine)
+        self.assertEqual((type(bad.error), bad.tag), (ResourceExhaustedError, "s"))
+        self.assertEventsEqual([after], [Success(1, "s")])
+
+    def test_end_of_input_in_pieces(self) -> None:
+        """A long line cut off in its pieces is reported, with its tag, at end of input."""
+        decoder = LineDecoder()
+        for chunk in split_every(self.ITEM[:-1], 100_000):
+            decoder.feed(chunk)
+            self.assertIsNone(decoder.next_event())
+        bad = decoder.end_of_input()
+        assert isinstance(bad, BadLine)
+        self.assertEqual((type(bad.error), bad.tag), (InvalidArgumentError, "s"))
+        self.assertEqual(decoder.buffered, 0)
 
 
 class PullParserTests(WireTestCase):

@@ -177,6 +177,33 @@ class ChunkingProperties(SynchronousTestCase):
         whole = decode_chunks([data], end=True)
         self.assertEqual([comparable(e) for e in bytewise], [comparable(e) for e in whole])
 
+    @EXAMPLES
+    @given(inputs_and_splits(), max_lines, st.lists(st.booleans(), max_size=31))
+    def test_pulls_anywhere(
+        self, case: tuple[bytes, list[bytes]], max_line: int, pulls: list[bool]
+    ) -> None:
+        """Taking the events after only some chunks gives the events of the input fed whole."""
+        data, chunks = case
+        whole = decode_chunks([data], max_line, end=True)
+        self.assertEqual(
+            [comparable(e) for e in decode_pulling(chunks, pulls, max_line)],
+            [comparable(e) for e in whole],
+        )
+
+
+def decode_pulling(chunks: list[bytes], pulls: list[bool], max_line: int) -> list[Any]:
+    """Feed chunks, taking the events after those whose C{pulls} is true, and all at the end."""
+    decoder = LineDecoder(max_line)
+    events: list[Any] = []
+    for chunk, pull in zip(chunks, itertools.chain(pulls, itertools.repeat(False)), strict=False):
+        decoder.feed(chunk)
+        while pull and (event := decoder.next_event()) is not None:
+            events.append(event)
+    while (event := decoder.next_event()) is not None:
+        events.append(event)
+    last = decoder.end_of_input()
+    return events if last is None else [*events, last]
+
 
 class RobustnessProperties(SynchronousTestCase):
     """The decoder reports problems as events and never raises."""
@@ -444,11 +471,15 @@ class LongValueProperties(SynchronousTestCase):
         st.lists(st.integers(1, 12000), min_size=1, max_size=8),
         st.sampled_from([4500, 6000, DEFAULT_MAX_LINE]),
         st.booleans(),
+        st.lists(st.booleans(), max_size=20),
     )
     def test_long_lines_in_chunks(
-        self, data: bytes, sizes: list[int], max_line: int, unfinished: bool
+        self, data: bytes, sizes: list[int], max_line: int, unfinished: bool, pulls: list[bool]
     ) -> None:
-        """Long lines among short ones, cut anywhere, read as when fed whole."""
+        """
+        Long lines among short ones, cut anywhere, read as when fed whole,
+        whether the events are taken after every chunk or only after some.
+        """
         if unfinished:
             data += b'#9 echo "' + b"y" * 5000
         chunks, at = [], 0
@@ -460,3 +491,5 @@ class LongValueProperties(SynchronousTestCase):
         whole = decode_chunks([data], max_line, end=True)
         split = decode_chunks(chunks, max_line, end=True)
         self.assertEqual([comparable(e) for e in split], [comparable(e) for e in whole])
+        pulled = decode_pulling(chunks, pulls, max_line)
+        self.assertEqual([comparable(e) for e in pulled], [comparable(e) for e in whole])

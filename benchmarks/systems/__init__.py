@@ -134,6 +134,16 @@ SYSTEMS: dict[str, System] = {
             " streams: the lines a node sends, written with no flow control",
         ),
         System(
+            "socket-copy-json",
+            "socketcopy_sys",
+            "socketcopy",
+            "json",
+            STREAM,
+            False,
+            note="socket-copy's streams, the client reading each item's JSON in place (orjson):"
+            " the ceiling of a client that hands items over as values",
+        ),
+        System(
             "grpc-sync",
             "grpc_sys",
             "grpc-sync",

@@ -11,14 +11,19 @@ socket takes them: it drops C{MORE} (no flow control to wait for) and looks
 for C{CANCEL} between batches.  The client reads what it would read from a
 node, so its bytes/s are the ceiling of a stream through plain Python
 sockets.
+
+The C{json} client (system C{socket-copy-json}) is the same client reading
+each item's JSON with orjson where it lies in its buffer, as any client
+must that hands items over as values: the ceiling of such a client.
 """
 
 from __future__ import annotations
 
 import socket
 import threading
+from typing import Any
 
-from benchmarks.common import HOST, run_raw, system_main
+from benchmarks.common import HOST, Spec, run_raw, run_raw_stream, system_main
 
 #: Bytes read at once.
 CHUNK = 1 << 20
@@ -107,5 +112,12 @@ def serve(port: int, extra: list[str]) -> None:
         threading.Thread(target=_echo_lines, args=(conn,), daemon=True).start()
 
 
+def run_json(spec: Spec, port: int, server_pid: int) -> dict[str, Any]:
+    """A stream workload with the plain-socket client, each item's JSON read in place."""
+    import orjson
+
+    return run_raw_stream(spec, port, server_pid, orjson.loads)
+
+
 if __name__ == "__main__":
-    system_main(serve, {"raw": run_raw})
+    system_main(serve, {"raw": run_raw, "json": run_json})
