@@ -2,7 +2,7 @@
 The codec's vocabulary: the events a line decodes to, and the words that
 can never name a procedure.  No I/O, no Twisted.
 
-Both of the codec's parsers, the general one (L{callnet.wire}) and the fast
+Both of the codec's parsers, the general one (L{callnet.wire_parse}) and the fast
 ones (L{callnet.wire_fast}), build these; L{callnet.wire} re-exports them,
 and that is where the rest of callnet imports them from.
 """

@@ -4,7 +4,7 @@ The codec's one number rule, and its fast parsers.  No I/O, no Twisted.
 A word is a number exactly when it is a JSON number (RFC 8259, section 6);
 an int when it has neither fraction nor exponent, else a float, and a float
 too large to be finite is refused.  L{NUMBER_RE} is that rule for the general
-parser in L{callnet.wire}, which then reads the word with the C{json} module;
+parser in L{callnet.wire_parse}, which then reads the word with the C{json} module;
 the fast parsers here match the same pattern on bytes and read the word with
 C{int} and C{float}, which give what C{json} gives for every word the pattern
 matches.

@@ -19,7 +19,6 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from callnet.wire import (
     _DECODER,
-    _NUMBER_RE,
     _SIMPLE_MAX,
     BadLine,
     Call,
@@ -34,6 +33,7 @@ from callnet.wire import (
     parse_line,
 )
 from callnet.wire_fast import _SIMPLE_NUMBER, _number
+from callnet.wire_fast import NUMBER_RE as _NUMBER_RE
 from tests.test_wire import comparable, typed
 
 EXAMPLES = settings(max_examples=300, deadline=None)
