@@ -106,11 +106,6 @@ class DirectPath:
                 _exit_hook_registered = True
                 atexit_register(_close_all_at_exit)
 
-    @property
-    def closed(self) -> bool:
-        """Whether L{close} was called."""
-        return self._pool.closed
-
     # --- Calls --------------------------------------------------------------
 
     def call(
