@@ -11,15 +11,31 @@ and option; L{settings} lists them for the twistd options and the docs.
 
 from __future__ import annotations
 
-import json
-import re
 import socket
-from collections.abc import Callable
-from dataclasses import dataclass, field, fields
-from typing import Any, Literal
+from dataclasses import dataclass, field
 
 import callnet.config_checks as checks
+from callnet.config_schema import OptionKind, Setting, declared, setting, show_value
 from callnet.wire import DEFAULT_CALL_TIMEOUT, DEFAULT_MAX_LINE
+
+__all__ = [
+    "DEFAULT_LISTEN",
+    "DEFAULT_PORT",
+    "NAMED_TABLES",
+    "SETTINGS_BY_KEY",
+    "ClusterSettings",
+    "Limits",
+    "NodeConfig",
+    "OptionKind",
+    "Security",
+    "Setting",
+    "TLSSettings",
+    "key_label",
+    "setting",
+    "settings",
+    "settings_table",
+    "show_value",
+]
 
 #: Where a node listens when told nothing: loopback only, so that a node
 #: started with no configuration is never reachable from another machine.
@@ -30,84 +46,11 @@ DEFAULT_LISTEN = f"tcp:{DEFAULT_PORT}:interface=127.0.0.1"
 # The schema.
 #
 # Every setting is declared once, as a field of the frozen dataclasses below
-# made by L{setting}: its check (type and bounds, with the words that say
-# what it must be), its reason (the documentation), its TOML section and its
-# command-line option.  TOML loading, L{merge}, the twistd options and their
-# --help, the example file's test and the documentation's table of settings
-# all read it from there (L{settings}).
-
-
-#: How a setting is given on the command line: C{value} (C{--key VALUE}),
-#: C{flag} (C{--key} sets true), C{no-flag} (C{--no-key} sets false), or
-#: C{many} (C{--key VALUE}, repeated, each adding one).
-OptionKind = Literal["value", "flag", "no-flag", "many"]
-
-
-@dataclass(frozen=True)
-class Setting:
-    """One setting of a node, as the schema declares it."""
-
-    #: Its key: the field's name, and its name in the TOML file.
-    key: str
-    #: The TOML table it is set in (C{node}, C{limits}, ...).
-    section: str
-    #: Its default, as a L{NodeConfig} built with no arguments has it.
-    default: object
-    #: Checks a value (from TOML or the command line), returning it as the
-    #: config holds it; raises with what it must be instead.
-    check: checks.Check
-    #: Why it exists and why its default: the documentation's text.
-    reason: str
-    #: The command-line option that sets it, if any (C{--threads}).
-    option: str | None
-    #: How the option takes its value (see L{OptionKind}).
-    option_kind: OptionKind
-    #: How the documentation and --help show the default, where it is not
-    #: simply the value (the host name, say).
-    shown: str | None
-
-    @property
-    def option_name(self) -> str:
-        """The option's name as twistd's Options knows it (C{threads}); C{""} if none."""
-        return (self.option or "").removeprefix("--")
-
-    @property
-    def summary(self) -> str:
-        """The reason's first sentence, for --help and the table of settings."""
-        first = re.split(r"(?<=[.;])\s", self.reason, maxsplit=1)[0]
-        return first.rstrip(";.") + "."
-
-    def show_default(self) -> str:
-        """The default as the TOML file would write it."""
-        if self.shown is not None:
-            return self.shown
-        return show_value(self.default)
-
-
-def setting(
-    default: Any,
-    check: checks.Check,
-    reason: str,
-    *,
-    option: str | None = None,
-    option_kind: OptionKind = "value",
-    section: str | None = None,
-    factory: Callable[[], Any] | None = None,
-    shown: str | None = None,
-) -> Any:
-    """
-    Declare a setting: a dataclass field whose metadata says all the rest.
-
-    @param section: its TOML table, if not that of its dataclass (C{[peers]}
-        and C{[acl]} are tables of their own).
-    @param factory: makes the default, where it is computed (the host name).
-    """
-    metadata = {
-        "setting": (check, " ".join(reason.split()), option, option_kind, section, shown),
-    }
-    if factory is not None:
-        return field(default_factory=factory, metadata=metadata)
-    return field(default=default, metadata=metadata)
+# made by L{setting} (L{callnet.config_schema}): its check (type and bounds,
+# with the words that say what it must be), its reason (the documentation),
+# its TOML section and its command-line option.  TOML loading, L{merge}, the
+# twistd options and their --help, the example file's test and the
+# documentation's table of settings all read it from there (L{settings}).
 
 
 @dataclass(frozen=True)
@@ -492,32 +435,8 @@ _GROUPS: dict[str, type] = {
 }
 
 
-def _declared() -> dict[str, Setting]:
-    table: dict[str, Setting] = {}
-    defaults = NodeConfig()
-    for group, cls in _GROUPS.items():
-        holder = defaults if group == "node" else getattr(defaults, group)
-        for f in fields(cls):
-            if "setting" not in f.metadata:
-                continue
-            check, reason, option, kind, section, shown = f.metadata["setting"]
-            if f.name in table:
-                raise TypeError(f"setting {f.name} declared twice")
-            table[f.name] = Setting(
-                f.name,
-                section or group,
-                getattr(holder, f.name),
-                check,
-                reason,
-                option,
-                kind,
-                shown,
-            )
-    return table
-
-
 #: Key -> its L{Setting}, for every key a config may set.
-SETTINGS_BY_KEY: dict[str, Setting] = _declared()
+SETTINGS_BY_KEY: dict[str, Setting] = declared(_GROUPS, NodeConfig())
 
 
 def settings() -> tuple[Setting, ...]:
@@ -540,19 +459,6 @@ def settings_table() -> str:
 
 #: [peers] and [acl] are tables keyed by names.
 NAMED_TABLES = ("peers", "acl")
-
-
-def show_value(value: object) -> str:
-    """Render a value as it would be written in TOML, for error messages."""
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, str):
-        return json.dumps(value)
-    if isinstance(value, list | tuple):
-        return "[" + ", ".join(show_value(item) for item in value) + "]"
-    if isinstance(value, dict):
-        return "a table"
-    return str(value)
 
 
 def key_label(key: str) -> str:

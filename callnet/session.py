@@ -4,12 +4,14 @@ One connection's rules, as a state machine without I/O.
 L{Session} is what a node keeps per connection.  Its adapter feeds it events
 (bytes read, a call finished, output paused or drained, a timer fired, input
 ended, the connection lost) and it answers each with actions, through the
-adapter's L{Actions}.  This module holds its core: the states, reading and
-every reason to stop, admission of each call, and the end.  Its other parts
-are written apart, below it: the calls in flight and the ordered queue of
-untagged replies (L{callnet.session_calls}), the commands and AUTH's back-off
-(L{callnet.session_commands}), streams' grants (L{callnet.session_streams}),
-the adapter's interface (L{callnet.session_actions}) and the table of states
+adapter's L{Actions}.  This module holds its core: the states, every reason
+to stop reading, admission of each call, and the end.  Its other parts are
+written apart, below it: the reading of the client's bytes, held input's
+bound and the end of input (L{callnet.session_reading}), the calls in flight
+and the ordered queue of untagged replies (L{callnet.session_calls}), the
+commands and AUTH's back-off (L{callnet.session_commands}), streams' grants
+(L{callnet.session_streams}), the adapter's interface
+(L{callnet.session_actions}) and the table of states
 (L{callnet.session_states}).
 
 It imports nothing from Twisted, so it is driven in tests by plain objects,
@@ -54,7 +56,6 @@ flight while it is open, and left to run on once it closes.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable
 
 from callnet.config import Limits
@@ -75,7 +76,6 @@ from callnet.session_actions import (
     STALL_TIMER,
     Actions,
 )
-from callnet.session_calls import CallsInFlight
 from callnet.session_commands import (
     AUTH_DELAY,
     AUTH_DELAY_MAX,
@@ -86,14 +86,12 @@ from callnet.session_commands import (
     refuse_auth,
     unauthenticated,
 )
+from callnet.session_reading import Reading
 from callnet.session_states import CLOSED, ENDING, LEAVING, OPEN, QUITTING, next_state
 from callnet.session_streams import Producer, Slot
 from callnet.wire import (
-    BadLine,
     Call,
     Command,
-    Event,
-    LineDecoder,
     encode_bye,
     encode_success,
 )
@@ -122,20 +120,10 @@ __all__ = [
     "Verb",
 ]
 
-_HTTP_REQUEST = re.compile(rb"[A-Z]{3,7} \S+ HTTP/\d")
-_HTTP_METHODS = frozenset(
-    {"GET", "HEAD", "POST", "PUT", "DELETE", "OPTIONS", "PATCH", "CONNECT", "TRACE"}
-)
-_NOT_HTTP = (
-    "this is a callnet node, not an HTTP server; type HELP in a line-based"
-    " client such as nc, or see docs/protocol.md"
-)
-
-
 # --- The session ------------------------------------------------------------------
 
 
-class Session(CallsInFlight):
+class Session(Reading):
     """
     The state of one connection and its rules.
 
@@ -158,12 +146,10 @@ class Session(CallsInFlight):
         # Keep the attributes below 30: past that CPython stops sharing the
         # keys of instance dicts, and each connection's session costs 1.3 KiB
         # more (benchmarks/run.py --workloads idle-mem).
-        super().__init__()
+        super().__init__(limits.max_line_bytes, byte_filter)
         self._limits = limits
         self._node_name = node_name
         self._actions = actions
-        self._filter = byte_filter
-        self._decoder = LineDecoder(limits.max_line_bytes)
         self.state: str = OPEN
         #: Why the connection was closed, once it is.
         self.close_reason: str | None = None
@@ -176,8 +162,6 @@ class Session(CallsInFlight):
         self.draining = False
         self._quit_slot: Slot | None = None
         self._quit_tag: str | None = None
-        self.input_ended = False
-        self._first = True
         self._auth_failures = 0
         self._auth_slot: Slot | None = None
         self._auth_tag: str | None = None
@@ -186,7 +170,6 @@ class Session(CallsInFlight):
         self._output_paused = False
         self._auth_wait = False
         self._reading = True
-        self._pumping = False
         #: Bytes written since output backed up.
         self.unsent = 0
         self._timers: set[str] = set()
@@ -199,61 +182,15 @@ class Session(CallsInFlight):
         return self._reading
 
     @property
-    def held_input(self) -> int:
-        """Bytes read and not yet handled."""
-        return self._decoder.buffered
-
-    @property
     def timers(self) -> frozenset[str]:
         """The timers running now."""
         return frozenset(self._timers)
 
     # --- Events -----------------------------------------------------------------------
 
-    def receive_data(self, data: bytes) -> None:
-        """Bytes arrived from the client."""
-        if self.state is not OPEN or self.input_ended:
-            return  # after QUIT, or closing: read and thrown away
-        if self._filter is not None:
-            data = self._filter(data)
-        if self._first and _HTTP_REQUEST.match(data):
-            self._refuse_http()
-            return
-        decoder = self._decoder
-        if not self._reading:
-            # A transport that honours a pause delivers at most one more read.
-            bound = self._limits.max_held_input_bytes
-            if decoder.buffered + len(data) > bound:
-                self._error_and_close(
-                    ResourceExhaustedError(
-                        f"more than {bound} bytes sent while the node was not reading"
-                    ),
-                    "it sent too much while not being read",
-                )
-                return
-        decoder.feed(data)
-        self._pump()
-
     def refuse(self, error: CallError, reason: str) -> None:
         """The connection is not admitted: say why, and close."""
         self._error_and_close(error, reason)
-
-    def end_input(self) -> None:
-        """The client half-closed: it will send nothing more."""
-        if self.input_ended or self.state is CLOSED:
-            return
-        self.input_ended = True
-        if self.state is QUITTING:
-            return  # QUIT already said so: what it owes is answered
-        if self.state is LEAVING:
-            self._close(SHUTTING_DOWN, False)  # the client heard BYE and closed
-            return
-        self._cancel_tagged()
-        self._after_call()
-        if not self._reading and not self._decoder.buffered and self.state is OPEN:
-            self._input_done()  # nothing left to read: no need to wait for reading
-        else:
-            self._pump()
 
     def connection_lost(self) -> None:
         """The connection is gone: cancel what runs for it, detach the rest."""
@@ -320,54 +257,7 @@ class Session(CallsInFlight):
             self._reading = True
             self._actions.resume_reading()
 
-    # --- Reading ----------------------------------------------------------------------
-
-    def _pump(self) -> None:
-        """Handle held events until none is left or reading stops."""
-        if self._pumping:
-            return
-        self._pumping = True
-        decoder = self._decoder
-        handled = False
-        try:
-            while self._reading and self.state is OPEN:
-                event = decoder.next_event()
-                if event is None:
-                    if self.input_ended:
-                        self._input_done()
-                    break
-                handled = True
-                self._handle(event)
-        finally:
-            self._pumping = False
-        if self.input_ended and self.state is OPEN and not decoder.buffered:
-            # Everything sent was read, though reading stopped on the last
-            # line (an AUTH to answer after its delay): input is done now.
-            self._input_done()
-        if self.state is OPEN and decoder.buffered and self._reading and not self.input_ended:
-            if handled:
-                self._stop_timer(LINE_TIMER)
-            self._start_timer(LINE_TIMER, self._limits.line_timeout)
-        elif LINE_TIMER in self._timers:
-            self._stop_timer(LINE_TIMER)
-
-    def _handle(self, event: Event) -> None:
-        if self._first:
-            self._first = False
-            if _looks_like_http(event):
-                self._refuse_http()
-                return
-        kind = type(event)
-        if kind is Call:
-            self._handle_call(event)  # type: ignore[arg-type]
-        elif kind is Command:
-            self._handle_command(event)  # type: ignore[arg-type]
-        elif kind is BadLine:
-            self._reply_error(event.error, event.tag)  # type: ignore[union-attr]
-        else:
-            self._reply_error(
-                InvalidArgumentError("a node takes requests here, not replies"), None
-            )
+    # --- Admission ------------------------------------------------------------------------
 
     def _refusal(self, call: Call) -> CallError | None:
         """Why this connection cannot take the call now, if it cannot."""
@@ -426,18 +316,7 @@ class Session(CallsInFlight):
         handle_command(self, command)
         self._check_load()
 
-    def _refuse_http(self) -> None:
-        self._error_and_close(InvalidArgumentError(_NOT_HTTP), "it spoke HTTP")
-
-    def _input_done(self) -> None:
-        """Input ended and every line of it was read."""
-        unfinished = self._decoder.end_of_input()
-        if unfinished is not None:
-            self._reply_error(unfinished.error, unfinished.tag)
-        # Tagged calls read after the end of input was seen go as the others did.
-        self._cancel_tagged()
-        self._move("input done")
-        self._maybe_finish()
+    # --- Writing --------------------------------------------------------------------------
 
     def _write(self, line: bytes) -> None:
         if self.state is CLOSED or self.state is LEAVING:
@@ -538,13 +417,3 @@ class Session(CallsInFlight):
     def _stop_timers(self) -> None:
         for timer in list(self._timers):
             self._stop_timer(timer)
-
-
-def _looks_like_http(event: Event) -> bool:
-    """Whether a first request is an HTTP request line that came in pieces."""
-    return (
-        type(event) is Call
-        and event.procedure in _HTTP_METHODS
-        and bool(event.args)
-        and str(event.args[-1]).startswith("HTTP/")
-    )

@@ -331,11 +331,11 @@ def test_fork_forgets_parent_connections(
     assert client.call("add", 1, 2) == 3
     path = client._direct
     assert path is not None
-    inherited = path._idle[0]
-    monkeypatch.setattr("callnet.blocking._direct.os.getpid", lambda: path._pid + 1)
+    inherited = path._pool._idle[0]
+    monkeypatch.setattr("callnet.blocking._pool.os.getpid", lambda: path._pool._pid + 1)
     assert client.call("add", 2, 2) == 4
     assert [server.next_line()[0] for _ in range(2)] == [1, 2]
-    assert inherited.closed and inherited not in path._idle
+    assert inherited.closed and inherited not in path._pool._idle
     client.close()
 
 
@@ -400,7 +400,7 @@ def test_direct_path_limits(server: LineServer) -> None:
     server.connections[0].sendall(b"#1 OK 1\n")
     assert results.get(timeout=WAIT) == 1
     thread.join(WAIT)
-    assert len(direct._idle) == 1
+    assert len(direct._pool._idle) == 1
     assert server.ended.get(timeout=WAIT) == 1  # the one beyond the limit
     direct.close()
 
@@ -409,7 +409,7 @@ def test_client_limits_are_checked() -> None:
     """The pool's limits are the client's to set, and nonsense is refused."""
     client = BlockingClient("tcp:127.0.0.1:1", max_idle_connections=0, async_threads=2)
     assert client._direct is not None
-    assert (client._direct._max_idle, client._direct._async_threads) == (0, 2)
+    assert (client._direct._pool._max_idle, client._direct._async_threads) == (0, 2)
     with pytest.raises(ValueError, match="async_threads"):
         BlockingClient("tcp:127.0.0.1:1", async_threads=0)
 
@@ -644,8 +644,8 @@ def test_threads_share_a_connection(server: LineServer) -> None:
     server.connections[0].sendall(b"#1 OK 7\n")
     assert results.get(timeout=WAIT) == 7
     thread.join(WAIT)
-    assert client._direct is not None and client._direct._shared == []
-    assert len(client._direct._idle) == 1
+    assert client._direct is not None and client._direct._pool._shared == []
+    assert len(client._direct._pool._idle) == 1
     client.close()
 
 
@@ -728,11 +728,11 @@ def test_fork_forgets_shared_connections(
     # have, may poll a descriptor number the child reuses until then.
     thread, results = _in_thread(lambda: client.call("sleep", 1, timeout=1))
     assert server.next_line()[0] == 1
-    inherited = path._shared[0]
-    monkeypatch.setattr("callnet.blocking._direct.os.getpid", lambda: path._pid + 1)
+    inherited = path._pool._shared[0]
+    monkeypatch.setattr("callnet.blocking._pool.os.getpid", lambda: path._pool._pid + 1)
     assert client.call("add", 2, 2) == 4
     assert server.next_line() == (2, b"#1 +timeout=5.0 add 2 2")
-    assert inherited.connection.closed and inherited not in path._shared
+    assert inherited.connection.closed and inherited not in path._pool._shared
     assert isinstance(results.get(timeout=WAIT), UnavailableError | DeadlineExceededError)
     thread.join(WAIT)
     client.close()

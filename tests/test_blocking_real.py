@@ -308,7 +308,7 @@ def test_threads_sharing_a_connection_keep_every_promise(node: str, tmp_path: Pa
             for thread in threads:
                 thread.join(20)
             seen["alive"] = sum(thread.is_alive() for thread in threads)
-            seen["connections"] = len(client._direct._shared)
+            seen["connections"] = len(client._direct._pool._shared)
             _thread.interrupt_main()
 
         helper = threading.Thread(target=script)
@@ -320,7 +320,7 @@ def test_threads_sharing_a_connection_keep_every_promise(node: str, tmp_path: Pa
             what = "interrupted"
         helper.join(20)
         after = client.call("add", 1, 1)
-        report(what=what, wrong=wrong, after=after, idle=len(client._direct._idle),
+        report(what=what, wrong=wrong, after=after, idle=len(client._direct._pool._idle),
                in_flight=until(lambda: sleeps_in_flight() == 0), **seen)
         """,
         tmp_path,
@@ -647,7 +647,7 @@ def test_forked_children_get_fresh_connections(node: str, tmp_path: Path) -> Non
         """
         client = BlockingClient(ADDRESS, timeout=10)
         assert client.call("add", 1, 2) == 3   # the parent's connection is open
-        parent_ports = {c.sock.getsockname()[1] for c in client._direct._idle}
+        parent_ports = {c.sock.getsockname()[1] for c in client._direct._pool._idle}
         workers = []
         for k in range(4):
             pid = os.fork()
@@ -659,7 +659,7 @@ def test_forked_children_get_fresh_connections(node: str, tmp_path: Path) -> Non
                         if client.call("add", k, i * 10) != k + i * 10:
                             code = 1
                             break
-                    ports = {c.sock.getsockname()[1] for c in client._direct._idle}
+                    ports = {c.sock.getsockname()[1] for c in client._direct._pool._idle}
                     if not ports or ports & parent_ports:
                         code = 2
                 except BaseException:
@@ -670,7 +670,7 @@ def test_forked_children_get_fresh_connections(node: str, tmp_path: Path) -> Non
         parent_wrong = sum(client.call("add", 100, i) != 100 + i for i in range(300))
         codes = [os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]) for pid in workers]
         report(codes=codes, parent_wrong=parent_wrong,
-               parent_same=parent_ports == {c.sock.getsockname()[1] for c in client._direct._idle})
+               parent_same=parent_ports == {c.sock.getsockname()[1] for c in client._direct._pool._idle})
         """,
         tmp_path,
         "direct",

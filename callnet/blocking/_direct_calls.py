@@ -2,8 +2,10 @@
 What a call on the plain-socket path hands its caller: L{DirectStream}, a
 stream read in the calling thread, and L{DirectCallHandle}, the handle of a
 C{call_async()} call run in one of the client's async threads
-(L{AsyncThreads}).  Both reach back to their L{callnet.blocking._direct.DirectPath}
-only through the small L{Path} protocol, so this module does not import it.
+(L{AsyncThreads}).  A stream gives its connection back to the
+L{ConnectionPool} it came from; a handle reaches back to its
+L{callnet.blocking._direct.DirectPath} only through the small L{Path}
+protocol, so this module does not import it.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from twisted.logger import Logger
 
 from callnet.blocking._connection import CANCEL_WRITE_TIMEOUT, Connection, _LostError
 from callnet.blocking._handle import CallHandle
+from callnet.blocking._pool import ConnectionPool
 from callnet.blocking._stream import BlockingStream
 from callnet.blocking._wait import INTERRUPT_CHECK_INTERVAL, _Done, refuse_reactor_thread
 from callnet.errors import (
@@ -39,19 +42,9 @@ log = Logger()
 
 
 class Path(Protocol):
-    """What a stream and a handle need of the path that made them."""
-
-    closed: bool
+    """What a handle needs of the path that made it."""
 
     def monotonic(self) -> float: ...
-
-    def _give_back(self, connection: Connection) -> None: ...
-
-    def _drop(self, connection: Connection) -> None: ...
-
-    def _closed_error(self, what: str, outcome: Outcome) -> UnavailableError: ...
-
-    def _lost_error(self, what: str, why: str, outcome: Outcome) -> UnavailableError: ...
 
     def _forget(self, handle: DirectCallHandle) -> None: ...
 
@@ -106,7 +99,7 @@ class DirectStream(BlockingStream):
 
     def __init__(
         self,
-        path: Path,
+        pool: ConnectionPool,
         connection: Connection,
         tag: str,
         procedure: str,
@@ -115,7 +108,7 @@ class DirectStream(BlockingStream):
         deadline: float,
     ) -> None:
         super().__init__(procedure, window)
-        self._path = path
+        self._pool = pool
         self._connection: Connection | None = connection
         self._tag = tag
         self.timeout = timeout
@@ -124,7 +117,7 @@ class DirectStream(BlockingStream):
     def _next(self) -> Any:
         connection = self._connection
         assert connection is not None
-        path = self._path
+        pool = self._pool
         try:
             event = connection.read_reply(
                 self._tag,
@@ -140,7 +133,7 @@ class DirectStream(BlockingStream):
                 return event.value
         except TimeoutError:
             connection.cancel(self._tag, CANCEL_WRITE_TIMEOUT)
-            self._release(path._give_back)
+            self._release(pool.give_back)
             return self._ended(
                 error=DeadlineExceededError(
                     f"the stream of {self.procedure} did not end within {self.timeout:g}s",
@@ -148,18 +141,18 @@ class DirectStream(BlockingStream):
                 )
             )
         except (_LostError, OSError) as e:
-            self._release(path._drop)
-            lost = path._lost_error(self.procedure, str(e), Outcome.MAY_HAVE_RUN)
+            self._release(pool.drop)
+            lost = pool.lost_error(self.procedure, str(e), Outcome.MAY_HAVE_RUN)
             return self._ended(error=lost)
         except BaseException:
             # Ctrl-C: cancel on the node; what was half read cannot be trusted.
             connection.cancel(self._tag, CANCEL_WRITE_TIMEOUT)
             self._done = True
-            self._release(path._drop)
+            self._release(pool.drop)
             raise
-        self._release(path._give_back)
-        if path.closed:
-            return self._ended(error=path._closed_error(self.procedure, Outcome.MAY_HAVE_RUN))
+        self._release(pool.give_back)
+        if pool.closed:
+            return self._ended(error=pool.closed_error(self.procedure, Outcome.MAY_HAVE_RUN))
         if type(event) is Success:
             return self._ended(value=event.value)
         return self._ended(error=event.error)
@@ -179,7 +172,7 @@ class DirectStream(BlockingStream):
         # error, all under a tag never used again: the next call on this
         # connection reads past them.
         connection.cancel(self._tag, CANCEL_WRITE_TIMEOUT)
-        self._release(self._path._give_back)
+        self._release(self._pool.give_back)
 
 
 class DirectCallHandle(CallHandle):
