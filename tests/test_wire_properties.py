@@ -65,7 +65,8 @@ json_values = st.recursive(
 
 
 def _not_reserved(word: str) -> bool:
-    return word.lower() not in RESERVED_NAMES and word.upper() not in COMMANDS
+    name = word.partition("@")[0]  # OK@node is as reserved as OK
+    return name.lower() not in RESERVED_NAMES and name.upper() not in COMMANDS
 
 
 procedures = st.from_regex(
