@@ -26,24 +26,34 @@ pytestmark = pytest.mark.skipif(
 
 #: A module of producers the node serves: their ends are counted, to be asked.
 PRODUCERS = '''
-import time
+from twisted.internet.defer import Deferred
 
 from callnet import procedure
 from callnet.context import CallContext
 
 ENDED = []
+#: The steps of build calls that wait for next_step().
+STEPS = []
 
 
 @procedure
-def rows(n: int, pause: float = 0):
+def rows(n: int):
     """Yield n items from a worker thread, counting the generator's end."""
     try:
-        for i in range(n):
-            if pause:
-                time.sleep(pause)
-            yield i
+        yield from range(n)
     finally:
         ENDED.append("rows")
+
+
+@procedure(run="reactor")
+async def stalls(n: int):
+    """Yield n items, then wait in the reactor until the call ends; count the end."""
+    try:
+        for i in range(n):
+            yield i
+        await Deferred()
+    finally:
+        ENDED.append("stalls")
 
 
 @procedure
@@ -52,13 +62,28 @@ def ended() -> int:
     return len(ENDED)
 
 
-@procedure
-def build(steps: int, context: CallContext) -> str:
-    """Take 0.3 s a step, reporting each."""
-    for step in range(1, steps + 1):
-        time.sleep(0.3)
-        context.progress(step, steps, f"step {step}")
+@procedure(run="reactor")
+async def build(steps: int, context: CallContext) -> str:
+    """
+    Report each step, and then end, once its caller says next_step(): so
+    no report is replaced by a newer one, or dropped by the call's end.
+    """
+    for step in range(1, steps + 2):
+        gate = Deferred()
+        STEPS.append(gate)
+        await gate
+        if step <= steps:
+            context.progress(step, steps, f"step {step}")
     return "built"
+
+
+@procedure(run="reactor")
+def next_step() -> bool:
+    """Let the waiting build report its next step."""
+    if not STEPS:
+        return False
+    STEPS.pop(0).callback(None)
+    return True
 '''
 
 
@@ -154,14 +179,14 @@ def test_deadline_mid_stream(node: str, tmp_path: Path, transport: str) -> None:
             seen = []
             start = time.monotonic()
             try:
-                with client.stream("rows", 50, 0.1, timeout=0.55) as items:
+                with client.stream("stalls", 3, timeout=0.55) as items:
                     for item in items:
                         seen.append(item)
             except DeadlineExceededError as e:
                 error = [e.outcome.value, time.monotonic() - start]
             report(
                 error=error,
-                some=0 < len(seen) < 50,
+                seen=seen,
                 closed=until(lambda: client.call("ended") == before + 1),
             )
         """,
@@ -170,7 +195,7 @@ def test_deadline_mid_stream(node: str, tmp_path: Path, transport: str) -> None:
     )
     assert out["error"][0] == "ran"
     assert out["error"][1] < 2
-    assert out["some"] is True
+    assert out["seen"] == [0, 1, 2]
     assert out["closed"] is True
 
 
@@ -181,7 +206,7 @@ def test_ctrl_c_cancels(node: str, tmp_path: Path, transport: str) -> None:
         """
         client = BlockingClient(ADDRESS, timeout=60)
         before = client.call("ended")
-        items = client.stream("rows", 1000, 0.5)
+        items = client.stream("stalls", 1)
         first = next(items)
         threading.Timer(0.2, _thread.interrupt_main).start()
         try:
@@ -210,10 +235,19 @@ def test_progress_on_the_handle(node: str, tmp_path: Path, transport: str) -> No
         """
         with BlockingClient(ADDRESS, timeout=10) as client:
             reports = []
+            came = threading.Event()
+
+            def on_report(r):
+                reports.append([r.done, r.total, r.message, handle.done()])
+                came.set()
+
             handle = client.call_async("build", 3)
-            handle.add_progress_callback(
-                lambda r: reports.append([r.done, r.total, r.message, handle.done()])
-            )
+            handle.add_progress_callback(on_report)
+            for _ in range(3):
+                came.clear()
+                until(lambda: client.call("next_step"))  # once build waits for it
+                came.wait(10)
+            until(lambda: client.call("next_step"))  # and now it may end
             report(result=handle.result(), reports=reports)
         """,
         tmp_path,
@@ -252,8 +286,27 @@ def test_async_client(node: str, tmp_path: Path) -> None:
                 await task.deferLater(reactor, 0.05)
             out["closed"] = await client.call("ended") == before + 1
             reports = []
-            out["built"] = await client.with_progress(reports.append).call("build", 2)
-            out["reports"] = [report.done for report in reports]
+            came = [defer.Deferred()]
+
+            def on_report(report):
+                reports.append(report.done)
+                came[0], fired = defer.Deferred(), came[0]
+                fired.callback(None)
+
+            building = client.with_progress(on_report).call("build", 2)
+            for _ in range(2):
+                report_came = came[0]
+                for _ in range(500):  # until build waits for it, a bounded poll
+                    if await client.call("next_step"):
+                        break
+                    await task.deferLater(reactor, 0.01)
+                await report_came
+            for _ in range(500):  # and now it may end
+                if await client.call("next_step"):
+                    break
+                await task.deferLater(reactor, 0.01)
+            out["built"] = await building
+            out["reports"] = reports
             client.close()
             print(json.dumps(out))
 
