@@ -22,7 +22,7 @@ import weakref
 from collections.abc import Callable
 from typing import Any
 
-from callnet.blocking import _exchange
+import callnet.blocking._exchange as _exchange
 from callnet.blocking._address import Address
 from callnet.blocking._direct_calls import AsyncThreads, DirectCallHandle, DirectStream
 from callnet.blocking._opening import Opener
