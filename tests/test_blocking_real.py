@@ -19,6 +19,7 @@ import subprocess
 import sys
 import textwrap
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -86,10 +87,12 @@ def free_port() -> int:
         return port
 
 
-@pytest.fixture(scope="module")
-def node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """A running node with the built-in procedures; its client endpoint string."""
-    directory = tmp_path_factory.mktemp("node")
+@contextmanager
+def served_node(directory: Path, *options: str) -> Iterator[str]:
+    """
+    A C{twistd callnet} node started in C{directory} with C{options}, for as
+    long as the block runs; yields its client endpoint string.
+    """
     port = free_port()
     env = {key: value for key, value in os.environ.items() if key != "PYTHONPATH"}
     with open(directory / "node.log", "wb") as log:
@@ -101,6 +104,7 @@ def node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
                 "callnet",
                 "--listen",
                 f"tcp:{port}:interface=127.0.0.1",
+                *options,
             ],
             cwd=directory,
             env=env,
@@ -117,6 +121,13 @@ def node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
             except subprocess.TimeoutExpired:
                 process.kill()
                 process.wait(10)
+
+
+@pytest.fixture(scope="module")
+def node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A running node with the built-in procedures; its client endpoint string."""
+    with served_node(tmp_path_factory.mktemp("node")) as endpoint:
+        yield endpoint
 
 
 def wait_for_listener(process: subprocess.Popen[bytes], port: int, log: Path) -> None:

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from .test_blocking_real import SCRIPT_TIMEOUT, TWISTD, free_port, run_script, wait_for_listener
+from .test_blocking_real import SCRIPT_TIMEOUT, TWISTD, run_script, served_node
 
 pytestmark = pytest.mark.skipif(
     not TWISTD.exists(),
@@ -92,35 +92,8 @@ def node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """A running node with the built-ins and the producers; its client endpoint string."""
     directory = tmp_path_factory.mktemp("producers")
     (directory / "producers.py").write_text(PRODUCERS)
-    port = free_port()
-    env = {key: value for key, value in os.environ.items() if key != "PYTHONPATH"}
-    with open(directory / "node.log", "wb") as log:
-        process = subprocess.Popen(
-            [
-                str(TWISTD),
-                "-n",
-                "--pidfile=",
-                "callnet",
-                "--listen",
-                f"tcp:{port}:interface=127.0.0.1",
-                "--service",
-                "producers",
-            ],
-            cwd=directory,
-            env=env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
-        try:
-            wait_for_listener(process, port, directory / "node.log")
-            yield f"tcp:127.0.0.1:{port}"
-        finally:
-            process.terminate()
-            try:
-                process.wait(10)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait(10)
+    with served_node(directory, "--service", "producers") as endpoint:
+        yield endpoint
 
 
 @pytest.fixture(params=["direct", "reactor"])
