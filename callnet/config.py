@@ -260,6 +260,14 @@ class ClusterSettings:
         records' TTL: a record cached for a day still leaves a new node found
         within a minute.""",
     )
+    discover_max_peers: int = setting(
+        64,
+        checks.whole(1),
+        """Peers DNS may give a node: past it the rest of the records are left out
+        (and said so in the log).  A full mesh stops being reasonable at a few
+        tens of nodes, and a wrong or hostile answer of thousands of records
+        must not make a node dial thousands of addresses.""",
+    )
     discover_nameservers: tuple[str, ...] = setting(
         (),
         checks.nameservers,

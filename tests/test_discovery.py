@@ -286,6 +286,57 @@ class DnsSourceTests(SynchronousTestCase):
         self.assertIsNone(dns_source(ClusterSettings(), Clock(), FakeResolver()))
 
 
+class MaxPeersTests(SynchronousTestCase):
+    """An answer naming more peers than discover_max_peers gives only that many."""
+
+    def test_srv_answer_past_the_limit(self) -> None:
+        """
+        Of 10 SRV targets, the first 3 by name are followed and only theirs
+        are looked up; the log says how many were left out, once.
+        """
+        resolver, clock = FakeResolver(), Clock()
+        targets = [f"n{i}.callnet.test" for i in range(10)]
+        resolver.set(SRV_NAME, dns.SRV, [srv(target, 7600) for target in reversed(targets)])
+        for i, target in enumerate(targets):
+            resolver.set(target, dns.A, [a(target, f"10.0.0.{i}")])
+        found = Recorder(self)
+        peers = DnsPeers(f"dns-srv:{SRV_NAME}", resolver, clock, 5.0, 60.0, max_peers=3)
+        peers.start(found)
+        self.assertEqual(
+            found.found, [endpoints(("10.0.0.0", 7600), ("10.0.0.1", 7600), ("10.0.0.2", 7600))]
+        )
+        asked = {name for name, kind in resolver.asked if kind == dns.A}
+        self.assertEqual(asked, set(targets[:3]))
+        self.assertEqual(peers.left_out, 7)
+        [warning] = found.logged("discover_max_peers")
+        self.assertEqual((warning["total"], warning["kept"], warning["left_out"]), (10, 3, 7))
+        clock.advance(30)
+        self.assertEqual(len(found.logged("discover_max_peers")), 1)
+        self.assertEqual(len(found.found), 1)
+
+    def test_address_answer_past_the_limit(self) -> None:
+        """dns-a keeps the first addresses in order, the same on every node, and says so."""
+        resolver, clock = FakeResolver(), Clock()
+        resolver.set(A_NAME, dns.A, [a(A_NAME, f"10.0.0.{i}") for i in (5, 1, 4, 2, 3)])
+        found = Recorder(self)
+        peers = DnsPeers(f"dns-a:{A_NAME}:7600", resolver, clock, 5.0, 60.0, max_peers=2)
+        peers.start(found)
+        self.assertEqual(found.found, [endpoints(("10.0.0.1", 7600), ("10.0.0.2", 7600))])
+        self.assertEqual(peers.left_out, 3)
+        self.assertEqual(len(found.logged("discover_max_peers")), 1)
+
+    def test_the_setting_reaches_the_source(self) -> None:
+        """dns_source passes [cluster] discover_max_peers to the source it makes."""
+        resolver, clock = FakeResolver(), Clock()
+        resolver.set(A_NAME, dns.A, [a(A_NAME, f"10.0.0.{i}") for i in range(5)])
+        settings = ClusterSettings(discover=f"dns-a:{A_NAME}:7600", discover_max_peers=4)
+        peers = dns_source(settings, clock, resolver)
+        assert peers is not None
+        found = Recorder(self)
+        peers.start(found)
+        self.assertEqual(len(found.found[0]), 4)
+
+
 class DiscoverSettingTests(SynchronousTestCase):
     """The discover string and its bounds, checked when the config is read."""
 

@@ -134,8 +134,10 @@ class DnsPeers:
         clock: Clock,
         min_interval: float,
         max_interval: float,
+        max_peers: int = 64,
     ) -> None:
         self.target = target
+        self._max_peers = max_peers
         self._scheme, self._name, self._port = discover_target(target)
         self._resolver = resolver
         self._clock = clock
@@ -150,6 +152,8 @@ class DnsPeers:
         self.failures = 0
         #: Seconds until the next lookup, as last decided.
         self.next_in: float | None = None
+        #: How many peers the last answer named beyond C{max_peers}.
+        self.left_out = 0
 
     def start(self, found: Callable[[frozenset[PeerEntry]], None]) -> None:
         self._found = found
@@ -172,22 +176,36 @@ class DnsPeers:
         self._lookup = lookup
         lookup.addCallbacks(self._answered, self._failed)
 
-    async def _resolve(self) -> tuple[frozenset[PeerEntry], float]:
-        """The peers the records name, and the shortest TTL among those records."""
+    async def _resolve(self) -> tuple[frozenset[PeerEntry], float, int]:
+        """
+        The peers the records name, at most C{max_peers} of them (the first in
+        order of address, so that every node keeps the same ones), the shortest
+        TTL among those records, and how many were left out.
+        """
+        unasked = 0
         if self._scheme == "dns-srv":
-            return await self._resolve_srv()
-        assert self._port is not None
-        addresses, ttl = await self._addresses(self._name)
-        return frozenset(address_endpoint(host, self._port) for host in addresses), ttl
+            entries, ttl, unasked = await self._resolve_srv()
+        else:
+            assert self._port is not None
+            addresses, ttl = await self._addresses(self._name)
+            entries = frozenset(address_endpoint(host, self._port) for host in addresses)
+        kept = sorted(entries)[: self._max_peers]
+        return frozenset(kept), ttl, len(entries) - len(kept) + unasked
 
-    async def _resolve_srv(self) -> tuple[frozenset[PeerEntry], float]:
+    async def _resolve_srv(self) -> tuple[frozenset[PeerEntry], float, int]:
+        """The peers, the TTL, and how many SRV targets were left unasked."""
         try:
             answers, _, additional = await self._resolver.lookupService(self._name)
         except DNSNameError:
-            return frozenset(), self._max
-        services = [
-            record for record in answers if record.type == dns.SRV and record.payload.port > 0
-        ]
+            return frozenset(), self._max, 0
+        services = sorted(
+            (record for record in answers if record.type == dns.SRV and record.payload.port > 0),
+            key=lambda record: (record.payload.target.name, record.payload.port),
+        )
+        # Each target left gives at least one peer: those past max_peers
+        # would be left out anyway, so their addresses are not asked for.
+        unasked = max(len(services) - self._max_peers, 0)
+        services = services[: self._max_peers]
         ttl = min((record.ttl for record in services), default=self._max)
         # Servers usually send the targets' addresses along (Kubernetes and
         # Consul do); those they leave out are asked for.
@@ -208,7 +226,7 @@ class DnsPeers:
                 hosts, host_ttl = await self._addresses(target)
                 ttl = min(ttl, host_ttl)
             entries.update(address_endpoint(host, record.payload.port) for host in hosts)
-        return frozenset(entries), ttl
+        return frozenset(entries), ttl, unasked
 
     async def _addresses(self, name: str) -> tuple[set[str], float]:
         """The A and AAAA records of C{name}; none if the name does not exist."""
@@ -229,9 +247,20 @@ class DnsPeers:
                 ttl = min(ttl, record.ttl)
         return hosts, ttl
 
-    def _answered(self, result: tuple[frozenset[PeerEntry], float]) -> None:
+    def _answered(self, result: tuple[frozenset[PeerEntry], float, int]) -> None:
         self._lookup = None
-        entries, ttl = result
+        entries, ttl, left_out = result
+        if left_out != self.left_out:
+            self.left_out = left_out
+            if left_out:
+                log.warn(
+                    "DNS names {total} peers for {target}: following {kept}, leaving out"
+                    " {left_out} ([cluster] discover_max_peers)",
+                    total=len(entries) + left_out,
+                    target=self.target,
+                    kept=len(entries),
+                    left_out=left_out,
+                )
         if not entries and self.known:
             # No records where there were some: a service being recreated, a
             # DNS server that lost its zone.  The peers known stay (those
@@ -363,4 +392,5 @@ def dns_source(
         reactor,
         settings.discover_min_interval,
         settings.discover_max_interval,
+        settings.discover_max_peers,
     )
