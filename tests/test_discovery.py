@@ -6,6 +6,8 @@ with nodes joined in memory.
 
 from __future__ import annotations
 
+import shutil
+import tempfile
 from collections.abc import Iterable
 from typing import Any
 
@@ -103,6 +105,11 @@ def endpoints(*hosts_ports: tuple[str, int]) -> frozenset[PeerEntry]:
     return frozenset(address_endpoint(host, port) for host, port in hosts_ports)
 
 
+def srv_endpoints(*found: tuple[str, int, str]) -> frozenset[PeerEntry]:
+    """Entries from SRV records: address, port, and the target that gave them."""
+    return frozenset(address_endpoint(host, port, target) for host, port, target in found)
+
+
 class Recorder:
     """Collects what a source reports, and the log events of a test."""
 
@@ -138,7 +145,14 @@ class DnsSourceTests(SynchronousTestCase):
         found = Recorder(self)
         peers = source(resolver, clock)
         peers.start(found)
-        self.assertEqual(found.found, [endpoints(("10.0.0.1", 7601), ("10.0.0.2", 7602))])
+        self.assertEqual(
+            found.found,
+            [
+                srv_endpoints(
+                    ("10.0.0.1", 7601, "n1.callnet.test"), ("10.0.0.2", 7602, "n2.callnet.test")
+                )
+            ],
+        )
         self.assertEqual(resolver.asked, [(SRV_NAME, dns.SRV)])
         peers.stop()
         self.assertEqual(clock.getDelayedCalls(), [])
@@ -151,7 +165,14 @@ class DnsSourceTests(SynchronousTestCase):
         resolver.set("n1.callnet.test", dns.AAAA, [aaaa("n1.callnet.test", "fd00::1")])
         found = Recorder(self)
         source(resolver, clock).start(found)
-        self.assertEqual(found.found, [endpoints(("10.0.0.1", 7601), ("fd00::1", 7601))])
+        self.assertEqual(
+            found.found,
+            [
+                srv_endpoints(
+                    ("10.0.0.1", 7601, "n1.callnet.test"), ("fd00::1", 7601, "n1.callnet.test")
+                )
+            ],
+        )
 
     def test_a_records_share_one_port(self) -> None:
         """dns-a gives every A and AAAA address of the name, on the port the string names."""
@@ -303,7 +324,8 @@ class MaxPeersTests(SynchronousTestCase):
         peers = DnsPeers(f"dns-srv:{SRV_NAME}", resolver, clock, 5.0, 60.0, max_peers=3)
         peers.start(found)
         self.assertEqual(
-            found.found, [endpoints(("10.0.0.0", 7600), ("10.0.0.1", 7600), ("10.0.0.2", 7600))]
+            found.found,
+            [srv_endpoints(*[(f"10.0.0.{i}", 7600, targets[i]) for i in range(3)])],
         )
         asked = {name for name, kind in resolver.asked if kind == dns.A}
         self.assertEqual(asked, set(targets[:3]))
@@ -683,8 +705,53 @@ class DiscoveredClusterTests(SynchronousTestCase):
             MemoryReactor(),
             InlineThreadPool(),
         )
-        self.assertIn("discover with TLS links to peers is not supported yet", str(error))
+        self.assertIn("with TLS links to peers, use dns-srv", str(error))
         self.assertNotIn("\n", str(error))
+
+    def test_discovery_over_tls_links(self) -> None:
+        """
+        With TLS links, discovery reads SRV records and needs the cluster
+        token (one line each if not); then a discovered peer is dialled over
+        TLS, its certificate checked against the host its SRV record names.
+        """
+        from callnet.tls import make_ca, make_node_certificate
+
+        folder = tempfile.mkdtemp(prefix="callnet-test-")
+        self.addCleanup(shutil.rmtree, folder, True)
+        make_ca(folder)
+        make_node_certificate(folder, "x")
+        tls = {
+            "cert": f"{folder}/x.pem",
+            "key": f"{folder}/x.key",
+            "ca": f"{folder}/ca.pem",
+        }
+        srv_config = merge(NodeConfig(name="x"), {"discover": f"dns-srv:{SRV_NAME}", **tls})
+        error = self.assertRaises(
+            ConfigError, build_node, srv_config, MemoryReactor(), InlineThreadPool()
+        )
+        self.assertIn("needs [security] cluster_token", str(error))
+        self.assertNotIn("\n", str(error))
+
+        resolver = FakeResolver()
+        resolver.set(
+            SRV_NAME,
+            dns.SRV,
+            [srv("n1.callnet.test", 7601)],
+            [a("n1.callnet.test", "10.0.0.1")],
+        )
+        parts = build_node(
+            merge(srv_config, {"cluster_token": "a-token-of-sixteen-or-more"}),
+            MemoryReactor(),
+            InlineThreadPool(),  # type: ignore[arg-type]
+            discovery=lambda s: dns_source(s, Clock(), resolver),
+        )
+        cluster = parts.cluster
+        assert cluster is not None
+        cluster.startService()
+        self.addCleanup(cluster.stopService)
+        [peer] = cluster.peers
+        self.assertTrue(peer.tls)
+        self.assertEqual(peer.configured, "tcp:host=10.0.0.1:port=7601")
 
 
 class NodeReloadTests(SynchronousTestCase):
@@ -761,7 +828,7 @@ class FailureWordingTests(SynchronousTestCase):
         peers.start(found)
         resolver.set(SRV_NAME, dns.SRV, DNSNameError(SRV_NAME))
         clock.advance(30)
-        self.assertEqual(found.found, [endpoints(("10.0.0.1", 7601))])
+        self.assertEqual(found.found, [srv_endpoints(("10.0.0.1", 7601, "n1.callnet.test"))])
         self.assertEqual(len(found.logged("DNS has no records")), 1)
 
 

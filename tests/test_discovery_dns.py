@@ -8,6 +8,7 @@ within one TTL.
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -150,27 +151,49 @@ def srv_records(nodes: Mapping[str, tuple[str, int]]) -> dict[str, list[Any]]:
     return records
 
 
-def node_config(name: str, host: str, port: int, discover: str, dns_port: int) -> str:
+def node_config(
+    name: str, host: str, port: int, discover: str, dns_port: int, tls_port: int | None = None
+) -> str:
+    """
+    A node listening on C{port} in plain text (what the test reads STATS
+    from); with C{tls_port}, also on a TLS listener there, with its
+    certificate C{certs/NAME.pem}, its links to peers mutual TLS.
+    """
     fast = "\n".join(f"{key} = {value}" for key, value in FAST.items())
+    listen = [f"tcp:{port}:interface={host}"]
+    tls = ""
+    if tls_port is not None:
+        listen.insert(0, f"tls:{tls_port}:interface={host}")
+        tls = (
+            f'\n[tls]\ncert = "certs/{name}.pem"\nkey = "certs/{name}.key"\n'
+            'ca = "certs/ca.pem"\nrequire_client_certificate = true\n'
+        )
     return (
-        f'[node]\nname = "{name}"\nlisten = ["tcp:{port}:interface={host}"]\n\n'
+        f'[node]\nname = "{name}"\nlisten = {json.dumps(listen)}\n\n'
         f'[cluster]\ndiscover = "{discover}"\n'
         f'discover_nameservers = ["127.0.0.1:{dns_port}"]\n{fast}\n\n'
-        f'[security]\ncluster_token = "{TOKEN}"\n'
+        f'[security]\ncluster_token = "{TOKEN}"\n{tls}'
     )
 
 
 @contextmanager
 def nodes_running(
-    tmp_path: Path, places: Mapping[str, tuple[str, int]], discover: str, dns_port: int
+    tmp_path: Path,
+    places: Mapping[str, tuple[str, int]],
+    discover: str,
+    dns_port: int,
+    tls_ports: Mapping[str, int] | None = None,
 ) -> Iterator[dict[str, Node]]:
-    """Real nodes at these places (name -> host, port), finding peers through C{discover}."""
+    """
+    Real nodes at these places (name -> host, port), finding peers through
+    C{discover}; with C{tls_ports}, each also on a TLS listener (see L{node_config}).
+    """
     require_twistd()
     nodes: dict[str, Node] = {}
     try:
         for name, (host, port) in places.items():
             (tmp_path / f"{name}.toml").write_text(
-                node_config(name, host, port, discover, dns_port)
+                node_config(name, host, port, discover, dns_port, (tls_ports or {}).get(name))
             )
             nodes[name] = start_node(
                 [str(TWISTD), "-n", "--pidfile=", "callnet", "--config", f"{name}.toml"],
@@ -276,6 +299,46 @@ def test_nodes_follow_a_records(tmp_path: Path, dns_server: DnsServer) -> None:
             took = wait_for(a, {"c": "up"}, 15, "a drops b")
             assert took <= TTL + SLACK, f"b was dropped after {took:.2f}s"
             reply = a.request("add@c 1 2")
+            assert reply == "OK 3", reply
+        finally:
+            a.close()
+
+
+def test_nodes_over_tls_check_the_srv_target(tmp_path: Path, dns_server: DnsServer) -> None:
+    """
+    Over TLS links, a discovered peer's certificate must name the host its
+    SRV record gives: a and b, whose certificates do, link up and forward;
+    m, whose certificate names only "m", is refused by both at the TLS
+    handshake (before the cluster token is sent), and they say why.
+    """
+    from callnet.tls import make_ca, make_node_certificate
+
+    certs = tmp_path / "certs"
+    make_ca(certs)
+    for name in ("a", "b"):
+        make_node_certificate(certs, name, dns=[f"{name}.{ZONE}"])
+    make_node_certificate(certs, "m")
+    names = ("a", "b", "m")
+    tls_ports = {name: free_port() for name in names}
+    places = {name: ("127.0.0.1", free_port()) for name in names}
+    dns_server.serve(srv_records({name: ("127.0.0.1", tls_ports[name]) for name in names}))
+    with nodes_running(
+        tmp_path, places, f"dns-srv:{SERVICE}", dns_server.port, tls_ports
+    ) as nodes:
+        a = authed(nodes["a"])
+        try:
+            refused = f"the certificate names m, not m.{ZONE}"
+            wait_until(
+                lambda: peer_states(a).get("b") == "up" and refused in nodes["a"].output(),
+                15,
+                "a links to b over TLS and refuses m",
+            )
+            wait_until(lambda: refused in nodes["b"].output(), 15, "b refuses m")
+            assert "m" not in peer_states(a)
+            assert f"refusing peer m.{ZONE} at tcp:host=127.0.0.1:port={tls_ports['m']}" in (
+                nodes["a"].output()
+            )
+            reply = a.request("add@b 1 2")
             assert reply == "OK 3", reply
         finally:
             a.close()

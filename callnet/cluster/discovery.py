@@ -75,6 +75,9 @@ class PeerEntry:
     name: str | None = None
     #: How to show it until its name is known: C{HOST:PORT}.
     address: str = ""
+    #: The DNS name an SRV record gives as its target, which a TLS link
+    #: checks the peer's certificate against; C{None} from A records.
+    host: str | None = None
 
 
 class PeerSource(Protocol):
@@ -101,12 +104,15 @@ class StaticPeers:
         pass
 
 
-def address_endpoint(host: str, port: int) -> PeerEntry:
-    """The entry of an unnamed peer at an IP address and port."""
+def address_endpoint(host: str, port: int, target: str | None = None) -> PeerEntry:
+    """
+    The entry of an unnamed peer at an IP address and port; C{target} is
+    the SRV record's host name that gave it, if one did.
+    """
     if ipaddress.ip_address(host).version == 6:
         escaped = host.replace(":", "\\:")
-        return PeerEntry(f"tcp:host={escaped}:port={port}", None, f"[{host}]:{port}")
-    return PeerEntry(f"tcp:host={host}:port={port}", None, f"{host}:{port}")
+        return PeerEntry(f"tcp:host={escaped}:port={port}", None, f"[{host}]:{port}", target)
+    return PeerEntry(f"tcp:host={host}:port={port}", None, f"{host}:{port}", target)
 
 
 class _Resolver(Protocol):
@@ -225,7 +231,9 @@ class DnsPeers:
             if hosts is None:
                 hosts, host_ttl = await self._addresses(target)
                 ttl = min(ttl, host_ttl)
-            entries.update(address_endpoint(host, record.payload.port) for host in hosts)
+            entries.update(
+                address_endpoint(host, record.payload.port, target.rstrip(".")) for host in hosts
+            )
         return frozenset(entries), ttl, unasked
 
     async def _addresses(self, name: str) -> tuple[set[str], float]:
