@@ -7,7 +7,10 @@ schema accepts, finding its peers through the headless Service's SRV name.
 
 from __future__ import annotations
 
+import json
+import os
 import re
+import subprocess
 import tomllib
 from pathlib import Path
 from typing import Any
@@ -18,6 +21,7 @@ from twisted.trial.unittest import SynchronousTestCase
 from callnet.config import NodeConfig
 from callnet.config_checks import discover_target
 from callnet.config_load import parse_config
+from tests.daemon import TWISTD, free_port, require_twistd, start_node, wait_until_listening
 
 HERE = Path(__file__).resolve().parent.parent / "etc" / "kubernetes"
 
@@ -125,3 +129,73 @@ class KubernetesExampleTests(SynchronousTestCase):
         )
         self.assertIn(f"{mounts['config']}/callnet.toml", script)
         self.assertIn(f"{mounts['token']}/cluster_token", script)
+
+
+def test_the_container_runs_and_answers_its_probes(tmp_path: Path) -> None:
+    """
+    The container's own script, run here with its paths and port moved into
+    the test's directory: it builds the config with the Secret's token, the
+    node starts and logs JSON lines, both probes' exact commands succeed
+    against it, and once SIGTERM has stopped it within the pod's grace, the
+    readiness probe fails.
+    """
+    require_twistd()
+    objects = documents()
+    container = objects["StatefulSet"]["spec"]["template"]["spec"]["containers"][0]
+    pod_port = container["ports"][0]["containerPort"]
+    port = free_port()
+    config = objects["ConfigMap"]["data"]["callnet.toml"]
+    config = config.replace(f'"tcp:{pod_port}"', f'"tcp:{port}:interface=127.0.0.1"')
+    # No lookups out of the machine: a name server that refuses at once.
+    config = config.replace("[cluster]\n", '[cluster]\ndiscover_nameservers = ["127.0.0.1:9"]\n')
+    (tmp_path / "callnet.toml").write_text(config)
+    (tmp_path / "cluster_token").write_text(objects["Secret"]["stringData"]["cluster_token"])
+    script = container["args"][0]
+    for pod_path, here in (
+        ("/etc/callnet/callnet.toml", tmp_path / "callnet.toml"),
+        ("/etc/callnet-token/cluster_token", tmp_path / "cluster_token"),
+        ("/tmp/callnet.toml", tmp_path / "built.toml"),
+    ):
+        assert pod_path in script, pod_path
+        script = script.replace(pod_path, str(here))
+    path = f"{TWISTD.parent}{os.pathsep}{os.environ.get('PATH', '')}"
+    node = start_node(
+        [*container["command"], script],
+        "127.0.0.1",
+        port,
+        tmp_path / "node.log",
+        cwd=tmp_path,
+        env={"PATH": path},
+    )
+    environment = {**os.environ, "PATH": path}
+
+    def probe(name: str) -> subprocess.CompletedProcess[str]:
+        command = [
+            part.replace(f":{pod_port}", f":{port}") for part in container[name]["exec"]["command"]
+        ]
+        return subprocess.run(
+            command,
+            capture_output=True,
+            text=True,
+            env=environment,
+            timeout=container[name]["timeoutSeconds"] + 5,
+        )
+
+    try:
+        wait_until_listening(node)
+        assert (tmp_path / "built.toml").stat().st_mode & 0o077 == 0, "the token file is shared"
+        for name in ("readinessProbe", "livenessProbe"):
+            answered = probe(name)
+            assert answered.returncode == 0, (name, answered.stdout, answered.stderr)
+        grace = objects["StatefulSet"]["spec"]["template"]["spec"]["terminationGracePeriodSeconds"]
+        node.terminate(timeout=grace)
+    except BaseException:
+        print(node.output()[-4000:])
+        raise
+    finally:
+        node.kill()
+    lines = [line for line in node.output().splitlines() if line.strip()]
+    events = [json.loads(line) for line in lines]
+    assert any("callnet node " in event.get("log_text", "") for event in events), lines[:5]
+    stopped = probe("readinessProbe")
+    assert stopped.returncode != 0, stopped.stdout
