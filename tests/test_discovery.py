@@ -174,6 +174,20 @@ class DnsSourceTests(SynchronousTestCase):
             ],
         )
 
+    def test_srv_target_root_is_no_peer(self) -> None:
+        """An SRV record whose target is "." (service not offered there) or port 0 is skipped."""
+        resolver, clock = FakeResolver(), Clock()
+        resolver.set(
+            SRV_NAME,
+            dns.SRV,
+            [srv("", 7600), srv("n1.callnet.test", 0), srv("n2.callnet.test", 7602)],
+            [a("n1.callnet.test", "10.0.0.1"), a("n2.callnet.test", "10.0.0.2")],
+        )
+        found = Recorder(self)
+        source(resolver, clock).start(found)
+        self.assertEqual(found.found, [srv_endpoints(("10.0.0.2", 7602, "n2.callnet.test"))])
+        self.assertEqual(resolver.asked, [(SRV_NAME, dns.SRV)])
+
     def test_a_records_share_one_port(self) -> None:
         """dns-a gives every A and AAAA address of the name, on the port the string names."""
         resolver, clock = FakeResolver(), Clock()

@@ -204,8 +204,15 @@ class DnsPeers:
             answers, _, additional = await self._resolver.lookupService(self._name)
         except DNSNameError:
             return frozenset(), self._max, 0
+        # A target of "." says the service is not offered there (RFC 2782).
         services = sorted(
-            (record for record in answers if record.type == dns.SRV and record.payload.port > 0),
+            (
+                record
+                for record in answers
+                if record.type == dns.SRV
+                and record.payload.port > 0
+                and record.payload.target.name.strip(b".")
+            ),
             key=lambda record: (record.payload.target.name, record.payload.port),
         )
         # Each target left gives at least one peer: those past max_peers
