@@ -149,7 +149,9 @@ def test_the_container_runs_and_answers_its_probes(tmp_path: Path) -> None:
     # No lookups out of the machine: a name server that refuses at once.
     config = config.replace("[cluster]\n", '[cluster]\ndiscover_nameservers = ["127.0.0.1:9"]\n')
     (tmp_path / "callnet.toml").write_text(config)
-    (tmp_path / "cluster_token").write_text(objects["Secret"]["stringData"]["cluster_token"])
+    # Any token the Secret may hold reaches the node as it is, quotes and backslashes too.
+    token = 'a "quoted" token \\ with a backslash, 0123456789'
+    (tmp_path / "cluster_token").write_text(token)
     script = container["args"][0]
     for pod_path, here in (
         ("/etc/callnet/callnet.toml", tmp_path / "callnet.toml"),
@@ -183,7 +185,9 @@ def test_the_container_runs_and_answers_its_probes(tmp_path: Path) -> None:
 
     try:
         wait_until_listening(node)
-        assert (tmp_path / "built.toml").stat().st_mode & 0o077 == 0, "the token file is shared"
+        built = tmp_path / "built.toml"
+        assert built.stat().st_mode & 0o077 == 0, "the token file is shared"
+        assert tomllib.loads(built.read_text())["security"]["cluster_token"] == token
         for name in ("readinessProbe", "livenessProbe"):
             answered = probe(name)
             assert answered.returncode == 0, (name, answered.stdout, answered.stderr)
