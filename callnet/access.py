@@ -116,7 +116,11 @@ class AccessPolicy:
 
     def certified(self, name: str) -> Caller:
         """The caller a verified client certificate names: a peer if it names one."""
-        return Caller(name, peer=name in self._peer_names)
+        return Caller(name, peer=self.names_peer(name))
+
+    def names_peer(self, name: str | None) -> bool:
+        """Whether C{name} is one of the peers the config names (C{[peers]})."""
+        return name in self._peer_names
 
     def revoked(self, caller: Caller) -> bool:
         """Whether the token C{caller} authenticated with is no longer in force."""

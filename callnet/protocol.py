@@ -333,8 +333,17 @@ class NodeProtocol(Protocol):
         if len(args) != 1 or not isinstance(args[0], dict):
             return Failure(InvalidArgumentError("usage: HELLO {node info as JSON}"))
         name = str(args[0].get("node", ""))[:128] or None
-        if self.certified is not None and name != self.certified:
-            why = f"this connection's certificate names {self.certified}, not {name}"
+        # A configured peer's name is its certificate's: a certificate that
+        # gives one speaks only as that peer, and none other may take it.  A
+        # peer by the cluster token whose certificate names no configured peer
+        # (found in DNS, its certificate naming its host) gives its own name.
+        certified = self.certified
+        if (
+            certified is not None
+            and name != certified
+            and (access.names_peer(certified) or access.names_peer(name))
+        ):
+            why = f"this connection's certificate names {certified}, not {name}"
             return Failure(PermissionDeniedError(why))
         self.peer_name = name
         self.session.peer = True

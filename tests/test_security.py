@@ -8,6 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from twisted.trial.unittest import SynchronousTestCase
 
+from callnet.access import AccessPolicy
 from callnet.config import Limits, Security
 from callnet.errors import (
     Outcome,
@@ -152,6 +153,64 @@ class AccessRuleTests(SynchronousTestCase):
         hello = conn.events()[1]
         assert isinstance(hello, ErrorReply)
         self.assertIsInstance(hello.error, PermissionDeniedError)
+
+
+CLUSTER_TOKEN = "a-cluster-token-of-some-length"
+
+
+def certified_connection(certificate_name: str, *lines: str) -> list[object]:
+    """
+    What a node with the cluster token and one configured peer, beta,
+    answers a connection whose verified client certificate names
+    C{certificate_name}, after C{lines}.
+    """
+    node = MemoryNode([greet], name="alpha", security=Security(cluster_token=CLUSTER_TOKEN))
+    node.dispatcher.access = AccessPolicy(Security(cluster_token=CLUSTER_TOKEN), ["beta"])
+    node.factory.identify = lambda transport: certificate_name
+    conn = node.connect_raw()
+    conn.protocol.handshakeCompleted()
+    conn.send("".join(f"#{i} {line}\n" for i, line in enumerate(lines, 1)))
+    return conn.events()
+
+
+class CertifiedHelloTests(SynchronousTestCase):
+    """
+    A certificate that names a configured peer binds that peer's name; a
+    peer by the cluster token whose certificate names no configured peer (a
+    node found in DNS, whose certificate names its host) gives its own.
+    """
+
+    def test_certificate_of_a_peer_says_its_own_name(self) -> None:
+        """A certificate naming beta makes the connection beta's: HELLO as beta only."""
+        hello = '{"node": "beta"}'
+        [answer] = certified_connection("beta", f"HELLO {hello}")
+        self.assertIsInstance(answer, Success)
+        [answer] = certified_connection("beta", 'HELLO {"node": "gamma"}')
+        assert isinstance(answer, ErrorReply)
+        self.assertIsInstance(answer.error, PermissionDeniedError)
+        self.assertIn("certificate names beta, not gamma", answer.error.message)
+
+    def test_token_peer_named_by_its_host(self) -> None:
+        """A peer by the token whose certificate names its host may say HELLO with its node name."""
+        _, answer = certified_connection(
+            "n1.callnet.test", f"AUTH {CLUSTER_TOKEN}", 'HELLO {"node": "n1"}'
+        )
+        self.assertIsInstance(answer, Success)
+
+    def test_token_peer_cannot_take_a_configured_peers_name(self) -> None:
+        """The token does not let a certificate for another host say HELLO as a configured peer."""
+        _, answer = certified_connection(
+            "n1.callnet.test", f"AUTH {CLUSTER_TOKEN}", 'HELLO {"node": "beta"}'
+        )
+        assert isinstance(answer, ErrorReply)
+        self.assertIsInstance(answer.error, PermissionDeniedError)
+
+    def test_certificate_alone_naming_no_peer(self) -> None:
+        """A certificate that names no peer, without the token, is no peer: no HELLO at all."""
+        [answer] = certified_connection("n1.callnet.test", 'HELLO {"node": "n1"}')
+        assert isinstance(answer, ErrorReply)
+        self.assertIsInstance(answer.error, PermissionDeniedError)
+        self.assertIn("only a node of this cluster", answer.error.message)
 
 
 class HostileClientTests(SynchronousTestCase):
