@@ -789,6 +789,9 @@ class NodeReloadTests(SynchronousTestCase):
         text = self.reloaded(old, merge(old, {"heartbeat_interval": 2.0}))
         self.assertIn("needs a restart to apply: cluster", text)
         self.assertNotIn("discover", text)
+        text = self.reloaded(old, merge(old, {"discover_max_peers": 8}))
+        self.assertIn(f"discover dns-a:{A_NAME}:7600", text)
+        self.assertNotIn("needs a restart", text)
 
 
 class SystemResolverTests(SynchronousTestCase):

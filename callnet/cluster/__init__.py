@@ -44,6 +44,7 @@ DISCOVER_SETTINGS = (
     "discover",
     "discover_min_interval",
     "discover_max_interval",
+    "discover_max_peers",
     "discover_nameservers",
 )
 
