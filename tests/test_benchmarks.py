@@ -12,6 +12,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import re
+import shutil
 import socket
 import subprocess
 import sys
@@ -25,6 +26,7 @@ from benchmarks.common import STREAM_WINDOW, LineReader, Spec, raw_stream
 from benchmarks.run import baseline_ratios, stream_ratios
 from benchmarks.systems.socketcopy_sys import _echo_lines
 from callnet.client_stream import DEFAULT_WINDOW
+from tests.daemon import require_loopback, require_twistd
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -96,6 +98,40 @@ class SmokeTests(SynchronousTestCase):
         self.assertEqual(result.returncode, 0, result.stderr)
         for kind in ("Automat TypeMachine", "state attribute"):
             self.assertRegex(result.stdout, rf"{kind} +[0-9]+ ns per input")
+
+    def test_cluster_scale_runs(self) -> None:
+        """
+        benchmarks/cluster_scale.py, at 3 nodes with short timings: the mesh
+        forms through its DNS server, forwards calls, sees a frozen node down
+        within down_after + heartbeat_interval (plus slack) with no call lost,
+        and a killed one before any heartbeat could tell.
+        """
+        require_twistd()
+        require_loopback("127.0.0.10", "127.0.0.11", "127.0.0.12")
+        output = Path(tempfile.mkdtemp(prefix="callnet-test-")) / "cluster_scale.json"
+        self.addCleanup(shutil.rmtree, output.parent, True)
+        heartbeat, down_after = 0.2, 1.0
+        result = subprocess.run(
+            [
+                sys.executable,
+                str(ROOT / "benchmarks" / "cluster_scale.py"),
+                *("--sizes", "3", "--rest", "1", "--seconds", "1"),
+                *("--heartbeat", str(heartbeat), "--down-after", str(down_after)),
+                *("--output", str(output)),
+            ],
+            capture_output=True,
+            text=True,
+            timeout=180,
+            cwd=ROOT,
+        )
+        self.assertEqual(result.returncode, 0, result.stdout[-3000:] + result.stderr[-3000:])
+        [run] = json.loads(output.read_text())
+        self.assertEqual((run["nodes"], run["peers"]), (3, "dns"))
+        self.assertGreater(run["forwarded_calls_per_s"], 0)
+        self.assertLessEqual(run["frozen_detect_all_s"], down_after + heartbeat + 1.5)
+        self.assertEqual(run["frozen_failed_calls"], 0)
+        self.assertLess(run["killed_detect_all_s"], down_after)
+        self.assertIn("| 3 |", result.stdout)
 
     def test_smoke_run(self) -> None:
         """
