@@ -51,9 +51,18 @@ class KubernetesExampleTests(SynchronousTestCase):
     """The example deployment is whole and its config is valid."""
 
     def test_the_parts_are_there(self) -> None:
-        """The example defines a StatefulSet, a headless Service, a ConfigMap and a Secret."""
+        """
+        The example defines a StatefulSet, a headless Service, a ConfigMap, a
+        Secret, and a disruption budget for the StatefulSet's pods.
+        """
         objects = documents()
-        self.assertEqual(set(objects), {"StatefulSet", "Service", "ConfigMap", "Secret"})
+        self.assertEqual(
+            set(objects),
+            {"StatefulSet", "Service", "ConfigMap", "Secret", "PodDisruptionBudget"},
+        )
+        budget = objects["PodDisruptionBudget"]["spec"]
+        self.assertEqual(budget["selector"], objects["StatefulSet"]["spec"]["selector"])
+        self.assertEqual(budget["maxUnavailable"], 1)
         self.assertEqual(objects["Service"]["spec"]["clusterIP"], "None")
         self.assertTrue(objects["Service"]["spec"]["publishNotReadyAddresses"])
         self.assertEqual(
