@@ -76,9 +76,14 @@ _NAME = re.compile(r"[A-Za-z0-9_.\-]{1,128}\Z")
 RESERVED_IDENTITIES = frozenset({"*", "anonymous", "peer", "node"})
 
 
+def is_node_name(value: object) -> bool:
+    """Whether C{value} can name a node: one word on the wire (C{@name}), no spaces."""
+    return isinstance(value, str) and _NAME.match(value) is not None
+
+
 def node_name(value: object) -> object:
     """A node's name: it is one word on the wire (C{@name}), so no spaces."""
-    if not isinstance(value, str) or not _NAME.match(value):
+    if not is_node_name(value):
         raise ExpectationError("a node name of letters, digits and _.- (at most 128)")
     return value
 

@@ -543,6 +543,22 @@ class DiscoveredClusterTests(SynchronousTestCase):
         nodes.stop()
         self.assertEqual(nodes.clock.getDelayedCalls(), [])
 
+    def test_a_name_that_is_no_node_name_is_refused(self) -> None:
+        """
+        A discovered node whose handshake gives a name name@node could not
+        address (here one that looks like another peer's address) is
+        refused, and said so; it stays shown by its address.
+        """
+        nodes = Discovered(self, names=("a", "10.0.0.1:7600"))
+        nodes.publish("10.0.0.1", "10.0.0.2")
+        nodes.cluster.startService()
+        nodes.flush()
+        self.assertEqual(nodes.states(), {"a": "up", "10.0.0.2:7600": "connecting"})
+        assert nodes.log is not None
+        [refused] = nodes.log.logged("refusing peer")
+        self.assertIn("not a node name", formatEvent(refused))
+        nodes.stop()
+
     def test_appear_within_one_ttl(self) -> None:
         """A node added to DNS is dialled and up within one TTL."""
         nodes = Discovered(self)

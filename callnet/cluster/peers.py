@@ -32,6 +32,7 @@ from twisted.python.failure import Failure
 
 from callnet.client import ClientProtocol
 from callnet.config import ClusterSettings
+from callnet.config_checks import is_node_name
 from callnet.errors import CallError, Outcome, UnavailableError
 from callnet.logs import drop_retry_notices
 from callnet.reactors import Clock, DelayedCall, DispatchReactor, twisted_clock
@@ -420,6 +421,11 @@ def _read_hello(info: Any) -> tuple[str, dict[str, dict[str, Any]]]:
     procedures = info.get("procedures")
     if not isinstance(name, str) or not isinstance(procedures, list):
         raise HandshakeError("its handshake reply lacks node or procedures")
+    if not is_node_name(name):
+        # A discovered peer's name is taken from here: it must be one that
+        # name@node can address, and never look like an address shown for
+        # a peer not yet named.
+        raise HandshakeError(f"it gives {name[:64]!r}, not a node name (letters, digits, _.-)")
     catalog = {}
     for entry in procedures:
         if isinstance(entry, dict) and isinstance(entry.get("name"), str):
