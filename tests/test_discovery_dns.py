@@ -9,6 +9,7 @@ within one TTL.
 from __future__ import annotations
 
 import json
+import signal
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -240,7 +241,7 @@ def wait_for(client: LineClient, expected: dict[str, str], timeout: float, what:
 
 def test_nodes_follow_srv_records(tmp_path: Path, dns_server: DnsServer) -> None:
     """Nodes follow SRV records within one TTL: each skips its own record, dials nodes added,
-    drops nodes removed, and keeps its peers while DNS fails."""
+    keeps them across a reload, drops nodes removed, and keeps its peers while DNS fails."""
     places = {name: ("127.0.0.1", free_port()) for name in ("a", "b", "c")}
     dns_server.serve(srv_records({name: places[name] for name in ("a", "b")}))
     with nodes_running(tmp_path, places, f"dns-srv:{SERVICE}", dns_server.port) as nodes:
@@ -254,6 +255,12 @@ def test_nodes_follow_srv_records(tmp_path: Path, dns_server: DnsServer) -> None
             took = wait_for(a, {"b": "up", "c": "up"}, 15, "a finds c")
             assert took <= TTL + SLACK, f"c joined after {took:.2f}s"
             wait_for(authed(nodes["c"]), {"a": "up", "b": "up"}, TTL + SLACK, "c finds both")
+
+            # A reload with the same discover settings keeps the peers DNS found.
+            nodes["a"].process.send_signal(signal.SIGHUP)
+            wait_until(lambda: "reloaded: " in nodes["a"].output(), 15, "a reloads")
+            assert "draining" not in nodes["a"].output()
+            wait_for(a, {"b": "up", "c": "up"}, 0.1, "a keeps b and c across the reload")
 
             dns_server.serve(srv_records({name: places[name] for name in ("a", "c")}))
             took = wait_for(a, {"c": "up"}, 15, "a drops b")
