@@ -11,7 +11,8 @@ handshake.  A discovered address that turns out to be this node is skipped;
 one that gives a name another peer already has is refused; either is
 forgotten when DNS stops naming it.  A discovered peer DNS no longer names is
 drained: no new calls go to it, and its link ends once the calls in flight
-have their answers, or after the node's C{shutdown_grace}.
+have their answers, or after the node's C{shutdown_grace}.  Over TLS links a
+discovered peer's certificate must name the host its SRV record gives.
 """
 
 from __future__ import annotations

@@ -15,7 +15,11 @@ C{discover_min_interval} and C{discover_max_interval}.  A failed lookup, or
 an answer with no records at all, keeps the peers already known: a DNS
 outage or a bad moment of the orchestrator never takes a cluster apart.  A
 failed lookup is retried after the shortest interval, doubling up to the
-longest.
+longest.  An answer naming more than C{discover_max_peers} peers gives only
+that many, the same ones on every node.
+
+An SRV record's target is the host name a peer's certificate must give when
+the node's links to its peers are TLS (L{PeerEntry.host}).
 """
 
 from __future__ import annotations
@@ -185,8 +189,9 @@ class DnsPeers:
     async def _resolve(self) -> tuple[frozenset[PeerEntry], float, int]:
         """
         The peers the records name, at most C{max_peers} of them (the first in
-        order of address, so that every node keeps the same ones), the shortest
-        TTL among those records, and how many were left out.
+        a fixed order, SRV targets by name and then addresses, so that every
+        node keeps the same ones), the shortest TTL among those records, and
+        how many were left out.
         """
         unasked = 0
         if self._scheme == "dns-srv":
