@@ -10,7 +10,7 @@ import multiprocessing
 import signal
 from collections.abc import Callable
 from concurrent.futures import Executor, ProcessPoolExecutor
-from dataclasses import replace
+from dataclasses import fields, replace
 from multiprocessing import resource_tracker
 from multiprocessing.process import BaseProcess
 from typing import Any
@@ -49,6 +49,14 @@ STOP_MARGIN = DRAIN_FLUSH_TIMEOUT + 1.0
 #: Seconds worker processes get to end on SIGTERM before they are killed:
 #: a worker that is idle ends at once, and a busy one is not waited for.
 PROCESS_STOP_TIMEOUT = 0.5
+
+
+#: The settings a reload puts in force (the cluster's discover settings too,
+#: not its timings): any other that changes waits for a restart, and the
+#: reload's log line names it.
+APPLIED_ON_RELOAD = frozenset(
+    {"services", "builtins", "shutdown_grace", "peers", "security", "cluster"}
+)
 
 
 class NodeService(MultiService):
@@ -120,8 +128,9 @@ class NodeService(MultiService):
     def reload(self) -> bool:
         """
         Read the configuration again and apply what can change while running:
-        the service modules (imported again), tokens and access rules, and
-        the peers.  Anything else waits for a restart, and the log says so.
+        the service modules (imported again), tokens and access rules, the
+        peers and the shutdown grace.  Anything else waits for a restart,
+        and the log says so.
         An invalid new configuration is refused, and the running one stays.
 
         @return: whether the new configuration was applied.
@@ -138,6 +147,8 @@ class NodeService(MultiService):
             return False
         new_names = set(self.registry.names())
         changes = []
+        if new.services:
+            changes.append(f"service modules imported again: {', '.join(new.services)}")
         if new_names != old_names:
             changes.append(
                 f"procedures +{sorted(new_names - old_names)} -{sorted(old_names - new_names)}"
@@ -149,10 +160,14 @@ class NodeService(MultiService):
         found_by = {key: getattr(new.cluster, key) for key in DISCOVER_SETTINGS}
         if found_by != {key: getattr(old.cluster, key) for key in DISCOVER_SETTINGS}:
             changes.append(f"discover {new.cluster.discover or 'off'}")
+        if new.shutdown_grace != old.shutdown_grace:
+            changes.append(f"shutdown_grace {new.shutdown_grace:g}s")
+        # Every setting not applied here waits for a restart, and is said to.
         unapplied = [
-            key
-            for key in ("listen", "name", "threads", "processes", "limits", "tls")
-            if getattr(new, key) != getattr(old, key)
+            field.name
+            for field in fields(new)
+            if field.name not in APPLIED_ON_RELOAD
+            and getattr(new, field.name) != getattr(old, field.name)
         ]
         # The discover settings apply on reload; the cluster's timings wait.
         kept = {key: getattr(old.cluster, key) for key in DISCOVER_SETTINGS}
