@@ -222,7 +222,9 @@ class NodeService(MultiService):
                     endpoint=description,
                     reason=reason,
                 )
-                raise StartError(f"cannot listen on {description}: {reason}") from e
+                # The reason first: a daemonizing twistd passes the starting
+                # process only the first 100 bytes of this, class name and all.
+                raise StartError(f"{reason}: cannot listen on {description}") from e
 
     def startService(self) -> None:
         if not self._listening:
