@@ -5,7 +5,9 @@ reload swaps what it may change whole.
 
 from __future__ import annotations
 
+import shutil
 import sys
+import tempfile
 from dataclasses import replace
 from pathlib import Path
 
@@ -178,8 +180,8 @@ class NodeReloadReportTests(SynchronousTestCase):
     def test_service_modules_imported_again_are_reported(self) -> None:
         """A reload that imports the service modules again says so, even when the procedures'
         names stay the same: their code may have changed."""
-        folder = Path(self.mktemp())
-        folder.mkdir()
+        folder = Path(tempfile.mkdtemp(prefix="callnet-test-"))
+        self.addCleanup(shutil.rmtree, folder, True)
         (folder / "callnet_reload_report_module.py").write_text(
             "from callnet import procedure\n\n\n@procedure\ndef version() -> int:\n    return 1\n"
         )
