@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import gc
 import multiprocessing
-import signal
+import os
 from collections.abc import Callable
 from concurrent.futures import Executor, ProcessPoolExecutor
 from dataclasses import fields, replace
@@ -37,7 +37,7 @@ from callnet.tls import (
     with_handshake_deadline,
 )
 from callnet.wiring import build_node
-from callnet.workers import WorkerThreads
+from callnet.workers import WorkerThreads, start_worker_process
 
 log = Logger()
 
@@ -185,13 +185,14 @@ class NodeService(MultiService):
         if self._process_pool is None:
             # spawn, not fork: a forked copy of a process running a reactor
             # and threads inherits locks held at the moment of the fork.
-            # Workers ignore SIGINT: a Ctrl-C reaches the whole process group,
-            # and the node, not the signal, ends its workers.
+            # Workers ignore SIGINT (a Ctrl-C reaches the whole process
+            # group, and the node, not the signal, ends its workers), and
+            # end themselves if the node is killed outright.
             self._process_pool = ProcessPoolExecutor(
                 max_workers=self._processes_wanted or None,
                 mp_context=multiprocessing.get_context("spawn"),
-                initializer=signal.signal,
-                initargs=(signal.SIGINT, signal.SIG_IGN),
+                initializer=start_worker_process,
+                initargs=(os.getpid(),),
             )
         return self._process_pool
 
