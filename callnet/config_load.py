@@ -22,7 +22,7 @@ from callnet.config import (
     key_label,
     show_value,
 )
-from callnet.config_checks import ExpectationError
+from callnet.config_checks import ExpectationError, secret
 from callnet.errors import ConfigError
 
 #: The tables of a config file, in the order the schema declares them.
@@ -41,12 +41,14 @@ def _did_you_mean(word: str, choices: Iterable[str]) -> str:
 
 def _checked(key: str, value: object, source: str, label: Callable[[str], str]) -> object:
     """Run C{key}'s check on C{value}; raise L{ConfigError} naming the key if it fails."""
+    check = SETTINGS_BY_KEY[key].check
     try:
-        return SETTINGS_BY_KEY[key].check(value)
+        return check(value)
     except ExpectationError as invalid:
-        raise ConfigError(
-            f"{_prefix(source)}{label(key)} must be {invalid}, not {show_value(value)}"
-        ) from None
+        # A token is never shown: this message goes to stderr and, on a
+        # reload, to the log.
+        shown = "" if check is secret else f", not {show_value(value)}"
+        raise ConfigError(f"{_prefix(source)}{label(key)} must be {invalid}{shown}") from None
 
 
 def _build(

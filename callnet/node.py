@@ -7,10 +7,10 @@ from __future__ import annotations
 
 import gc
 import multiprocessing
-import signal
+import os
 from collections.abc import Callable
 from concurrent.futures import Executor, ProcessPoolExecutor
-from dataclasses import replace
+from dataclasses import fields, replace
 from multiprocessing import resource_tracker
 from multiprocessing.process import BaseProcess
 from typing import Any
@@ -37,7 +37,7 @@ from callnet.tls import (
     with_handshake_deadline,
 )
 from callnet.wiring import build_node
-from callnet.workers import WorkerThreads
+from callnet.workers import WorkerThreads, start_worker_process
 
 log = Logger()
 
@@ -49,6 +49,14 @@ STOP_MARGIN = DRAIN_FLUSH_TIMEOUT + 1.0
 #: Seconds worker processes get to end on SIGTERM before they are killed:
 #: a worker that is idle ends at once, and a busy one is not waited for.
 PROCESS_STOP_TIMEOUT = 0.5
+
+
+#: The settings a reload puts in force (the cluster's discover settings too,
+#: not its timings): any other that changes waits for a restart, and the
+#: reload's log line names it.
+APPLIED_ON_RELOAD = frozenset(
+    {"services", "builtins", "shutdown_grace", "peers", "security", "cluster"}
+)
 
 
 class NodeService(MultiService):
@@ -120,8 +128,9 @@ class NodeService(MultiService):
     def reload(self) -> bool:
         """
         Read the configuration again and apply what can change while running:
-        the service modules (imported again), tokens and access rules, and
-        the peers.  Anything else waits for a restart, and the log says so.
+        the service modules (imported again), tokens and access rules, the
+        peers and the shutdown grace.  Anything else waits for a restart,
+        and the log says so.
         An invalid new configuration is refused, and the running one stays.
 
         @return: whether the new configuration was applied.
@@ -138,6 +147,8 @@ class NodeService(MultiService):
             return False
         new_names = set(self.registry.names())
         changes = []
+        if new.services:
+            changes.append(f"service modules imported again: {', '.join(new.services)}")
         if new_names != old_names:
             changes.append(
                 f"procedures +{sorted(new_names - old_names)} -{sorted(old_names - new_names)}"
@@ -149,10 +160,14 @@ class NodeService(MultiService):
         found_by = {key: getattr(new.cluster, key) for key in DISCOVER_SETTINGS}
         if found_by != {key: getattr(old.cluster, key) for key in DISCOVER_SETTINGS}:
             changes.append(f"discover {new.cluster.discover or 'off'}")
+        if new.shutdown_grace != old.shutdown_grace:
+            changes.append(f"shutdown_grace {new.shutdown_grace:g}s")
+        # Every setting not applied here waits for a restart, and is said to.
         unapplied = [
-            key
-            for key in ("listen", "name", "threads", "processes", "limits", "tls")
-            if getattr(new, key) != getattr(old, key)
+            field.name
+            for field in fields(new)
+            if field.name not in APPLIED_ON_RELOAD
+            and getattr(new, field.name) != getattr(old, field.name)
         ]
         # The discover settings apply on reload; the cluster's timings wait.
         kept = {key: getattr(old.cluster, key) for key in DISCOVER_SETTINGS}
@@ -170,13 +185,14 @@ class NodeService(MultiService):
         if self._process_pool is None:
             # spawn, not fork: a forked copy of a process running a reactor
             # and threads inherits locks held at the moment of the fork.
-            # Workers ignore SIGINT: a Ctrl-C reaches the whole process group,
-            # and the node, not the signal, ends its workers.
+            # Workers ignore SIGINT (a Ctrl-C reaches the whole process
+            # group, and the node, not the signal, ends its workers), and
+            # end themselves if the node is killed outright.
             self._process_pool = ProcessPoolExecutor(
                 max_workers=self._processes_wanted or None,
                 mp_context=multiprocessing.get_context("spawn"),
-                initializer=signal.signal,
-                initargs=(signal.SIGINT, signal.SIG_IGN),
+                initializer=start_worker_process,
+                initargs=(os.getpid(),),
             )
         return self._process_pool
 
@@ -207,7 +223,9 @@ class NodeService(MultiService):
                     endpoint=description,
                     reason=reason,
                 )
-                raise StartError(f"cannot listen on {description}: {reason}") from e
+                # The reason first: a daemonizing twistd passes the starting
+                # process only the first 100 bytes of this, class name and all.
+                raise StartError(f"{reason}: cannot listen on {description}") from e
 
     def startService(self) -> None:
         if not self._listening:

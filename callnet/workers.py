@@ -10,13 +10,38 @@ node, a plain procedure's call cost several microseconds less CPU.
 
 from __future__ import annotations
 
+import os
 import queue
+import signal
 import threading
 import time
 from collections.abc import Callable
 from typing import Any, Protocol
 
 from twisted.python.failure import Failure
+
+#: Seconds between a worker process's checks that the node that started it
+#: still runs: a node killed outright (SIGKILL, the OOM killer) cannot end
+#: its workers, which would otherwise wait for work for ever; a second is soon
+#: enough to give back their memory, and costs nothing.
+PARENT_CHECK_INTERVAL = 1.0
+
+
+def start_worker_process(parent: int, interval: float = PARENT_CHECK_INTERVAL) -> None:
+    """
+    Set up a worker process (for C{run="process"} procedures) of the node
+    whose process id is C{parent}: it ignores Ctrl-C, since the node, not the
+    signal, ends its workers; and it exits once that node is gone, however
+    the node ended.
+    """
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(interval)
+        os._exit(1)
+
+    threading.Thread(target=watch, name="callnet-node-watch", daemon=True).start()
 
 
 class ThreadRunner(Protocol):

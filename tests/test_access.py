@@ -216,6 +216,24 @@ class ForwardedIdentityTests(SynchronousTestCase):
         self.assertEqual(reply(peer, "#3 +caller=alice greet x"), Success("hello x", "3"))
 
 
+class ClusterTokenOnlyTests(SynchronousTestCase):
+    """A node whose only token is the cluster's, as discovery and the Kubernetes example have."""
+
+    def test_cluster_token_alone_requires_authentication(self) -> None:
+        """With a cluster token and no caller tokens, an anonymous call is refused
+        UNAUTHENTICATED (PING still answers), and the cluster token makes its holder a peer."""
+        node = MemoryNode([greet], name="alpha", security=Security(cluster_token=CLUSTER))
+        conn = node.connect_raw()
+        refused = reply(conn, "#1 greet x")
+        assert isinstance(refused, ErrorReply), refused
+        self.assertEqual(
+            (refused.error.code, refused.error.outcome), ("UNAUTHENTICATED", Outcome.NOT_RUN)
+        )
+        self.assertEqual(reply(conn, "#2 PING"), Success("pong", "2"))
+        conn.send(f"#3 AUTH {CLUSTER}\n")
+        self.assertEqual(conn.events(), [Success("peer", "3")])
+
+
 class PeerRightsTests(SynchronousTestCase):
     """Peer rights come from how a connection authenticated, never from a name."""
 

@@ -5,6 +5,7 @@ routing, deadlines, failover and failure detection are checked step by step.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
 import tracemalloc
@@ -790,6 +791,49 @@ class TraceTests(SynchronousTestCase):
 
 class PeerUpdateTests(SynchronousTestCase):
     """A node's peers changed while it runs (a reload)."""
+
+    def _drop_gamma_with_a_call_on_it(
+        self,
+    ) -> tuple[MemoryCluster, dict[str, Work], Deferred[Any]]:
+        """alpha has a call running on gamma when a reload drops gamma from its peers."""
+        cluster, work = three_nodes()
+        alpha = cluster.clusters["alpha"]
+        held = cluster["alpha"].client().call("hold@gamma", timeout=60)
+        cluster.flush()
+        self.assertEqual(len(work["gamma"].held), 1)
+        only_beta = dataclasses.replace(alpha._config, peers=(("beta", "memory:beta"),))
+        self.assertEqual(alpha.update(only_beta), ([], ["gamma"]))
+        cluster.flush()
+        return cluster, work, held
+
+    def test_removed_peer_drains_its_calls(self) -> None:
+        """A peer dropped by a reload gets no new calls, but a call already running on it
+        finishes there and gets its answer, before the link ends."""
+        cluster, work, held = self._drop_gamma_with_a_call_on_it()
+        client = cluster["alpha"].client()
+        calls = [client.call("where") for _ in range(3)]
+        cluster.flush()
+        self.assertEqual([self.successResultOf(d) for d in calls], ["beta"] * 3)
+        self.assertNoResult(held)
+        work["gamma"].held[0].callback("done")
+        cluster.flush()
+        self.assertEqual(self.successResultOf(held), "done")
+        self.assertEqual(work["gamma"].cancelled, 0)
+        cluster.advance(0.1)
+        gamma_links = [p for p in cluster["gamma"]._pumps if not p.serverIO.disconnected]
+        self.assertEqual(len(gamma_links), 1, "only beta's link to gamma is left")
+        cluster.stop()
+
+    def test_removed_peer_drain_ends_after_grace(self) -> None:
+        """A call on a peer dropped by a reload that outlasts the shutdown grace fails
+        may-have-run, as a call on a node that stops does."""
+        cluster, _work, held = self._drop_gamma_with_a_call_on_it()
+        cluster.advance(9.5)
+        self.assertNoResult(held)
+        cluster.advance(0.6)
+        error = self.failureResultOf(held, UnavailableError).value
+        self.assertEqual(error.outcome, Outcome.MAY_HAVE_RUN)
+        cluster.stop()
 
     def test_remove_and_add_a_peer(self) -> None:
         """A peer dropped from the config is closed and no longer routed to; one put back links again."""

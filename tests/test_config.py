@@ -331,6 +331,15 @@ class SecurityConfigTests(ConfigFileCase):
         )
         self.assertNotIn("short", str(error))
 
+    def test_bad_cluster_token_is_not_echoed(self) -> None:
+        """A cluster token refused as too short, or with spaces around it, is not shown in the
+        error, which goes to stderr and, on a reload, to the log."""
+        for token in ("fifteen-chars-x", " a-long-enough-cluster-token "):
+            error = self.assert_config_error(
+                f'[security]\ncluster_token = "{token}"\n', "cluster_token", "16"
+            )
+            self.assertNotIn(token.strip(), str(error))
+
     def test_acl_patterns_must_be_a_list(self) -> None:
         """An access rule that is not a list of patterns is refused."""
         self.assert_config_error('[acl]\nalice = "greet"\n', "[acl]")

@@ -263,6 +263,21 @@ class PeerLogTests(SynchronousTestCase):
             [("warn", "peer beta is down (was up)"), ("info", "peer beta is up (was down)")],
         )
 
+    def test_own_stop_is_no_warning(self) -> None:
+        """A node that stops logs its peers' links ending at info, not as peers going down."""
+        cluster = MemoryCluster({"alpha": [], "beta": []})
+        cluster.start()
+        self.addCleanup(cluster.stop)
+        captured = Captured(self)
+        cluster.clusters["alpha"].stopService()
+        cluster.flush()
+        about_beta = [
+            (line["log_level"], line["log_text"])
+            for line in captured.lines()
+            if line.get("peer") == "beta" and "is" in line["log_format"]
+        ]
+        self.assertEqual(about_beta, [("info", "peer beta is down (was up)")])
+
     def test_other_service_events_pass(self) -> None:
         """The retry filter passes a ClientService's other events to the log."""
         captured = Captured(self)

@@ -27,6 +27,7 @@ from typing import Any
 import pytest
 
 from callnet.node import STOP_MARGIN
+from callnet.workers import PARENT_CHECK_INTERVAL
 
 from .daemon import (
     TWISTD,
@@ -401,13 +402,19 @@ def ended(pid: int) -> bool:
 @pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="needs /proc")
 @pytest.mark.parametrize(
     ("how", "status"),
-    [("SIGTERM", 128 + signal.SIGTERM), ("Ctrl-C", 128 + signal.SIGINT)],
+    [
+        ("SIGTERM", 128 + signal.SIGTERM),
+        ("Ctrl-C", 128 + signal.SIGINT),
+        ("SIGKILL", 128 + signal.SIGKILL),
+    ],
 )
 def test_no_child_outlives_the_node(tmp_path: Path, how: str, status: int) -> None:
     """
     After a run="process" call, SIGTERM (or Ctrl-C, SIGINT to the whole
     process group) ends the worker processes and multiprocessing's resource
-    tracker with the node, and every line of its JSON log stays JSON.
+    tracker with the node, and every line of its JSON log stays JSON; the
+    workers of a node killed outright (SIGKILL) end within a few seconds,
+    and the tracker with them, instead of waiting for work for ever.
     """
     require_twistd()
     (tmp_path / "square.py").write_text(SQUARE)
@@ -447,13 +454,27 @@ def test_no_child_outlives_the_node(tmp_path: Path, how: str, status: int) -> No
         assert len(children) >= 2, "a worker process and the resource tracker"
         if how == "SIGTERM":
             process.send_signal(signal.SIGTERM)
+        elif how == "SIGKILL":
+            process.kill()
         else:
             os.killpg(process.pid, signal.SIGINT)
         assert process.wait(timeout=15) in (-(status - 128), status)
     finally:
         node.kill()
+    if how == "SIGKILL":
+        # Orphans now: the workers see their node gone within a check, and
+        # the resource tracker ends once they have.
+        wait_until(
+            lambda: all(ended(pid) for pid in children),
+            3 * PARENT_CHECK_INTERVAL + 2,
+            "orphans end",
+        )
     left = [pid for pid in children if not ended(pid)]
     assert left == [], f"children still running after the node: {left}"
+    if how == "SIGKILL":
+        # The node wrote nothing more; the resource tracker, left to clean up
+        # after it, warns on stderr of the semaphores it removes.
+        return
     lines = log.read_bytes().decode().split("\n")
     assert lines.pop() == ""
     for line in lines:

@@ -607,7 +607,7 @@ class NodeLifecycleTests(SynchronousTestCase):
         error = self.assertRaises(StartError, node.privilegedStartService)
         self.assertEqual(error.code, 1)
         self.assertEqual(
-            str(error), "cannot listen on tcp:7600:interface=127.0.0.1: Address already in use"
+            str(error), "Address already in use: cannot listen on tcp:7600:interface=127.0.0.1"
         )
         self.assertIsInstance(error, Exception)
 

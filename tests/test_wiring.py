@@ -5,9 +5,14 @@ reload swaps what it may change whole.
 
 from __future__ import annotations
 
+import shutil
+import sys
+import tempfile
 from dataclasses import replace
+from pathlib import Path
 
 from twisted.internet.testing import MemoryReactorClock
+from twisted.logger import LogEvent, formatEvent, globalLogPublisher
 from twisted.trial.unittest import SynchronousTestCase
 
 from callnet import procedure
@@ -125,3 +130,66 @@ class ReloadTests(SynchronousTestCase):
         self.assertEqual(parts.reload(new), (["gamma"], ["beta"]))
         assert parts.cluster is not None
         self.assertEqual([peer.name for peer in parts.cluster.peers], ["gamma"])
+
+
+class NodeReloadReportTests(SynchronousTestCase):
+    """What a running node's reload says it applied, and what waits for a restart."""
+
+    def reloaded(self, old: NodeConfig, new: NodeConfig) -> tuple[str, NodeService]:
+        """Reload a node started with C{old} to C{new}; return the reload's log line and the node."""
+        node = NodeService(old, MemoryReactorClock())
+        node.reload_from = lambda: new
+        events: list[LogEvent] = []
+        globalLogPublisher.addObserver(events.append)
+        try:
+            self.assertTrue(node.reload())
+        finally:
+            globalLogPublisher.removeObserver(events.append)
+        [text] = [
+            formatEvent(event)
+            for event in events
+            if event.get("log_format", "").startswith("reloaded")
+        ]
+        return text, node
+
+    def test_settings_read_at_start_wait_for_a_restart(self) -> None:
+        """The access log, tracebacks and the metrics listener, which a running node keeps as it
+        started, are reported as waiting for a restart, not as nothing changed."""
+        old = NodeConfig(name="n", builtins=False)
+        new = replace(
+            old,
+            access_log=True,
+            send_tracebacks=True,
+            metrics_listen="tcp:9600:interface=127.0.0.1",
+        )
+        text, node = self.reloaded(old, new)
+        self.assertEqual(
+            text,
+            "reloaded: nothing changed;"
+            " needs a restart to apply: send_tracebacks, access_log, metrics_listen",
+        )
+        self.assertFalse(node.factory.access_log)
+
+    def test_shutdown_grace_is_applied(self) -> None:
+        """A new shutdown_grace, which the next stop uses, is reported as applied."""
+        old = NodeConfig(name="n", builtins=False)
+        text, node = self.reloaded(old, replace(old, shutdown_grace=1.5))
+        self.assertEqual(text, "reloaded: shutdown_grace 1.5s")
+        self.assertEqual(node.config.shutdown_grace, 1.5)
+
+    def test_service_modules_imported_again_are_reported(self) -> None:
+        """A reload that imports the service modules again says so, even when the procedures'
+        names stay the same: their code may have changed."""
+        folder = Path(tempfile.mkdtemp(prefix="callnet-test-"))
+        self.addCleanup(shutil.rmtree, folder, True)
+        (folder / "callnet_reload_report_module.py").write_text(
+            "from callnet import procedure\n\n\n@procedure\ndef version() -> int:\n    return 1\n"
+        )
+        sys.path.insert(0, str(folder))
+        self.addCleanup(sys.path.remove, str(folder))
+        self.addCleanup(sys.modules.pop, "callnet_reload_report_module", None)
+        config = NodeConfig(name="n", builtins=False, services=("callnet_reload_report_module",))
+        text, _ = self.reloaded(config, config)
+        self.assertEqual(
+            text, "reloaded: service modules imported again: callnet_reload_report_module"
+        )

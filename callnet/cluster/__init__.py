@@ -9,10 +9,11 @@ Peers come from sources (L{callnet.cluster.discovery}): the C{[peers]} table,
 whose peers are named in advance, and DNS, whose peers are named by their
 handshake.  A discovered address that turns out to be this node is skipped;
 one that gives a name another peer already has is refused; either is
-forgotten when DNS stops naming it.  A discovered peer DNS no longer names is
-drained: no new calls go to it, and its link ends once the calls in flight
-have their answers, or after the node's C{shutdown_grace}.  Over TLS links a
-discovered peer's certificate must name the host its SRV record gives.
+forgotten when DNS stops naming it.  A discovered peer DNS no longer names,
+and a configured one a reload removes, is drained: no new calls go to it,
+and its link ends once the calls in flight have their answers, or after the
+node's C{shutdown_grace}.  Over TLS links a discovered peer's certificate
+must name the host its SRV record gives.
 """
 
 from __future__ import annotations
@@ -157,8 +158,9 @@ class Cluster(Service):
 
     def update(self, config: NodeConfig) -> tuple[list[str], list[str]]:
         """
-        Take a new list of peers: links to peers no longer listed are closed,
-        new ones are made, and the rest are left alone.
+        Take a new list of peers: links to peers no longer listed are
+        drained (their calls in flight end, within the shutdown grace), new
+        ones are made, and the rest are left alone.
 
         @return: the names of the peers added and of those removed.
         @raise ConfigError: a new peer's TLS material cannot be used.
@@ -175,8 +177,12 @@ class Cluster(Service):
         new_peers = {name: self._make_peer(name, wanted[name]) for name in added}
         for name in removed:
             peer = current.pop(name)
-            if self.running:
-                peer.stop()
+            log.info(
+                "peer {peer} at {endpoint} is no longer configured: draining it",
+                peer=name,
+                endpoint=peer.configured,
+            )
+            self._drain_link(peer)
         current.update(new_peers)
         self._static = [current[name] for name in wanted if name in current]
         self._route()
@@ -231,6 +237,15 @@ class Cluster(Service):
         retry = [endpoint for endpoint, why in self.skipped.items() if why == f"name {peer.name}"]
         for endpoint in retry:
             del self.skipped[endpoint]
+        self._drain_link(peer)
+
+    def _drain_link(self, peer: Peer) -> None:
+        """
+        Send no new calls to C{peer}, and end its link once the calls in
+        flight on it have their answers, or after the node's shutdown grace:
+        a peer that leaves, by DNS or by a reload, is let go as a node that
+        stops lets its own calls go.
+        """
         if not self.running:
             return
         self._draining.append(peer)

@@ -119,6 +119,7 @@ class Peer:
         #: Whether calls are still sent here; a peer being dropped is not.
         self.draining = False
         self._drain_check: DelayedCall | None = None
+        self._stopping = False
         #: The endpoint as configured, to tell whether a new config changed it.
         self.configured = endpoint if isinstance(endpoint, str) else repr(endpoint)
         if isinstance(endpoint, str):
@@ -186,6 +187,9 @@ class Peer:
             self._set_state(PeerState.DOWN)
 
     def stop(self) -> Deferred[None]:
+        # The link ends because this node let it go (it stops, or dropped
+        # the peer): no news about the peer worth a warning.
+        self._stopping = True
         self._stop_timers()
         d: Deferred[None] = self._service.stopService()
         return d
@@ -329,9 +333,9 @@ class Peer:
         if state is not self.state:
             before, self.state = self.state, state
             # Once per change, not per attempt to reconnect: see _PeerService.
-            # A peer drained on purpose, or that said it is shutting down,
-            # going down is no news worth a warning.
-            quiet = expected or self.draining
+            # A peer drained or let go on purpose, or that said it is
+            # shutting down, going down is no news worth a warning.
+            quiet = expected or self.draining or self._stopping
             log.emit(
                 LogLevel.warn if state is PeerState.DOWN and not quiet else LogLevel.info,
                 "peer {peer} is {after} (was {before})",
