@@ -42,6 +42,7 @@ def endpoint_for(options: argparse.Namespace, reactor: DispatchReactor) -> Any:
     host, _, port = rest.rpartition(":")
     if kind not in ("tcp", "tcp6") or not port.isdigit():
         raise ValueError(f"--ca needs a tcp: endpoint (host:port), not {options.endpoint!r}")
+    host = host.replace("\\:", ":")  # an IPv6 address, as endpoint_string escapes it
     return client_endpoint(
         reactor, host, int(port), options.ca, options.cert, options.key, name=options.name
     )
@@ -171,7 +172,9 @@ def _speaks_tls(options: argparse.Namespace) -> bool:
     context.verify_mode = ssl.CERT_NONE
     try:
         with (
-            socket.create_connection((host.strip("[]"), int(port)), TLS_PROBE_TIMEOUT) as raw,
+            socket.create_connection(
+                (host.replace("\\:", ":"), int(port)), TLS_PROBE_TIMEOUT
+            ) as raw,
             context.wrap_socket(raw),
         ):
             return True
