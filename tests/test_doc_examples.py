@@ -308,3 +308,28 @@ def test_testing_doc_pytest_example(tmp_path: Path) -> None:
     )
     assert result.returncode == 0, result.stdout + result.stderr
     assert "2 passed" in result.stdout
+
+
+#: protocol.md's prose examples of input piped into nc, with what they get:
+#: (`printf '...' | nc` gets `reply`, `reply`, then the close).
+_PIPED = re.compile(
+    r"\(`printf '([^']*)' \| nc[^`]*` gets ((?:`[^`]*`, )*`[^`]*`), then the close\)"
+)
+
+
+def test_protocol_piped_examples(tmp_path: Path) -> None:
+    """Each piped example of protocol.md's prose gets exactly the replies it says, then the close."""
+    import socket
+
+    prose = " ".join((ROOT / "docs/protocol.md").read_text().split())
+    examples = _PIPED.findall(prose)
+    assert examples, "protocol.md shows what a piped QUIT gets"
+    with running_node(tmp_path) as node:
+        for sent, replies in examples:
+            with socket.create_connection((node.host, node.port), timeout=10) as sock:
+                sock.sendall(sent.replace("\\n", "\n").encode())
+                sock.shutdown(socket.SHUT_WR)
+                received = b""
+                while chunk := sock.recv(4096):
+                    received += chunk
+            assert received.decode().splitlines() == re.findall(r"`([^`]*)`", replies), sent
