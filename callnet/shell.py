@@ -169,14 +169,21 @@ def format_value(value: Any) -> str:
 
 
 def format_help(descriptions: Sequence[Mapping[str, Any]]) -> str:
-    """The node's tagged C{HELP} as a table: each procedure's usage and summary."""
-    rows = [
-        (
-            str(entry.get("name", "?")) + str(entry.get("signature", "(...)")),
-            str(entry.get("doc") or "").strip().split("\n", 1)[0],
-        )
-        for entry in descriptions
-    ]
+    """
+    The node's tagged C{HELP} as a table: each procedure's usage and summary,
+    marked as the node's own untagged C{HELP} marks them: a stream
+    C{[stream]}, one only peers serve C{[on beta, gamma]}.
+    """
+    rows = []
+    for entry in descriptions:
+        usage = str(entry.get("name", "?")) + str(entry.get("signature", "(...)"))
+        summary = str(entry.get("doc") or "").strip().split("\n", 1)[0]
+        if entry.get("stream"):
+            usage += " [stream]"
+        nodes = entry.get("nodes")
+        if "run" not in entry and isinstance(nodes, list) and nodes:
+            summary = f"[on {', '.join(str(node) for node in nodes)}] {summary}"
+        rows.append((usage, summary))
     width = min(max((len(usage) for usage, _ in rows), default=0), 48)
     lines = [f"{usage:<{width}}  {summary}".rstrip() for usage, summary in rows]
     lines += [

@@ -125,6 +125,26 @@ class PieceTests(SynchronousTestCase):
                 "time() -> float                   The clock.",
             ],
         )
+        marked = [
+            {
+                "name": "count",
+                "signature": "(n: int)",
+                "doc": "Count.",
+                "stream": True,
+                "run": "reactor",
+            },
+            {
+                "name": "stock",
+                "signature": "(item: str)",
+                "doc": "Stock.",
+                "nodes": ["beta", "gamma"],
+            },
+        ]
+        self.assertEqual(
+            format_help(marked).splitlines()[:2],
+            ["count(n: int) [stream]  Count.", "stock(item: str)        [on beta, gamma] Stock."],
+            "marked as the node's own HELP marks them",
+        )
         self.assertEqual(
             format_description({**descriptions[1], "run": "reactor", "idempotent": True}),
             "time() -> float\n\n    The clock.\n\n    More.\n\nruns in: reactor; idempotent",
