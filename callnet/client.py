@@ -18,13 +18,8 @@ from typing import Any
 
 from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.endpoints import clientFromString
-from twisted.internet.interfaces import (
-    IHostnameResolver,
-    IReactorPluggableNameResolver,
-    IStreamClientEndpoint,
-)
+from twisted.internet.interfaces import IStreamClientEndpoint
 from twisted.python.failure import Failure
-from zope.interface import implementer
 
 from callnet.answers import MULTICALL, unpack
 from callnet.client_protocol import ClientFactory, no_op
@@ -60,17 +55,6 @@ DEFAULT_TIMEOUT = DEFAULT_CALL_TIMEOUT
 _DEFAULT = object()
 
 
-@implementer(IReactorPluggableNameResolver)
-class _ParseOnly:
-    """A stand-in reactor to build an endpoint with, only to see that its string is one."""
-
-    nameResolver = None
-
-    def installNameResolver(self, resolver: IHostnameResolver) -> IHostnameResolver:
-        """Never asked: an endpoint made with this reactor is never connected."""
-        raise NotImplementedError("a reactor only for parsing endpoints")
-
-
 def check_endpoint_string(text: str) -> None:
     """
     Raise C{ValueError} naming C{text} if Twisted cannot make a client
@@ -78,9 +62,12 @@ def check_endpoint_string(text: str) -> None:
     so that the mistake is said at once rather than by whatever the first
     connection attempt raises, in whichever thread that happens.
     """
+    # Imported here: only this check builds an endpoint with no reactor to run it.
+    from twisted.internet.testing import MemoryReactor
+
     try:
-        clientFromString(_ParseOnly(), text)
-    except Exception as e:
+        clientFromString(MemoryReactor(), text)
+    except Exception as e:  # any parser's error means the string is bad
         reason = str(e) if isinstance(e, ValueError | OSError) and str(e) else ""
         # Twisted names a missing field by its constructor's missing argument.
         if isinstance(e, TypeError) and "missing" in str(e):
