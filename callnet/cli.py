@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import signal
 import sys
@@ -107,6 +108,17 @@ def endpoint_string(text: str) -> str:
     except ValueError as e:
         raise argparse.ArgumentTypeError(f"{e}; {ENDPOINT_TRY}") from None
     return text
+
+
+def seconds(text: str) -> float:
+    """A deadline given on the command line: a finite number of seconds above 0."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not (0 < value < math.inf):
+        raise argparse.ArgumentTypeError(f"must be a number of seconds above 0, not {text!r}")
+    return value
 
 
 #: What a refused endpoint's message suggests.
@@ -185,7 +197,7 @@ def _parser() -> argparse.ArgumentParser:
         " not a terminal.",
     )
     shell.add_argument(
-        "--timeout", type=float, default=CALL_TIMEOUT, help="a call's deadline in seconds"
+        "--timeout", type=seconds, default=CALL_TIMEOUT, help="a call's deadline in seconds"
     )
     from callnet.shell import HISTORY_LENGTH
 
@@ -204,7 +216,9 @@ def _parser() -> argparse.ArgumentParser:
         sub = command(name, help_text)
         sub.add_argument("procedure", metavar="PROCEDURE")
         sub.add_argument("arguments", nargs="*", metavar="ARG", help="JSON value or word; k=v")
-        sub.add_argument("--timeout", type=float, default=CALL_TIMEOUT, help="deadline in seconds")
+        sub.add_argument(
+            "--timeout", type=seconds, default=CALL_TIMEOUT, help="deadline in seconds"
+        )
         _connection_options(sub)
     describe = command(
         "describe",
@@ -214,7 +228,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     describe.add_argument("procedure", metavar="PROCEDURE")
     describe.add_argument(
-        "--timeout", type=float, default=COMMAND_TIMEOUT, help="deadline in seconds"
+        "--timeout", type=seconds, default=COMMAND_TIMEOUT, help="deadline in seconds"
     )
     _connection_options(describe)
     for name, help_text in (
@@ -234,7 +248,7 @@ def _parser() -> argparse.ArgumentParser:
                 " SECONDS have passed (exit 0, or 3 if it never answered)",
             )
         sub.add_argument(
-            "--timeout", type=float, default=COMMAND_TIMEOUT, help="deadline in seconds"
+            "--timeout", type=seconds, default=COMMAND_TIMEOUT, help="deadline in seconds"
         )
         _connection_options(sub)
     _certs_parser(commands)

@@ -115,6 +115,14 @@ def test_usage() -> None:
     assert result.returncode == EXIT_USAGE
 
 
+@pytest.mark.parametrize("timeout", ["-1", "0", "nan", "inf", "soon"])
+def test_timeout_must_be_seconds_above_zero(timeout: str) -> None:
+    """A --timeout that is not a number of seconds above 0 is a usage error, not a deadline that passed."""
+    result = callnet("call", f"127.0.0.1:{free_port()}", "add", "1", "2", "--timeout", timeout)
+    assert result.returncode == EXIT_USAGE, result.stderr
+    assert f"--timeout: must be a number of seconds above 0, not '{timeout}'" in result.stderr
+
+
 @pytest.mark.parametrize("command", [["call", "tcp:127.0.0.1", "add", "1", "2"], ["shell"]])
 def test_unbuildable_endpoint_is_a_usage_error(command: list[str]) -> None:
     """An endpoint string with no port fails at once with status 2 and one line naming it (the shell used to hang)."""
