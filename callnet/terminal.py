@@ -67,9 +67,11 @@ def format_description(description: Mapping[str, Any]) -> str:
             notes.append(f"also on: {', '.join(nodes[1:])}")
     else:
         notes = [f"runs on: {', '.join(nodes) or '?'}"]
+    if description.get("stream"):
+        notes.insert(0, "a stream: answers with ITEM lines, then OK")  # as the node words it
     if description.get("idempotent"):
         notes.append("idempotent")
-    known = {"name", "signature", "doc", "run", "idempotent", "nodes"}
+    known = {"name", "signature", "doc", "run", "idempotent", "nodes", "stream"}
     notes += [f"{key}: {_plain(value)}" for key, value in description.items() if key not in known]
     lines += ["", "; ".join(notes)]
     return "\n".join(lines)

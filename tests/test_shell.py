@@ -149,6 +149,11 @@ class PieceTests(SynchronousTestCase):
             format_description({**descriptions[1], "run": "reactor", "idempotent": True}),
             "time() -> float\n\n    The clock.\n\n    More.\n\nruns in: reactor; idempotent",
         )
+        self.assertEqual(
+            format_description(marked[0]).splitlines()[-1],
+            "a stream: answers with ITEM lines, then OK; runs in: reactor",
+            "a stream is said as the node's own HELP name says it",
+        )
 
 
 # --- A session against a node in memory -------------------------------------------
