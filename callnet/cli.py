@@ -241,7 +241,7 @@ def _parser() -> argparse.ArgumentParser:
         if name == "ping":
             sub.add_argument(
                 "--wait",
-                type=float,
+                type=seconds,
                 default=None,
                 metavar="SECONDS",
                 help="wait for the node: try again, backing off, until it answers or"

@@ -116,11 +116,14 @@ def test_usage() -> None:
 
 
 @pytest.mark.parametrize("timeout", ["-1", "0", "nan", "inf", "soon"])
-def test_timeout_must_be_seconds_above_zero(timeout: str) -> None:
-    """A --timeout that is not a number of seconds above 0 is a usage error, not a deadline that passed."""
-    result = callnet("call", f"127.0.0.1:{free_port()}", "add", "1", "2", "--timeout", timeout)
+@pytest.mark.parametrize(
+    "command", [["call", "7600", "add", "1", "2", "--timeout"], ["ping", "7600", "--wait"]]
+)
+def test_seconds_must_be_above_zero(command: list[str], timeout: str) -> None:
+    """A --timeout or --wait that is not a number of seconds above 0 is a usage error, not a node that did not answer."""
+    result = callnet(*command, timeout)
     assert result.returncode == EXIT_USAGE, result.stderr
-    assert f"--timeout: must be a number of seconds above 0, not '{timeout}'" in result.stderr
+    assert f"{command[-1]}: must be a number of seconds above 0, not '{timeout}'" in result.stderr
 
 
 @pytest.mark.parametrize("command", [["call", "tcp:127.0.0.1", "add", "1", "2"], ["shell"]])
