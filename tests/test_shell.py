@@ -435,6 +435,22 @@ def test_piped_input_has_no_colour(node: Node, tmp_path: Path) -> None:
     assert "\x1b" not in result.stdout
 
 
+def test_piped_input_prints_answers_alone(node: Node, tmp_path: Path) -> None:
+    """From a pipe the shell prints each answer on its own, with no banner and no prompts among them."""
+    environment = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    environment["XDG_STATE_HOME"] = str(tmp_path / "state")
+    result = subprocess.run(
+        [sys.executable, "-m", "callnet", "shell", node.endpoint],
+        input='add 1 2\necho {"a":\n1}\n',
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=environment,
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines() == ["3", "{", '  "a": 1', "}"], result.stdout
+
+
 def test_unreachable_node() -> None:
     """A node that is not there: one line on stderr and status 3, before any prompt."""
     result = subprocess.run(
