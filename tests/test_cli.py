@@ -529,5 +529,5 @@ def test_shell_over_tls(tls_node: tuple[Node, int, Path], tmp_path: Path) -> Non
         env=environment,
     )
     assert result.returncode == EXIT_OK, result.stderr
-    assert f"connected to tls:127.0.0.1:{port}" in result.stdout
-    assert "> 3\n" in result.stdout
+    # The port speaks TLS only, so an answer at all is one over TLS.
+    assert result.stdout.splitlines() == ["3"]
