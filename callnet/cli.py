@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import signal
 import sys
@@ -84,22 +85,52 @@ _ENDPOINT_KINDS = ("tcp:", "unix:", "ssl:", "tls:", "tcp6:")
 
 
 def endpoint_string(text: str) -> str:
-    """Accept C{host:port} or C{port} as shorthand for a C{tcp:} endpoint."""
-    if text.startswith(_ENDPOINT_KINDS):
-        return text
-    host, _, port = text.rpartition(":")
-    if port.isdigit():
-        return f"tcp:{host or '127.0.0.1'}:{port}"
-    raise argparse.ArgumentTypeError(
-        f"not an endpoint: {text!r} (try 127.0.0.1:7600 or tcp:host:port or unix:/path)"
-    )
+    """
+    Accept C{host:port} or C{port} as shorthand for a C{tcp:} endpoint, and
+    C{tcp6:HOST:PORT} or C{[HOST]:PORT} for one to an IPv6 address (Twisted's
+    clients have no C{tcp6:}: C{tcp:} takes an IPv6 address with its colons
+    escaped); refuse, as a usage error, a string no endpoint can be made of.
+    """
+    from callnet.client import check_endpoint_string
+
+    if text.startswith("tcp6:") or (text.startswith("[") and "]:" in text):
+        host, _, port = text.removeprefix("tcp6:").rpartition(":")
+        host = host.removeprefix("[").removesuffix("]").replace("\\:", ":")
+        if host and port.isdigit():
+            text = "tcp:" + host.replace(":", "\\:") + ":" + port
+    elif not text.startswith(_ENDPOINT_KINDS):
+        host, _, port = text.rpartition(":")
+        if not port.isdigit():
+            raise argparse.ArgumentTypeError(f"not an endpoint: {text!r} ({ENDPOINT_TRY})")
+        text = f"tcp:{host or '127.0.0.1'}:{port}"
+    try:
+        check_endpoint_string(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(f"{e}; {ENDPOINT_TRY}") from None
+    return text
+
+
+def seconds(text: str) -> float:
+    """A deadline given on the command line: a finite number of seconds above 0."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not (0 < value < math.inf):
+        raise argparse.ArgumentTypeError(f"must be a number of seconds above 0, not {text!r}")
+    return value
+
+
+#: What a refused endpoint's message suggests.
+ENDPOINT_TRY = "try 127.0.0.1:7600 or tcp:host:port or unix:/path"
 
 
 #: What every command that talks to a node says under its options.
 ENDPOINT_HELP = """\
 endpoints:
   HOST:PORT, PORT      TCP (PORT alone: on 127.0.0.1), as tcp:HOST:PORT
-  tcp:HOST:PORT        also tcp6:HOST:PORT, and unix:/PATH for a Unix socket
+  tcp:HOST:PORT        also tcp6:HOST:PORT or [HOST]:PORT for IPv6, and
+                       unix:/PATH for a Unix socket
   tls:..., ssl:...     Twisted's TLS endpoint strings (trustRoots=, certificate=)
   --ca CA.pem          reach HOST:PORT over TLS, checking the node's certificate
 
@@ -166,7 +197,7 @@ def _parser() -> argparse.ArgumentParser:
         " not a terminal.",
     )
     shell.add_argument(
-        "--timeout", type=float, default=CALL_TIMEOUT, help="a call's deadline in seconds"
+        "--timeout", type=seconds, default=CALL_TIMEOUT, help="a call's deadline in seconds"
     )
     from callnet.shell import HISTORY_LENGTH
 
@@ -185,7 +216,9 @@ def _parser() -> argparse.ArgumentParser:
         sub = command(name, help_text)
         sub.add_argument("procedure", metavar="PROCEDURE")
         sub.add_argument("arguments", nargs="*", metavar="ARG", help="JSON value or word; k=v")
-        sub.add_argument("--timeout", type=float, default=CALL_TIMEOUT, help="deadline in seconds")
+        sub.add_argument(
+            "--timeout", type=seconds, default=CALL_TIMEOUT, help="deadline in seconds"
+        )
         _connection_options(sub)
     describe = command(
         "describe",
@@ -195,7 +228,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     describe.add_argument("procedure", metavar="PROCEDURE")
     describe.add_argument(
-        "--timeout", type=float, default=COMMAND_TIMEOUT, help="deadline in seconds"
+        "--timeout", type=seconds, default=COMMAND_TIMEOUT, help="deadline in seconds"
     )
     _connection_options(describe)
     for name, help_text in (
@@ -208,14 +241,14 @@ def _parser() -> argparse.ArgumentParser:
         if name == "ping":
             sub.add_argument(
                 "--wait",
-                type=float,
+                type=seconds,
                 default=None,
                 metavar="SECONDS",
                 help="wait for the node: try again, backing off, until it answers or"
                 " SECONDS have passed (exit 0, or 3 if it never answered)",
             )
         sub.add_argument(
-            "--timeout", type=float, default=COMMAND_TIMEOUT, help="deadline in seconds"
+            "--timeout", type=seconds, default=COMMAND_TIMEOUT, help="deadline in seconds"
         )
         _connection_options(sub)
     _certs_parser(commands)

@@ -55,6 +55,26 @@ DEFAULT_TIMEOUT = DEFAULT_CALL_TIMEOUT
 _DEFAULT = object()
 
 
+def check_endpoint_string(text: str) -> None:
+    """
+    Raise C{ValueError} naming C{text} if Twisted cannot make a client
+    endpoint of it (C{tcp:127.0.0.1} with no port, a kind it does not know),
+    so that the mistake is said at once rather than by whatever the first
+    connection attempt raises, in whichever thread that happens.
+    """
+    # Imported here: only this check builds an endpoint with no reactor to run it.
+    from twisted.internet.testing import MemoryReactor
+
+    try:
+        clientFromString(MemoryReactor(), text)
+    except Exception as e:  # any parser's error means the string is bad
+        reason = str(e) if isinstance(e, ValueError | OSError) and str(e) else ""
+        # Twisted names a missing field by its constructor's missing argument.
+        if isinstance(e, TypeError) and "missing" in str(e):
+            reason = "missing " + str(e).partition("missing ")[2].split("argument: ")[-1]
+        raise ValueError(f"not an endpoint: {text!r}" + (f" ({reason})" if reason else "")) from e
+
+
 class Client:
     """
     An asynchronous client of one node.

@@ -104,8 +104,18 @@ def use_colour(stream: TextIO, environ: Mapping[str, str]) -> bool:
         return False
     if environ.get("TERM") == "dumb":
         return False
+    return is_terminal(stream)
+
+
+def is_terminal(stream: object) -> bool:
+    """Whether C{stream} is a terminal (not a pipe or a file)."""
     isatty = getattr(stream, "isatty", None)
     return bool(isatty is not None and isatty())
+
+
+def _read_unprompted(prompt: str) -> str:
+    """C{input()} without its prompt: for lines that come from a pipe."""
+    return input()
 
 
 def _scan(text: str) -> tuple[int, bool]:
@@ -169,14 +179,21 @@ def format_value(value: Any) -> str:
 
 
 def format_help(descriptions: Sequence[Mapping[str, Any]]) -> str:
-    """The node's tagged C{HELP} as a table: each procedure's usage and summary."""
-    rows = [
-        (
-            str(entry.get("name", "?")) + str(entry.get("signature", "(...)")),
-            str(entry.get("doc") or "").strip().split("\n", 1)[0],
-        )
-        for entry in descriptions
-    ]
+    """
+    The node's tagged C{HELP} as a table: each procedure's usage and summary,
+    marked as the node's own untagged C{HELP} marks them: a stream
+    C{[stream]}, one only peers serve C{[on beta, gamma]}.
+    """
+    rows = []
+    for entry in descriptions:
+        usage = str(entry.get("name", "?")) + str(entry.get("signature", "(...)"))
+        summary = str(entry.get("doc") or "").strip().split("\n", 1)[0]
+        if entry.get("stream"):
+            usage += " [stream]"
+        nodes = entry.get("nodes")
+        if "run" not in entry and isinstance(nodes, list) and nodes:
+            summary = f"[on {', '.join(str(node) for node in nodes)}] {summary}"
+        rows.append((usage, summary))
     width = min(max((len(usage) for usage, _ in rows), default=0), 48)
     lines = [f"{usage:<{width}}  {summary}".rstrip() for usage, summary in rows]
     lines += [
@@ -246,7 +263,8 @@ class Shell:
                 self.show("")
                 continue
             except EOFError:
-                self.show("")
+                if prompt:
+                    self.show("")  # off the prompt's line
                 return EXIT_OK
             if not text.strip():
                 continue
@@ -453,9 +471,13 @@ def run_shell(options: argparse.Namespace) -> int:
             shell._failed(e)  # refused, say for want of a token: HELP may still work
         except KeyboardInterrupt:
             return EXIT_INTERRUPTED
-        shell.show(
-            f"connected to {client.address}: HELP lists procedures, Tab completes, Ctrl-D leaves"
-        )
+        # Read from a pipe, the answers are printed alone: no banner, no prompts.
+        interactive = is_terminal(sys.stdin)
+        if interactive:
+            shell.show(
+                f"connected to {client.address}: HELP lists procedures, Tab completes,"
+                " Ctrl-D leaves"
+            )
         save = _start_readline(
             shell,
             history_path(os.environ, Path.home()),
@@ -463,7 +485,7 @@ def run_shell(options: argparse.Namespace) -> int:
         )
         prompt = options.endpoint.removeprefix("tcp:") + "> "
         try:
-            return shell.run(input, prompt)
+            return shell.run(input, prompt) if interactive else shell.run(_read_unprompted, "")
         finally:
             save()
     finally:

@@ -42,6 +42,7 @@ def endpoint_for(options: argparse.Namespace, reactor: DispatchReactor) -> Any:
     host, _, port = rest.rpartition(":")
     if kind not in ("tcp", "tcp6") or not port.isdigit():
         raise ValueError(f"--ca needs a tcp: endpoint (host:port), not {options.endpoint!r}")
+    host = host.replace("\\:", ":")  # an IPv6 address, as endpoint_string escapes it
     return client_endpoint(
         reactor, host, int(port), options.ca, options.cert, options.key, name=options.name
     )
@@ -66,9 +67,11 @@ def format_description(description: Mapping[str, Any]) -> str:
             notes.append(f"also on: {', '.join(nodes[1:])}")
     else:
         notes = [f"runs on: {', '.join(nodes) or '?'}"]
+    if description.get("stream"):
+        notes.insert(0, "a stream: answers with ITEM lines, then OK")  # as the node words it
     if description.get("idempotent"):
         notes.append("idempotent")
-    known = {"name", "signature", "doc", "run", "idempotent", "nodes"}
+    known = {"name", "signature", "doc", "run", "idempotent", "nodes", "stream"}
     notes += [f"{key}: {_plain(value)}" for key, value in description.items() if key not in known]
     lines += ["", "; ".join(notes)]
     return "\n".join(lines)
@@ -171,7 +174,9 @@ def _speaks_tls(options: argparse.Namespace) -> bool:
     context.verify_mode = ssl.CERT_NONE
     try:
         with (
-            socket.create_connection((host.strip("[]"), int(port)), TLS_PROBE_TIMEOUT) as raw,
+            socket.create_connection(
+                (host.replace("\\:", ":"), int(port)), TLS_PROBE_TIMEOUT
+            ) as raw,
             context.wrap_socket(raw),
         ):
             return True

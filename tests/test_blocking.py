@@ -449,6 +449,13 @@ class CallTests(SynchronousTestCase):
         self.assertRaises(ValueError, self.client.call, "add", 1, 2, timeout=float("inf"))
         self.assertRaises(ValueError, self.client.call, "add", 1, 2, timeout=float("nan"))
 
+    def test_bad_endpoint_string_refused_when_made(self) -> None:
+        """An endpoint string Twisted cannot build is a ValueError naming it when the client is made, not a call that waits out its deadline."""
+        for endpoint in ("tcp:127.0.0.1", "tcp6:[::1]:7600", "nosuch:x"):
+            error = self.assertRaises(ValueError, BlockingClient, endpoint)
+            self.assertIn(repr(endpoint), str(error))
+        self.assertEqual(self.world.reactor.queue, [])
+
     def test_arguments_not_json(self) -> None:
         """Arguments that are not JSON fail that call with InvalidArgumentError, not-run."""
         error = self.assertRaises(CallError, self.client.call, "echo", {1, 2})

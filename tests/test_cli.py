@@ -62,6 +62,18 @@ class EndpointTests(SynchronousTestCase):
         self.assertEqual(endpoint_string("7600"), "tcp:127.0.0.1:7600")
         self.assertEqual(endpoint_string("unix:/run/x.sock"), "unix:/run/x.sock")
 
+    def test_ipv6(self) -> None:
+        """C{tcp6:HOST:PORT} and C{[HOST]:PORT} become the C{tcp:} string Twisted's clients take."""
+        for text in ("tcp6:[::1]:7600", "tcp6:::1:7600", "[::1]:7600"):
+            self.assertEqual(endpoint_string(text), "tcp:\\:\\:1:7600")
+
+    def test_unbuildable_refused(self) -> None:
+        """A string no client endpoint can be made of is a usage error naming it and what is wrong."""
+        error = self.assertRaises(argparse.ArgumentTypeError, endpoint_string, "tcp:127.0.0.1")
+        self.assertIn("not an endpoint: 'tcp:127.0.0.1' (missing 'port')", str(error))
+        error = self.assertRaises(argparse.ArgumentTypeError, endpoint_string, "tcp:h:http")
+        self.assertIn("not an endpoint: 'tcp:h:http'", str(error))
+
 
 def test_call_and_errors(tmp_path: Path) -> None:
     """A result prints as JSON with status 0; each kind of failure has its own status."""
@@ -101,6 +113,51 @@ def test_usage() -> None:
     """A malformed command line is a usage error with status 2."""
     result = callnet("call")
     assert result.returncode == EXIT_USAGE
+
+
+@pytest.mark.parametrize("timeout", ["-1", "0", "nan", "inf", "soon"])
+@pytest.mark.parametrize(
+    "command", [["call", "7600", "add", "1", "2", "--timeout"], ["ping", "7600", "--wait"]]
+)
+def test_seconds_must_be_above_zero(command: list[str], timeout: str) -> None:
+    """A --timeout or --wait that is not a number of seconds above 0 is a usage error, not a node that did not answer."""
+    result = callnet(*command, timeout)
+    assert result.returncode == EXIT_USAGE, result.stderr
+    assert f"{command[-1]}: must be a number of seconds above 0, not '{timeout}'" in result.stderr
+
+
+@pytest.mark.parametrize("command", [["call", "tcp:127.0.0.1", "add", "1", "2"], ["shell"]])
+def test_unbuildable_endpoint_is_a_usage_error(command: list[str]) -> None:
+    """An endpoint string with no port fails at once with status 2 and one line naming it (the shell used to hang)."""
+    if command == ["shell"]:
+        command = ["shell", "tcp:127.0.0.1"]
+    result = subprocess.run(
+        [sys.executable, "-m", "callnet", *command],
+        capture_output=True,
+        text=True,
+        timeout=20,
+        stdin=subprocess.DEVNULL,
+    )
+    assert result.returncode == EXIT_USAGE, result.stderr
+    assert "not an endpoint: 'tcp:127.0.0.1' (missing 'port')" in result.stderr
+    assert "Traceback" not in result.stderr and "TCP4ClientEndpoint" not in result.stderr
+
+
+def test_ipv6_endpoints(tmp_path: Path) -> None:
+    """C{tcp6:HOST:PORT} and C{[HOST]:PORT} reach a node listening on an IPv6 address, as the help says."""
+    import socket
+
+    try:
+        with socket.socket(socket.AF_INET6) as probe:
+            probe.bind(("::1", 0))
+            port = int(probe.getsockname()[1])
+    except OSError:
+        pytest.skip("no IPv6 loopback here")
+    with running_node(tmp_path, "--listen", f"tcp6:{port}:interface=\\:\\:1"):
+        # The node listens on both before it says it serves, which running_node waits for.
+        for endpoint in (f"tcp6:[::1]:{port}", f"[::1]:{port}", f"tcp6:::1:{port}"):
+            result = callnet("call", endpoint, "add", "1", "2")
+            assert (result.returncode, result.stdout.strip()) == (EXIT_OK, "3"), result.stderr
 
 
 class StatusFormatTests(SynchronousTestCase):
@@ -472,5 +529,5 @@ def test_shell_over_tls(tls_node: tuple[Node, int, Path], tmp_path: Path) -> Non
         env=environment,
     )
     assert result.returncode == EXIT_OK, result.stderr
-    assert f"connected to tls:127.0.0.1:{port}" in result.stdout
-    assert "> 3\n" in result.stdout
+    # The port speaks TLS only, so an answer at all is one over TLS.
+    assert result.stdout.splitlines() == ["3"]

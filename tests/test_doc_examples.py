@@ -15,9 +15,11 @@ block carries such a marker unless it is listed in L{NOT_TRANSCRIPTS}.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -308,3 +310,77 @@ def test_testing_doc_pytest_example(tmp_path: Path) -> None:
     )
     assert result.returncode == 0, result.stdout + result.stderr
     assert "2 passed" in result.stdout
+
+
+#: protocol.md's prose examples of input piped into nc, with what they get:
+#: (`printf '...' | nc` gets `reply`, `reply`, then the close).
+_PIPED = re.compile(
+    r"\(`printf '([^']*)' \| nc[^`]*` gets ((?:`[^`]*`, )*`[^`]*`), then the close\)"
+)
+
+
+def test_protocol_piped_examples(tmp_path: Path) -> None:
+    """Each piped example of protocol.md's prose gets exactly the replies it says, then the close."""
+    import socket
+
+    prose = " ".join((ROOT / "docs/protocol.md").read_text().split())
+    examples = _PIPED.findall(prose)
+    assert examples, "protocol.md shows what a piped QUIT gets"
+    with running_node(tmp_path) as node:
+        for sent, replies in examples:
+            with socket.create_connection((node.host, node.port), timeout=10) as sock:
+                sock.sendall(sent.replace("\\n", "\n").encode())
+                sock.shutdown(socket.SHUT_WR)
+                received = b""
+                while chunk := sock.recv(4096):
+                    received += chunk
+            assert received.decode().splitlines() == re.findall(r"`([^`]*)`", replies), sent
+
+
+def test_readme_daemon_commands(tmp_path: Path) -> None:
+    """README's daemon commands, run as written from a checkout (its config on a free port): the node serves, and the kill stops it and takes its pid file."""
+    from .daemon import accepts, connect, free_port, require_twistd, wait_until
+
+    require_twistd()
+    [block] = [
+        b.body
+        for b in fenced("README.md")
+        if b.language == "sh" and "--config etc/callnet.toml" in b.body
+    ]
+    start, stop = block.splitlines()
+    assert stop == "kill $(cat twistd.pid)"
+    port = free_port()
+    config = (ROOT / "etc" / "callnet.toml").read_text()
+    assert '"tcp:7600:interface=127.0.0.1"' in config, "the README's node listens on 7600"
+    (tmp_path / "etc").mkdir()
+    (tmp_path / "etc" / "callnet.toml").write_text(config.replace("tcp:7600:", f"tcp:{port}:"))
+    # The checkout's .venv, here: the one this test runs in.
+    (tmp_path / ".venv").symlink_to(TWISTD.parent.parent)
+    environment = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+
+    def run(command: str) -> None:
+        ran = subprocess.run(
+            ["bash", "-c", command],
+            cwd=tmp_path,
+            env=environment,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert (ran.returncode, ran.stdout, ran.stderr) == (0, "", ""), command
+
+    run(start)
+    pidfile = tmp_path / "twistd.pid"
+    pid = int(pidfile.read_text())
+    try:
+        wait_until(lambda: accepts("127.0.0.1", port), 20, "the daemon listens")
+        client = connect("127.0.0.1", port)
+        client.send("add 1 2")
+        assert client.read_line() == "OK 3"
+        client.sock.close()
+        run(stop)
+        wait_until(lambda: not pidfile.exists(), 20, "the stopped node's pid file is gone")
+        assert "Server Shut Down." in (tmp_path / "twistd.log").read_text()
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)

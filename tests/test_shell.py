@@ -125,9 +125,34 @@ class PieceTests(SynchronousTestCase):
                 "time() -> float                   The clock.",
             ],
         )
+        marked = [
+            {
+                "name": "count",
+                "signature": "(n: int)",
+                "doc": "Count.",
+                "stream": True,
+                "run": "reactor",
+            },
+            {
+                "name": "stock",
+                "signature": "(item: str)",
+                "doc": "Stock.",
+                "nodes": ["beta", "gamma"],
+            },
+        ]
+        self.assertEqual(
+            format_help(marked).splitlines()[:2],
+            ["count(n: int) [stream]  Count.", "stock(item: str)        [on beta, gamma] Stock."],
+            "marked as the node's own HELP marks them",
+        )
         self.assertEqual(
             format_description({**descriptions[1], "run": "reactor", "idempotent": True}),
             "time() -> float\n\n    The clock.\n\n    More.\n\nruns in: reactor; idempotent",
+        )
+        self.assertEqual(
+            format_description(marked[0]).splitlines()[-1],
+            "a stream: answers with ITEM lines, then OK; runs in: reactor",
+            "a stream is said as the node's own HELP name says it",
         )
 
 
@@ -408,6 +433,22 @@ def test_piped_input_has_no_colour(node: Node, tmp_path: Path) -> None:
     assert "3\n" in result.stdout
     assert "ERR NOT_FOUND not-run @demo" in result.stdout
     assert "\x1b" not in result.stdout
+
+
+def test_piped_input_prints_answers_alone(node: Node, tmp_path: Path) -> None:
+    """From a pipe the shell prints each answer on its own, with no banner and no prompts among them."""
+    environment = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    environment["XDG_STATE_HOME"] = str(tmp_path / "state")
+    result = subprocess.run(
+        [sys.executable, "-m", "callnet", "shell", node.endpoint],
+        input='add 1 2\necho {"a":\n1}\n',
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=environment,
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines() == ["3", "{", '  "a": 1', "}"], result.stdout
 
 
 def test_unreachable_node() -> None:

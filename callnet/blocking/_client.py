@@ -24,7 +24,7 @@ from callnet.blocking._reactor_thread import ReactorThread, default_reactor_thre
 from callnet.blocking._shared import THREADS_PER_CONNECTION
 from callnet.blocking._stream import BlockingStream, BridgedStream
 from callnet.blocking._wait import GRACE, refuse_reactor_thread
-from callnet.client import DEFAULT_TIMEOUT, Client
+from callnet.client import DEFAULT_TIMEOUT, Client, check_endpoint_string
 from callnet.client_stream import DEFAULT_WINDOW, CallStream, Credit
 from callnet.errors import Outcome, UnavailableError
 
@@ -128,6 +128,10 @@ class BlockingClient:
         self._lock = threading.Lock()
         self._closed = False
         address = parse_address(endpoint)
+        if address is None and isinstance(endpoint, str):
+            # Said here, not by the reactor thread at the first call, which
+            # would leave every caller waiting out its deadline.
+            check_endpoint_string(endpoint)
         if transport == "direct" and address is None:
             raise ValueError(
                 f"the plain-socket path reaches tcp:HOST:PORT, unix:PATH and TLSAddress"
