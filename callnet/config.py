@@ -200,6 +200,16 @@ class Limits:
         once).  Past it such casts are cancelled, so clients that cast and leave
         cannot pile up work without end.""",
     )
+    paused_check_interval: float = setting(
+        1.0,
+        checks.seconds,
+        """Seconds between checks, while the node is not reading a connection
+        because its calls in flight reached max_calls_in_flight, that its client
+        is still there.  A transport not being read does not see its client
+        close, so without the check a client that pipelines to the limit and
+        leaves would keep its calls running to their deadline and its
+        connection slot taken until then.""",
+    )
 
 
 @dataclass(frozen=True)

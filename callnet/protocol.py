@@ -36,7 +36,7 @@ from callnet.errors import (
 )
 from callnet.execution import PLAIN_RESULTS
 from callnet.logs import readable
-from callnet.reactors import DelayedCall, DispatchReactor, set_no_delay
+from callnet.reactors import DelayedCall, DispatchReactor, peer_closed, set_no_delay
 from callnet.replies import encode_result, log_access, trace_failure
 from callnet.sending import Outbox
 from callnet.session import AUTH_DELAY, MAX_AUTH_FAILURES, ORDINARY_ENDS, Session, Slot
@@ -213,6 +213,16 @@ class NodeProtocol(Protocol):
 
     def resume_reading(self) -> None:
         cast(Any, self.transport).resumeProducing()
+
+    def check_closed(self) -> None:
+        transport = cast(Any, self.transport)
+        gone = peer_closed(transport)
+        if gone == "reset":
+            transport.abortConnection()  # connectionLost cancels its calls
+        elif gone == "ended":
+            # Nothing more can be read but the end: let the transport read it,
+            # so the session hears of it as of any end of input.
+            transport.resumeProducing()
 
     def start_call(self, call: Call) -> Any:
         factory = self.factory

@@ -9,8 +9,9 @@ and move time by hand.
 from __future__ import annotations
 
 import contextlib
+import socket
 from collections.abc import Callable
-from typing import Any, Protocol, cast
+from typing import Any, Literal, Protocol, cast
 
 from twisted.internet.interfaces import IReactorTime
 
@@ -64,3 +65,41 @@ def set_no_delay(transport: object) -> None:
     if set_option is not None:
         with contextlib.suppress(OSError):  # not a TCP socket after all
             set_option(True)
+
+
+def peer_closed(transport: object) -> Literal["open", "ended", "reset"]:
+    """
+    Whether the client of a connection the node is not reading has gone:
+    C{"ended"} if it closed its side and every byte it sent has been read,
+    C{"reset"} if the connection failed (a reset), C{"open"} otherwise, or when
+    the transport has no socket to look at (a test's, a pipe).
+
+    A transport that is not read is not watched by the reactor, so it sees
+    neither the end of its input nor a reset until it reads again.  This
+    looks at the socket without taking anything from it: it peeks.  Bytes
+    still unread mean the client may yet be there, so they count as open.
+    Under TLS the socket is the one the TLS layer wraps.
+    """
+    handle = _socket_of(transport)
+    if handle is None:
+        return "open"
+    try:
+        waiting = handle.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT)
+    except (BlockingIOError, InterruptedError):
+        return "open"  # nothing waiting: the client is there, or idle
+    except OSError:
+        return "reset"
+    return "open" if waiting else "ended"
+
+
+def _socket_of(transport: object) -> socket.socket | None:
+    """The socket under a transport, through wrapping layers such as TLS."""
+    for _ in range(4):  # TCP, TLS over TCP, and a wrapper or two more
+        get_handle = getattr(transport, "getHandle", None)
+        handle = get_handle() if get_handle is not None else None
+        if isinstance(handle, socket.socket):
+            return handle
+        transport = getattr(transport, "transport", None)
+        if transport is None:
+            return None
+    return None

@@ -68,6 +68,7 @@ from callnet.errors import (
 )
 from callnet.session_actions import (
     AUTH_TIMER,
+    CHECK_TIMER,
     INPUT_ENDED,
     LINE_TIMER,
     ORDINARY_ENDS,
@@ -100,6 +101,7 @@ __all__ = [
     "AUTH_DELAY",
     "AUTH_DELAY_MAX",
     "AUTH_TIMER",
+    "CHECK_TIMER",
     "CLOSED",
     "COMMANDS",
     "ENDING",
@@ -233,6 +235,9 @@ class Session(Reading):
             )
         elif timer == AUTH_TIMER:
             refuse_auth(self)
+        elif timer == CHECK_TIMER:
+            self._actions.check_closed()
+            self._check_while_over_limit()
 
     def shut_down(self, error: CallError) -> None:
         """
@@ -346,12 +351,20 @@ class Session(Reading):
         if load >= self._limits.max_calls_in_flight:
             self._over_limit = True
             self._update_reading()
+            self._check_while_over_limit()
+
+    def _check_while_over_limit(self) -> None:
+        # A connection not read does not show its client leaving: look, now
+        # and then, so that a client gone at the limit has its calls cancelled.
+        if self._over_limit and self.state is not CLOSED and self.state is not LEAVING:
+            self._start_timer(CHECK_TIMER, self._limits.paused_check_interval)
 
     def _after_call(self) -> None:
         if self._over_limit:
             load = len(self._untagged) if self.peer else self.load
             if load <= self._limits.max_calls_in_flight // 2:
                 self._over_limit = False
+                self._stop_timer(CHECK_TIMER)
                 self._update_reading()
         if self.state is not OPEN:
             self._maybe_finish()

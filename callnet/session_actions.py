@@ -21,6 +21,8 @@ LINE_TIMER: Final = "line"
 STALL_TIMER: Final = "stall"
 #: The delay before a wrong token is answered.
 AUTH_TIMER: Final = "auth"
+#: Between checks that a client not read for its calls in flight is still there.
+CHECK_TIMER: Final = "check"
 
 #: Why a connection closes when nothing went wrong.
 SAID_QUIT: Final = "it said QUIT"
@@ -40,6 +42,13 @@ class Actions(Protocol):
 
     def resume_reading(self) -> None:
         """Read from the connection again."""
+
+    def check_closed(self) -> None:
+        """
+        While the connection is not read: if its client has closed and left
+        nothing unread, take in the end of the connection now.  A transport
+        that is not read does not see its client go until it reads again.
+        """
 
     def start_call(self, call: Call) -> Any:
         """

@@ -6,7 +6,10 @@ threads, time moved by hand.
 from __future__ import annotations
 
 import random
-from typing import Any
+import select
+import socket
+import struct
+from typing import Any, cast
 
 from twisted.internet.defer import Deferred
 from twisted.trial.unittest import SynchronousTestCase
@@ -22,6 +25,7 @@ from callnet.errors import (
     ResourceExhaustedError,
     UnavailableError,
 )
+from callnet.reactors import peer_closed
 from callnet.registry import procedure
 from callnet.server import DRAIN_CHECK_INTERVAL, DRAIN_FLUSH_TIMEOUT
 from callnet.testing import MemoryNode
@@ -39,6 +43,13 @@ class Pending:
         d: Deferred[Any] = Deferred(lambda _: self.cancelled.append(key))
         self.calls[key] = d
         return d
+
+
+class _ResetSocket(socket.socket):
+    """A socket whose client reset the connection: reading it fails."""
+
+    def recv(self, size: int, flags: int = 0) -> bytes:
+        raise ConnectionResetError(104, "Connection reset by peer")
 
 
 def node_with_pending(limits: Limits | None = None) -> tuple[MemoryNode, Pending]:
@@ -630,6 +641,39 @@ class FlowControlTests(SynchronousTestCase):
         self.assertFalse(conn.transport.disconnecting)
         self.assertEqual(node.clock.getDelayedCalls(), [])
 
+    def test_client_gone_while_not_read_is_let_go(self) -> None:
+        """A client that closes while its calls at the limit keep it unread is read again to its end, within paused_check_interval."""
+        node, pending = node_with_pending(Limits(max_calls_in_flight=2, paused_check_interval=1))
+        conn = node.connect_raw()
+        mine, theirs = socket.socketpair()
+        self.addCleanup(mine.close)
+        cast(Any, conn.transport).getHandle = lambda: mine
+        conn.send("#1 wait a\n#2 wait b\n")
+        self.assertEqual(conn.transport.producerState, "paused")
+        node.clock.advance(1)
+        self.assertEqual(conn.transport.producerState, "paused", "its client is still there")
+        theirs.close()
+        node.clock.advance(1)
+        self.assertEqual(conn.transport.producerState, "producing", "read, to find the end")
+        self.assertFalse(conn.transport.disconnecting)
+        conn.protocol.readConnectionLost()  # what the transport then reads
+        self.assertEqual(sorted(pending.cancelled), ["a", "b"])
+        self.assertTrue(conn.transport.disconnecting)
+
+    def test_client_reset_while_not_read_is_dropped(self) -> None:
+        """A connection reset while its calls at the limit keep it unread is aborted, so its calls are cancelled."""
+        node, pending = node_with_pending(Limits(max_calls_in_flight=2, paused_check_interval=1))
+        conn = node.connect_raw()
+        reset = _ResetSocket()
+        self.addCleanup(reset.close)
+        cast(Any, conn.transport).getHandle = lambda: reset
+        conn.send("#1 wait a\n#2 wait b\n")
+        node.clock.advance(1)
+        self.assertTrue(conn.transport.disconnecting)
+        conn.protocol.connectionLost()
+        self.assertEqual(sorted(pending.cancelled), ["a", "b"])
+        self.assertEqual(node.clock.getDelayedCalls(), [])
+
     def test_connection_limit(self) -> None:
         """Connections past the limit get one error line and are closed; others are unaffected."""
         node, _ = node_with_pending(Limits(max_connections=2))
@@ -645,6 +689,56 @@ class FlowControlTests(SynchronousTestCase):
         fourth.send("add 2 2\n")
         self.assertEqual(fourth.lines(), [b"OK 4"])
         self.assertFalse(second.transport.disconnecting)
+
+
+class _Wrapper:
+    """A transport wrapping another, as TLS does: its handle is no socket."""
+
+    def __init__(self, inner: object) -> None:
+        self.transport = inner
+
+    def getHandle(self) -> object:
+        return object()
+
+
+class _Plain:
+    """A transport over a socket."""
+
+    def __init__(self, handle: socket.socket) -> None:
+        self.handle = handle
+
+    def getHandle(self) -> socket.socket:
+        return self.handle
+
+
+class PeerClosedTests(SynchronousTestCase):
+    """What L{peer_closed} sees on a socket the node is not reading."""
+
+    def test_socket_pair(self) -> None:
+        """Open, or with bytes unread, is open; closed with nothing unread is ended; TLS-like wrappers are looked through."""
+        mine, theirs = socket.socketpair()
+        self.addCleanup(mine.close)
+        self.assertEqual(peer_closed(_Plain(mine)), "open")
+        theirs.sendall(b"PING\n")
+        self.assertEqual(peer_closed(_Wrapper(_Plain(mine))), "open")
+        theirs.close()
+        self.assertEqual(peer_closed(_Plain(mine)), "open", "a line still to read")
+        self.assertEqual(mine.recv(100), b"PING\n")
+        self.assertEqual(peer_closed(_Wrapper(_Plain(mine))), "ended")
+        self.assertEqual(peer_closed(object()), "open", "no socket: nothing to tell")
+
+    def test_tcp_reset(self) -> None:
+        """A TCP connection its client reset is seen as reset, without reading it."""
+        listener = socket.create_server(("127.0.0.1", 0))
+        self.addCleanup(listener.close)
+        client = socket.create_connection(listener.getsockname())
+        accepted, _ = listener.accept()
+        self.addCleanup(accepted.close)
+        client.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        client.close()
+        readable, _, _ = select.select([accepted], [], [], 10)
+        self.assertEqual(readable, [accepted], "the reset arrives")
+        self.assertEqual(peer_closed(_Plain(accepted)), "reset")
 
 
 class InMemoryConnectionTests(SynchronousTestCase):

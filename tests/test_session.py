@@ -23,6 +23,7 @@ from callnet.errors import (
 )
 from callnet.session import (
     AUTH_TIMER,
+    CHECK_TIMER,
     CLOSED,
     ENDING,
     LEAVING,
@@ -94,6 +95,7 @@ class FakeNode:
         self.cancelled: list[int] = []
         self.detached: list[int] = []
         self.calls: list[Call] = []
+        self.checks = 0
 
     def write(self, line: bytes) -> None:
         if self.closed is not None:
@@ -107,6 +109,10 @@ class FakeNode:
     def resume_reading(self) -> None:
         assert not self.reading, "resumed twice"
         self.reading = True
+
+    def check_closed(self) -> None:
+        assert not self.reading, "checked while reading"
+        self.checks += 1
 
     def start_call(self, call: Call) -> Any:
         self.calls.append(call)
@@ -625,6 +631,24 @@ class SessionEdgeTests(unittest.TestCase):
         node.finish(1)
         self.assertTrue(node.reading)
         self.assertEqual(len(replies(node)), 101)
+
+    def test_client_not_read_at_the_limit_is_looked_at(self) -> None:
+        """While calls at the limit keep a connection unread, the adapter is asked every paused_check_interval whether its client left."""
+        limits = Limits(max_calls_in_flight=4, paused_check_interval=2)
+        session, node = make_session(limits)
+        session.receive_data(b"#1 slow 1\n#2 slow 2\n#3 slow 3\n#4 slow 4\n")
+        self.assertFalse(node.reading)
+        self.assertEqual(node.timers, {CHECK_TIMER: 2})
+        del node.timers[CHECK_TIMER]
+        session.timer_fired(CHECK_TIMER)
+        self.assertEqual(node.checks, 1)
+        self.assertEqual(node.timers, {CHECK_TIMER: 2}, "and again, while still not read")
+        node.finish(1)
+        node.finish(2)
+        self.assertTrue(node.reading)
+        self.assertEqual(node.timers, {}, "read again: the transport sees the client go")
+        session.output_paused()
+        self.assertNotIn(CHECK_TIMER, node.timers, "unread replies have their own deadline")
 
     def test_input_after_quit_is_discarded(self) -> None:
         """Bytes after QUIT are dropped, not held, and start no line timer."""
