@@ -200,6 +200,21 @@ class Limits:
         once).  Past it such casts are cancelled, so clients that cast and leave
         cannot pile up work without end.""",
     )
+    auth_failure_window: float = setting(
+        60.0,
+        checks.seconds,
+        """Seconds a node remembers the wrong tokens given from one address.
+        AUTH's delay doubles with each of them, counted across all of that
+        address's connections, so that guessing over many connections at once
+        is no faster than over one.""",
+    )
+    max_auth_failure_addresses: int = setting(
+        10_000,
+        checks.whole(1),
+        """Addresses whose recent wrong tokens the node remembers at once (about
+        200 bytes each); past it the address heard from least recently is
+        forgotten.""",
+    )
     paused_check_interval: float = setting(
         1.0,
         checks.seconds,

@@ -67,6 +67,8 @@ class Listener(Interface):
 
     def release(self, protocol: NodeProtocol, host: str | None) -> None: ...
 
+    def auth_failed(self, host: str | None) -> int: ...
+
     def detach_cast(self, work: Deferred[Any]) -> None: ...
 
     def answer(self, command: Command) -> bytes: ...
@@ -304,6 +306,9 @@ class NodeProtocol(Protocol):
             return None
         self.caller = caller
         return caller.name
+
+    def auth_failed(self) -> int:
+        return self.factory.auth_failed(self._host)
 
     def start_timer(self, timer: str, delay: float) -> None:
         self._timers[timer] = self.factory.clock.callLater(delay, self._fire, timer)

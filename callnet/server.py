@@ -102,6 +102,9 @@ class NodeFactory(Factory):
         self.describe_cluster = describe_cluster
         #: Casts still running whose connection has closed.
         self.detached_casts = 0
+        #: Recent wrong tokens by address: how many, and when the last came;
+        #: the address heard from least recently first.
+        self.auth_failures: dict[str | None, tuple[int, float]] = {}
 
     @property
     def access(self) -> AccessPolicy:
@@ -134,6 +137,21 @@ class NodeFactory(Factory):
             self.by_address[host] = left
         else:
             self.by_address.pop(host, None)
+
+    def auth_failed(self, host: str | None) -> int:
+        """
+        Count a wrong token given from C{host}: how many it has given within
+        C{auth_failure_window}, this one included, over all its connections.
+        """
+        limits, now = self.limits, self.clock.seconds()
+        failures = self.auth_failures
+        count, last = failures.pop(host, (0, now))
+        if now - last > limits.auth_failure_window:
+            count = 0
+        failures[host] = (count + 1, now)
+        while len(failures) > limits.max_auth_failure_addresses:
+            del failures[next(iter(failures))]
+        return count + 1
 
     def detach_cast(self, work: Deferred[Any]) -> None:
         """

@@ -82,6 +82,12 @@ class Actions(Protocol):
         C{None} for a wrong token, or a L{CallError} if no token can help.
         """
 
+    def auth_failed(self) -> int:
+        """
+        A wrong token was given: count it against the client's address, over
+        all its connections, and say how many it has given lately.
+        """
+
     def start_timer(self, timer: str, delay: float) -> None:
         """Call L{Session.timer_fired} with C{timer} after C{delay} seconds."""
 

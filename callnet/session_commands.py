@@ -28,7 +28,8 @@ from callnet.session_streams import Slot, Streams
 from callnet.wire import MAX_WINDOW, Command, LineDecoder, encode_success
 
 #: The delay before a wrong token is answered; it doubles with each failure
-#: on a connection, up to AUTH_DELAY_MAX, so guessing is slow.
+#: on a connection, or lately from its address, up to AUTH_DELAY_MAX, so
+#: guessing is slow however many connections it uses.
 AUTH_DELAY = 0.5
 AUTH_DELAY_MAX = 8.0
 #: Wrong tokens after which a connection is closed.
@@ -160,7 +161,9 @@ def _auth(session: Host, command: Command) -> None:
         session._reply_line(encode_success(outcome, tag), tag)
         return
     session._auth_failures += 1
-    delay = min(AUTH_DELAY * 2 ** (session._auth_failures - 1), AUTH_DELAY_MAX)
+    # Counted by address too, so that many connections guess no faster than one.
+    failures = max(session._auth_failures, session._actions.auth_failed())
+    delay = min(AUTH_DELAY * 2 ** min(failures - 1, 16), AUTH_DELAY_MAX)
     # The answer keeps its place among the untagged replies.
     session._auth_slot = Slot() if tag is None else None
     session._auth_tag = tag

@@ -22,6 +22,8 @@ from callnet.errors import (
     UnavailableError,
 )
 from callnet.session import (
+    AUTH_DELAY,
+    AUTH_DELAY_MAX,
     AUTH_TIMER,
     CHECK_TIMER,
     CLOSED,
@@ -96,6 +98,8 @@ class FakeNode:
         self.detached: list[int] = []
         self.calls: list[Call] = []
         self.checks = 0
+        #: Wrong tokens from the client's address, over all its connections.
+        self.address_failures = 0
 
     def write(self, line: bytes) -> None:
         if self.closed is not None:
@@ -173,6 +177,10 @@ class FakeNode:
         if args == ("none",):
             return FailedPreconditionError("this node takes no tokens")
         return "alice" if args == ("good",) else None
+
+    def auth_failed(self) -> int:
+        self.address_failures += 1
+        return self.address_failures
 
     def start_timer(self, timer: str, delay: float) -> None:
         assert timer not in self.timers, f"{timer} started twice"
@@ -649,6 +657,18 @@ class SessionEdgeTests(unittest.TestCase):
         self.assertEqual(node.timers, {}, "read again: the transport sees the client go")
         session.output_paused()
         self.assertNotIn(CHECK_TIMER, node.timers, "unread replies have their own deadline")
+
+    def test_wrong_tokens_from_the_address_lengthen_the_delay(self) -> None:
+        """A first wrong token on a connection waits as long as the address's recent failures say, not the connection's alone."""
+        session, node = make_session(authenticated=False)
+        node.address_failures = 3  # given on other connections
+        session.receive_data(b"AUTH bad\n")
+        self.assertEqual(node.timers, {AUTH_TIMER: AUTH_DELAY * 8})
+        node.address_failures = 100
+        del node.timers[AUTH_TIMER]
+        session.timer_fired(AUTH_TIMER)
+        session.receive_data(b"AUTH bad\n")
+        self.assertEqual(node.timers, {AUTH_TIMER: AUTH_DELAY_MAX})
 
     def test_input_after_quit_is_discarded(self) -> None:
         """Bytes after QUIT are dropped, not held, and start no line timer."""
