@@ -200,6 +200,15 @@ class Limits:
         once).  Past it such casts are cancelled, so clients that cast and leave
         cannot pile up work without end.""",
     )
+    auth_timeout: float = setting(
+        60.0,
+        checks.seconds,
+        """Seconds a connection to a node with tokens has, from when it connects,
+        to authenticate (AUTH, or a client certificate); one that has not is
+        answered UNAUTHENTICATED and closed, so that connections that never
+        authenticate cannot hold the node's connection slots for ever.  A
+        person typing HELP first at nc has a minute.""",
+    )
     auth_failure_window: float = setting(
         60.0,
         checks.seconds,

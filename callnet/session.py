@@ -64,9 +64,11 @@ from callnet.errors import (
     InvalidArgumentError,
     Outcome,
     ResourceExhaustedError,
+    UnauthenticatedError,
     UnavailableError,
 )
 from callnet.session_actions import (
+    AUTH_DEADLINE_TIMER,
     AUTH_TIMER,
     CHECK_TIMER,
     INPUT_ENDED,
@@ -98,6 +100,7 @@ from callnet.wire import (
 )
 
 __all__ = [
+    "AUTH_DEADLINE_TIMER",
     "AUTH_DELAY",
     "AUTH_DELAY_MAX",
     "AUTH_TIMER",
@@ -175,6 +178,8 @@ class Session(Reading):
         #: Bytes written since output backed up.
         self.unsent = 0
         self._timers: set[str] = set()
+        if not authenticated:
+            self._start_timer(AUTH_DEADLINE_TIMER, limits.auth_timeout)
 
     # --- What a test or an adapter may look at ----------------------------------
 
@@ -235,6 +240,14 @@ class Session(Reading):
             )
         elif timer == AUTH_TIMER:
             refuse_auth(self)
+        elif timer == AUTH_DEADLINE_TIMER:
+            if not self.authenticated:  # a client certificate may have done it
+                self._error_and_close(
+                    UnauthenticatedError(
+                        f"not authenticated within {self._limits.auth_timeout:g}s"
+                    ),
+                    "it did not authenticate in time",
+                )
         elif timer == CHECK_TIMER:
             self._actions.check_closed()
             self._check_while_over_limit()

@@ -21,6 +21,8 @@ LINE_TIMER: Final = "line"
 STALL_TIMER: Final = "stall"
 #: The delay before a wrong token is answered.
 AUTH_TIMER: Final = "auth"
+#: The time a connection has to authenticate, on a node with tokens.
+AUTH_DEADLINE_TIMER: Final = "auth deadline"
 #: Between checks that a client not read for its calls in flight is still there.
 CHECK_TIMER: Final = "check"
 

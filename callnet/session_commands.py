@@ -23,7 +23,7 @@ from callnet.errors import (
     UnauthenticatedError,
     UnimplementedError,
 )
-from callnet.session_actions import AUTH_TIMER, LINE_TIMER, Actions
+from callnet.session_actions import AUTH_DEADLINE_TIMER, AUTH_TIMER, LINE_TIMER, Actions
 from callnet.session_streams import Slot, Streams
 from callnet.wire import MAX_WINDOW, Command, LineDecoder, encode_success
 
@@ -158,6 +158,7 @@ def _auth(session: Host, command: Command) -> None:
     if outcome is not None:
         session.authenticated = True
         session._auth_failures = 0
+        session._stop_timer(AUTH_DEADLINE_TIMER)
         session._reply_line(encode_success(outcome, tag), tag)
         return
     session._auth_failures += 1

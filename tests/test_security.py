@@ -124,6 +124,24 @@ class AuthenticationTests(SynchronousTestCase):
         self.assertEqual(sorted(factory.auth_failures), ["a", "c"])
         self.assertEqual(factory.auth_failed("b"), 1)
 
+    def test_connections_that_never_authenticate_are_closed(self) -> None:
+        """Connections that never authenticate give their slots back after auth_timeout, while authenticated ones stay."""
+        node = secured_node(auth_timeout=60, max_connections=2)
+        idle, caller = node.connect_raw(), node.connect_raw()
+        caller.send(f"AUTH {ALICE}\n")
+        node.clock.advance(59)
+        self.assertFalse(idle.transport.disconnecting)
+        node.clock.advance(1)
+        [refused] = idle.events()
+        assert isinstance(refused, ErrorReply)
+        self.assertIsInstance(refused.error, UnauthenticatedError)
+        self.assertTrue(idle.transport.disconnecting)
+        idle.protocol.connectionLost()
+        self.assertFalse(caller.transport.disconnecting)
+        late = node.connect_raw()
+        late.send(f"AUTH {OPS}\n")
+        self.assertEqual(late.events(), [Success("ops")], "the slot is free again")
+
     def test_constant_time_comparison(self) -> None:
         """Every token is compared with hmac.compare_digest, whichever matches."""
         import hmac

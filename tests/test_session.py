@@ -22,6 +22,7 @@ from callnet.errors import (
     UnavailableError,
 )
 from callnet.session import (
+    AUTH_DEADLINE_TIMER,
     AUTH_DELAY,
     AUTH_DELAY_MAX,
     AUTH_TIMER,
@@ -663,12 +664,29 @@ class SessionEdgeTests(unittest.TestCase):
         session, node = make_session(authenticated=False)
         node.address_failures = 3  # given on other connections
         session.receive_data(b"AUTH bad\n")
-        self.assertEqual(node.timers, {AUTH_TIMER: AUTH_DELAY * 8})
+        self.assertEqual(node.timers[AUTH_TIMER], AUTH_DELAY * 8)
         node.address_failures = 100
         del node.timers[AUTH_TIMER]
         session.timer_fired(AUTH_TIMER)
         session.receive_data(b"AUTH bad\n")
-        self.assertEqual(node.timers, {AUTH_TIMER: AUTH_DELAY_MAX})
+        self.assertEqual(node.timers[AUTH_TIMER], AUTH_DELAY_MAX)
+
+    def test_connection_that_does_not_authenticate_is_closed(self) -> None:
+        """On a node with tokens, a connection not authenticated within auth_timeout is told so and closed; one that authenticated is not timed."""
+        session, node = make_session(Limits(auth_timeout=7), authenticated=False)
+        self.assertEqual(node.timers, {AUTH_DEADLINE_TIMER: 7})
+        session.receive_data(b"PING\n")
+        del node.timers[AUTH_DEADLINE_TIMER]
+        session.timer_fired(AUTH_DEADLINE_TIMER)
+        self.assertEqual(
+            replies(node)[-1], b"ERR UNAUTHENTICATED not-run @test not authenticated within 7s"
+        )
+        self.assertEqual(node.closed, ("it did not authenticate in time", False))
+        session, node = make_session(Limits(auth_timeout=7), authenticated=False)
+        session.receive_data(b"AUTH good\n")
+        self.assertEqual(node.timers, {})
+        session, node = make_session(Limits(auth_timeout=7))
+        self.assertEqual(node.timers, {}, "a node without tokens")
 
     def test_input_after_quit_is_discarded(self) -> None:
         """Bytes after QUIT are dropped, not held, and start no line timer."""
