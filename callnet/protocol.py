@@ -71,7 +71,7 @@ class Listener(Interface):
 
     def detach_cast(self, work: Deferred[Any]) -> None: ...
 
-    def answer(self, command: Command) -> bytes: ...
+    def answer(self, command: Command, caller: Caller | None = None) -> bytes: ...
 
     def hello(self) -> dict[str, Any]: ...
 
@@ -293,7 +293,7 @@ class NodeProtocol(Protocol):
     def run_command(self, command: Command) -> bytes:
         if command.verb == "HELLO":
             return self._reply(self._hello(command.args), command.tag)
-        return self.factory.answer(command)
+        return self.factory.answer(command, self.caller)
 
     def authenticate(self, args: tuple[Any, ...]) -> Any:
         access = self.factory.access

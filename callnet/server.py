@@ -14,7 +14,7 @@ from twisted.internet.defer import Deferred
 from twisted.internet.protocol import Factory
 from twisted.logger import Logger
 
-from callnet.access import AccessPolicy
+from callnet.access import AccessPolicy, Caller
 from callnet.config import Limits
 from callnet.dispatch import Dispatcher
 from callnet.errors import NotFoundError
@@ -226,8 +226,11 @@ class NodeFactory(Factory):
         check()
         return done
 
-    def answer(self, command: Command) -> bytes:
-        """The reply to C{PING}, C{LIST}, C{HELP} or C{STATS}: the node's own commands."""
+    def answer(self, command: Command, caller: Caller | None = None) -> bytes:
+        """
+        The reply to C{PING}, C{LIST}, C{HELP} or C{STATS}: the node's own
+        commands.  C{LIST} names only what C{caller} may call, when given.
+        """
         verb, args, tag = command.verb, command.args, command.tag
         registry = self.dispatcher.registry
         result: Any
@@ -236,6 +239,9 @@ class NodeFactory(Factory):
         elif verb == "LIST":
             # Every name a caller may call here: this node's and its peers'.
             result = sorted({*registry.names(), *self._peer_catalog()})
+            access = self.access
+            if caller is not None and access.restricts(caller):
+                result = [name for name in result if access.check(caller, name) is None]
         elif verb == "STATS":
             result = self.stats()
             if tag is None:

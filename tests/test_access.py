@@ -279,6 +279,26 @@ class ReloadTests(SynchronousTestCase):
         ops = authenticated(node, OPS)
         self.assertEqual(reply(ops, "#4 greet ada"), Success("hello ada", "4"))
 
+    def test_list_names_what_the_caller_may_call(self) -> None:
+        """LIST names only the procedures the caller's rules allow, and follows a reload."""
+        node = guarded()
+        alice, ops = authenticated(node, ALICE), authenticated(node, OPS)
+        alice_names = reply(alice, "#1 LIST")
+        assert isinstance(alice_names, Success)
+        self.assertIn("greet", alice_names.value)
+        self.assertNotIn("secret", alice_names.value)
+        self.assertEqual(
+            [name for name in alice_names.value if name not in ("greet", "relay", "multicall")],
+            [],
+        )
+        ops_names = reply(ops, "#2 LIST")
+        assert isinstance(ops_names, Success)
+        self.assertIn("secret", ops_names.value)
+        node.factory.access = AccessPolicy(
+            Security(tokens=(("alice", ALICE), ("ops", OPS)), acl=(("alice", ("secret",)),))
+        )
+        self.assertEqual(reply(alice, "#3 LIST"), Success(["secret"], "3"))
+
     def test_narrowed_rule_applies_at_once(self) -> None:
         """A rule narrowed by a reload refuses the next call on an open connection."""
         node = guarded()
