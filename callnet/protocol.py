@@ -293,7 +293,14 @@ class NodeProtocol(Protocol):
     def run_command(self, command: Command) -> bytes:
         if command.verb == "HELLO":
             return self._reply(self._hello(command.args), command.tag)
-        return self.factory.answer(command, self.caller)
+        caller = self.caller
+        if command.verb == "STATS" and caller is not None:
+            # The whole node's counters and its peers' addresses: for those
+            # whose rules name STATS (as "*" does), not for every caller.
+            refusal = self.factory.access.check(caller, "STATS")
+            if refusal is not None:
+                return self._reply(Failure(refusal), command.tag)
+        return self.factory.answer(command, caller)
 
     def authenticate(self, args: tuple[Any, ...]) -> Any:
         access = self.factory.access

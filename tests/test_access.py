@@ -299,6 +299,17 @@ class ReloadTests(SynchronousTestCase):
         )
         self.assertEqual(reply(alice, "#3 LIST"), Success(["secret"], "3"))
 
+    def test_stats_only_for_rules_that_name_it(self) -> None:
+        """STATS (every procedure's counters, the peers' addresses) is refused to a caller whose rules do not match it, as "*" does."""
+        node = guarded()
+        alice, ops = authenticated(node, ALICE), authenticated(node, OPS)
+        assert_denied(self, reply(alice, "#1 STATS"), "STATS", "guarded")
+        self.assertIsInstance(reply(ops, "#2 STATS"), Success)
+        node.factory.access = AccessPolicy(
+            Security(tokens=(("alice", ALICE),), acl=(("alice", ("greet", "STATS")),))
+        )
+        self.assertIsInstance(reply(alice, "#3 STATS"), Success)
+
     def test_narrowed_rule_applies_at_once(self) -> None:
         """A rule narrowed by a reload refuses the next call on an open connection."""
         node = guarded()
