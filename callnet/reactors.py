@@ -81,10 +81,11 @@ def peer_closed(transport: object) -> Literal["open", "ended", "reset"]:
     Under TLS the socket is the one the TLS layer wraps.
     """
     handle = _socket_of(transport)
-    if handle is None:
+    dont_wait = getattr(socket, "MSG_DONTWAIT", None)  # not on Windows
+    if handle is None or dont_wait is None:
         return "open"
     try:
-        waiting = handle.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT)
+        waiting = handle.recv(1, socket.MSG_PEEK | dont_wait)
     except (BlockingIOError, InterruptedError):
         return "open"  # nothing waiting: the client is there, or idle
     except OSError:
