@@ -206,12 +206,15 @@ def test_client_gone_at_the_call_limit(tmp_path: Path, how: str) -> None:
         if how == "reset":
             leaver.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
         leaver.close()
+
         # Only the node's reading of the kernel's socket shows this: not read
         # for its calls, the connection would otherwise be kept to their end.
-        wait_until(
-            lambda: node.stats()["in_flight"] == 0, 10, "the calls of a client that left ended"
-        )
-        assert node.stats()["connections"] == 1, "only the STATS connection is left"
+        def let_go() -> bool:
+            stats = node.stats()
+            # Its calls ended, and only the connection asking is left.
+            return bool(stats["in_flight"] == 0 and stats["connections"] == 1)
+
+        wait_until(let_go, 10, "the calls and the connection of a client that left ended")
 
 
 def test_second_node_on_another_loopback_address(tmp_path: Path) -> None:
