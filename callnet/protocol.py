@@ -225,6 +225,12 @@ class NodeProtocol(Protocol):
             # Nothing more can be read but the end: let the transport read it,
             # so the session hears of it as of any end of input.
             transport.resumeProducing()
+        elif gone == "ending":
+            self._outbox.hold()
+            try:
+                self.session.input_closing()
+            finally:
+                self._outbox.release()
 
     def start_call(self, call: Call) -> Any:
         factory = self.factory

@@ -194,7 +194,7 @@ def test_client_that_never_reads(tmp_path: Path) -> None:
         assert other.read_line() == "OK 4"
 
 
-@pytest.mark.parametrize("how", ["close", "reset"])
+@pytest.mark.parametrize("how", ["close", "reset", "close with lines unread"])
 def test_client_gone_at_the_call_limit(tmp_path: Path, how: str) -> None:
     """A client that leaves while the node is not reading it (calls at the limit) has its calls cancelled and its slot freed."""
     with running_node(tmp_path, "--max-calls-in-flight", "20") as node:
@@ -205,6 +205,8 @@ def test_client_gone_at_the_call_limit(tmp_path: Path, how: str) -> None:
         )
         if how == "reset":
             leaver.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        elif how == "close with lines unread":
+            leaver.sendall(b"".join(b"#%d sleep 60\n" % number for number in range(20, 25)))
         leaver.close()
 
         # Only the node's reading of the kernel's socket shows this: not read

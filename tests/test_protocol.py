@@ -9,11 +9,15 @@ import random
 import select
 import socket
 import struct
+import sys
+import threading
 from typing import Any, cast
+from unittest import skipIf
 
 from twisted.internet.defer import Deferred
 from twisted.trial.unittest import SynchronousTestCase
 
+from callnet import protocol as protocol_module
 from callnet.config import Limits
 from callnet.errors import (
     CallCancelledError,
@@ -660,6 +664,20 @@ class FlowControlTests(SynchronousTestCase):
         self.assertEqual(sorted(pending.cancelled), ["a", "b"])
         self.assertTrue(conn.transport.disconnecting)
 
+    def test_client_closed_with_lines_unread_is_read_to_its_end(self) -> None:
+        """A client that closes with lines still unread while its calls at the limit keep it unread has its tagged calls cancelled, so the rest is read."""
+        node, pending = node_with_pending(Limits(max_calls_in_flight=2, paused_check_interval=1))
+        conn = node.connect_raw()
+        conn.send("#1 wait a\n#2 wait b\n")
+        self.assertEqual(conn.transport.producerState, "paused")
+        node.clock.advance(1)
+        self.assertEqual(pending.cancelled, [])
+        self.patch(protocol_module, "peer_closed", lambda transport: "ending")
+        node.clock.advance(1)
+        self.assertEqual(sorted(pending.cancelled), ["a", "b"])
+        self.assertEqual(conn.transport.producerState, "producing", "read on, to the end")
+        self.assertEqual(conn.lines(), [], "cancelled without a reply, as at the end of input")
+
     def test_client_reset_while_not_read_is_dropped(self) -> None:
         """A connection reset while its calls at the limit keep it unread is aborted, so its calls are cancelled."""
         node, pending = node_with_pending(Limits(max_calls_in_flight=2, paused_check_interval=1))
@@ -726,6 +744,26 @@ class PeerClosedTests(SynchronousTestCase):
         self.assertEqual(mine.recv(100), b"PING\n")
         self.assertEqual(peer_closed(_Wrapper(_Plain(mine))), "ended")
         self.assertEqual(peer_closed(object()), "open", "no socket: nothing to tell")
+
+    @skipIf(sys.platform != "linux", "the TCP state is read on Linux only")
+    def test_tcp_closed_with_bytes_unread(self) -> None:
+        """A TCP client that closed with bytes still unread is seen as ending, without reading them."""
+        listener = socket.create_server(("127.0.0.1", 0))
+        self.addCleanup(listener.close)
+        client = socket.create_connection(listener.getsockname())
+        accepted, _ = listener.accept()
+        self.addCleanup(accepted.close)
+        client.sendall(b"PING\n")
+        self.assertEqual(peer_closed(_Plain(accepted)), "open", "a line to read, and no FIN")
+        client.close()
+        seen = threading.Event()
+        for _ in range(500):  # the FIN follows on loopback at once; bounded all the same
+            if peer_closed(_Plain(accepted)) == "ending":
+                seen.set()
+                break
+            seen.wait(0.01)
+        self.assertTrue(seen.is_set())
+        self.assertEqual(accepted.recv(100), b"PING\n", "nothing was taken")
 
     def test_tcp_reset(self) -> None:
         """A TCP connection its client reset is seen as reset, without reading it."""
