@@ -200,6 +200,40 @@ class Limits:
         once).  Past it such casts are cancelled, so clients that cast and leave
         cannot pile up work without end.""",
     )
+    auth_timeout: float = setting(
+        60.0,
+        checks.seconds,
+        """Seconds a connection to a node with tokens has, from when it connects,
+        to authenticate (AUTH, or a client certificate); one that has not is
+        answered UNAUTHENTICATED and closed, so that connections that never
+        authenticate cannot hold the node's connection slots for ever.  A
+        person typing HELP first at nc has a minute.""",
+    )
+    auth_failure_window: float = setting(
+        60.0,
+        checks.seconds,
+        """Seconds a node remembers the wrong tokens given from one address.
+        AUTH's delay doubles with each of them, counted across all of that
+        address's connections, so that guessing over many connections at once
+        is no faster than over one.""",
+    )
+    max_auth_failure_addresses: int = setting(
+        10_000,
+        checks.whole(1),
+        """Addresses whose recent wrong tokens the node remembers at once (about
+        200 bytes each); past it the address heard from least recently is
+        forgotten.""",
+    )
+    paused_check_interval: float = setting(
+        1.0,
+        checks.seconds,
+        """Seconds between checks, while the node is not reading a connection
+        because its calls in flight reached max_calls_in_flight, that its client
+        is still there.  A transport not being read does not see its client
+        close, so without the check a client that pipelines to the limit and
+        leaves would keep its calls running to their deadline and its
+        connection slot taken until then.""",
+    )
 
 
 @dataclass(frozen=True)

@@ -36,7 +36,7 @@ from callnet.errors import (
 )
 from callnet.execution import PLAIN_RESULTS
 from callnet.logs import readable
-from callnet.reactors import DelayedCall, DispatchReactor, set_no_delay
+from callnet.reactors import DelayedCall, DispatchReactor, peer_closed, set_no_delay
 from callnet.replies import encode_result, log_access, trace_failure
 from callnet.sending import Outbox
 from callnet.session import AUTH_DELAY, MAX_AUTH_FAILURES, ORDINARY_ENDS, Session, Slot
@@ -67,9 +67,11 @@ class Listener(Interface):
 
     def release(self, protocol: NodeProtocol, host: str | None) -> None: ...
 
+    def auth_failed(self, host: str | None) -> int: ...
+
     def detach_cast(self, work: Deferred[Any]) -> None: ...
 
-    def answer(self, command: Command) -> bytes: ...
+    def answer(self, command: Command, caller: Caller | None = None) -> bytes: ...
 
     def hello(self) -> dict[str, Any]: ...
 
@@ -214,6 +216,22 @@ class NodeProtocol(Protocol):
     def resume_reading(self) -> None:
         cast(Any, self.transport).resumeProducing()
 
+    def check_closed(self) -> None:
+        transport = cast(Any, self.transport)
+        gone = peer_closed(transport)
+        if gone == "reset":
+            transport.abortConnection()  # connectionLost cancels its calls
+        elif gone == "ended":
+            # Nothing more can be read but the end: let the transport read it,
+            # so the session hears of it as of any end of input.
+            transport.resumeProducing()
+        elif gone == "ending":
+            self._outbox.hold()
+            try:
+                self.session.input_closing()
+            finally:
+                self._outbox.release()
+
     def start_call(self, call: Call) -> Any:
         factory = self.factory
         caller = self.caller
@@ -281,7 +299,14 @@ class NodeProtocol(Protocol):
     def run_command(self, command: Command) -> bytes:
         if command.verb == "HELLO":
             return self._reply(self._hello(command.args), command.tag)
-        return self.factory.answer(command)
+        caller = self.caller
+        if command.verb == "STATS" and caller is not None:
+            # The whole node's counters and its peers' addresses: for those
+            # whose rules name STATS (as "*" does), not for every caller.
+            refusal = self.factory.access.check(caller, "STATS")
+            if refusal is not None:
+                return self._reply(Failure(refusal), command.tag)
+        return self.factory.answer(command, caller)
 
     def authenticate(self, args: tuple[Any, ...]) -> Any:
         access = self.factory.access
@@ -294,6 +319,9 @@ class NodeProtocol(Protocol):
             return None
         self.caller = caller
         return caller.name
+
+    def auth_failed(self) -> int:
+        return self.factory.auth_failed(self._host)
 
     def start_timer(self, timer: str, delay: float) -> None:
         self._timers[timer] = self.factory.clock.callLater(delay, self._fire, timer)

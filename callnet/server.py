@@ -14,7 +14,7 @@ from twisted.internet.defer import Deferred
 from twisted.internet.protocol import Factory
 from twisted.logger import Logger
 
-from callnet.access import AccessPolicy
+from callnet.access import AccessPolicy, Caller
 from callnet.config import Limits
 from callnet.dispatch import Dispatcher
 from callnet.errors import NotFoundError
@@ -102,6 +102,9 @@ class NodeFactory(Factory):
         self.describe_cluster = describe_cluster
         #: Casts still running whose connection has closed.
         self.detached_casts = 0
+        #: Recent wrong tokens by address: how many, and when the last came;
+        #: the address heard from least recently first.
+        self.auth_failures: dict[str | None, tuple[int, float]] = {}
 
     @property
     def access(self) -> AccessPolicy:
@@ -134,6 +137,21 @@ class NodeFactory(Factory):
             self.by_address[host] = left
         else:
             self.by_address.pop(host, None)
+
+    def auth_failed(self, host: str | None) -> int:
+        """
+        Count a wrong token given from C{host}: how many it has given within
+        C{auth_failure_window}, this one included, over all its connections.
+        """
+        limits, now = self.limits, self.clock.seconds()
+        failures = self.auth_failures
+        count, last = failures.pop(host, (0, now))
+        if now - last > limits.auth_failure_window:
+            count = 0
+        failures[host] = (count + 1, now)
+        while len(failures) > limits.max_auth_failure_addresses:
+            del failures[next(iter(failures))]
+        return count + 1
 
     def detach_cast(self, work: Deferred[Any]) -> None:
         """
@@ -208,8 +226,11 @@ class NodeFactory(Factory):
         check()
         return done
 
-    def answer(self, command: Command) -> bytes:
-        """The reply to C{PING}, C{LIST}, C{HELP} or C{STATS}: the node's own commands."""
+    def answer(self, command: Command, caller: Caller | None = None) -> bytes:
+        """
+        The reply to C{PING}, C{LIST}, C{HELP} or C{STATS}: the node's own
+        commands.  C{LIST} names only what C{caller} may call, when given.
+        """
         verb, args, tag = command.verb, command.args, command.tag
         registry = self.dispatcher.registry
         result: Any
@@ -218,6 +239,9 @@ class NodeFactory(Factory):
         elif verb == "LIST":
             # Every name a caller may call here: this node's and its peers'.
             result = sorted({*registry.names(), *self._peer_catalog()})
+            access = self.access
+            if caller is not None and access.restricts(caller):
+                result = [name for name in result if access.check(caller, name) is None]
         elif verb == "STATS":
             result = self.stats()
             if tag is None:

@@ -64,10 +64,13 @@ from callnet.errors import (
     InvalidArgumentError,
     Outcome,
     ResourceExhaustedError,
+    UnauthenticatedError,
     UnavailableError,
 )
 from callnet.session_actions import (
+    AUTH_DEADLINE_TIMER,
     AUTH_TIMER,
+    CHECK_TIMER,
     INPUT_ENDED,
     LINE_TIMER,
     ORDINARY_ENDS,
@@ -97,9 +100,11 @@ from callnet.wire import (
 )
 
 __all__ = [
+    "AUTH_DEADLINE_TIMER",
     "AUTH_DELAY",
     "AUTH_DELAY_MAX",
     "AUTH_TIMER",
+    "CHECK_TIMER",
     "CLOSED",
     "COMMANDS",
     "ENDING",
@@ -173,6 +178,8 @@ class Session(Reading):
         #: Bytes written since output backed up.
         self.unsent = 0
         self._timers: set[str] = set()
+        if not authenticated:
+            self._start_timer(AUTH_DEADLINE_TIMER, limits.auth_timeout)
 
     # --- What a test or an adapter may look at ----------------------------------
 
@@ -233,6 +240,17 @@ class Session(Reading):
             )
         elif timer == AUTH_TIMER:
             refuse_auth(self)
+        elif timer == AUTH_DEADLINE_TIMER:
+            if not self.authenticated:  # a client certificate may have done it
+                self._error_and_close(
+                    UnauthenticatedError(
+                        f"not authenticated within {self._limits.auth_timeout:g}s"
+                    ),
+                    "it did not authenticate in time",
+                )
+        elif timer == CHECK_TIMER:
+            self._actions.check_closed()
+            self._check_while_over_limit()
 
     def shut_down(self, error: CallError) -> None:
         """
@@ -346,12 +364,20 @@ class Session(Reading):
         if load >= self._limits.max_calls_in_flight:
             self._over_limit = True
             self._update_reading()
+            self._check_while_over_limit()
+
+    def _check_while_over_limit(self) -> None:
+        # A connection not read does not show its client leaving: look, now
+        # and then, so that a client gone at the limit has its calls cancelled.
+        if self._over_limit and self.state is not CLOSED and self.state is not LEAVING:
+            self._start_timer(CHECK_TIMER, self._limits.paused_check_interval)
 
     def _after_call(self) -> None:
         if self._over_limit:
             load = len(self._untagged) if self.peer else self.load
             if load <= self._limits.max_calls_in_flight // 2:
                 self._over_limit = False
+                self._stop_timer(CHECK_TIMER)
                 self._update_reading()
         if self.state is not OPEN:
             self._maybe_finish()

@@ -21,6 +21,10 @@ LINE_TIMER: Final = "line"
 STALL_TIMER: Final = "stall"
 #: The delay before a wrong token is answered.
 AUTH_TIMER: Final = "auth"
+#: The time a connection has to authenticate, on a node with tokens.
+AUTH_DEADLINE_TIMER: Final = "auth deadline"
+#: Between checks that a client not read for its calls in flight is still there.
+CHECK_TIMER: Final = "check"
 
 #: Why a connection closes when nothing went wrong.
 SAID_QUIT: Final = "it said QUIT"
@@ -40,6 +44,13 @@ class Actions(Protocol):
 
     def resume_reading(self) -> None:
         """Read from the connection again."""
+
+    def check_closed(self) -> None:
+        """
+        While the connection is not read: if its client has closed and left
+        nothing unread, take in the end of the connection now.  A transport
+        that is not read does not see its client go until it reads again.
+        """
 
     def start_call(self, call: Call) -> Any:
         """
@@ -71,6 +82,12 @@ class Actions(Protocol):
         """
         Check C{AUTH}'s arguments: the reply value if they name a caller,
         C{None} for a wrong token, or a L{CallError} if no token can help.
+        """
+
+    def auth_failed(self) -> int:
+        """
+        A wrong token was given: count it against the client's address, over
+        all its connections, and say how many it has given lately.
         """
 
     def start_timer(self, timer: str, delay: float) -> None:

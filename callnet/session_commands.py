@@ -23,12 +23,13 @@ from callnet.errors import (
     UnauthenticatedError,
     UnimplementedError,
 )
-from callnet.session_actions import AUTH_TIMER, LINE_TIMER, Actions
+from callnet.session_actions import AUTH_DEADLINE_TIMER, AUTH_TIMER, LINE_TIMER, Actions
 from callnet.session_streams import Slot, Streams
 from callnet.wire import MAX_WINDOW, Command, LineDecoder, encode_success
 
 #: The delay before a wrong token is answered; it doubles with each failure
-#: on a connection, up to AUTH_DELAY_MAX, so guessing is slow.
+#: on a connection, or lately from its address, up to AUTH_DELAY_MAX, so
+#: guessing is slow however many connections it uses.
 AUTH_DELAY = 0.5
 AUTH_DELAY_MAX = 8.0
 #: Wrong tokens after which a connection is closed.
@@ -157,10 +158,13 @@ def _auth(session: Host, command: Command) -> None:
     if outcome is not None:
         session.authenticated = True
         session._auth_failures = 0
+        session._stop_timer(AUTH_DEADLINE_TIMER)
         session._reply_line(encode_success(outcome, tag), tag)
         return
     session._auth_failures += 1
-    delay = min(AUTH_DELAY * 2 ** (session._auth_failures - 1), AUTH_DELAY_MAX)
+    # Counted by address too, so that many connections guess no faster than one.
+    failures = max(session._auth_failures, session._actions.auth_failed())
+    delay = min(AUTH_DELAY * 2 ** min(failures - 1, 16), AUTH_DELAY_MAX)
     # The answer keeps its place among the untagged replies.
     session._auth_slot = Slot() if tag is None else None
     session._auth_tag = tag

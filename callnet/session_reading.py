@@ -126,6 +126,18 @@ class Reading(CallsInFlight):
         else:
             self._pump()
 
+    def input_closing(self) -> None:
+        """
+        The client closed its side, with lines it sent still unread (the
+        node is not reading it, its calls at the limit).  The end of its
+        input will cancel its tagged calls: cancel them now, so that reading
+        resumes and reaches that end, rather than waiting for their deadlines.
+        """
+        if self.input_ended or self.state is not OPEN:
+            return
+        self._cancel_tagged()
+        self._after_call()
+
     # --- Reading ----------------------------------------------------------------------
 
     def _pump(self) -> None:

@@ -297,6 +297,37 @@ class ReloadTests(SynchronousTestCase):
         ops = authenticated(node, OPS)
         self.assertEqual(reply(ops, "#4 greet ada"), Success("hello ada", "4"))
 
+    def test_list_names_what_the_caller_may_call(self) -> None:
+        """LIST names only the procedures the caller's rules allow, and follows a reload."""
+        node = guarded()
+        alice, ops = authenticated(node, ALICE), authenticated(node, OPS)
+        alice_names = reply(alice, "#1 LIST")
+        assert isinstance(alice_names, Success)
+        self.assertIn("greet", alice_names.value)
+        self.assertNotIn("secret", alice_names.value)
+        self.assertEqual(
+            [name for name in alice_names.value if name not in ("greet", "relay", "multicall")],
+            [],
+        )
+        ops_names = reply(ops, "#2 LIST")
+        assert isinstance(ops_names, Success)
+        self.assertIn("secret", ops_names.value)
+        node.factory.access = AccessPolicy(
+            Security(tokens=(("alice", ALICE), ("ops", OPS)), acl=(("alice", ("secret",)),))
+        )
+        self.assertEqual(reply(alice, "#3 LIST"), Success(["secret"], "3"))
+
+    def test_stats_only_for_rules_that_name_it(self) -> None:
+        """STATS (every procedure's counters, the peers' addresses) is refused to a caller whose rules do not match it, as "*" does."""
+        node = guarded()
+        alice, ops = authenticated(node, ALICE), authenticated(node, OPS)
+        assert_denied(self, reply(alice, "#1 STATS"), "STATS", "guarded")
+        self.assertIsInstance(reply(ops, "#2 STATS"), Success)
+        node.factory.access = AccessPolicy(
+            Security(tokens=(("alice", ALICE),), acl=(("alice", ("greet", "STATS")),))
+        )
+        self.assertIsInstance(reply(alice, "#3 STATS"), Success)
+
     def test_narrowed_rule_applies_at_once(self) -> None:
         """A rule narrowed by a reload refuses the next call on an open connection."""
         node = guarded()

@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import re
 import socket
+import struct
 import threading
 import time
 from contextlib import suppress
@@ -191,6 +192,31 @@ def test_client_that_never_reads(tmp_path: Path) -> None:
         assert grown_mib < 100, f"node grew by {grown_mib:.0f} MiB"
         other.send("add 2 2")
         assert other.read_line() == "OK 4"
+
+
+@pytest.mark.parametrize("how", ["close", "reset", "close with lines unread"])
+def test_client_gone_at_the_call_limit(tmp_path: Path, how: str) -> None:
+    """A client that leaves while the node is not reading it (calls at the limit) has its calls cancelled and its slot freed."""
+    with running_node(tmp_path, "--max-calls-in-flight", "20") as node:
+        leaver = socket.create_connection((node.host, node.port))
+        leaver.sendall(b"".join(b"#%d sleep 60\n" % number for number in range(20)))
+        wait_until(
+            lambda: node.stats()["in_flight"] == 20, 10, "the node took up the calls to its limit"
+        )
+        if how == "reset":
+            leaver.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        elif how == "close with lines unread":
+            leaver.sendall(b"".join(b"#%d sleep 60\n" % number for number in range(20, 25)))
+        leaver.close()
+
+        # Only the node's reading of the kernel's socket shows this: not read
+        # for its calls, the connection would otherwise be kept to their end.
+        def let_go() -> bool:
+            stats = node.stats()
+            # Its calls ended, and only the connection asking is left.
+            return bool(stats["in_flight"] == 0 and stats["connections"] == 1)
+
+        wait_until(let_go, 10, "the calls and the connection of a client that left ended")
 
 
 def test_second_node_on_another_loopback_address(tmp_path: Path) -> None:

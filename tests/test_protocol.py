@@ -6,11 +6,18 @@ threads, time moved by hand.
 from __future__ import annotations
 
 import random
-from typing import Any
+import select
+import socket
+import struct
+import sys
+import threading
+from typing import Any, cast
+from unittest import skipIf
 
 from twisted.internet.defer import Deferred
 from twisted.trial.unittest import SynchronousTestCase
 
+from callnet import protocol as protocol_module
 from callnet.config import Limits
 from callnet.errors import (
     CallCancelledError,
@@ -22,6 +29,7 @@ from callnet.errors import (
     ResourceExhaustedError,
     UnavailableError,
 )
+from callnet.reactors import peer_closed
 from callnet.registry import procedure
 from callnet.server import DRAIN_CHECK_INTERVAL, DRAIN_FLUSH_TIMEOUT
 from callnet.testing import MemoryNode
@@ -39,6 +47,13 @@ class Pending:
         d: Deferred[Any] = Deferred(lambda _: self.cancelled.append(key))
         self.calls[key] = d
         return d
+
+
+class _ResetSocket(socket.socket):
+    """A socket whose client reset the connection: reading it fails."""
+
+    def recv(self, size: int, flags: int = 0) -> bytes:
+        raise ConnectionResetError(104, "Connection reset by peer")
 
 
 def node_with_pending(limits: Limits | None = None) -> tuple[MemoryNode, Pending]:
@@ -630,6 +645,53 @@ class FlowControlTests(SynchronousTestCase):
         self.assertFalse(conn.transport.disconnecting)
         self.assertEqual(node.clock.getDelayedCalls(), [])
 
+    def test_client_gone_while_not_read_is_let_go(self) -> None:
+        """A client that closes while its calls at the limit keep it unread is read again to its end, within paused_check_interval."""
+        node, pending = node_with_pending(Limits(max_calls_in_flight=2, paused_check_interval=1))
+        conn = node.connect_raw()
+        mine, theirs = socket.socketpair()
+        self.addCleanup(mine.close)
+        cast(Any, conn.transport).getHandle = lambda: mine
+        conn.send("#1 wait a\n#2 wait b\n")
+        self.assertEqual(conn.transport.producerState, "paused")
+        node.clock.advance(1)
+        self.assertEqual(conn.transport.producerState, "paused", "its client is still there")
+        theirs.close()
+        node.clock.advance(1)
+        self.assertEqual(conn.transport.producerState, "producing", "read, to find the end")
+        self.assertFalse(conn.transport.disconnecting)
+        conn.protocol.readConnectionLost()  # what the transport then reads
+        self.assertEqual(sorted(pending.cancelled), ["a", "b"])
+        self.assertTrue(conn.transport.disconnecting)
+
+    def test_client_closed_with_lines_unread_is_read_to_its_end(self) -> None:
+        """A client that closes with lines still unread while its calls at the limit keep it unread has its tagged calls cancelled, so the rest is read."""
+        node, pending = node_with_pending(Limits(max_calls_in_flight=2, paused_check_interval=1))
+        conn = node.connect_raw()
+        conn.send("#1 wait a\n#2 wait b\n")
+        self.assertEqual(conn.transport.producerState, "paused")
+        node.clock.advance(1)
+        self.assertEqual(pending.cancelled, [])
+        self.patch(protocol_module, "peer_closed", lambda transport: "ending")
+        node.clock.advance(1)
+        self.assertEqual(sorted(pending.cancelled), ["a", "b"])
+        self.assertEqual(conn.transport.producerState, "producing", "read on, to the end")
+        self.assertEqual(conn.lines(), [], "cancelled without a reply, as at the end of input")
+
+    def test_client_reset_while_not_read_is_dropped(self) -> None:
+        """A connection reset while its calls at the limit keep it unread is aborted, so its calls are cancelled."""
+        node, pending = node_with_pending(Limits(max_calls_in_flight=2, paused_check_interval=1))
+        conn = node.connect_raw()
+        reset = _ResetSocket()
+        self.addCleanup(reset.close)
+        cast(Any, conn.transport).getHandle = lambda: reset
+        conn.send("#1 wait a\n#2 wait b\n")
+        node.clock.advance(1)
+        self.assertTrue(conn.transport.disconnecting)
+        conn.protocol.connectionLost()
+        self.assertEqual(sorted(pending.cancelled), ["a", "b"])
+        self.assertEqual(node.clock.getDelayedCalls(), [])
+
     def test_connection_limit(self) -> None:
         """Connections past the limit get one error line and are closed; others are unaffected."""
         node, _ = node_with_pending(Limits(max_connections=2))
@@ -645,6 +707,76 @@ class FlowControlTests(SynchronousTestCase):
         fourth.send("add 2 2\n")
         self.assertEqual(fourth.lines(), [b"OK 4"])
         self.assertFalse(second.transport.disconnecting)
+
+
+class _Wrapper:
+    """A transport wrapping another, as TLS does: its handle is no socket."""
+
+    def __init__(self, inner: object) -> None:
+        self.transport = inner
+
+    def getHandle(self) -> object:
+        return object()
+
+
+class _Plain:
+    """A transport over a socket."""
+
+    def __init__(self, handle: socket.socket) -> None:
+        self.handle = handle
+
+    def getHandle(self) -> socket.socket:
+        return self.handle
+
+
+class PeerClosedTests(SynchronousTestCase):
+    """What L{peer_closed} sees on a socket the node is not reading."""
+
+    def test_socket_pair(self) -> None:
+        """Open, or with bytes unread, is open; closed with nothing unread is ended; TLS-like wrappers are looked through."""
+        mine, theirs = socket.socketpair()
+        self.addCleanup(mine.close)
+        self.assertEqual(peer_closed(_Plain(mine)), "open")
+        theirs.sendall(b"PING\n")
+        self.assertEqual(peer_closed(_Wrapper(_Plain(mine))), "open")
+        theirs.close()
+        self.assertEqual(peer_closed(_Plain(mine)), "open", "a line still to read")
+        self.assertEqual(mine.recv(100), b"PING\n")
+        self.assertEqual(peer_closed(_Wrapper(_Plain(mine))), "ended")
+        self.assertEqual(peer_closed(object()), "open", "no socket: nothing to tell")
+
+    @skipIf(sys.platform != "linux", "the TCP state is read on Linux only")
+    def test_tcp_closed_with_bytes_unread(self) -> None:
+        """A TCP client that closed with bytes still unread is seen as ending, without reading them."""
+        listener = socket.create_server(("127.0.0.1", 0))
+        self.addCleanup(listener.close)
+        client = socket.create_connection(listener.getsockname())
+        accepted, _ = listener.accept()
+        self.addCleanup(accepted.close)
+        client.sendall(b"PING\n")
+        self.assertEqual(peer_closed(_Plain(accepted)), "open", "a line to read, and no FIN")
+        client.close()
+        seen = threading.Event()
+        for _ in range(500):  # the FIN follows on loopback at once; bounded all the same
+            if peer_closed(_Plain(accepted)) == "ending":
+                seen.set()
+                break
+            seen.wait(0.01)
+        self.assertTrue(seen.is_set())
+        self.assertEqual(accepted.recv(100), b"PING\n", "nothing was taken")
+
+    def test_tcp_reset(self) -> None:
+        """A TCP connection its client reset is seen as reset, without reading it."""
+        listener = socket.create_server(("127.0.0.1", 0))
+        self.addCleanup(listener.close)
+        client = socket.create_connection(listener.getsockname())
+        accepted, _ = listener.accept()
+        self.addCleanup(accepted.close)
+        client.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        client.close()
+        readable, _, _ = select.select([accepted], [], [], 10)
+        self.assertEqual(readable, [accepted], "the reset arrives")
+        self.assertEqual(peer_closed(_Plain(accepted)), "reset")
 
 
 class InMemoryConnectionTests(SynchronousTestCase):

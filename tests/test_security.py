@@ -96,6 +96,52 @@ class AuthenticationTests(SynchronousTestCase):
         self.assertTrue(conn.transport.disconnecting)
         self.assertEqual(delays, sorted(delays))
 
+    def test_guessing_over_many_connections_is_slowed_too(self) -> None:
+        """Wrong tokens from one address slow the next on any of its connections, until auth_failure_window has passed."""
+        node = secured_node(auth_failure_window=60)
+        first, second = node.connect_raw(), node.connect_raw()
+        first.send("AUTH wrong-token-000000000\n")
+        second.send("AUTH wrong-token-000000000\n")
+        node.clock.advance(AUTH_DELAY)
+        self.assertEqual(len(first.events()), 1)
+        self.assertEqual(second.lines(), [], "the address's second wrong token waits longer")
+        node.clock.advance(AUTH_DELAY)
+        self.assertEqual(len(second.events()), 1)
+        node.clock.advance(60)
+        third = node.connect_raw()
+        third.send("AUTH wrong-token-000000000\n")
+        node.clock.advance(AUTH_DELAY)
+        self.assertEqual(len(third.events()), 1, "forgotten after the window")
+        third.send(f"AUTH {ALICE}\n")
+        self.assertEqual(third.events(), [Success("alice")], "a good token is never delayed")
+
+    def test_addresses_remembered_are_bounded(self) -> None:
+        """Past max_auth_failure_addresses, the address heard from least recently is forgotten."""
+        node = secured_node(max_auth_failure_addresses=2)
+        factory = node.factory
+        self.assertEqual([factory.auth_failed(host) for host in ("a", "b", "a")], [1, 1, 2])
+        factory.auth_failed("c")
+        self.assertEqual(sorted(factory.auth_failures), ["a", "c"])
+        self.assertEqual(factory.auth_failed("b"), 1)
+
+    def test_connections_that_never_authenticate_are_closed(self) -> None:
+        """Connections that never authenticate give their slots back after auth_timeout, while authenticated ones stay."""
+        node = secured_node(auth_timeout=60, max_connections=2)
+        idle, caller = node.connect_raw(), node.connect_raw()
+        caller.send(f"AUTH {ALICE}\n")
+        node.clock.advance(59)
+        self.assertFalse(idle.transport.disconnecting)
+        node.clock.advance(1)
+        [refused] = idle.events()
+        assert isinstance(refused, ErrorReply)
+        self.assertIsInstance(refused.error, UnauthenticatedError)
+        self.assertTrue(idle.transport.disconnecting)
+        idle.protocol.connectionLost()
+        self.assertFalse(caller.transport.disconnecting)
+        late = node.connect_raw()
+        late.send(f"AUTH {OPS}\n")
+        self.assertEqual(late.events(), [Success("ops")], "the slot is free again")
+
     def test_constant_time_comparison(self) -> None:
         """Every token is compared with hmac.compare_digest, whichever matches."""
         import hmac

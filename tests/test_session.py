@@ -22,7 +22,11 @@ from callnet.errors import (
     UnavailableError,
 )
 from callnet.session import (
+    AUTH_DEADLINE_TIMER,
+    AUTH_DELAY,
+    AUTH_DELAY_MAX,
     AUTH_TIMER,
+    CHECK_TIMER,
     CLOSED,
     ENDING,
     LEAVING,
@@ -94,6 +98,9 @@ class FakeNode:
         self.cancelled: list[int] = []
         self.detached: list[int] = []
         self.calls: list[Call] = []
+        self.checks = 0
+        #: Wrong tokens from the client's address, over all its connections.
+        self.address_failures = 0
 
     def write(self, line: bytes) -> None:
         if self.closed is not None:
@@ -107,6 +114,10 @@ class FakeNode:
     def resume_reading(self) -> None:
         assert not self.reading, "resumed twice"
         self.reading = True
+
+    def check_closed(self) -> None:
+        assert not self.reading, "checked while reading"
+        self.checks += 1
 
     def start_call(self, call: Call) -> Any:
         self.calls.append(call)
@@ -167,6 +178,10 @@ class FakeNode:
         if args == ("none",):
             return FailedPreconditionError("this node takes no tokens")
         return "alice" if args == ("good",) else None
+
+    def auth_failed(self) -> int:
+        self.address_failures += 1
+        return self.address_failures
 
     def start_timer(self, timer: str, delay: float) -> None:
         assert timer not in self.timers, f"{timer} started twice"
@@ -625,6 +640,53 @@ class SessionEdgeTests(unittest.TestCase):
         node.finish(1)
         self.assertTrue(node.reading)
         self.assertEqual(len(replies(node)), 101)
+
+    def test_client_not_read_at_the_limit_is_looked_at(self) -> None:
+        """While calls at the limit keep a connection unread, the adapter is asked every paused_check_interval whether its client left."""
+        limits = Limits(max_calls_in_flight=4, paused_check_interval=2)
+        session, node = make_session(limits)
+        session.receive_data(b"#1 slow 1\n#2 slow 2\n#3 slow 3\n#4 slow 4\n")
+        self.assertFalse(node.reading)
+        self.assertEqual(node.timers, {CHECK_TIMER: 2})
+        del node.timers[CHECK_TIMER]
+        session.timer_fired(CHECK_TIMER)
+        self.assertEqual(node.checks, 1)
+        self.assertEqual(node.timers, {CHECK_TIMER: 2}, "and again, while still not read")
+        node.finish(1)
+        node.finish(2)
+        self.assertTrue(node.reading)
+        self.assertEqual(node.timers, {}, "read again: the transport sees the client go")
+        session.output_paused()
+        self.assertNotIn(CHECK_TIMER, node.timers, "unread replies have their own deadline")
+
+    def test_wrong_tokens_from_the_address_lengthen_the_delay(self) -> None:
+        """A first wrong token on a connection waits as long as the address's recent failures say, not the connection's alone."""
+        session, node = make_session(authenticated=False)
+        node.address_failures = 3  # given on other connections
+        session.receive_data(b"AUTH bad\n")
+        self.assertEqual(node.timers[AUTH_TIMER], AUTH_DELAY * 8)
+        node.address_failures = 100
+        del node.timers[AUTH_TIMER]
+        session.timer_fired(AUTH_TIMER)
+        session.receive_data(b"AUTH bad\n")
+        self.assertEqual(node.timers[AUTH_TIMER], AUTH_DELAY_MAX)
+
+    def test_connection_that_does_not_authenticate_is_closed(self) -> None:
+        """On a node with tokens, a connection not authenticated within auth_timeout is told so and closed; one that authenticated is not timed."""
+        session, node = make_session(Limits(auth_timeout=7), authenticated=False)
+        self.assertEqual(node.timers, {AUTH_DEADLINE_TIMER: 7})
+        session.receive_data(b"PING\n")
+        del node.timers[AUTH_DEADLINE_TIMER]
+        session.timer_fired(AUTH_DEADLINE_TIMER)
+        self.assertEqual(
+            replies(node)[-1], b"ERR UNAUTHENTICATED not-run @test not authenticated within 7s"
+        )
+        self.assertEqual(node.closed, ("it did not authenticate in time", False))
+        session, node = make_session(Limits(auth_timeout=7), authenticated=False)
+        session.receive_data(b"AUTH good\n")
+        self.assertEqual(node.timers, {})
+        session, node = make_session(Limits(auth_timeout=7))
+        self.assertEqual(node.timers, {}, "a node without tokens")
 
     def test_input_after_quit_is_discarded(self) -> None:
         """Bytes after QUIT are dropped, not held, and start no line timer."""
