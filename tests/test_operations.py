@@ -500,7 +500,8 @@ def test_systemd_unit() -> None:
     """
     etc/systemd/callnet.service runs the node in the foreground from its
     config with JSON logs, stops it with SIGTERM, waits as long as the
-    drain plus the stop margin, takes 143 for a clean stop, restarts it on failure, and is hardened.
+    drain plus the stop margin, takes 143 for a clean stop, restarts it on failure (a few times,
+    not for ever), and is hardened.
     """
     unit = read_unit(UNIT)
     service = unit["Service"]
@@ -520,6 +521,10 @@ def test_systemd_unit() -> None:
     success = service["SuccessExitStatus"].split()
     assert "143" in success or "SIGTERM" in success
     assert service["Restart"] == "on-failure"
+    # The restarts of a node that cannot start end: its burst fits in the interval.
+    limits = unit["Unit"]
+    burst = int(limits["StartLimitBurst"])
+    assert burst * float(service["RestartSec"]) < float(limits["StartLimitIntervalSec"])
     assert service["Type"] == "simple"
     assert service["User"] not in ("", "root")
     assert service["NoNewPrivileges"] == "yes"
