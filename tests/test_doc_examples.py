@@ -204,6 +204,18 @@ def test_doc_transcript(tmp_path: Path, document: str, name: str) -> None:
         assert "Traceback" not in node.output()
 
 
+def bash(command: str, cwd: Path, environment: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    """Run one of a doc's shell commands as written, in C{cwd}; its output is text."""
+    return subprocess.run(
+        ["bash", "-c", command],
+        cwd=cwd,
+        env=environment,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
 @pytest.mark.parametrize(("document", "name"), marked("run"))
 def test_doc_command_output(tmp_path: Path, document: str, name: str) -> None:
     """Each C{$ command} of a doc's run block prints exactly the lines shown under it."""
@@ -217,14 +229,7 @@ def test_doc_command_output(tmp_path: Path, document: str, name: str) -> None:
     # The doc's twistd and callnet are those installed next to this Python.
     environment["PATH"] = f"{TWISTD.parent}{os.pathsep}{environment.get('PATH', '')}"
     for command, expected in steps:
-        ran = subprocess.run(
-            ["bash", "-c", command],
-            cwd=tmp_path,
-            env=environment,
-            capture_output=True,
-            text=True,
-            timeout=60,
-        )
+        ran = bash(command, tmp_path, environment)
         actual = (ran.stdout + ran.stderr).splitlines()
         assert shown_as(actual, expected), (command, actual)
 
@@ -359,14 +364,7 @@ def test_readme_daemon_commands(tmp_path: Path) -> None:
     environment = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
 
     def run(command: str) -> None:
-        ran = subprocess.run(
-            ["bash", "-c", command],
-            cwd=tmp_path,
-            env=environment,
-            capture_output=True,
-            text=True,
-            timeout=60,
-        )
+        ran = bash(command, tmp_path, environment)
         assert (ran.returncode, ran.stdout, ran.stderr) == (0, "", ""), command
 
     run(start)
