@@ -368,6 +368,11 @@ class TLSSettings:
         False, checks.flag, "Refuse TLS clients that present no certificate signed by the CA."
     )
 
+    @property
+    def secures_links(self) -> bool:
+        """Whether links to peers go over TLS: cert, key and ca are all set."""
+        return bool(self.cert and self.key and self.ca)
+
 
 @dataclass(frozen=True)
 class NodeConfig:

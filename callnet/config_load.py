@@ -104,6 +104,7 @@ def _build(
             f"{_prefix(source)}{label('discover_min_interval')} ({low:g}) must not be greater"
             f" than {label('discover_max_interval')} ({high:g})"
         )
+    _check_discovery_over_tls(config, _prefix(source))
     _check_endpoints(config, _prefix(source), label)
     return config
 
@@ -125,6 +126,33 @@ def _endpoint_problem(description: str, server: bool) -> str | None:
     except Exception as e:  # any parser's error means the string is bad
         return f'bad endpoint "{description}": {type(e).__name__}: {e}'
     return None
+
+
+def _check_discovery_over_tls(config: NodeConfig, prefix: str) -> None:
+    """
+    Refuse discovery over TLS links where a discovered peer could not be
+    checked: its certificate must name the host its SRV record gives (as
+    HTTPS checks the host it was asked for), and it proves it is a peer with
+    the cluster token, since no certificate name is known in advance to say
+    which callers are peers.
+
+    @raise ConfigError: C{discover} reads A records, or there is no cluster token.
+    """
+    discover = config.cluster.discover
+    if discover is None or not config.tls.secures_links:
+        return
+    if not discover.startswith("dns-srv:"):
+        raise ConfigError(
+            f"{prefix}[cluster] discover: with TLS links to peers, use dns-srv: a discovered"
+            " peer's certificate is checked against the host name its SRV record gives, and A"
+            " records give only addresses"
+        )
+    if config.security.cluster_token is None:
+        raise ConfigError(
+            f"{prefix}[cluster] discover with TLS links to peers needs [security]"
+            " cluster_token: discovered peers are named by no certificate in advance, so the"
+            " token is what makes a connection a peer"
+        )
 
 
 def _check_endpoints(config: NodeConfig, prefix: str, label: Callable[[str], str]) -> None:

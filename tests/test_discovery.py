@@ -729,11 +729,7 @@ class DiscoveredClusterTests(SynchronousTestCase):
         self.assertIsNotNone(parts.cluster)
         tls = TLSSettings(cert="node.pem", key="node.key", ca="ca.pem")
         error = self.assertRaises(
-            ConfigError,
-            build_node,
-            merge(config, {"cert": tls.cert, "key": tls.key, "ca": tls.ca}),
-            MemoryReactor(),
-            InlineThreadPool(),
+            ConfigError, merge, config, {"cert": tls.cert, "key": tls.key, "ca": tls.ca}
         )
         self.assertIn("with TLS links to peers, use dns-srv", str(error))
         self.assertNotIn("\n", str(error))
@@ -755,10 +751,8 @@ class DiscoveredClusterTests(SynchronousTestCase):
             "key": f"{folder}/x.key",
             "ca": f"{folder}/ca.pem",
         }
-        srv_config = merge(NodeConfig(name="x"), {"discover": f"dns-srv:{SRV_NAME}", **tls})
-        error = self.assertRaises(
-            ConfigError, build_node, srv_config, MemoryReactor(), InlineThreadPool()
-        )
+        srv_discovery = {"discover": f"dns-srv:{SRV_NAME}", **tls}
+        error = self.assertRaises(ConfigError, merge, NodeConfig(name="x"), srv_discovery)
         self.assertIn("needs [security] cluster_token", str(error))
         self.assertNotIn("\n", str(error))
 
@@ -770,7 +764,10 @@ class DiscoveredClusterTests(SynchronousTestCase):
             [a("n1.callnet.test", "10.0.0.1")],
         )
         parts = build_node(
-            merge(srv_config, {"cluster_token": "a-token-of-sixteen-or-more"}),
+            merge(
+                NodeConfig(name="x"),
+                {**srv_discovery, "cluster_token": "a-token-of-sixteen-or-more"},
+            ),
             MemoryReactor(),
             InlineThreadPool(),  # type: ignore[arg-type]
             discovery=lambda s: dns_source(s, Clock(), resolver),

@@ -30,9 +30,8 @@ from callnet.cluster.discovery import PeerEntry, PeerSource, StaticPeers
 from callnet.cluster.peers import Peer, PeerState
 from callnet.cluster.routing import Router
 from callnet.config import ClusterSettings, NodeConfig
-from callnet.errors import ConfigError
 from callnet.reactors import DispatchReactor
-from callnet.tls import links_use_tls, load_credentials, peer_endpoint
+from callnet.tls import load_credentials, peer_endpoint
 
 __all__ = ["Cluster", "Peer", "PeerSource", "PeerState", "Router"]
 
@@ -54,30 +53,6 @@ log = Logger()
 
 #: What a subscriber to peer changes is called with: the peer's name and state.
 Listener = Callable[[str, PeerState], object]
-
-
-def _check_discovery_over_tls(config: NodeConfig) -> None:
-    """
-    Refuse discovery over TLS links where a discovered peer could not be
-    checked: its certificate must name the host its SRV record gives (as
-    HTTPS checks the host it was asked for), and it proves it is a peer with
-    the cluster token, since no certificate name is known in advance to say
-    which callers are peers.
-
-    @raise ConfigError: C{discover} reads A records, or there is no cluster token.
-    """
-    if not config.cluster.discover or not config.cluster.discover.startswith("dns-srv:"):
-        raise ConfigError(
-            "[cluster] discover: with TLS links to peers, use dns-srv: a discovered peer's"
-            " certificate is checked against the host name its SRV record gives, and A"
-            " records give only addresses"
-        )
-    if config.security.cluster_token is None:
-        raise ConfigError(
-            "[cluster] discover with TLS links to peers needs [security] cluster_token:"
-            " discovered peers are named by no certificate in advance, so the token is"
-            " what makes a connection a peer"
-        )
 
 
 class Cluster(Service):
@@ -124,21 +99,21 @@ class Cluster(Service):
         self.update(config)
 
     def _make_peer(
-        self, name: str, endpoint: str, discovered: bool = False, host: str | None = None
+        self, name: str, endpoint: str, discovered: bool = False, target: str | None = None
     ) -> Peer:
         """
-        @param host: for a discovered peer, the SRV target its certificate
+        @param target: for a discovered peer, the SRV target its certificate
             must name over TLS (a configured peer's must name the peer).
         """
         config = self._config
         # With [tls] cert, key and ca, every link is mutual TLS: this node's
         # certificate out, and the peer's checked against the CA and a name.
-        credentials = load_credentials(config.tls) if links_use_tls(config.tls) else None
+        credentials = load_credentials(config.tls) if config.tls.secures_links else None
         key = endpoint if discovered else name
         where: str | IStreamClientEndpoint = self._chosen.get(key, endpoint)
         connector = None
         if credentials is not None and key not in self._chosen:
-            expected = host if discovered and host is not None else name
+            expected = target if discovered and target is not None else name
             connector = peer_endpoint(
                 self._reactor, expected, endpoint, credentials, config.cluster.down_after
             )
@@ -165,8 +140,6 @@ class Cluster(Service):
         @return: the names of the peers added and of those removed.
         @raise ConfigError: a new peer's TLS material cannot be used.
         """
-        if config.cluster.discover is not None and links_use_tls(config.tls):
-            _check_discovery_over_tls(config)
         before, self._config = self._config, config
         wanted = {
             entry.name: entry.endpoint for entry in StaticPeers(config.peers).entries if entry.name
@@ -219,7 +192,7 @@ class Cluster(Service):
         for endpoint, entry in sorted(wanted.items()):
             if endpoint not in self._found and endpoint not in self.skipped:
                 peer = self._make_peer(
-                    entry.address or endpoint, endpoint, discovered=True, host=entry.host
+                    entry.address or endpoint, endpoint, discovered=True, target=entry.target
                 )
                 self._found[endpoint] = peer
                 if self.running:

@@ -19,7 +19,7 @@ longest.  An answer naming more than C{discover_max_peers} peers gives only
 that many, the same ones on every node.
 
 An SRV record's target is the host name a peer's certificate must give when
-the node's links to its peers are TLS (L{PeerEntry.host}).
+the node's links to its peers are TLS (L{PeerEntry.target}).
 """
 
 from __future__ import annotations
@@ -81,7 +81,7 @@ class PeerEntry:
     address: str = ""
     #: The DNS name an SRV record gives as its target, which a TLS link
     #: checks the peer's certificate against; C{None} from A records.
-    host: str | None = None
+    target: str | None = None
 
 
 class PeerSource(Protocol):

@@ -47,7 +47,7 @@ modules while it is still choosing one.
 """
 
 from callnet.tls._client import _client_creator as _client_creator
-from callnet.tls._client import client_endpoint, links_use_tls, peer_endpoint
+from callnet.tls._client import client_endpoint, peer_endpoint
 from callnet.tls._credentials import (
     AEAD_CIPHERS,
     Credentials,
@@ -86,7 +86,6 @@ __all__ = [
     "client_endpoint",
     "harden_ssl_endpoint",
     "is_tls_listen",
-    "links_use_tls",
     "load_credentials",
     "make_ca",
     "make_node_certificate",

@@ -178,11 +178,6 @@ def client_endpoint(
     )
 
 
-def links_use_tls(settings: TLSSettings) -> bool:
-    """Whether a node's links to its peers go over TLS: C{[tls]} cert, key and ca are set."""
-    return bool(settings.cert and settings.key and settings.ca)
-
-
 def peer_endpoint(
     reactor: DispatchReactor,
     name: str,
